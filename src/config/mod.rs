@@ -1,0 +1,758 @@
+//! `service.json`: the peer's configuration, compatible in shape with upstream
+//! ipfs-cluster (same sections, keys and Go-style durations), plus `identity.json`
+//! and the config folder's location and execution lock.
+
+mod duration;
+mod identity;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use duration::{GoDuration, format as format_duration, parse as parse_duration};
+pub use identity::{IDENTITY_FILE, Identity};
+
+use crate::multiaddr::TcpMultiaddr;
+
+/// The config file name inside the config folder.
+pub const CONFIG_FILE: &str = "service.json";
+/// The execution lock file inside the config folder.
+pub const LOCK_FILE: &str = "cluster.lock";
+/// The folder (inside the config folder) holding Raft's log and the state.
+pub const RAFT_DIR: &str = "raft";
+
+/// Why the configuration could not be read, written or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file is not valid JSON or a key has the wrong type.
+    #[error("{path}: key {key:?}: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Dotted path of the offending key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A key has a value that cannot be used.
+    #[error("{path}: key {key:?}: {reason}")]
+    Invalid {
+        /// Dotted path of the offending key.
+        key: String,
+        /// The file (or environment variable).
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Another daemon holds the config folder.
+    #[error(
+        "another ipfs-cluster-service is running with the config folder {0} (lock held on {LOCK_FILE})"
+    )]
+    Locked(String),
+}
+
+impl ConfigError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+fn from_json_slice<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<T, ConfigError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::Parse {
+            path: path.display().to_string(),
+            key: if key == "." { "(root)".into() } else { key },
+            reason: e.into_inner().to_string(),
+        }
+    })
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| ConfigError::io(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.write_all(b"\n"))
+        .and_then(|_| f.sync_all())
+        .map_err(|e| ConfigError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ConfigError::io(path, e))
+}
+
+/// One multiaddr or a list of them; upstream accepts both spellings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Multiaddrs(pub Vec<String>);
+
+impl Serialize for Multiaddrs {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => s.serialize_str(one),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Multiaddrs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(s) => Multiaddrs(vec![s]),
+            OneOrMany::Many(v) => Multiaddrs(v),
+        })
+    }
+}
+
+impl Multiaddrs {
+    fn one(s: &str) -> Self {
+        Multiaddrs(vec![s.to_string()])
+    }
+}
+
+/// The `cluster` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// Human name of this peer (defaults to the host name).
+    pub peername: String,
+    /// 32-byte hex secret keying the private network.
+    pub secret: String,
+    /// Remove this peer from the peerset on clean shutdown.
+    pub leave_on_shutdown: bool,
+    /// libp2p listen addresses.
+    pub listen_multiaddress: Multiaddrs,
+    /// How often the expired pins are unpinned.
+    pub state_sync_interval: GoDuration,
+    /// How often failed operations are retried.
+    pub pin_recover_interval: GoDuration,
+    /// Default minimum replication (-1: everywhere).
+    pub replication_factor_min: i32,
+    /// Default maximum replication (-1: everywhere).
+    pub replication_factor_max: i32,
+    /// Interval of the `ping` metric.
+    pub monitor_ping_interval: GoDuration,
+    /// Interval of peerset watching.
+    pub peer_watch_interval: GoDuration,
+    /// Timeout dialing other peers.
+    pub dial_peer_timeout: GoDuration,
+    /// Do not re-allocate the pins of peers that went down.
+    pub disable_repinning: bool,
+    /// Extra known peer addresses.
+    pub peer_addresses: Vec<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            peername: default_peername(),
+            secret: String::new(),
+            leave_on_shutdown: false,
+            listen_multiaddress: Multiaddrs::one("/ip4/0.0.0.0/tcp/9096"),
+            state_sync_interval: GoDuration::secs(5 * 60),
+            pin_recover_interval: GoDuration::secs(12 * 60),
+            replication_factor_min: -1,
+            replication_factor_max: -1,
+            monitor_ping_interval: GoDuration::secs(15),
+            peer_watch_interval: GoDuration::secs(5),
+            dial_peer_timeout: GoDuration::secs(3),
+            disable_repinning: true,
+            peer_addresses: Vec::new(),
+        }
+    }
+}
+
+fn default_peername() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "ipfs-cluster-peer".into())
+}
+
+/// `consensus.raft`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RaftConfig {
+    /// Peers (multiaddrs with `/p2p/`) forming the initial peerset.
+    pub init_peerset: Vec<String>,
+    /// How long a write waits for a leader.
+    pub wait_for_leader_timeout: GoDuration,
+    /// Timeout of Raft network operations.
+    pub network_timeout: GoDuration,
+    /// Retries of a failed commit.
+    pub commit_retries: u32,
+    /// Delay between commit retries.
+    pub commit_retry_delay: GoDuration,
+    /// Backups of the raft folder kept on cleanup.
+    pub backups_rotate: u32,
+    /// Heartbeat interval.
+    pub heartbeat_timeout: GoDuration,
+    /// Election timeout (lower bound; the upper bound is twice it).
+    pub election_timeout: GoDuration,
+    /// Log entries since the last snapshot that trigger a new one.
+    pub snapshot_threshold: u64,
+    /// Log entries kept after a snapshot.
+    pub trailing_logs: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            init_peerset: Vec::new(),
+            wait_for_leader_timeout: GoDuration::secs(15),
+            network_timeout: GoDuration::secs(10),
+            commit_retries: 1,
+            commit_retry_delay: GoDuration::millis(200),
+            backups_rotate: 6,
+            heartbeat_timeout: GoDuration::millis(250),
+            election_timeout: GoDuration::secs(1),
+            snapshot_threshold: 8192,
+            trailing_logs: 10240,
+        }
+    }
+}
+
+/// The `consensus` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConsensusConfig {
+    /// Raft, the only consensus implemented.
+    pub raft: RaftConfig,
+}
+
+/// `api.ipfsproxy`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProxyConfig {
+    /// Where the proxy listens.
+    pub listen_multiaddress: Multiaddrs,
+    /// The IPFS daemon behind it.
+    pub node_multiaddress: String,
+    /// Time to read request headers.
+    pub read_header_timeout: GoDuration,
+    /// Keep-alive idle timeout.
+    pub idle_timeout: GoDuration,
+    /// Upper bound on request header size (at least 4096).
+    pub max_header_bytes: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen_multiaddress: Multiaddrs::one("/ip4/127.0.0.1/tcp/9095"),
+            node_multiaddress: "/ip4/127.0.0.1/tcp/5001".into(),
+            read_header_timeout: GoDuration::secs(5),
+            idle_timeout: GoDuration::secs(60),
+            max_header_bytes: 4096,
+        }
+    }
+}
+
+/// `api.restapi`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RestApiConfig {
+    /// Where the REST API listens.
+    pub http_listen_multiaddress: Multiaddrs,
+    /// Time to read request headers.
+    pub read_header_timeout: GoDuration,
+    /// Keep-alive idle timeout.
+    pub idle_timeout: GoDuration,
+    /// Upper bound on request header size.
+    pub max_header_bytes: usize,
+    /// Users and passwords; `null` disables auth.
+    pub basic_auth_credentials: Option<BTreeMap<String, String>>,
+}
+
+impl Default for RestApiConfig {
+    fn default() -> Self {
+        RestApiConfig {
+            http_listen_multiaddress: Multiaddrs::one("/ip4/127.0.0.1/tcp/9094"),
+            read_header_timeout: GoDuration::secs(5),
+            idle_timeout: GoDuration::secs(120),
+            max_header_bytes: 4096,
+            basic_auth_credentials: None,
+        }
+    }
+}
+
+/// The `api` section; an absent API is not started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiConfig {
+    /// The kubo-compatible proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipfsproxy: Option<ProxyConfig>,
+    /// The native REST API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restapi: Option<RestApiConfig>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            ipfsproxy: Some(ProxyConfig::default()),
+            restapi: Some(RestApiConfig::default()),
+        }
+    }
+}
+
+/// `ipfs_connector.ipfshttp`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IpfsHttpConfig {
+    /// The daemon's RPC API address.
+    pub node_multiaddress: String,
+    /// Timeout of ordinary requests.
+    pub ipfs_request_timeout: GoDuration,
+    /// A pin fails when its progress stalls for this long.
+    pub pin_timeout: GoDuration,
+    /// Timeout of an unpin.
+    pub unpin_timeout: GoDuration,
+}
+
+impl Default for IpfsHttpConfig {
+    fn default() -> Self {
+        IpfsHttpConfig {
+            node_multiaddress: "/ip4/127.0.0.1/tcp/5001".into(),
+            ipfs_request_timeout: GoDuration::secs(5 * 60),
+            pin_timeout: GoDuration::secs(2 * 60),
+            unpin_timeout: GoDuration::secs(3 * 3600),
+        }
+    }
+}
+
+/// The `ipfs_connector` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConnectorConfig {
+    /// The HTTP connector to a kubo RPC API.
+    pub ipfshttp: IpfsHttpConfig,
+}
+
+/// `pin_tracker.stateless`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrackerConfig {
+    /// Pins run in parallel.
+    pub concurrent_pins: usize,
+    /// Operations that may wait in the queue.
+    pub max_pin_queue_size: usize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            concurrent_pins: 10,
+            max_pin_queue_size: 1_000_000,
+        }
+    }
+}
+
+/// The `pin_tracker` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PinTrackerConfig {
+    /// The tracker.
+    pub stateless: TrackerConfig,
+}
+
+/// The whole of `service.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// `cluster`.
+    pub cluster: ClusterConfig,
+    /// `consensus`.
+    pub consensus: ConsensusConfig,
+    /// `api`.
+    pub api: ApiConfig,
+    /// `ipfs_connector`.
+    pub ipfs_connector: ConnectorConfig,
+    /// `pin_tracker`.
+    pub pin_tracker: PinTrackerConfig,
+    /// Sections this version does not use yet (monitor, allocator, informer, …), kept
+    /// as written so a config shared with upstream peers survives a rewrite.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+impl Config {
+    /// A new configuration with a random secret (or `CLUSTER_SECRET`'s).
+    pub fn generate() -> Self {
+        let mut c = Config::default();
+        c.cluster.secret = hex::encode(rand::random::<[u8; 32]>());
+        c.other.insert(
+            "monitor".into(),
+            serde_json::json!({"pubsubmon": {"check_interval": "15s"}}),
+        );
+        c.other.insert(
+            "allocator".into(),
+            serde_json::json!({"balanced": {"allocate_by": ["tag:group", "freespace"]}}),
+        );
+        c.other.insert(
+            "informer".into(),
+            serde_json::json!({
+                "disk": {"metric_ttl": "30s", "metric_type": "freespace"},
+                "pinqueue": {"metric_ttl": "30s", "weight_bucket_size": 100000},
+                "tags": {"metric_ttl": "30s", "tags": {"group": "default"}}
+            }),
+        );
+        c
+    }
+
+    /// Reads `service.json`, applies the environment overrides and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|e| ConfigError::io(path, e))?;
+        let mut c: Config = from_json_slice(path, &bytes)?;
+        c.apply_env(|k| std::env::var(k).ok())?;
+        c.validate(&path.display().to_string())?;
+        Ok(c)
+    }
+
+    /// Writes `service.json` (mode 0600: it holds the secret).
+    pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| ConfigError::io(path, e.into()))?;
+        write_private(path, text.as_bytes())
+    }
+
+    /// Upstream's environment overrides for the common keys.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("CLUSTER_SECRET") {
+            self.cluster.secret = v;
+        }
+        if let Some(v) = get("CLUSTER_PEERNAME") {
+            self.cluster.peername = v;
+        }
+        if let Some(v) = get("CLUSTER_LEAVEONSHUTDOWN") {
+            self.cluster.leave_on_shutdown = parse_env_bool("CLUSTER_LEAVEONSHUTDOWN", &v)?;
+        }
+        if let Some(v) = get("CLUSTER_LISTENMULTIADDRESS") {
+            self.cluster.listen_multiaddress = env_list(&v);
+        }
+        for (var, slot) in [
+            (
+                "CLUSTER_REPLICATIONFACTORMIN",
+                &mut self.cluster.replication_factor_min,
+            ),
+            (
+                "CLUSTER_REPLICATIONFACTORMAX",
+                &mut self.cluster.replication_factor_max,
+            ),
+        ] {
+            if let Some(v) = get(var) {
+                *slot = v.trim().parse().map_err(|_| ConfigError::Invalid {
+                    key: var.into(),
+                    path: "environment".into(),
+                    reason: format!("not an integer: {v:?}"),
+                })?;
+            }
+        }
+        if let Some(v) = get("CLUSTER_IPFSHTTP_NODEMULTIADDRESS") {
+            self.ipfs_connector.ipfshttp.node_multiaddress = v;
+        }
+        if let Some(v) = get("CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS") {
+            self.api
+                .restapi
+                .get_or_insert_with(Default::default)
+                .http_listen_multiaddress = env_list(&v);
+        }
+        if let Some(v) = get("CLUSTER_IPFSPROXY_LISTENMULTIADDRESS") {
+            self.api
+                .ipfsproxy
+                .get_or_insert_with(Default::default)
+                .listen_multiaddress = env_list(&v);
+        }
+        if let Some(v) = get("CLUSTER_IPFSPROXY_NODEMULTIADDRESS") {
+            self.api
+                .ipfsproxy
+                .get_or_insert_with(Default::default)
+                .node_multiaddress = v;
+        }
+        Ok(())
+    }
+
+    /// Checks the values that the types alone do not.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: key.into(),
+            path: path.into(),
+            reason,
+        };
+        self.secret_bytes()
+            .map_err(|r| invalid("cluster.secret", r))?;
+        let (min, max) = (
+            self.cluster.replication_factor_min,
+            self.cluster.replication_factor_max,
+        );
+        if let Err(r) = check_replication(min, max) {
+            return Err(invalid("cluster.replication_factor_min", r));
+        }
+        let check_addrs = |key: &str, addrs: &Multiaddrs, listen: bool| {
+            if addrs.0.is_empty() {
+                return Err(invalid(key, "no address given".into()));
+            }
+            for a in &addrs.0 {
+                let m = TcpMultiaddr::parse(a).map_err(|e| invalid(key, e.to_string()))?;
+                if listen {
+                    m.socket_addr().map_err(|e| invalid(key, e.to_string()))?;
+                }
+            }
+            Ok(())
+        };
+        if let Some(p) = &self.api.ipfsproxy {
+            check_addrs("api.ipfsproxy.listen_multiaddress", &p.listen_multiaddress, true)?;
+            check_addrs(
+                "api.ipfsproxy.node_multiaddress",
+                &Multiaddrs::one(&p.node_multiaddress),
+                false,
+            )?;
+            if p.max_header_bytes < 4096 {
+                return Err(invalid(
+                    "api.ipfsproxy.max_header_bytes",
+                    "must be at least 4096".into(),
+                ));
+            }
+        }
+        if let Some(r) = &self.api.restapi {
+            check_addrs(
+                "api.restapi.http_listen_multiaddress",
+                &r.http_listen_multiaddress,
+                true,
+            )?;
+            if r.basic_auth_credentials.as_ref().is_some_and(|m| m.is_empty()) {
+                return Err(invalid(
+                    "api.restapi.basic_auth_credentials",
+                    "an empty map is not allowed: use null to disable auth".into(),
+                ));
+            }
+        }
+        check_addrs(
+            "ipfs_connector.ipfshttp.node_multiaddress",
+            &Multiaddrs::one(&self.ipfs_connector.ipfshttp.node_multiaddress),
+            false,
+        )?;
+        if self.pin_tracker.stateless.concurrent_pins == 0 {
+            return Err(invalid(
+                "pin_tracker.stateless.concurrent_pins",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.pin_tracker.stateless.max_pin_queue_size == 0 {
+            return Err(invalid(
+                "pin_tracker.stateless.max_pin_queue_size",
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The 32 secret bytes keying the private network.
+    pub fn secret_bytes(&self) -> Result<[u8; 32], String> {
+        let raw = hex::decode(self.cluster.secret.trim())
+            .map_err(|e| format!("not hexadecimal: {e}"))?;
+        raw.try_into()
+            .map_err(|v: Vec<u8>| format!("must be 32 bytes (64 hex digits), got {}", v.len()))
+    }
+}
+
+/// Upstream's replication factor rule: -1/-1 or 0 < min <= max (0 = the default).
+pub fn check_replication(min: i32, max: i32) -> Result<(), String> {
+    match (min, max) {
+        (-1, -1) | (0, 0) => Ok(()),
+        (min, max) if min < -1 || max < -1 => Err("replication factors must be >= -1".into()),
+        (-1, _) | (_, -1) => Err("replication factors must both be -1 or both be positive".into()),
+        (min, max) if min > max && max != 0 => Err(format!(
+            "replication_factor_min ({min}) is larger than replication_factor_max ({max})"
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn env_list(v: &str) -> Multiaddrs {
+    Multiaddrs(
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    )
+}
+
+fn parse_env_bool(var: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            key: var.into(),
+            path: "environment".into(),
+            reason: format!("not a boolean: {v:?}"),
+        }),
+    }
+}
+
+/// Where the config folder is: `--config`, else `$IPFS_CLUSTER_PATH`, else `~/.ipfs-cluster`.
+pub fn config_dir(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    if let Some(p) = std::env::var_os("IPFS_CLUSTER_PATH").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".ipfs-cluster")
+}
+
+/// Writes a new `service.json` and `identity.json`; refuses to overwrite unless `force`.
+pub fn init(dir: &Path, force: bool) -> Result<(Config, Identity), ConfigError> {
+    let cfg_path = dir.join(CONFIG_FILE);
+    let id_path = dir.join(IDENTITY_FILE);
+    if !force && (cfg_path.exists() || id_path.exists()) {
+        return Err(ConfigError::Invalid {
+            key: "(file)".into(),
+            path: cfg_path.display().to_string(),
+            reason: "configuration already exists: use --force to overwrite".into(),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(|e| ConfigError::io(dir, e))?;
+    let mut cfg = Config::generate();
+    // Only the secret and peer name come from the environment at init time:
+    // addresses given by env stay overrides rather than being baked into the file.
+    if let Ok(s) = std::env::var("CLUSTER_SECRET") {
+        cfg.cluster.secret = s;
+    }
+    if let Ok(s) = std::env::var("CLUSTER_PEERNAME") {
+        cfg.cluster.peername = s;
+    }
+    cfg.validate("environment")?;
+    let identity = Identity::generate();
+    cfg.save(&cfg_path)?;
+    identity.save(&id_path)?;
+    Ok((cfg, identity))
+}
+
+/// Holds the config folder for one daemon; released when dropped.
+#[derive(Debug)]
+pub struct ExecutionLock {
+    _file: File,
+}
+
+impl ExecutionLock {
+    /// Takes the lock or fails at once if another process holds it.
+    pub fn acquire(dir: &Path) -> Result<Self, ConfigError> {
+        let path = dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ConfigError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(ExecutionLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(ConfigError::Locked(dir.display().to_string()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(ConfigError::io(&path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip() {
+        let c = Config::generate();
+        let text = serde_json::to_string_pretty(&c).unwrap();
+        assert!(text.contains("\"pin_recover_interval\": \"12m0s\""));
+        assert!(text.contains("\"listen_multiaddress\": \"/ip4/127.0.0.1/tcp/9095\""));
+        let back: Config = serde_json::from_str(&text).unwrap();
+        back.validate("x").unwrap();
+        assert_eq!(back.cluster.secret, c.cluster.secret);
+        assert!(back.other.contains_key("informer"));
+    }
+
+    #[test]
+    fn bad_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("service.json");
+        std::fs::write(&p, r#"{"cluster": {"replication_factor_min": "two"}}"#).unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("cluster.replication_factor_min"), "{e}");
+        std::fs::write(&p, r#"{"cluster": {"pin_recover_interval": "12 minutes"}}"#).unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("cluster.pin_recover_interval"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides() {
+        let mut c = Config::generate();
+        c.apply_env(|k| match k {
+            "CLUSTER_PEERNAME" => Some("p1".into()),
+            "CLUSTER_IPFSPROXY_LISTENMULTIADDRESS" => Some("/ip4/127.0.0.1/tcp/1".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.cluster.peername, "p1");
+        assert_eq!(
+            c.api.ipfsproxy.unwrap().listen_multiaddress.0,
+            vec!["/ip4/127.0.0.1/tcp/1"]
+        );
+    }
+
+    #[test]
+    fn replication_rules() {
+        assert!(check_replication(-1, -1).is_ok());
+        assert!(check_replication(2, 3).is_ok());
+        assert!(check_replication(3, 2).is_err());
+        assert!(check_replication(-1, 2).is_err());
+    }
+
+    #[test]
+    fn identity_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("identity.json");
+        let id = Identity::generate();
+        id.save(&p).unwrap();
+        assert_eq!(Identity::load(&p).unwrap().peer_id, id.peer_id);
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let _l = ExecutionLock::acquire(dir.path()).unwrap();
+        assert!(matches!(
+            ExecutionLock::acquire(dir.path()),
+            Err(ConfigError::Locked(_))
+        ));
+    }
+}

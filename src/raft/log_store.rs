@@ -1,0 +1,219 @@
+//! The durable Raft log, vote and purge marker, on a [`Tree`].
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::types::{NodeId, TypeConfig};
+use crate::store::{StoreError, Tree};
+
+const LOG_PREFIX: &[u8] = b"l/";
+const VOTE_KEY: &[u8] = b"m/vote";
+const COMMITTED_KEY: &[u8] = b"m/committed";
+const PURGED_KEY: &[u8] = b"m/purged";
+
+fn log_key(index: u64) -> Vec<u8> {
+    let mut k = LOG_PREFIX.to_vec();
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_logs(AnyError::new(&e)).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_logs(AnyError::new(&e)).into()
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError<NodeId>> {
+    serde_json::to_vec(v).map_err(write_err)
+}
+
+fn from_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, StorageError<NodeId>> {
+    serde_json::from_slice(b).map_err(read_err)
+}
+
+/// Runs blocking store I/O off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError<NodeId>> + Send + 'static,
+) -> Result<T, StorageError<NodeId>> {
+    tokio::task::spawn_blocking(f).await.map_err(write_err)?
+}
+
+/// The Raft log storage of one peer.
+#[derive(Clone)]
+pub struct LogStore {
+    tree: Arc<dyn Tree>,
+}
+
+impl LogStore {
+    /// The log kept in `tree`.
+    pub fn new(tree: Arc<dyn Tree>) -> Self {
+        LogStore { tree }
+    }
+
+    fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
+        self.tree
+            .get(key)
+            .map_err(read_err)?
+            .map(|b| from_json(&b))
+            .transpose()
+    }
+
+    fn put_json<T: Serialize>(&self, key: &[u8], v: &T) -> Result<(), StorageError<NodeId>> {
+        self.tree
+            .apply(vec![(key.to_vec(), Some(to_json(v)?))])
+            .map_err(write_err)?;
+        self.tree.flush().map_err(write_err)
+    }
+
+    /// Keys of log entries with index in `[from, to)`.
+    fn keys_between(&self, from: u64, to: Option<u64>) -> Result<Vec<Vec<u8>>, StoreError> {
+        let end = to.map(log_key).unwrap_or_else(|| {
+            let mut k = LOG_PREFIX.to_vec();
+            k.push(0xff);
+            k.extend_from_slice(&[0xff; 8]);
+            k
+        });
+        self.tree
+            .range(&log_key(from), Some(&end))
+            .map(|r| r.map(|(k, _)| k))
+            .collect()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => Some(log_key(e.saturating_add(1))),
+            Bound::Excluded(&e) => Some(log_key(e)),
+            Bound::Unbounded => None,
+        };
+        let tree = self.tree.clone();
+        blocking(move || {
+            let upper = end.unwrap_or_else(|| {
+                let mut k = LOG_PREFIX.to_vec();
+                k.push(0xff);
+                k
+            });
+            tree.range(&log_key(start), Some(&upper))
+                .map(|r| r.map_err(read_err).and_then(|(_, v)| from_json(&v)))
+                .collect()
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.get_json(PURGED_KEY)?;
+        let last = match self.tree.last_with_prefix(LOG_PREFIX).map_err(read_err)? {
+            Some((_, v)) => Some(from_json::<Entry<TypeConfig>>(&v)?.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let (this, vote) = (self.clone(), *vote);
+        blocking(move || this.put_json(VOTE_KEY, &vote)).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.get_json(VOTE_KEY)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        // Not flushed: losing it only means re-applying entries after a crash.
+        let v = to_json(&committed)?;
+        self.tree
+            .apply(vec![(COMMITTED_KEY.to_vec(), Some(v))])
+            .map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.get_json::<Option<LogId<NodeId>>>(COMMITTED_KEY)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = Vec::new();
+        for e in entries {
+            batch.push((log_key(e.log_id.index), Some(to_json(&e)?)));
+        }
+        let tree = self.tree.clone();
+        let res = blocking(move || {
+            tree.apply(batch).map_err(write_err)?;
+            tree.flush().map_err(write_err)
+        })
+        .await;
+        // openraft must hear of the I/O result either way; the error is also returned.
+        callback.log_io_completed(
+            res.as_ref()
+                .map(|_| ())
+                .map_err(|e| std::io::Error::other(e.to_string())),
+        );
+        res
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let this = self.clone();
+        blocking(move || {
+            let keys = this.keys_between(log_id.index, None).map_err(write_err)?;
+            this.tree
+                .apply(keys.into_iter().map(|k| (k, None)).collect())
+                .map_err(write_err)?;
+            this.tree.flush().map_err(write_err)
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let this = self.clone();
+        blocking(move || {
+            let mut batch: Vec<_> = this
+                .keys_between(0, Some(log_id.index + 1))
+                .map_err(write_err)?
+                .into_iter()
+                .map(|k| (k, None))
+                .collect();
+            batch.push((PURGED_KEY.to_vec(), Some(to_json(&log_id)?)));
+            this.tree.apply(batch).map_err(write_err)?;
+            this.tree.flush().map_err(write_err)
+        })
+        .await
+    }
+}

@@ -1,0 +1,389 @@
+//! The API types shared by the REST API, the state and ctl, with upstream's JSON shapes.
+
+mod status;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use status::{GlobalPinInfo, PinInfoShort, TrackerStatus, TrackerStatusFilter};
+
+/// A content identifier; JSON is the plain CID string, as upstream's `api.Cid`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cid(pub cid::Cid);
+
+/// Why a string is not a CID.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid cid: {0}")]
+pub struct CidError(String);
+
+impl Cid {
+    /// The raw CID bytes (a stable key for the state).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.to_bytes()
+    }
+    /// Parses raw CID bytes.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, CidError> {
+        cid::Cid::try_from(b)
+            .map(Cid)
+            .map_err(|e| CidError(e.to_string()))
+    }
+}
+
+impl FromStr for Cid {
+    type Err = CidError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // cid's parser also strips an `/ipfs/` prefix; a CID argument must be bare.
+        if s.contains('/') {
+            return Err(CidError(format!("{s:?} is not a CID")));
+        }
+        cid::Cid::try_from(s)
+            .map(Cid)
+            .map_err(|e| CidError(e.to_string()))
+    }
+}
+
+impl fmt::Display for Cid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Debug for Cid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cid({})", self.0)
+    }
+}
+
+impl Serialize for Cid {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Accept both upstream's plain string and the `{"/": "..."}` link form.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Plain(String),
+            Link {
+                #[serde(rename = "/")]
+                link: String,
+            },
+        }
+        let s = match Form::deserialize(d)? {
+            Form::Plain(s) => s,
+            Form::Link { link } => link,
+        };
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Recursive or direct pinning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PinMode {
+    /// The whole DAG.
+    #[default]
+    Recursive,
+    /// Only the root block.
+    Direct,
+}
+
+impl PinMode {
+    /// Upstream's `max_depth` for the mode.
+    pub fn max_depth(self) -> i32 {
+        match self {
+            PinMode::Recursive => -1,
+            PinMode::Direct => 0,
+        }
+    }
+    /// kubo's pin type name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinMode::Recursive => "recursive",
+            PinMode::Direct => "direct",
+        }
+    }
+}
+
+impl FromStr for PinMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "" | "recursive" => Ok(PinMode::Recursive),
+            "direct" => Ok(PinMode::Direct),
+            other => Err(format!("invalid pin mode {other:?}: use recursive or direct")),
+        }
+    }
+}
+
+/// What a pin is for; only data pins exist without sharding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PinType {
+    /// A regular data pin.
+    #[default]
+    #[serde(rename = "pin")]
+    Data,
+    /// A sharded DAG's meta pin.
+    #[serde(rename = "meta-pin")]
+    Meta,
+    /// A sharded DAG's cluster DAG.
+    #[serde(rename = "clusterdag-pin")]
+    ClusterDag,
+    /// One shard.
+    #[serde(rename = "shard-pin")]
+    Shard,
+}
+
+/// Upstream's zero `time.Time`, meaning "never".
+pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+mod opt_time {
+    use super::*;
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.collect_str(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            None => s.serialize_str(ZERO_TIME),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        match s.as_deref() {
+            None | Some("") | Some(ZERO_TIME) => Ok(None),
+            Some(s) => DateTime::parse_from_rfc3339(s)
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Upstream's `PinOptions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PinOptions {
+    /// Minimum replication (0: cluster default, -1: everywhere).
+    pub replication_factor_min: i32,
+    /// Maximum replication (0: cluster default, -1: everywhere).
+    pub replication_factor_max: i32,
+    /// Free-form name.
+    pub name: String,
+    /// Recursive or direct.
+    pub mode: PinMode,
+    /// Shard size for sharded adds.
+    pub shard_size: u64,
+    /// Peers to allocate first.
+    #[serde(deserialize_with = "null_as_default")]
+    pub user_allocations: Vec<String>,
+    /// When the pin expires; `None` is never.
+    #[serde(with = "opt_time")]
+    pub expire_at: Option<DateTime<Utc>>,
+    /// Free-form key/values.
+    #[serde(deserialize_with = "null_as_default")]
+    pub metadata: BTreeMap<String, String>,
+    /// Existing pin whose options this pin copies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin_update: Option<Cid>,
+    /// Multiaddrs of providers.
+    #[serde(deserialize_with = "null_as_default")]
+    pub origins: Vec<String>,
+}
+
+impl Default for PinOptions {
+    fn default() -> Self {
+        PinOptions {
+            replication_factor_min: 0,
+            replication_factor_max: 0,
+            name: String::new(),
+            mode: PinMode::Recursive,
+            shard_size: 0,
+            user_allocations: Vec::new(),
+            expire_at: None,
+            metadata: BTreeMap::new(),
+            pin_update: None,
+            origins: Vec::new(),
+        }
+    }
+}
+
+/// Upstream's `Pin`: an item of the shared pinset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pin {
+    /// Options the pin was made with.
+    #[serde(flatten)]
+    pub options: PinOptions,
+    /// What to pin.
+    pub cid: Cid,
+    /// Pin type.
+    #[serde(rename = "type", default)]
+    pub pin_type: PinType,
+    /// Peers that should pin it; empty means every peer.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub allocations: Vec<String>,
+    /// -1 recursive, 0 direct.
+    #[serde(default = "recursive_depth")]
+    pub max_depth: i32,
+    /// For sharded pins: the related pin.
+    #[serde(default)]
+    pub reference: Option<Cid>,
+    /// When the pin was (last) made.
+    #[serde(default = "Utc::now")]
+    pub timestamp: DateTime<Utc>,
+}
+
+fn recursive_depth() -> i32 {
+    -1
+}
+
+impl Pin {
+    /// A new data pin made now.
+    pub fn new(cid: Cid, options: PinOptions) -> Self {
+        Pin {
+            max_depth: options.mode.max_depth(),
+            options,
+            cid,
+            pin_type: PinType::Data,
+            allocations: Vec::new(),
+            reference: None,
+            timestamp: Utc::now(),
+        }
+    }
+
+    /// The pin's mode, derived from `max_depth` as upstream does.
+    pub fn mode(&self) -> PinMode {
+        if self.max_depth == 0 {
+            PinMode::Direct
+        } else {
+            PinMode::Recursive
+        }
+    }
+
+    /// True when `peer` should hold the pin.
+    pub fn is_allocated_to(&self, peer: &str) -> bool {
+        self.allocations.is_empty() || self.allocations.iter().any(|a| a == peer)
+    }
+}
+
+/// Upstream's `api.IPFSID`, the daemon's identity as seen by a peer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IpfsId {
+    /// The daemon's peer ID.
+    pub id: String,
+    /// Its swarm addresses.
+    pub addresses: Vec<String>,
+    /// Why it could not be reached.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+/// Upstream's `api.ID`: a peer's identity and view of the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterId {
+    /// The cluster peer ID.
+    pub id: String,
+    /// Its libp2p addresses.
+    pub addresses: Vec<String>,
+    /// Peers in the peerset.
+    pub cluster_peers: Vec<String>,
+    /// Their addresses.
+    pub cluster_peers_addresses: Vec<String>,
+    /// Software version.
+    pub version: String,
+    /// Build commit.
+    pub commit: String,
+    /// Inter-peer RPC protocol.
+    pub rpc_protocol_version: String,
+    /// An error building the ID.
+    pub error: String,
+    /// The IPFS daemon.
+    pub ipfs: IpfsId,
+    /// Peer name.
+    pub peername: String,
+}
+
+/// `/version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Version {
+    /// The version string.
+    pub version: String,
+}
+
+/// The REST API's error body, `{"code":N,"message":"…"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// HTTP status code.
+    pub code: u16,
+    /// What went wrong.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V0: &str = "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG";
+
+    #[test]
+    fn cid_json_is_plain_string() {
+        let c: Cid = V0.parse().unwrap();
+        assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{V0}\""));
+        let back: Cid = serde_json::from_str(&format!("{{\"/\":\"{V0}\"}}")).unwrap();
+        assert_eq!(back, c);
+        assert!("/ipfs/x".parse::<Cid>().is_err());
+        assert!("notacid".parse::<Cid>().is_err());
+    }
+
+    #[test]
+    fn pin_json_matches_upstream_keys() {
+        let p = Pin::new(V0.parse().unwrap(), PinOptions::default());
+        let v = serde_json::to_value(&p).unwrap();
+        for key in [
+            "replication_factor_min",
+            "replication_factor_max",
+            "name",
+            "mode",
+            "shard_size",
+            "user_allocations",
+            "expire_at",
+            "metadata",
+            "cid",
+            "type",
+            "allocations",
+            "max_depth",
+            "reference",
+            "timestamp",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(v["expire_at"], ZERO_TIME);
+        assert_eq!(v["type"], "pin");
+        assert_eq!(v["max_depth"], -1);
+        let back: Pin = serde_json::from_value(v).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn partial_pin_json_parses() {
+        let p: Pin = serde_json::from_str(&format!(
+            r#"{{"cid":"{V0}","name":"a","replication_factor_min":1,"replication_factor_max":2,"metadata":null}}"#
+        ))
+        .unwrap();
+        assert_eq!(p.options.name, "a");
+        assert_eq!(p.max_depth, -1);
+    }
+}
