@@ -264,6 +264,8 @@ configure_kubo() { # repo api swarm gateway
     kcfg --json Bootstrap '[]'
     kcfg --json Discovery.MDNS.Enabled false
     kcfg --json Swarm.DisableNatPortMap true
+    # kubo >= 0.37 fetches network defaults ("auto" values) unless told not to.
+    kcfg --json AutoConf.Enabled false 2>/dev/null || true
 }
 
 peer_id() { # repo
@@ -294,12 +296,12 @@ cmd_start() {
     local swarm_port="${SWARM_PORT:-0}" gw_port="${GATEWAY_PORT:-0}" rpc_port="${RPC_PORT:-0}"
     local offline="${IPFS_OFFLINE:-1}" timeout="${START_TIMEOUT:-60}"
     check_port API_PORT "$api_port"
-    (( api_port > 0 )) || die "API_PORT must not be 0"
     check_port SWARM_PORT "$swarm_port"
     check_port GATEWAY_PORT "$gw_port"
     check_port RPC_PORT "$rpc_port"
     api_port=$((10#$api_port)) swarm_port=$((10#$swarm_port))
     gw_port=$((10#$gw_port)) rpc_port=$((10#$rpc_port))
+    (( api_port > 0 )) || die "API_PORT must not be 0"
     is_uint "$timeout" || die "START_TIMEOUT must be a number of seconds, got '$timeout'"
     command -v curl >/dev/null 2>&1 || die "curl is required"
 
@@ -316,10 +318,11 @@ cmd_start() {
     repo="$(abspath "$repo")"
 
     # Already running from this repo?
-    local old_pid
+    local old_pid body
     old_pid="$(read_pid "$repo")"
     if [[ -n "$old_pid" ]] && pid_is_daemon "$old_pid"; then
-        if [[ -f "$repo/config" ]] && api_id "$api_port" | grep -qF "\"$(peer_id "$repo")\""; then
+        if [[ -f "$repo/config" ]] && body="$(api_id "$api_port")" &&
+            grep -qF "\"$(peer_id "$repo")\"" <<<"$body"; then
             log "daemon already running for $repo (PID $old_pid, API port $api_port)"
             printf '%s\n' "$old_pid"
             return 0
@@ -390,7 +393,7 @@ cmd_start() {
     trap on_interrupt INT TERM
     log "started $IMPL daemon PID $pid (${args[*]}), waiting for 127.0.0.1:$api_port ..."
 
-    local deadline=$((SECONDS + timeout)) body
+    local deadline=$((SECONDS + timeout))
     while :; do
         if ! pid_alive "$pid"; then
             log_tail "$repo"
@@ -480,6 +483,7 @@ main() {
         start) cmd_start "$@" ;;
         stop) cmd_stop "$@" ;;
         -h | --help | help) usage ;;
+        "") usage; die "missing command (install, bin, start or stop)" ;;
         *) usage; die "unknown command '${cmd}'" ;;
     esac
 }

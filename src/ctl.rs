@@ -1,1 +1,146 @@
-//! placeholder
+//! `ipfs-cluster-ctl`'s output formats (upstream's text forms) and its `--wait` logic.
+
+use std::time::Duration;
+
+use crate::restapi::client::{Client, ClientError};
+use crate::types::{Cid, ClusterId, GlobalPinInfo, Pin, PinMode, TrackerStatus};
+
+/// Upstream's text form of an ID.
+pub fn format_id(id: &ClusterId) -> String {
+    let others = id.cluster_peers.iter().filter(|p| **p != id.id).count();
+    let mut s = format!("{} | {} | Sees {} other peers\n", id.id, id.peername, others);
+    s.push_str("  > Addresses:\n");
+    for a in &id.addresses {
+        s.push_str(&format!("    - {a}\n"));
+    }
+    if id.ipfs.error.is_empty() {
+        s.push_str(&format!("  > IPFS: {}\n", id.ipfs.id));
+        for a in &id.ipfs.addresses {
+            s.push_str(&format!("    - {a}\n"));
+        }
+    } else {
+        s.push_str(&format!("  > IPFS ERROR: {}\n", id.ipfs.error));
+    }
+    s
+}
+
+/// Upstream's text form of a pin (`pin ls`).
+pub fn format_pin(p: &Pin) -> String {
+    let mut t = "PIN".to_string();
+    if p.mode() == PinMode::Direct {
+        t.push_str("-DIRECT");
+    }
+    let repl = if p.options.replication_factor_min == -1 && p.allocations.is_empty() {
+        "Repl. Factor: -1 | Allocations: [everywhere]".to_string()
+    } else {
+        let mut a = p.allocations.clone();
+        a.sort();
+        format!(
+            "Repl. Factor: {}--{} | Allocations: [{}]",
+            p.options.replication_factor_min,
+            p.options.replication_factor_max,
+            a.join(" ")
+        )
+    };
+    let rec = match p.max_depth {
+        0 => "Direct".to_string(),
+        -1 => "Recursive".to_string(),
+        n => format!("Recursive-{n}"),
+    };
+    let meta = if p.options.metadata.is_empty() { "no" } else { "yes" };
+    let exp = p
+        .options
+        .expire_at
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "∞".into());
+    format!(
+        "{} | {} | {} | {} | {} | Metadata: {} | Exp: {} | Added: {}\n",
+        p.cid,
+        p.options.name,
+        t,
+        repl,
+        rec,
+        meta,
+        exp,
+        p.timestamp.format("%Y-%m-%d %H:%M:%S")
+    )
+}
+
+/// Upstream's text form of a global status (`status`).
+pub fn format_status(g: &GlobalPinInfo) -> String {
+    let mut s = g.cid.to_string();
+    if !g.name.is_empty() {
+        s.push_str(&format!(" | {}", g.name));
+    }
+    s.push_str(":\n");
+    for (peer, info) in &g.peer_map {
+        let who = if info.peername.is_empty() { peer } else { &info.peername };
+        s.push_str(&format!(
+            "    > {:<20} : {}",
+            who,
+            info.status.as_str().to_uppercase()
+        ));
+        if !info.error.is_empty() {
+            s.push_str(&format!(": {}", info.error));
+        }
+        s.push_str(&format!(
+            " | {} | Attempts: {} | Priority: {}\n",
+            info.timestamp.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            info.attempt_count,
+            info.priority_pin
+        ));
+    }
+    s
+}
+
+/// What `--wait` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitTarget {
+    /// Pinned (or remote) on enough peers.
+    Pinned,
+    /// Unpinned everywhere.
+    Unpinned,
+}
+
+/// Polls the status of `cid` until `target` holds on `limit` peers (0: all peers
+/// in the status), an error status shows up, or `timeout` (zero: none) passes.
+pub async fn wait_for(
+    client: &Client,
+    cid: &Cid,
+    target: WaitTarget,
+    limit: usize,
+    timeout: Duration,
+) -> Result<GlobalPinInfo, String> {
+    let deadline = (!timeout.is_zero()).then(|| tokio::time::Instant::now() + timeout);
+    loop {
+        let g = client
+            .status(cid)
+            .await
+            .map_err(|e: ClientError| e.to_string())?;
+        let mut done = 0;
+        for (peer, info) in &g.peer_map {
+            if info.status.is_error() {
+                return Err(format!(
+                    "{peer}: {}: {}",
+                    info.status.as_str().to_uppercase(),
+                    info.error
+                ));
+            }
+            let ok = match target {
+                WaitTarget::Pinned => {
+                    matches!(info.status, TrackerStatus::Pinned | TrackerStatus::Remote)
+                }
+                WaitTarget::Unpinned => info.status == TrackerStatus::Unpinned,
+            };
+            done += usize::from(ok);
+        }
+        let needed = if limit == 0 { g.peer_map.len() } else { limit };
+        if done >= needed && !g.peer_map.is_empty() {
+            return Ok(g);
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            return Err(format!("timed out waiting for {cid}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,1 +1,209 @@
-//! placeholder
+//! HTTP plumbing shared by the proxy and the REST API: body types, JSON and
+//! streamed responses, and a server loop with graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Errors carried inside bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every response we produce.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|e| match e {}).boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// A response with a JSON body.
+pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
+    let mut bytes = serde_json::to_vec(value).unwrap_or_else(|e| {
+        format!("{{\"Message\":\"encoding response: {e}\",\"Code\":0,\"Type\":\"error\"}}").into_bytes()
+    });
+    bytes.push(b'\n');
+    let mut r = Response::new(full(bytes));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The sending half of a streamed body: data chunks, then optional trailers.
+pub struct BodySender {
+    tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+}
+
+impl BodySender {
+    /// Sends a chunk; `false` when the client went away.
+    pub async fn send(&self, chunk: impl Into<Bytes>) -> bool {
+        self.tx.send(Ok(Frame::data(chunk.into()))).await.is_ok()
+    }
+
+    /// Sends one JSON value followed by a newline.
+    pub async fn send_json<T: Serialize>(&self, v: &T) -> bool {
+        match serde_json::to_vec(v) {
+            Ok(mut b) => {
+                b.push(b'\n');
+                self.send(b).await
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Ends the body with trailers.
+    pub async fn trailers(self, trailers: HeaderMap) {
+        let _ = self.tx.send(Ok(Frame::trailers(trailers))).await;
+    }
+
+    /// True when the receiving side was dropped (client disconnected).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// A streamed body and its sender; the buffer holds a few chunks, so a slow client
+/// slows the producer instead of growing memory.
+pub fn channel_body() -> (BodySender, Body) {
+    let (tx, rx) = mpsc::channel(16);
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    (BodySender { tx }, StreamBody::new(stream).boxed_unsync())
+}
+
+/// Server limits.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Time to read a request's headers.
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (larger: 431).
+    pub max_header_bytes: usize,
+}
+
+/// Binds each `/ip4|ip6/.../tcp/...` listen address.
+pub async fn bind(addrs: &[String]) -> Result<Vec<TcpListener>, std::io::Error> {
+    let mut out = Vec::new();
+    for a in addrs {
+        let sock = crate::multiaddr::TcpMultiaddr::parse(a)
+            .and_then(|m| m.socket_addr())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let l = TcpListener::bind(sock)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("listening on {a}: {e}")))?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Serves `handler` on `listeners` until `cancel`, then lets open requests finish
+/// for a short grace period. Every task is spawned on `tasks`.
+pub fn serve<H, F>(
+    name: &'static str,
+    listeners: Vec<TcpListener>,
+    handler: H,
+    opts: ServerOptions,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) where
+    H: Fn(http::Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    for listener in listeners {
+        let (handler, opts, cancel, conn_tasks) =
+            (handler.clone(), opts.clone(), cancel.clone(), tasks.clone());
+        tasks.spawn(async move {
+            let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+            loop {
+                let (stream, remote) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!("{name}: accept: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    _ = cancel.cancelled() => break,
+                };
+                let _ = stream.set_nodelay(true);
+                let h = handler.clone();
+                let svc = service_fn(move |req| {
+                    let fut = h(req, remote);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(opts.header_read_timeout)
+                    .max_buf_size(opts.max_header_bytes.max(8192));
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn);
+                conn_tasks.spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("{name}: connection from {remote}: {e}");
+                    }
+                });
+            }
+            if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("{name}: connections still open after 5s; closing them");
+            }
+        });
+    }
+}
+
+/// Reads a whole small request body (at most `limit` bytes).
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, String> {
+    let limited = http_body_util::Limited::new(body, limit);
+    limited
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| e.to_string())
+}
+
+/// `true`/`false` query flags as Go's `strconv.ParseBool` reads them.
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// The decoded query string of `uri` as ordered pairs.
+pub fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
+    uri.query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+

@@ -1,1 +1,247 @@
-fn main(){}
+//! `ipfs-cluster-ctl`: the command-line client of a peer's REST API.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use ipfs_cluster::ctl::{WaitTarget, format_id, format_pin, format_status, wait_for};
+use ipfs_cluster::restapi::client::Client;
+use ipfs_cluster::types::{Cid, PinMode, PinOptions};
+
+#[derive(Parser)]
+#[command(name = "ipfs-cluster-ctl", version = ipfs_cluster::VERSION, about = "Client for an IPFS Cluster peer")]
+struct Cli {
+    /// The peer's REST API (multiaddr or URL).
+    #[arg(long, short = 'l', global = true, default_value = "/ip4/127.0.0.1/tcp/9094")]
+    host: String,
+    /// Output encoding.
+    #[arg(long = "enc", alias = "encoding", global = true, value_enum, default_value_t = Enc::Text)]
+    enc: Enc,
+    /// Basic auth credentials `user[:password]`.
+    #[arg(long, global = true, env = "CLUSTER_CREDENTIALS")]
+    basic_auth: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Enc {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Shows the peer's ID and addresses.
+    Id,
+    /// Shows the peer's version.
+    Version,
+    /// Pins: add, rm, ls.
+    #[command(subcommand)]
+    Pin(PinCmd),
+    /// Shows the status of CIDs on every peer.
+    Status {
+        /// CIDs (all when none).
+        cids: Vec<String>,
+        /// Status filter, e.g. `pinned,error`.
+        #[arg(long, default_value = "")]
+        filter: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PinCmd {
+    /// Pins a CID or path in the cluster.
+    Add {
+        /// CID or /ipfs/ path.
+        arg: String,
+        /// Pin name.
+        #[arg(long, short = 'n', default_value = "")]
+        name: String,
+        /// recursive or direct.
+        #[arg(long, default_value = "recursive")]
+        mode: String,
+        /// Sets both minimum and maximum replication.
+        #[arg(long, short = 'r')]
+        replication: Option<i32>,
+        /// Minimum replication.
+        #[arg(long, alias = "replication-min", default_value_t = 0)]
+        rmin: i32,
+        /// Maximum replication.
+        #[arg(long, alias = "replication-max", default_value_t = 0)]
+        rmax: i32,
+        /// Metadata `key=value` (repeatable).
+        #[arg(long)]
+        metadata: Vec<String>,
+        /// Expire after this long (Go duration).
+        #[arg(long)]
+        expire_in: Option<String>,
+        /// Do not print the status afterwards.
+        #[arg(long = "no-status", alias = "ns")]
+        no_status: bool,
+        /// Wait until the pin is pinned.
+        #[arg(long, short = 'w')]
+        wait: bool,
+        /// How long to wait (Go duration; 0: forever).
+        #[arg(long = "wait-timeout", alias = "wt", default_value = "0s")]
+        wait_timeout: String,
+    },
+    /// Unpins a CID or path from the cluster.
+    Rm {
+        /// CID or /ipfs/ path.
+        arg: String,
+        /// Do not print the status afterwards.
+        #[arg(long = "no-status", alias = "ns")]
+        no_status: bool,
+        /// Wait until it is unpinned.
+        #[arg(long, short = 'w')]
+        wait: bool,
+        /// How long to wait (Go duration; 0: forever).
+        #[arg(long = "wait-timeout", alias = "wt", default_value = "0s")]
+        wait_timeout: String,
+    },
+    /// Lists the pinset.
+    Ls {
+        /// A CID (all when absent).
+        cid: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("An error occurred:\n Code: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print<T: serde::Serialize>(enc: Enc, v: &T, text: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+    match enc {
+        Enc::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        Enc::Text => print!("{}", text(v)),
+    }
+    Ok(())
+}
+
+fn parse_cid(s: &str) -> anyhow::Result<Cid> {
+    s.parse().with_context(|| format!("{s:?} is not a CID"))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let auth = cli.basic_auth.as_deref().map(|a| match a.split_once(':') {
+        Some((u, p)) => (u.to_string(), p.to_string()),
+        None => (a.to_string(), String::new()),
+    });
+    let client = Client::new(&cli.host, auth)?;
+    let enc = cli.enc;
+    match cli.command {
+        Command::Id => print(enc, &client.id().await?, format_id),
+        Command::Version => print(enc, &client.version().await?, |v| format!("{}\n", v.version)),
+        Command::Status { cids, filter } => {
+            if cids.is_empty() {
+                for g in client.status_all(&filter).await? {
+                    print(enc, &g, format_status)?;
+                }
+            } else {
+                for c in cids {
+                    print(enc, &client.status(&parse_cid(&c)?).await?, format_status)?;
+                }
+            }
+            Ok(())
+        }
+        Command::Pin(PinCmd::Ls { cid }) => {
+            match cid {
+                Some(c) => print(enc, &client.allocation(&parse_cid(&c)?).await?, format_pin)?,
+                None => {
+                    for p in client.allocations().await? {
+                        print(enc, &p, format_pin)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Pin(PinCmd::Add {
+            arg,
+            name,
+            mode,
+            replication,
+            rmin,
+            rmax,
+            metadata,
+            expire_in,
+            no_status,
+            wait,
+            wait_timeout,
+        }) => {
+            let mut meta = BTreeMap::new();
+            for kv in metadata {
+                let Some((k, v)) = kv.split_once('=') else {
+                    bail!("metadata must be key=value, got {kv:?}");
+                };
+                meta.insert(k.to_string(), v.to_string());
+            }
+            let (rmin, rmax) = replication.map(|r| (r, r)).unwrap_or((rmin, rmax));
+            let mut opts = PinOptions {
+                name,
+                mode: mode.parse::<PinMode>().map_err(anyhow::Error::msg)?,
+                replication_factor_min: rmin,
+                replication_factor_max: rmax,
+                metadata: meta,
+                ..Default::default()
+            };
+            if let Some(e) = expire_in {
+                let d = ipfs_cluster::config::parse_duration(&e).map_err(anyhow::Error::msg)?;
+                opts.expire_at = Some(chrono::Utc::now() + chrono::Duration::from_std(d)?);
+            }
+            let pin = client.pin(&arg, &opts).await?;
+            after_op(&client, enc, &pin.cid, WaitTarget::Pinned, no_status, wait, &wait_timeout).await
+        }
+        Command::Pin(PinCmd::Rm {
+            arg,
+            no_status,
+            wait,
+            wait_timeout,
+        }) => {
+            let pin = client.unpin(&arg).await?;
+            after_op(&client, enc, &pin.cid, WaitTarget::Unpinned, no_status, wait, &wait_timeout).await
+        }
+    }
+}
+
+async fn after_op(
+    client: &Client,
+    enc: Enc,
+    cid: &Cid,
+    target: WaitTarget,
+    no_status: bool,
+    wait: bool,
+    wait_timeout: &str,
+) -> anyhow::Result<()> {
+    let g = if wait {
+        let t = ipfs_cluster::config::parse_duration(wait_timeout).map_err(anyhow::Error::msg)?;
+        wait_for(client, cid, target, 0, t).await.map_err(anyhow::Error::msg)?
+    } else {
+        if no_status {
+            return Ok(());
+        }
+        // As upstream: give the peers a moment before showing the status.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        client.status(cid).await?
+    };
+    if no_status {
+        return Ok(());
+    }
+    print(enc, &g, format_status)
+}

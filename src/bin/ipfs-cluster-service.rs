@@ -1,1 +1,100 @@
-fn main(){}
+//! `ipfs-cluster-service`: initialises and runs a cluster peer.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ipfs_cluster::config::{self, CONFIG_FILE, Config, IDENTITY_FILE, Identity};
+use ipfs_cluster::peer::Peer;
+
+#[derive(Parser)]
+#[command(name = "ipfs-cluster-service", version = ipfs_cluster::VERSION, about = "IPFS Cluster peer")]
+struct Cli {
+    /// Config folder (default: $IPFS_CLUSTER_PATH or ~/.ipfs-cluster).
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Debug logging.
+    #[arg(long, short = 'd', global = true)]
+    debug: bool,
+    /// Log level filter (e.g. `info,ipfs_cluster=debug`).
+    #[arg(long, short = 'l', global = true, env = "IPFS_CLUSTER_LOG_LEVEL")]
+    loglevel: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Writes a new service.json and identity.json.
+    Init {
+        /// Overwrite an existing configuration.
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+    /// Runs the peer (the default).
+    Daemon,
+    /// Prints the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = cli
+        .loglevel
+        .clone()
+        .unwrap_or_else(|| if cli.debug { "debug".into() } else { "info".into() });
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = config::config_dir(cli.config.as_deref());
+    match cli.command.unwrap_or(Command::Daemon) {
+        Command::Version => {
+            println!("{}", ipfs_cluster::VERSION);
+            Ok(())
+        }
+        Command::Init { force } => {
+            let (_, id) = config::init(&dir, force)?;
+            println!(
+                "configuration written to {}\npeer id: {}",
+                dir.join(CONFIG_FILE).display(),
+                id.peer_id
+            );
+            Ok(())
+        }
+        Command::Daemon => {
+            let cfg = Config::load(&dir.join(CONFIG_FILE))?;
+            let identity = Identity::load(&dir.join(IDENTITY_FILE))?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let peer = Peer::start(&dir, cfg, identity).await?;
+                wait_for_signal().await?;
+                peer.shutdown().await;
+                Ok(())
+            })
+        }
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -42,6 +42,15 @@ pub enum ConsensusError {
     Raft(String),
 }
 
+/// The outcome of a committed [`LogOp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// Whether the CID was in the pinset before the operation.
+    pub existed: bool,
+    /// The log index of the operation (events about it carry the same index).
+    pub index: u64,
+}
+
 /// A peer's consensus component.
 #[derive(Clone)]
 pub struct Consensus {
@@ -144,10 +153,13 @@ impl Consensus {
     }
 
     /// Commits `op` and returns once it is applied on this peer.
-    pub async fn commit(&self, op: LogOp) -> Result<ApplyResult, ConsensusError> {
+    pub async fn commit(&self, op: LogOp) -> Result<Committed, ConsensusError> {
         self.wait_for_leader().await?;
         match self.raft.client_write(op).await {
-            Ok(resp) => Ok(resp.data),
+            Ok(resp) => Ok(Committed {
+                existed: resp.data.existed,
+                index: resp.log_id.index,
+            }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(ConsensusError::NotLeader(
                     f.leader_node

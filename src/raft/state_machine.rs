@@ -30,8 +30,10 @@ pub enum StateEvent {
     Pinned(Pin),
     /// A pin was removed.
     Unpinned(Cid),
-    /// The whole pinset was replaced (snapshot install): resynchronise.
+    /// The whole pinset was replaced by a snapshot: resynchronise.
     Reset,
+    /// Every change up to this log index has been announced.
+    Applied(u64),
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -204,6 +206,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     Some(serde_json::to_vec(&m).map_err(sm_err)?),
                 ));
             }
+            if let Some(l) = last {
+                events.push(StateEvent::Applied(l.index));
+            }
             let tree = this.state.tree();
             tree.apply(batch).map_err(sm_err)?;
             tree.flush().map_err(sm_err)?;
@@ -229,8 +234,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let this = self.clone();
-        let meta = meta.clone();
+        let owned_meta = meta.clone();
         tokio::task::spawn_blocking(move || {
+            let meta = owned_meta;
             let data = snapshot.into_inner();
             let mut batch = this.state.clear_entries().map_err(sm_err)?;
             for line in Cursor::new(&data).lines() {
@@ -256,7 +262,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(sm_err)??;
-        self.notify(vec![StateEvent::Reset]).await;
+        let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        self.notify(vec![StateEvent::Reset, StateEvent::Applied(index)]).await;
         Ok(())
     }
 

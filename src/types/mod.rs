@@ -1,5 +1,6 @@
 //! The API types shared by the REST API, the state and ctl, with upstream's JSON shapes.
 
+mod query;
 mod status;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,328 @@
+//! The IPFS connector: the peer's client of its daemon's kubo RPC API
+//! (`/api/v0`), used by the tracker to pin and unpin and by the APIs to resolve
+//! paths and identify the daemon.
+
+mod ndjson;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+pub use ndjson::NdjsonReader;
+
+use crate::config::IpfsHttpConfig;
+use crate::multiaddr::TcpMultiaddr;
+use crate::types::{Cid, IpfsId, PinMode};
+
+/// The error text kubo (boxo) gives when unpinning something not pinned.
+pub const ERR_NOT_PINNED: &str = "not pinned or pinned indirectly";
+
+/// Why a call to the daemon failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IpfsError {
+    /// The daemon answered with an error.
+    #[error("{message}")]
+    Daemon {
+        /// HTTP status.
+        status: u16,
+        /// The daemon's `Message`.
+        message: String,
+    },
+    /// The daemon could not be reached.
+    #[error("the IPFS daemon at {addr} is unreachable: {reason}")]
+    Unreachable {
+        /// Its address.
+        addr: String,
+        /// The transport error.
+        reason: String,
+    },
+    /// The call took too long.
+    #[error("{0}")]
+    Timeout(String),
+    /// The operation was cancelled.
+    #[error("operation cancelled")]
+    Cancelled,
+    /// The daemon's answer could not be understood.
+    #[error("unexpected answer from the IPFS daemon: {0}")]
+    Protocol(String),
+}
+
+impl IpfsError {
+    /// True for kubo's "not pinned" answers (`pin/rm`, `pin/ls?arg=`).
+    pub fn is_not_pinned(&self) -> bool {
+        matches!(self, IpfsError::Daemon { message, .. }
+            if message.ends_with("not pinned") || message.contains(ERR_NOT_PINNED))
+    }
+}
+
+#[derive(Deserialize)]
+struct DaemonError {
+    #[serde(rename = "Message")]
+    message: String,
+}
+
+/// A client of one daemon's RPC API.
+#[derive(Clone)]
+pub struct IpfsConnector {
+    client: reqwest::Client,
+    base: String,
+    addr: String,
+    request_timeout: Duration,
+    pin_timeout: Duration,
+    unpin_timeout: Duration,
+}
+
+/// The daemon's pin types of interest to the tracker.
+pub type DaemonPins = HashMap<Cid, PinMode>;
+
+impl IpfsConnector {
+    /// A connector for the daemon at `cfg.node_multiaddress`.
+    pub fn new(cfg: &IpfsHttpConfig) -> Result<Self, crate::multiaddr::MultiaddrError> {
+        let addr = TcpMultiaddr::parse(&cfg.node_multiaddress)?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        Ok(IpfsConnector {
+            client,
+            base: format!("http://{}/api/v0", addr.authority()),
+            addr: addr.to_string(),
+            request_timeout: nonzero(cfg.ipfs_request_timeout.0),
+            pin_timeout: nonzero(cfg.pin_timeout.0),
+            unpin_timeout: nonzero(cfg.unpin_timeout.0),
+        })
+    }
+
+    fn transport_err(&self, e: reqwest::Error) -> IpfsError {
+        if e.is_timeout() {
+            IpfsError::Timeout(format!("request to the IPFS daemon timed out: {e}"))
+        } else if e.is_connect() || e.is_request() {
+            IpfsError::Unreachable {
+                addr: self.addr.clone(),
+                reason: error_chain(&e),
+            }
+        } else {
+            IpfsError::Protocol(error_chain(&e))
+        }
+    }
+
+    async fn post(
+        &self,
+        cmd: &str,
+        query: &[(&str, &str)],
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, IpfsError> {
+        let mut req = self
+            .client
+            .post(format!("{}/{cmd}", self.base))
+            .query(query);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_err(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|e| self.transport_err(e))?;
+        let message = serde_json::from_slice::<DaemonError>(&body)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_string());
+        Err(IpfsError::Daemon { status, message })
+    }
+
+    async fn call<T: DeserializeOwned>(&self, cmd: &str, query: &[(&str, &str)]) -> Result<T, IpfsError> {
+        let resp = self.post(cmd, query, Some(self.request_timeout)).await?;
+        let body = resp.bytes().await.map_err(|e| self.transport_err(e))?;
+        serde_json::from_slice(&body).map_err(|e| IpfsError::Protocol(format!("{cmd}: {e}")))
+    }
+
+    /// The daemon's identity.
+    pub async fn id(&self) -> Result<IpfsId, IpfsError> {
+        #[derive(Deserialize)]
+        struct Id {
+            #[serde(rename = "ID")]
+            id: String,
+            #[serde(rename = "Addresses", default)]
+            addresses: Option<Vec<String>>,
+        }
+        let id: Id = self.call("id", &[]).await?;
+        Ok(IpfsId {
+            id: id.id,
+            addresses: id.addresses.unwrap_or_default(),
+            error: String::new(),
+        })
+    }
+
+    /// Resolves an IPFS/IPNS path to the CID it points at.
+    pub async fn resolve(&self, path: &str) -> Result<Cid, IpfsError> {
+        #[derive(Deserialize)]
+        struct Resolved {
+            #[serde(rename = "Path")]
+            path: String,
+        }
+        let r: Resolved = self.call("resolve", &[("arg", path)]).await?;
+        let root = r
+            .path
+            .trim_start_matches("/ipfs/")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        root.parse()
+            .map_err(|e| IpfsError::Protocol(format!("resolve returned {:?}: {e}", r.path)))
+    }
+
+    /// Pins `cid` on the daemon. The call fails if no progress is reported for
+    /// `pin_timeout`; `progress` hears of the blocks fetched so far.
+    pub async fn pin(
+        &self,
+        cid: &Cid,
+        mode: PinMode,
+        cancel: &CancellationToken,
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<(), IpfsError> {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct PinEvent {
+            #[serde(rename = "Pins")]
+            pins: Option<Vec<String>>,
+            #[serde(rename = "Progress")]
+            progress: Option<u64>,
+        }
+        let arg = cid.to_string();
+        let recursive = if mode == PinMode::Recursive { "true" } else { "false" };
+        let fut = async {
+            let resp = self
+                .post(
+                    "pin/add",
+                    &[("arg", &arg), ("recursive", recursive), ("progress", "true")],
+                    None,
+                )
+                .await?;
+            let mut reader = NdjsonReader::new(resp);
+            loop {
+                let line = tokio::time::timeout(self.pin_timeout, reader.next_line())
+                    .await
+                    .map_err(|_| {
+                        IpfsError::Timeout(format!(
+                            "pin of {cid} made no progress for {}",
+                            crate::config::format_duration(self.pin_timeout)
+                        ))
+                    })?
+                    .map_err(|e| self.transport_err(e))?;
+                let Some(line) = line else {
+                    return Err(IpfsError::Protocol(
+                        "pin/add ended without reporting the pin".into(),
+                    ));
+                };
+                let ev: PinEvent = serde_json::from_slice(&line)
+                    .map_err(|e| IpfsError::Protocol(format!("pin/add: {e}")))?;
+                if let Some(p) = ev.progress {
+                    progress(p);
+                }
+                if ev.pins.is_some() {
+                    return Ok(());
+                }
+            }
+        };
+        tokio::select! {
+            r = fut => r,
+            _ = cancel.cancelled() => Err(IpfsError::Cancelled),
+        }
+    }
+
+    /// Unpins `cid`; a CID that is not pinned counts as unpinned.
+    pub async fn unpin(&self, cid: &Cid, cancel: &CancellationToken) -> Result<(), IpfsError> {
+        let arg = cid.to_string();
+        let query = [("arg", arg.as_str())];
+        let fut = self.post("pin/rm", &query, Some(self.unpin_timeout));
+        let res = tokio::select! {
+            r = fut => r,
+            _ = cancel.cancelled() => return Err(IpfsError::Cancelled),
+        };
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_pinned() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// How `cid` is pinned on the daemon (`None`: not pinned, or only indirectly).
+    pub async fn pin_ls_cid(&self, cid: &Cid) -> Result<Option<PinMode>, IpfsError> {
+        #[derive(Deserialize)]
+        struct PinLs {
+            #[serde(rename = "Keys")]
+            keys: HashMap<String, PinLsType>,
+        }
+        let arg = cid.to_string();
+        match self.call::<PinLs>("pin/ls", &[("arg", &arg)]).await {
+            Ok(ls) => Ok(ls.keys.values().find_map(|t| mode_of(&t.pin_type))),
+            Err(e) if e.is_not_pinned() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every recursive and direct pin on the daemon.
+    pub async fn pin_ls(&self) -> Result<DaemonPins, IpfsError> {
+        #[derive(Deserialize)]
+        struct Item {
+            #[serde(rename = "Cid")]
+            cid: String,
+            #[serde(rename = "Type")]
+            pin_type: String,
+        }
+        let mut pins = DaemonPins::new();
+        for t in ["recursive", "direct"] {
+            let resp = self
+                .post(
+                    "pin/ls",
+                    &[("type", t), ("stream", "true")],
+                    Some(self.request_timeout),
+                )
+                .await?;
+            let mut reader = NdjsonReader::new(resp);
+            while let Some(line) = reader.next_line().await.map_err(|e| self.transport_err(e))? {
+                let item: Item = serde_json::from_slice(&line)
+                    .map_err(|e| IpfsError::Protocol(format!("pin/ls: {e}")))?;
+                if let (Ok(cid), Some(mode)) = (item.cid.parse::<Cid>(), mode_of(&item.pin_type)) {
+                    // A CIDv1 the daemon prints in another base still names the same pin.
+                    pins.insert(cid, mode);
+                }
+            }
+        }
+        Ok(pins)
+    }
+}
+
+#[derive(Deserialize)]
+struct PinLsType {
+    #[serde(rename = "Type")]
+    pin_type: String,
+}
+
+fn mode_of(t: &str) -> Option<PinMode> {
+    match t {
+        "recursive" => Some(PinMode::Recursive),
+        "direct" => Some(PinMode::Direct),
+        _ => None,
+    }
+}
+
+fn nonzero(d: Duration) -> Duration {
+    if d.is_zero() { Duration::MAX / 4 } else { d }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

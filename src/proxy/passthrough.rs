@@ -1,0 +1,135 @@
+//! The reverse proxy for every call the cluster does not intercept: request and
+//! response bodies stream through untouched, trailers included.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::error::{ErrorCode, kubo_error};
+use crate::http::Body;
+
+/// A pooled HTTP/1 client to the daemon.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Incoming>,
+    authority: String,
+    multiaddr: String,
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        h.remove(n);
+    }
+}
+
+impl Upstream {
+    /// A client of the daemon at `authority` (`host:port`), named `multiaddr` in errors.
+    pub fn new(authority: String, multiaddr: String) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .pool_max_idle_per_host(32)
+            .build(connector);
+        Upstream {
+            client,
+            authority,
+            multiaddr,
+        }
+    }
+
+    /// The daemon's `host:port`.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// Forwards `req` to the daemon and streams its answer back.
+    pub async fn forward(&self, mut req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        let uri: Uri = match format!("http://{}{pq}", self.authority).parse() {
+            Ok(u) => u,
+            Err(e) => {
+                return kubo_error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::Client,
+                    &format!("invalid request URI: {e}"),
+                );
+            }
+        };
+        *req.uri_mut() = uri;
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        if let Ok(v) = HeaderValue::from_str(&self.authority) {
+            headers.insert(header::HOST, v);
+        }
+        // Without `TE: trailers` upstream, hyper would drop the daemon's
+        // X-Stream-Error trailer when relaying to clients that asked for it.
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        let xff = match headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {}", remote.ip()),
+            None => remote.ip().to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+        match self.client.request(req).await {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                let trailer_decl = parts.headers.get(header::TRAILER).cloned();
+                strip_hop_by_hop(&mut parts.headers);
+                // The declaration of trailers is end-to-end information for clients
+                // that read `X-Stream-Error`: keep it.
+                if let Some(t) = trailer_decl {
+                    parts.headers.insert(header::TRAILER, t);
+                }
+                Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+            }
+            Err(e) => {
+                let reason = std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.to_string());
+                kubo_error(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::Normal,
+                    &format!(
+                        "cannot reach the IPFS daemon at {}: {reason}",
+                        self.multiaddr
+                    ),
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! `pin/add`, `pin/rm` and `pin/ls` answered from the cluster, in kubo's shapes.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use serde::Serialize;
+
+use super::Proxy;
+use super::error::{internal, kubo_error, missing_argument, stream_error_value, ErrorCode};
+use crate::cluster::{ClusterError, OpState, Phase};
+use crate::http::{Body, channel_body, parse_bool};
+use crate::types::{Cid, Pin, PinMode, PinOptions};
+
+/// kubo's not-pinned answer to `pin/rm`; composite clusters rely on it.
+const NOT_PINNED: &str = "not pinned or pinned indirectly";
+/// kubo's progress interval for `pin/add?progress=true`.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// The decoded query of a kubo call.
+pub struct Query {
+    pairs: Vec<(String, String)>,
+}
+
+impl Query {
+    /// Wraps decoded pairs.
+    pub fn new(pairs: Vec<(String, String)>) -> Self {
+        Query { pairs }
+    }
+    fn get(&self, k: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    }
+    fn all(&self, k: &str) -> Vec<String> {
+        self.pairs
+            .iter()
+            .filter(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+    /// A boolean option; a value Go cannot parse is an error as in kubo.
+    fn flag(&self, k: &str, default: bool) -> Result<bool, Response<Body>> {
+        match self.get(k) {
+            None => Ok(default),
+            Some("") => Ok(true),
+            Some(v) => parse_bool(v).ok_or_else(|| {
+                kubo_error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::Client,
+                    &format!("invalid value {v:?} for option {k:?}: not a boolean"),
+                )
+            }),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct PinsOutput<'a> {
+    #[serde(rename = "Pins")]
+    pins: &'a [String],
+}
+
+#[derive(Serialize, Default)]
+struct ProgressOutput {
+    #[serde(rename = "Progress", skip_serializing_if = "is_zero")]
+    progress: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn cluster_error(e: &ClusterError) -> Response<Body> {
+    internal(&e.to_string())
+}
+
+fn op_failed(op: &OpState) -> Option<String> {
+    (op.phase == Phase::Error).then(|| op.error.clone())
+}
+
+impl Proxy {
+    /// Resolves every `arg`, kubo-style; the first failure is the answer.
+    async fn cids(&self, args: &[String]) -> Result<Vec<Cid>, Response<Body>> {
+        let mut out = Vec::with_capacity(args.len());
+        for a in args {
+            out.push(self.cluster.resolve(a).await.map_err(|e| cluster_error(&e))?);
+        }
+        Ok(out)
+    }
+
+    /// `pin/add`: commit the pins, then answer once this peer has pinned them.
+    pub async fn pin_add(&self, q: Query) -> Response<Body> {
+        let args = q.all("arg");
+        if args.is_empty() {
+            return missing_argument("ipfs-path");
+        }
+        let recursive = match q.flag("recursive", true) {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        };
+        let progress = match q.flag("progress", false) {
+            Ok(p) => p,
+            Err(resp) => return resp,
+        };
+        let mode = if !recursive || q.get("type") == Some("direct") {
+            PinMode::Direct
+        } else {
+            PinMode::Recursive
+        };
+        let cids = match self.cids(&args).await {
+            Ok(c) => c,
+            Err(resp) => return resp,
+        };
+        let mut committed = Vec::with_capacity(cids.len());
+        for cid in &cids {
+            let opts = PinOptions {
+                mode,
+                name: q.get("name").unwrap_or_default().to_string(),
+                ..Default::default()
+            };
+            match self.cluster.pin(*cid, opts).await {
+                Ok((_, c)) => committed.push((*cid, c.index)),
+                Err(e) => return cluster_error(&e),
+            }
+        }
+        let pins: Vec<String> = cids.iter().map(|c| c.to_string()).collect();
+        if !progress {
+            for (cid, index) in &committed {
+                if let Some(err) = self
+                    .cluster
+                    .tracker()
+                    .wait_operation(cid, *index)
+                    .await
+                    .as_ref()
+                    .and_then(op_failed)
+                {
+                    return internal(&format!("pin {cid}: {err}"));
+                }
+            }
+            return crate::http::json(StatusCode::OK, &PinsOutput { pins: &pins });
+        }
+        let (tx, body) = channel_body();
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let tracker = this.cluster.tracker().clone();
+            let wait_all = async {
+                for (cid, index) in &committed {
+                    if let Some(err) = tracker.wait_operation(cid, *index).await.as_ref().and_then(op_failed) {
+                        return Err(format!("pin {cid}: {err}"));
+                    }
+                }
+                Ok(())
+            };
+            tokio::pin!(wait_all);
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            let result = loop {
+                tokio::select! {
+                    r = &mut wait_all => break r,
+                    _ = tick.tick() => {
+                        let progress = committed
+                            .iter()
+                            .filter_map(|(c, _)| tracker.operation(c))
+                            .map(|op| op.progress)
+                            .sum();
+                        if !tx.send_json(&ProgressOutput { progress }).await {
+                            return; // the client went away; the pin goes on in the cluster
+                        }
+                    }
+                    _ = this.cancel.cancelled() => break Err("the peer is shutting down".into()),
+                }
+            };
+            match result {
+                Ok(()) => {
+                    tx.send_json(&PinsOutput { pins: &pins }).await;
+                }
+                Err(msg) => {
+                    let mut t = HeaderMap::new();
+                    if let Ok(v) = HeaderValue::from_str(&stream_error_value(&msg)) {
+                        t.insert("x-stream-error", v);
+                    }
+                    tx.trailers(t).await;
+                }
+            }
+        });
+        streaming(body)
+    }
+
+    /// `pin/rm`: unpin from the cluster; a CID not in the pinset gets kubo's answer.
+    pub async fn pin_rm(&self, q: Query) -> Response<Body> {
+        let args = q.all("arg");
+        if args.is_empty() {
+            return missing_argument("ipfs-path");
+        }
+        let cids = match self.cids(&args).await {
+            Ok(c) => c,
+            Err(resp) => return resp,
+        };
+        let mut committed = Vec::with_capacity(cids.len());
+        for cid in &cids {
+            match self.cluster.unpin(*cid).await {
+                Ok((_, c)) => committed.push((*cid, c.index)),
+                Err(ClusterError::NotFound) => return internal(NOT_PINNED),
+                Err(e) => return cluster_error(&e),
+            }
+        }
+        for (cid, index) in &committed {
+            if let Some(err) = self
+                .cluster
+                .tracker()
+                .wait_operation(cid, *index)
+                .await
+                .as_ref()
+                .and_then(op_failed)
+            {
+                return internal(&format!("unpin {cid}: {err}"));
+            }
+        }
+        let pins: Vec<String> = cids.iter().map(|c| c.to_string()).collect();
+        crate::http::json(StatusCode::OK, &PinsOutput { pins: &pins })
+    }
+
+    /// `pin/ls`: the cluster pinset, as kubo lists pins.
+    pub async fn pin_ls(&self, q: Query) -> Response<Body> {
+        let type_filter = q.get("type").unwrap_or("all").to_string();
+        if !matches!(type_filter.as_str(), "all" | "direct" | "indirect" | "recursive") {
+            return internal(&format!(
+                "invalid type '{type_filter}', must be one of {{direct, indirect, recursive, all}}"
+            ));
+        }
+        let (stream, names) = match (q.flag("stream", false), q.flag("names", false)) {
+            (Ok(s), Ok(n)) => (s, n),
+            (Err(r), _) | (_, Err(r)) => return r,
+        };
+        let wanted = move |p: &Pin| type_filter == "all" || type_filter == p.mode().as_str();
+        let args = q.all("arg");
+        let ls = PinLsWriter { stream, names };
+        if !args.is_empty() {
+            let mut found = Vec::with_capacity(args.len());
+            for a in &args {
+                let cid = match self.cluster.resolve(a).await {
+                    Ok(c) => c,
+                    Err(e) => return cluster_error(&e),
+                };
+                match self.cluster.pin_get(&cid) {
+                    Ok(p) if wanted(&p) => found.push(p),
+                    Ok(_) | Err(ClusterError::NotFound) => {
+                        return internal(&format!("path '{a}' is not pinned"));
+                    }
+                    Err(e) => return cluster_error(&e),
+                }
+            }
+            return ls.respond(self, found.into_iter().map(Ok));
+        }
+        ls.respond(self, self.cluster.pins().filter(move |p| p.as_ref().map_or(true, &wanted)))
+    }
+}
+
+/// Writes pins as kubo's `pin/ls` does, streaming from the store.
+struct PinLsWriter {
+    stream: bool,
+    names: bool,
+}
+
+#[derive(Serialize)]
+struct PinLsObject<'a> {
+    #[serde(rename = "Cid")]
+    cid: String,
+    #[serde(rename = "Name", skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+    #[serde(rename = "Type")]
+    pin_type: &'static str,
+}
+
+#[derive(Serialize)]
+struct PinLsType<'a> {
+    #[serde(rename = "Name", skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+    #[serde(rename = "Type")]
+    pin_type: &'static str,
+}
+
+impl PinLsWriter {
+    fn respond<I>(self, proxy: &Proxy, pins: I) -> Response<Body>
+    where
+        I: Iterator<Item = Result<Pin, crate::state::StateError>> + Send + 'static,
+    {
+        let (tx, body) = channel_body();
+        let (this, cancel) = (self, proxy.cancel.clone());
+        proxy.tasks.spawn(async move {
+            let mut first = true;
+            if !this.stream && !tx.send(&b"{\"Keys\":{"[..]).await {
+                return;
+            }
+            let mut error = None;
+            // The store iterator is synchronous but cheap per item; it never holds
+            // more than one pin, so listing a huge pinset stays flat in memory.
+            for pin in pins {
+                if cancel.is_cancelled() {
+                    error = Some("the peer is shutting down".to_string());
+                    break;
+                }
+                let pin = match pin {
+                    Ok(p) => p,
+                    Err(e) => {
+                        error = Some(e.to_string());
+                        break;
+                    }
+                };
+                let name = if this.names { pin.options.name.as_str() } else { "" };
+                let pin_type = pin.mode().as_str();
+                let ok = if this.stream {
+                    tx.send_json(&PinLsObject {
+                        cid: pin.cid.to_string(),
+                        name,
+                        pin_type,
+                    })
+                    .await
+                } else {
+                    let mut chunk = Vec::with_capacity(96);
+                    if !first {
+                        chunk.push(b',');
+                    }
+                    let key = serde_json::to_vec(&pin.cid.to_string()).unwrap_or_default();
+                    chunk.extend_from_slice(&key);
+                    chunk.push(b':');
+                    let _ = serde_json::to_writer(&mut chunk, &PinLsType { name, pin_type });
+                    tx.send(chunk).await
+                };
+                if !ok {
+                    return;
+                }
+                first = false;
+            }
+            if !this.stream && error.is_none() {
+                tx.send(&b"}}\n"[..]).await;
+            }
+            let mut t = HeaderMap::new();
+            if let Some(msg) = error
+                && let Ok(v) = HeaderValue::from_str(&stream_error_value(&msg))
+            {
+                t.insert("x-stream-error", v);
+            }
+            tx.trailers(t).await;
+        });
+        streaming(body)
+    }
+}
+
+/// A 200 response streaming `body`, with kubo's streaming headers.
+fn streaming(body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    h.insert("x-chunked-output", HeaderValue::from_static("1"));
+    h.insert("trailer", HeaderValue::from_static("X-Stream-Error"));
+    r
+}

@@ -1,0 +1,155 @@
+//! A client of the REST API, used by `ipfs-cluster-ctl` and the tests.
+
+use serde::de::DeserializeOwned;
+
+use crate::multiaddr::TcpMultiaddr;
+use crate::types::{ApiError, Cid, ClusterId, GlobalPinInfo, Pin, PinOptions, Version};
+
+/// Why a REST API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The API answered with an error.
+    #[error("{code}: {message}")]
+    Api {
+        /// HTTP status.
+        code: u16,
+        /// The API's message.
+        message: String,
+    },
+    /// The API could not be reached.
+    #[error("cannot reach the cluster API at {0}")]
+    Transport(String),
+    /// The answer was not understood.
+    #[error("unexpected answer: {0}")]
+    Decode(String),
+    /// A bad `--host`.
+    #[error("{0}")]
+    Host(String),
+}
+
+/// A REST API client.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    auth: Option<(String, String)>,
+}
+
+impl Client {
+    /// A client of the API at `host` (a multiaddr like `/ip4/127.0.0.1/tcp/9094`
+    /// or an `http://` URL), with optional basic-auth credentials.
+    pub fn new(host: &str, auth: Option<(String, String)>) -> Result<Self, ClientError> {
+        let base = if host.starts_with("http://") || host.starts_with("https://") {
+            host.trim_end_matches('/').to_string()
+        } else {
+            let m = TcpMultiaddr::parse(host).map_err(|e| ClientError::Host(e.to_string()))?;
+            format!("http://{}", m.authority())
+        };
+        Ok(Client {
+            http: reqwest::Client::new(),
+            base,
+            auth,
+        })
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, query: &[(String, String)]) -> Result<reqwest::Response, ClientError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .query(query);
+        if let Some((u, p)) = &self.auth {
+            req = req.basic_auth(u, Some(p));
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(format!("{}: {e}", self.base)))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let code = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ApiError>(&text)
+            .map(|e| e.message)
+            .unwrap_or(text);
+        Err(ClientError::Api { code, message })
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, path: &str, query: &[(String, String)]) -> Result<T, ClientError> {
+        let resp = self.send(reqwest::Method::GET, path, query).await?;
+        resp.json().await.map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    async fn get_stream<T: DeserializeOwned>(&self, path: &str, query: &[(String, String)]) -> Result<Vec<T>, ClientError> {
+        let resp = self.send(reqwest::Method::GET, path, query).await?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).map_err(|e| ClientError::Decode(e.to_string())))
+            .collect()
+    }
+
+    /// `GET /id`.
+    pub async fn id(&self) -> Result<ClusterId, ClientError> {
+        self.get_json("/id", &[]).await
+    }
+
+    /// `GET /version`.
+    pub async fn version(&self) -> Result<Version, ClientError> {
+        self.get_json("/version", &[]).await
+    }
+
+    fn pin_route(arg: &str) -> String {
+        // Like upstream's client, every pin goes through the path route so that
+        // paths and CIDs are handled alike.
+        if arg.starts_with('/') {
+            format!("/pins{arg}")
+        } else {
+            format!("/pins/ipfs/{arg}")
+        }
+    }
+
+    /// `POST /pins/ipfs/<cid-or-path>`.
+    pub async fn pin(&self, arg: &str, opts: &PinOptions) -> Result<Pin, ClientError> {
+        let resp = self
+            .send(reqwest::Method::POST, &Self::pin_route(arg), &opts.to_query())
+            .await?;
+        resp.json().await.map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `DELETE /pins/ipfs/<cid-or-path>`.
+    pub async fn unpin(&self, arg: &str) -> Result<Pin, ClientError> {
+        let resp = self
+            .send(reqwest::Method::DELETE, &Self::pin_route(arg), &[])
+            .await?;
+        resp.json().await.map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `GET /allocations`.
+    pub async fn allocations(&self) -> Result<Vec<Pin>, ClientError> {
+        self.get_stream("/allocations", &[]).await
+    }
+
+    /// `GET /allocations/<cid>`.
+    pub async fn allocation(&self, cid: &Cid) -> Result<Pin, ClientError> {
+        self.get_json(&format!("/allocations/{cid}"), &[]).await
+    }
+
+    /// `GET /pins/<cid>`.
+    pub async fn status(&self, cid: &Cid) -> Result<GlobalPinInfo, ClientError> {
+        self.get_json(&format!("/pins/{cid}"), &[]).await
+    }
+
+    /// `GET /pins?filter=…`.
+    pub async fn status_all(&self, filter: &str) -> Result<Vec<GlobalPinInfo>, ClientError> {
+        let q = if filter.is_empty() {
+            vec![]
+        } else {
+            vec![("filter".to_string(), filter.to_string())]
+        };
+        self.get_stream("/pins", &q).await
+    }
+}

@@ -1,0 +1,283 @@
+//! The native REST API (upstream's `/id`, `/version`, `/allocations`, `/pins`, …),
+//! with upstream's JSON, NDJSON streams and `{"code","message"}` errors.
+
+pub mod client;
+
+use std::net::SocketAddr;
+
+use base64::Engine;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::config::RestApiConfig;
+use crate::http::{Body, ServerOptions, channel_body, empty, json, query_pairs};
+use crate::types::{ApiError, Cid, PinOptions, TrackerStatusFilter, Version};
+
+/// Why the REST API could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("rest api: {0}")]
+pub struct RestApiError(#[from] std::io::Error);
+
+/// The REST API's request state.
+#[derive(Clone)]
+pub struct RestApi {
+    cluster: Cluster,
+    credentials: Option<std::collections::BTreeMap<String, String>>,
+    tasks: TaskTracker,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    json(
+        status,
+        &ApiError {
+            code: status.as_u16(),
+            message: message.into(),
+        },
+    )
+}
+
+fn cluster_error(e: ClusterError) -> Response<Body> {
+    let status = match &e {
+        ClusterError::NotFound => StatusCode::NOT_FOUND,
+        ClusterError::InvalidArgument(_) | ClusterError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
+fn parse_cid(s: &str) -> Result<Cid, Response<Body>> {
+    s.parse::<Cid>()
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("error decoding Cid: {e}")))
+}
+
+impl RestApi {
+    /// Binds the listeners and serves until `cancel`.
+    pub async fn start(
+        cfg: &RestApiConfig,
+        cluster: Cluster,
+        tasks: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Result<Vec<SocketAddr>, RestApiError> {
+        let listeners = crate::http::bind(&cfg.http_listen_multiaddress.0).await?;
+        let addrs = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        let api = RestApi {
+            cluster,
+            credentials: cfg.basic_auth_credentials.clone(),
+            tasks: tasks.clone(),
+        };
+        let opts = ServerOptions {
+            header_read_timeout: cfg.read_header_timeout.0,
+            max_header_bytes: cfg.max_header_bytes,
+        };
+        crate::http::serve(
+            "rest api",
+            listeners,
+            move |req, _remote| {
+                let a = api.clone();
+                async move { a.handle(req).await }
+            },
+            opts,
+            tasks,
+            cancel,
+        );
+        Ok(addrs)
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(creds) = &self.credentials else {
+            return true;
+        };
+        let Some(basic) = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+        else {
+            return false;
+        };
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim()) else {
+            return false;
+        };
+        let decoded = String::from_utf8_lossy(&decoded);
+        let (user, pass) = decoded.split_once(':').unwrap_or((&decoded, ""));
+        creds.get(user).is_some_and(|p| p == pass)
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        if !(method == Method::GET && path == "/health") && !self.authorized(&req) {
+            let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized: invalid credentials");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"Restricted IPFS Cluster API\""),
+            );
+            return r;
+        }
+        let q = query_pairs(req.uri());
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (&method, segs.as_slice()) {
+            (&Method::GET, ["id"]) => json(StatusCode::OK, &self.cluster.id().await),
+            (&Method::GET, ["version"]) => json(
+                StatusCode::OK,
+                &Version {
+                    version: crate::VERSION.into(),
+                },
+            ),
+            (&Method::GET, ["health"]) => no_content(),
+            (&Method::GET, ["allocations"]) => self.allocations(),
+            (&Method::GET, ["allocations", cid]) => match parse_cid(cid) {
+                Ok(c) => match self.cluster.pin_get(&c) {
+                    Ok(p) => json(StatusCode::OK, &p),
+                    Err(e) => cluster_error(e),
+                },
+                Err(r) => r,
+            },
+            (&Method::GET, ["pins"]) => self.status_all(&q).await,
+            (&Method::GET, ["pins", cid]) => match parse_cid(cid) {
+                Ok(c) => match self.cluster.status(&c).await {
+                    Ok(g) => json(StatusCode::OK, &g),
+                    Err(e) => cluster_error(e),
+                },
+                Err(r) => r,
+            },
+            (&Method::POST, ["pins", ns @ ("ipfs" | "ipns" | "ipld"), rest @ ..]) if !rest.is_empty() => {
+                let p = format!("/{ns}/{}", rest.join("/"));
+                match self.cluster.resolve(&p).await {
+                    Ok(c) => self.pin(c, &q).await,
+                    Err(e) => cluster_error(e),
+                }
+            }
+            (&Method::POST, ["pins", cid]) => match parse_cid(cid) {
+                Ok(c) => self.pin(c, &q).await,
+                Err(r) => r,
+            },
+            (&Method::DELETE, ["pins", ns @ ("ipfs" | "ipns" | "ipld"), rest @ ..]) if !rest.is_empty() => {
+                let p = format!("/{ns}/{}", rest.join("/"));
+                match self.cluster.resolve(&p).await {
+                    Ok(c) => self.unpin(c).await,
+                    Err(e) => cluster_error(e),
+                }
+            }
+            (&Method::DELETE, ["pins", cid]) => match parse_cid(cid) {
+                Ok(c) => self.unpin(c).await,
+                Err(r) => r,
+            },
+            _ => error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+
+    async fn pin(&self, cid: Cid, q: &[(String, String)]) -> Response<Body> {
+        let opts = match PinOptions::from_query(q) {
+            Ok(o) => o,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        };
+        match self.cluster.pin(cid, opts).await {
+            Ok((pin, _)) => json(StatusCode::OK, &pin),
+            Err(e) => cluster_error(e),
+        }
+    }
+
+    async fn unpin(&self, cid: Cid) -> Response<Body> {
+        match self.cluster.unpin(cid).await {
+            Ok((pin, _)) => json(StatusCode::OK, &pin),
+            Err(e) => cluster_error(e),
+        }
+    }
+
+    fn allocations(&self) -> Response<Body> {
+        let mut pins = self.cluster.pins();
+        let first = match pins.next() {
+            None => return no_content(),
+            Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            Some(Ok(p)) => p,
+        };
+        stream_ndjson(
+            &self.tasks,
+            std::iter::once(Ok(first)).chain(pins.map(|r| r.map_err(|e| e.to_string()))),
+        )
+    }
+
+    async fn status_all(&self, q: &[(String, String)]) -> Response<Body> {
+        let get = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let filter: TrackerStatusFilter = match get("filter").unwrap_or("").parse() {
+            Ok(f) => f,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        };
+        if let Some(cids) = get("cids").filter(|c| !c.is_empty()) {
+            let mut out = Vec::new();
+            for c in cids.split(',') {
+                let cid = match parse_cid(c.trim()) {
+                    Ok(c) => c,
+                    Err(r) => return r,
+                };
+                match self.cluster.status(&cid).await {
+                    Ok(g) => {
+                        if g.peer_map.values().any(|p| filter.matches(p.status)) {
+                            out.push(Ok(g));
+                        }
+                    }
+                    Err(e) => return cluster_error(e),
+                }
+            }
+            if out.is_empty() {
+                return no_content();
+            }
+            return stream_ndjson(&self.tasks, out.into_iter());
+        }
+        match self.cluster.status_all(filter).await {
+            Ok(v) if v.is_empty() => no_content(),
+            Ok(v) => stream_ndjson(&self.tasks, v.into_iter().map(Ok)),
+            Err(e) => cluster_error(e),
+        }
+    }
+}
+
+fn no_content() -> Response<Body> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+/// Streams items as NDJSON; an error after the first item goes into the
+/// `X-Stream-Error` trailer, as upstream does.
+fn stream_ndjson<T, I>(tasks: &TaskTracker, items: I) -> Response<Body>
+where
+    T: Serialize + Send + Sync + 'static,
+    I: Iterator<Item = Result<T, String>> + Send + 'static,
+{
+    let (tx, body) = channel_body();
+    tasks.spawn(async move {
+        let mut err = String::new();
+        for item in items {
+            match item {
+                Ok(v) => {
+                    if !tx.send_json(&v).await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    err = e;
+                    break;
+                }
+            }
+        }
+        let mut t = http::HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&err) {
+            t.insert("x-stream-error", v);
+        }
+        tx.trailers(t).await;
+    });
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::TRAILER, HeaderValue::from_static("X-Stream-Error"));
+    r
+}
