@@ -1,0 +1,212 @@
+//! Test harness: a real IPFS daemon (through `scripts/ipfs-daemon.sh`) and cluster
+//! peers run as processes of the real binaries, all on 127.0.0.1 ports.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (a race is possible but unlikely on a test machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A real IPFS daemon, stopped on drop.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/ipfs-daemon.sh"))
+            .args(["start", &dir.path().join("repo").to_string_lossy(), &port.to_string()])
+            .env("SWARM_PORT", free_port().to_string())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/ipfs-daemon.sh");
+        assert!(out.status.success(), "the IPFS daemon did not start");
+        Daemon { dir, port }
+    }
+
+    pub fn api(&self) -> String {
+        format!("http://127.0.0.1:{}/api/v0", self.port)
+    }
+
+    pub fn multiaddr(&self) -> String {
+        format!("/ip4/127.0.0.1/tcp/{}", self.port)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo_root().join("scripts/ipfs-daemon.sh"))
+            .args(["stop", &self.dir.path().join("repo").to_string_lossy()])
+            .status();
+    }
+}
+
+/// A cluster peer process with its own config folder.
+pub struct PeerProc {
+    pub dir: PathBuf,
+    pub proxy_port: u16,
+    pub rest_port: u16,
+    pub node: String,
+    child: Option<Child>,
+}
+
+pub fn service_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ipfs-cluster-service")
+}
+
+pub fn ctl_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ipfs-cluster-ctl")
+}
+
+impl PeerProc {
+    /// Initialises a config folder in `dir` for a peer in front of `node`.
+    pub fn init(dir: &Path, node: &str) -> PeerProc {
+        let st = Command::new(service_bin())
+            .args(["--config", &dir.to_string_lossy(), "init"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("init");
+        assert!(st.success());
+        PeerProc {
+            dir: dir.to_path_buf(),
+            proxy_port: free_port(),
+            rest_port: free_port(),
+            node: node.to_string(),
+            child: None,
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(service_bin());
+        c.args(["--config", &self.dir.to_string_lossy(), "daemon"])
+            .env("CLUSTER_IPFSHTTP_NODEMULTIADDRESS", &self.node)
+            .env("CLUSTER_IPFSPROXY_NODEMULTIADDRESS", &self.node)
+            .env(
+                "CLUSTER_IPFSPROXY_LISTENMULTIADDRESS",
+                format!("/ip4/127.0.0.1/tcp/{}", self.proxy_port),
+            )
+            .env(
+                "CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS",
+                format!("/ip4/127.0.0.1/tcp/{}", self.rest_port),
+            )
+            .env("IPFS_CLUSTER_LOG_LEVEL", "warn");
+        c
+    }
+
+    /// Starts the daemon and waits until its REST API answers.
+    pub fn start(&mut self) {
+        let child = self.command().spawn().expect("spawn peer");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("peer exited early: {st}");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.rest_port)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", self.proxy_port)).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("peer did not start");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    /// SIGTERM and wait; asserts a clean exit within 10 s.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(st)) = c.try_wait() {
+                    assert!(st.success(), "peer exited with {st}");
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    panic!("peer did not stop within 10s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn proxy(&self) -> String {
+        format!("http://127.0.0.1:{}/api/v0", self.proxy_port)
+    }
+
+    pub fn rest(&self) -> String {
+        format!("http://127.0.0.1:{}", self.rest_port)
+    }
+
+    pub fn rest_multiaddr(&self) -> String {
+        format!("/ip4/127.0.0.1/tcp/{}", self.rest_port)
+    }
+}
+
+impl Drop for PeerProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A blocking HTTP client for tests.
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("client")
+}
+
+/// POSTs a multipart file upload to `<api>/add` and returns the root CID.
+pub fn add_bytes(api: &str, name: &str, data: Vec<u8>) -> String {
+    let part = reqwest::blocking::multipart::Part::bytes(data)
+        .file_name(name.to_string())
+        .mime_str("application/octet-stream")
+        .expect("mime");
+    let form = reqwest::blocking::multipart::Form::new().part("file", part);
+    let resp = http()
+        .post(format!("{api}/add?pin=false"))
+        .multipart(form)
+        .send()
+        .expect("add");
+    assert!(resp.status().is_success(), "add failed: {}", resp.status());
+    let text = resp.text().expect("add body");
+    let last = text.lines().filter(|l| !l.trim().is_empty()).last().expect("add output");
+    let v: serde_json::Value = serde_json::from_str(last).expect("add json");
+    v["Hash"].as_str().expect("Hash").to_string()
+}
+
+/// Kilobytes of a /proc/<pid>/status field (VmRSS, VmHWM).
+pub fn proc_kb(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("field")
+}

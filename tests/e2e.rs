@@ -1,0 +1,231 @@
+//! End-to-end tests against a real IPFS daemon (see scripts/ipfs-daemon.sh), with the
+//! peer run as a process of the real binary.
+
+mod common;
+
+use std::io::Read;
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn post(url: &str) -> (u16, Value) {
+    let r = http().post(url).send().expect("request");
+    let status = r.status().as_u16();
+    let text = r.text().expect("body");
+    let v = serde_json::from_str(text.trim()).unwrap_or(Value::String(text));
+    (status, v)
+}
+
+fn daemon_pins(d: &Daemon) -> Vec<String> {
+    let (_, v) = post(&format!("{}/pin/ls?type=recursive", d.api()));
+    v["Keys"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn cluster_pins(p: &PeerProc) -> Vec<String> {
+    let (_, v) = post(&format!("{}/pin/ls", p.proxy()));
+    let mut keys: Vec<String> = v["Keys"].as_object().expect("Keys").keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+fn rest_allocations(p: &PeerProc) -> Vec<String> {
+    let r = http().get(format!("{}/allocations", p.rest())).send().expect("allocations");
+    if r.status().as_u16() == 204 {
+        return vec![];
+    }
+    let mut v: Vec<String> = r
+        .text()
+        .expect("body")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<Value>(l).expect("pin")["cid"].as_str().expect("cid").to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn rest_status(p: &PeerProc, cid: &str) -> String {
+    let v: Value = http()
+        .get(format!("{}/pins/{cid}", p.rest()))
+        .send()
+        .expect("status")
+        .json()
+        .expect("json");
+    let (_, info) = v["peer_map"].as_object().expect("peer_map").iter().next().expect("one peer");
+    info["status"].as_str().expect("status").to_string()
+}
+
+#[test]
+fn pin_lifecycle_through_proxy_survives_restart() {
+    let d = Daemon::start();
+    let cfg = tempfile::tempdir().unwrap();
+    let mut peer = PeerProc::init(cfg.path(), &d.multiaddr());
+    peer.start();
+
+    // add is passed through to the daemon, unpinned.
+    let cid = add_bytes(&peer.proxy(), "hello.txt", b"hello cluster\n".to_vec());
+    let keep = add_bytes(&peer.proxy(), "keep.txt", b"kept across restarts\n".to_vec());
+    assert!(!daemon_pins(&d).contains(&cid));
+
+    let (st, v) = post(&format!("{}/pin/add?arg={cid}", peer.proxy()));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v, serde_json::json!({ "Pins": [cid] }));
+    let (st, _) = post(&format!("{}/pin/add/{keep}", peer.proxy()));
+    assert_eq!(st, 200);
+
+    let mut want = vec![cid.clone(), keep.clone()];
+    want.sort();
+    assert_eq!(cluster_pins(&peer), want);
+    assert_eq!(rest_allocations(&peer), want);
+    let on_daemon = daemon_pins(&d);
+    assert!(on_daemon.contains(&cid) && on_daemon.contains(&keep), "{on_daemon:?}");
+    assert_eq!(rest_status(&peer, &cid), "pinned");
+
+    // ctl shows it too, in upstream's text form.
+    let out = Command::new(ctl_bin())
+        .args(["--host", &peer.rest_multiaddr(), "status", &cid])
+        .output()
+        .expect("ctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains(": PINNED |"), "{text}");
+
+    let (st, v) = post(&format!("{}/pin/rm?arg={cid}", peer.proxy()));
+    assert_eq!((st, v), (200, serde_json::json!({ "Pins": [cid] })));
+    assert_eq!(cluster_pins(&peer), vec![keep.clone()]);
+    assert!(!daemon_pins(&d).contains(&cid));
+    assert_eq!(rest_status(&peer, &cid), "unpinned");
+
+    peer.stop();
+    peer.start();
+    assert_eq!(cluster_pins(&peer), vec![keep.clone()]);
+    assert_eq!(rest_allocations(&peer), vec![keep.clone()]);
+    assert_eq!(rest_status(&peer, &keep), "pinned");
+    peer.stop();
+}
+
+#[test]
+fn errors_have_kubo_shapes() {
+    let d = Daemon::start();
+    let cfg = tempfile::tempdir().unwrap();
+    let mut peer = PeerProc::init(cfg.path(), &d.multiaddr());
+    peer.start();
+    let p = peer.proxy();
+
+    // Unknown endpoints reach the daemon and come back exactly as it answered.
+    let direct = http().post(format!("{}/nonexistent", d.api())).send().unwrap();
+    let proxied = http().post(format!("{p}/nonexistent")).send().unwrap();
+    assert_eq!(direct.status(), proxied.status());
+    assert_eq!(direct.text().unwrap(), proxied.text().unwrap());
+
+    for cmd in ["pin/add", "pin/rm"] {
+        let (st, v) = post(&format!("{p}/{cmd}"));
+        assert_eq!(st, 400);
+        assert_eq!(
+            v,
+            serde_json::json!({"Message": "argument \"ipfs-path\" is required", "Code": 1, "Type": "error"})
+        );
+        let (st, v) = post(&format!("{p}/{cmd}?arg=notacid"));
+        assert_eq!(st, 500);
+        assert_eq!(
+            v,
+            serde_json::json!({"Message": "invalid path \"notacid\": path does not have enough components", "Code": 0, "Type": "error"})
+        );
+    }
+    let absent = add_bytes(&p, "absent.txt", b"never pinned\n".to_vec());
+    let (st, v) = post(&format!("{p}/pin/rm?arg={absent}"));
+    assert_eq!(st, 500);
+    assert_eq!(v["Message"], "not pinned or pinned indirectly");
+    let (st, v) = post(&format!("{p}/pin/ls?arg={absent}"));
+    assert_eq!(st, 500);
+    assert_eq!(v["Message"], format!("path '{absent}' is not pinned"));
+    assert_eq!(v["Type"], "error");
+    peer.stop();
+}
+
+#[test]
+fn unreachable_daemon_gets_kubo_error_not_a_hang() {
+    let cfg = tempfile::tempdir().unwrap();
+    let dead = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let mut peer = PeerProc::init(cfg.path(), &dead);
+    peer.start();
+    let (st, v) = post(&format!("{}/id", peer.proxy()));
+    assert_eq!(st, 502);
+    assert_eq!(v["Type"], "error");
+    assert_eq!(v["Code"], 0);
+    assert!(v["Message"].as_str().unwrap().contains("cannot reach the IPFS daemon"), "{v}");
+
+    let cid = "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG";
+    let (st, v) = post(&format!("{}/pin/add?arg={cid}", peer.proxy()));
+    assert_eq!(st, 500);
+    assert!(v["Message"].as_str().unwrap().contains("unreachable"), "{v}");
+    // The pin is in the cluster pinset, in error on this peer until recovered.
+    assert_eq!(rest_status(&peer, cid), "pin_error");
+    peer.stop();
+}
+
+#[test]
+fn cat_of_100mib_streams_byte_identical_with_flat_memory() {
+    let d = Daemon::start();
+    let cfg = tempfile::tempdir().unwrap();
+    let mut peer = PeerProc::init(cfg.path(), &d.multiaddr());
+    peer.start();
+
+    let mut data = vec![0u8; 100 * 1024 * 1024];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for chunk in data.chunks_mut(8) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+    }
+    let cid = add_bytes(&d.api(), "big.bin", data.clone());
+
+    let rss_before = proc_kb(peer.pid(), "VmRSS");
+    let mut proxied = http().post(format!("{}/cat?arg={cid}", peer.proxy())).send().unwrap();
+    assert_eq!(proxied.status().as_u16(), 200);
+    let mut got = Vec::with_capacity(data.len());
+    proxied.read_to_end(&mut got).unwrap();
+    let peak = proc_kb(peer.pid(), "VmHWM");
+    assert!(got == data, "proxied cat differs from the file ({} bytes)", got.len());
+
+    let mut direct = Vec::new();
+    http()
+        .post(format!("{}/cat?arg={cid}", d.api()))
+        .send()
+        .unwrap()
+        .read_to_end(&mut direct)
+        .unwrap();
+    assert!(direct == got, "proxied cat differs from direct cat");
+
+    let growth_kb = peak.saturating_sub(rss_before);
+    eprintln!("cat 100 MiB: peer RSS before {rss_before} kB, peak {peak} kB, growth {growth_kb} kB");
+    assert!(growth_kb < 32 * 1024, "peer RSS grew by {growth_kb} kB during a 100 MiB cat");
+    peer.stop();
+}
+
+#[test]
+fn second_daemon_on_same_config_fails_fast_and_bad_config_names_the_key() {
+    let cfg = tempfile::tempdir().unwrap();
+    let dead = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let mut peer = PeerProc::init(cfg.path(), &dead);
+    peer.start();
+    let out = peer.command().output().expect("second daemon");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another ipfs-cluster-service is running"), "{err}");
+    peer.stop();
+
+    let path = cfg.path().join("service.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["cluster"]["pin_recover_interval"] = Value::String("twelve minutes".into());
+    std::fs::write(&path, v.to_string()).unwrap();
+    let out = peer.command().output().expect("daemon with bad config");
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("cluster.pin_recover_interval"), "{err}");
+}
