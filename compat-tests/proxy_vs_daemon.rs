@@ -14,7 +14,10 @@ struct Answer {
 }
 
 fn send(base: &str, path: &str) -> Answer {
-    let r = http().post(format!("{base}{path}")).send().expect("request");
+    let r = http()
+        .post(format!("{base}{path}"))
+        .send()
+        .expect("request");
     Answer {
         status: r.status().as_u16(),
         content_type: r
@@ -32,7 +35,9 @@ fn normalise(body: &str) -> serde_json::Value {
     let lines: Vec<serde_json::Value> = body
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| serde_json::Value::String(l.to_string())))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|_| serde_json::Value::String(l.to_string()))
+        })
         .collect();
     serde_json::Value::Array(lines)
 }
@@ -42,8 +47,16 @@ fn assert_same(label: &str, direct: &Answer, proxied: &Answer) {
     // kubo and js-ipfs send `application/json; charset=utf-8` or `application/json`;
     // only the media type matters to clients.
     let media = |c: &str| c.split(';').next().unwrap_or_default().trim().to_string();
-    assert_eq!(media(&direct.content_type), media(&proxied.content_type), "{label}: content type");
-    assert_eq!(normalise(&direct.body), normalise(&proxied.body), "{label}: body");
+    assert_eq!(
+        media(&direct.content_type),
+        media(&proxied.content_type),
+        "{label}: content type"
+    );
+    assert_eq!(
+        normalise(&direct.body),
+        normalise(&proxied.body),
+        "{label}: body"
+    );
 }
 
 #[test]
@@ -88,7 +101,10 @@ fn proxy_answers_like_the_daemon() {
     }
     let rm_proxy = send(&proxy, &format!("/pin/rm?arg={cid}"));
     assert_eq!(rm_proxy.status, 200);
-    assert_eq!(normalise(&rm_proxy.body), normalise(&format!("{{\"Pins\":[\"{cid}\"]}}")));
+    assert_eq!(
+        normalise(&rm_proxy.body),
+        normalise(&format!("{{\"Pins\":[\"{cid}\"]}}"))
+    );
     // After the proxy's pin/rm the daemon no longer has the pin either.
     assert_same(
         "pin/ls after rm",

@@ -8,7 +8,10 @@ use crate::types::{Cid, ClusterId, GlobalPinInfo, Pin, PinMode, TrackerStatus};
 /// Upstream's text form of an ID.
 pub fn format_id(id: &ClusterId) -> String {
     let others = id.cluster_peers.iter().filter(|p| **p != id.id).count();
-    let mut s = format!("{} | {} | Sees {} other peers\n", id.id, id.peername, others);
+    let mut s = format!(
+        "{} | {} | Sees {} other peers\n",
+        id.id, id.peername, others
+    );
     s.push_str("  > Addresses:\n");
     for a in &id.addresses {
         s.push_str(&format!("    - {a}\n"));
@@ -47,7 +50,11 @@ pub fn format_pin(p: &Pin) -> String {
         -1 => "Recursive".to_string(),
         n => format!("Recursive-{n}"),
     };
-    let meta = if p.options.metadata.is_empty() { "no" } else { "yes" };
+    let meta = if p.options.metadata.is_empty() {
+        "no"
+    } else {
+        "yes"
+    };
     let exp = p
         .options
         .expire_at
@@ -74,7 +81,11 @@ pub fn format_status(g: &GlobalPinInfo) -> String {
     }
     s.push_str(":\n");
     for (peer, info) in &g.peer_map {
-        let who = if info.peername.is_empty() { peer } else { &info.peername };
+        let who = if info.peername.is_empty() {
+            peer
+        } else {
+            &info.peername
+        };
         s.push_str(&format!(
             "    > {:<20} : {}",
             who,
@@ -85,7 +96,8 @@ pub fn format_status(g: &GlobalPinInfo) -> String {
         }
         s.push_str(&format!(
             " | {} | Attempts: {} | Priority: {}\n",
-            info.timestamp.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            info.timestamp
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
             info.attempt_count,
             info.priority_pin
         ));

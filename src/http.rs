@@ -27,7 +27,9 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A body holding `bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|e| match e {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|e| match e {})
+        .boxed_unsync()
 }
 
 /// An empty body.
@@ -38,7 +40,8 @@ pub fn empty() -> Body {
 /// A response with a JSON body.
 pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
     let mut bytes = serde_json::to_vec(value).unwrap_or_else(|e| {
-        format!("{{\"Message\":\"encoding response: {e}\",\"Code\":0,\"Type\":\"error\"}}").into_bytes()
+        format!("{{\"Message\":\"encoding response: {e}\",\"Code\":0,\"Type\":\"error\"}}")
+            .into_bytes()
     });
     bytes.push(b'\n');
     let mut r = Response::new(full(bytes));
@@ -206,4 +209,3 @@ pub fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
         })
         .unwrap_or_default()
 }
-

@@ -86,7 +86,12 @@ impl Peer {
             return Err(e.into());
         }
         tracing::info!("consensus ready; leader elected and log applied");
-        spawn_recover_loop(&tasks, tracker, cfg.cluster.pin_recover_interval.0, cancel.child_token());
+        spawn_recover_loop(
+            &tasks,
+            tracker,
+            cfg.cluster.pin_recover_interval.0,
+            cancel.child_token(),
+        );
 
         let started = async {
             let rest_addrs = match &cfg.api.restapi {
@@ -167,7 +172,11 @@ fn spawn_recover_loop(
     cancel: CancellationToken,
 ) {
     tasks.spawn(async move {
-        let interval = if interval.is_zero() { Duration::from_secs(720) } else { interval };
+        let interval = if interval.is_zero() {
+            Duration::from_secs(720)
+        } else {
+            interval
+        };
         loop {
             match tracker.recover_all().await {
                 Ok(c) if !c.is_empty() => tracing::info!("recover: re-queued {} items", c.len()),

@@ -27,13 +27,21 @@ fn daemon_pins(d: &Daemon) -> Vec<String> {
 
 fn cluster_pins(p: &PeerProc) -> Vec<String> {
     let (_, v) = post(&format!("{}/pin/ls", p.proxy()));
-    let mut keys: Vec<String> = v["Keys"].as_object().expect("Keys").keys().cloned().collect();
+    let mut keys: Vec<String> = v["Keys"]
+        .as_object()
+        .expect("Keys")
+        .keys()
+        .cloned()
+        .collect();
     keys.sort();
     keys
 }
 
 fn rest_allocations(p: &PeerProc) -> Vec<String> {
-    let r = http().get(format!("{}/allocations", p.rest())).send().expect("allocations");
+    let r = http()
+        .get(format!("{}/allocations", p.rest()))
+        .send()
+        .expect("allocations");
     if r.status().as_u16() == 204 {
         return vec![];
     }
@@ -42,7 +50,12 @@ fn rest_allocations(p: &PeerProc) -> Vec<String> {
         .expect("body")
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str::<Value>(l).expect("pin")["cid"].as_str().expect("cid").to_string())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("pin")["cid"]
+                .as_str()
+                .expect("cid")
+                .to_string()
+        })
         .collect();
     v.sort();
     v
@@ -55,7 +68,12 @@ fn rest_status(p: &PeerProc, cid: &str) -> String {
         .expect("status")
         .json()
         .expect("json");
-    let (_, info) = v["peer_map"].as_object().expect("peer_map").iter().next().expect("one peer");
+    let (_, info) = v["peer_map"]
+        .as_object()
+        .expect("peer_map")
+        .iter()
+        .next()
+        .expect("one peer");
     info["status"].as_str().expect("status").to_string()
 }
 
@@ -68,7 +86,11 @@ fn pin_lifecycle_through_proxy_survives_restart() {
 
     // add is passed through to the daemon, unpinned.
     let cid = add_bytes(&peer.proxy(), "hello.txt", b"hello cluster\n".to_vec());
-    let keep = add_bytes(&peer.proxy(), "keep.txt", b"kept across restarts\n".to_vec());
+    let keep = add_bytes(
+        &peer.proxy(),
+        "keep.txt",
+        b"kept across restarts\n".to_vec(),
+    );
     assert!(!daemon_pins(&d).contains(&cid));
 
     let (st, v) = post(&format!("{}/pin/add?arg={cid}", peer.proxy()));
@@ -82,7 +104,10 @@ fn pin_lifecycle_through_proxy_survives_restart() {
     assert_eq!(cluster_pins(&peer), want);
     assert_eq!(rest_allocations(&peer), want);
     let on_daemon = daemon_pins(&d);
-    assert!(on_daemon.contains(&cid) && on_daemon.contains(&keep), "{on_daemon:?}");
+    assert!(
+        on_daemon.contains(&cid) && on_daemon.contains(&keep),
+        "{on_daemon:?}"
+    );
     assert_eq!(rest_status(&peer, &cid), "pinned");
 
     // ctl shows it too, in upstream's text form.
@@ -91,7 +116,10 @@ fn pin_lifecycle_through_proxy_survives_restart() {
         .output()
         .expect("ctl");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains(": PINNED |"), "{text}");
+    assert!(
+        out.status.success() && text.contains(": PINNED |"),
+        "{text}"
+    );
 
     let (st, v) = post(&format!("{}/pin/rm?arg={cid}", peer.proxy()));
     assert_eq!((st, v), (200, serde_json::json!({ "Pins": [cid] })));
@@ -116,7 +144,10 @@ fn errors_have_kubo_shapes() {
     let p = peer.proxy();
 
     // Unknown endpoints reach the daemon and come back exactly as it answered.
-    let direct = http().post(format!("{}/nonexistent", d.api())).send().unwrap();
+    let direct = http()
+        .post(format!("{}/nonexistent", d.api()))
+        .send()
+        .unwrap();
     let proxied = http().post(format!("{p}/nonexistent")).send().unwrap();
     assert_eq!(direct.status(), proxied.status());
     assert_eq!(direct.text().unwrap(), proxied.text().unwrap());
@@ -156,12 +187,21 @@ fn unreachable_daemon_gets_kubo_error_not_a_hang() {
     assert_eq!(st, 502);
     assert_eq!(v["Type"], "error");
     assert_eq!(v["Code"], 0);
-    assert!(v["Message"].as_str().unwrap().contains("cannot reach the IPFS daemon"), "{v}");
+    assert!(
+        v["Message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach the IPFS daemon"),
+        "{v}"
+    );
 
     let cid = "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG";
     let (st, v) = post(&format!("{}/pin/add?arg={cid}", peer.proxy()));
     assert_eq!(st, 500);
-    assert!(v["Message"].as_str().unwrap().contains("unreachable"), "{v}");
+    assert!(
+        v["Message"].as_str().unwrap().contains("unreachable"),
+        "{v}"
+    );
     // The pin is in the cluster pinset, in error on this peer until recovered.
     assert_eq!(rest_status(&peer, cid), "pin_error");
     peer.stop();
@@ -185,12 +225,19 @@ fn cat_of_100mib_streams_byte_identical_with_flat_memory() {
     let cid = add_bytes(&d.api(), "big.bin", data.clone());
 
     let rss_before = proc_kb(peer.pid(), "VmRSS");
-    let mut proxied = http().post(format!("{}/cat?arg={cid}", peer.proxy())).send().unwrap();
+    let mut proxied = http()
+        .post(format!("{}/cat?arg={cid}", peer.proxy()))
+        .send()
+        .unwrap();
     assert_eq!(proxied.status().as_u16(), 200);
     let mut got = Vec::with_capacity(data.len());
     proxied.read_to_end(&mut got).unwrap();
     let peak = proc_kb(peer.pid(), "VmHWM");
-    assert!(got == data, "proxied cat differs from the file ({} bytes)", got.len());
+    assert!(
+        got == data,
+        "proxied cat differs from the file ({} bytes)",
+        got.len()
+    );
 
     let mut direct = Vec::new();
     http()
@@ -202,8 +249,13 @@ fn cat_of_100mib_streams_byte_identical_with_flat_memory() {
     assert!(direct == got, "proxied cat differs from direct cat");
 
     let growth_kb = peak.saturating_sub(rss_before);
-    eprintln!("cat 100 MiB: peer RSS before {rss_before} kB, peak {peak} kB, growth {growth_kb} kB");
-    assert!(growth_kb < 32 * 1024, "peer RSS grew by {growth_kb} kB during a 100 MiB cat");
+    eprintln!(
+        "cat 100 MiB: peer RSS before {rss_before} kB, peak {peak} kB, growth {growth_kb} kB"
+    );
+    assert!(
+        growth_kb < 32 * 1024,
+        "peer RSS grew by {growth_kb} kB during a 100 MiB cat"
+    );
     peer.stop();
 }
 
@@ -216,7 +268,10 @@ fn second_daemon_on_same_config_fails_fast_and_bad_config_names_the_key() {
     let out = peer.command().output().expect("second daemon");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("another ipfs-cluster-service is running"), "{err}");
+    assert!(
+        err.contains("another ipfs-cluster-service is running"),
+        "{err}"
+    );
     peer.stop();
 
     let path = cfg.path().join("service.json");

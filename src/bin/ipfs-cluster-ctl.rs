@@ -14,7 +14,12 @@ use ipfs_cluster::types::{Cid, PinMode, PinOptions};
 #[command(name = "ipfs-cluster-ctl", version = ipfs_cluster::VERSION, about = "Client for an IPFS Cluster peer")]
 struct Cli {
     /// The peer's REST API (multiaddr or URL).
-    #[arg(long, short = 'l', global = true, default_value = "/ip4/127.0.0.1/tcp/9094")]
+    #[arg(
+        long,
+        short = 'l',
+        global = true,
+        default_value = "/ip4/127.0.0.1/tcp/9094"
+    )]
     host: String,
     /// Output encoding.
     #[arg(long = "enc", alias = "encoding", global = true, value_enum, default_value_t = Enc::Text)]
@@ -111,7 +116,10 @@ enum PinCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
@@ -127,7 +135,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn print<T: serde::Serialize>(enc: Enc, v: &T, text: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+fn print<T: serde::Serialize>(
+    enc: Enc,
+    v: &T,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
     match enc {
         Enc::Json => println!("{}", serde_json::to_string_pretty(v)?),
         Enc::Text => print!("{}", text(v)),
@@ -148,7 +160,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let enc = cli.enc;
     match cli.command {
         Command::Id => print(enc, &client.id().await?, format_id),
-        Command::Version => print(enc, &client.version().await?, |v| format!("{}\n", v.version)),
+        Command::Version => print(enc, &client.version().await?, |v| {
+            format!("{}\n", v.version)
+        }),
         Command::Status { cids, filter } => {
             if cids.is_empty() {
                 for g in client.status_all(&filter).await? {
@@ -206,7 +220,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 opts.expire_at = Some(chrono::Utc::now() + chrono::Duration::from_std(d)?);
             }
             let pin = client.pin(&arg, &opts).await?;
-            after_op(&client, enc, &pin.cid, WaitTarget::Pinned, no_status, wait, &wait_timeout).await
+            after_op(
+                &client,
+                enc,
+                &pin.cid,
+                WaitTarget::Pinned,
+                no_status,
+                wait,
+                &wait_timeout,
+            )
+            .await
         }
         Command::Pin(PinCmd::Rm {
             arg,
@@ -215,7 +238,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             wait_timeout,
         }) => {
             let pin = client.unpin(&arg).await?;
-            after_op(&client, enc, &pin.cid, WaitTarget::Unpinned, no_status, wait, &wait_timeout).await
+            after_op(
+                &client,
+                enc,
+                &pin.cid,
+                WaitTarget::Unpinned,
+                no_status,
+                wait,
+                &wait_timeout,
+            )
+            .await
         }
     }
 }
@@ -231,7 +263,9 @@ async fn after_op(
 ) -> anyhow::Result<()> {
     let g = if wait {
         let t = ipfs_cluster::config::parse_duration(wait_timeout).map_err(anyhow::Error::msg)?;
-        wait_for(client, cid, target, 0, t).await.map_err(anyhow::Error::msg)?
+        wait_for(client, cid, target, 0, t)
+            .await
+            .map_err(anyhow::Error::msg)?
     } else {
         if no_status {
             return Ok(());

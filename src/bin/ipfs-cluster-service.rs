@@ -39,10 +39,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = cli
-        .loglevel
-        .clone()
-        .unwrap_or_else(|| if cli.debug { "debug".into() } else { "info".into() });
+    let level = cli.loglevel.clone().unwrap_or_else(|| {
+        if cli.debug {
+            "debug".into()
+        } else {
+            "info".into()
+        }
+    });
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(level))
         .with_writer(std::io::stderr)

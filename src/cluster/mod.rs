@@ -114,8 +114,15 @@ impl Cluster {
     }
 
     /// Pins `cid` in the cluster with `options`; returns the pin as committed.
-    pub async fn pin(&self, cid: Cid, options: PinOptions) -> Result<(Pin, Committed), ClusterError> {
-        let (mut min, mut max) = (options.replication_factor_min, options.replication_factor_max);
+    pub async fn pin(
+        &self,
+        cid: Cid,
+        options: PinOptions,
+    ) -> Result<(Pin, Committed), ClusterError> {
+        let (mut min, mut max) = (
+            options.replication_factor_min,
+            options.replication_factor_max,
+        );
         if min == 0 {
             min = self.inner.cfg.replication_factor_min;
         }
@@ -144,7 +151,11 @@ impl Cluster {
         // Every peer holds every pin until the allocator places them: an empty
         // allocation list means "everywhere", as upstream encodes -1/-1.
         pin.allocations = Vec::new();
-        let committed = self.inner.consensus.commit(LogOp::Pin(pin.clone())).await?;
+        let committed = self
+            .inner
+            .consensus
+            .commit(LogOp::Pin(Box::new(pin.clone())))
+            .await?;
         Ok((pin, committed))
     }
 
@@ -183,7 +194,12 @@ impl Cluster {
             return id.clone();
         }
         match self.inner.ipfs.id().await {
-            Ok(id) => self.inner.ipfs_id.get_or_init(|| async { id }).await.clone(),
+            Ok(id) => self
+                .inner
+                .ipfs_id
+                .get_or_init(|| async { id })
+                .await
+                .clone(),
             Err(e) => IpfsId {
                 error: e.to_string(),
                 ..Default::default()

@@ -29,7 +29,11 @@ fn new_path(s: &str) -> Result<PinArg, InvalidPath> {
     if !s.starts_with('/') || segments.len() < 2 || segments[1].is_empty() {
         return Err(invalid("path does not have enough components"));
     }
-    let rest: Vec<&str> = segments[2..].iter().copied().filter(|x| !x.is_empty()).collect();
+    let rest: Vec<&str> = segments[2..]
+        .iter()
+        .copied()
+        .filter(|x| !x.is_empty())
+        .collect();
     match segments[0] {
         "ipfs" | "ipld" => {
             let cid: Cid = segments[1]
@@ -38,7 +42,12 @@ fn new_path(s: &str) -> Result<PinArg, InvalidPath> {
             if rest.is_empty() {
                 Ok(PinArg::Cid(cid))
             } else {
-                Ok(PinArg::Path(format!("/{}/{}/{}", segments[0], cid, rest.join("/"))))
+                Ok(PinArg::Path(format!(
+                    "/{}/{}/{}",
+                    segments[0],
+                    cid,
+                    rest.join("/")
+                )))
             }
         }
         "ipns" => Ok(PinArg::Path(s.to_string())),
@@ -64,7 +73,10 @@ mod tests {
     fn forms() {
         let cid: Cid = C.parse().unwrap();
         assert_eq!(parse_pin_arg(C).unwrap(), PinArg::Cid(cid));
-        assert_eq!(parse_pin_arg(&format!("/ipfs/{C}")).unwrap(), PinArg::Cid(cid));
+        assert_eq!(
+            parse_pin_arg(&format!("/ipfs/{C}")).unwrap(),
+            PinArg::Cid(cid)
+        );
         assert_eq!(
             parse_pin_arg(&format!("/ipfs/{C}/a/b")).unwrap(),
             PinArg::Path(format!("/ipfs/{C}/a/b"))

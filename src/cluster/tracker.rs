@@ -192,7 +192,7 @@ impl PinTracker {
             };
             match ev {
                 None => break,
-                Some(StateEvent::Pinned(pin)) => self.track(pin),
+                Some(StateEvent::Pinned(pin)) => self.track(*pin),
                 Some(StateEvent::Unpinned(cid)) => self.untrack(cid),
                 Some(StateEvent::Reset) => {
                     if let Err(e) = self.recover_all().await {
@@ -231,7 +231,10 @@ impl PinTracker {
         if let Some(op) = ops.get(&cid) {
             let cur = op.state.borrow().clone();
             let same_pin = kind == OpKind::Unpin || op.pin.mode() == pin.mode();
-            if cur.kind == kind && matches!(cur.phase, Phase::Queued | Phase::InProgress) && same_pin {
+            if cur.kind == kind
+                && matches!(cur.phase, Phase::Queued | Phase::InProgress)
+                && same_pin
+            {
                 return;
             }
             op.cancel.cancel();
@@ -291,12 +294,19 @@ impl PinTracker {
                             s.attempts += 1;
                             s.timestamp = Utc::now();
                         });
-                        Some((op.pin.clone(), op.cancel.clone(), op.state.clone(), op.state.borrow().kind))
+                        Some((
+                            op.pin.clone(),
+                            op.cancel.clone(),
+                            op.state.clone(),
+                            op.state.borrow().kind,
+                        ))
                     }
                     _ => None, // superseded or cancelled meanwhile
                 }
             };
-            let Some((pin, cancel, state, kind)) = job else { continue };
+            let Some((pin, cancel, state, kind)) = job else {
+                continue;
+            };
             let res = match kind {
                 OpKind::Pin => {
                     self.inner
@@ -391,11 +401,10 @@ impl PinTracker {
     }
 
     fn classify(pin: &Pin, on_daemon: Option<PinMode>) -> LocalStatus {
-        let pinned = match (pin.mode(), on_daemon) {
-            (_, Some(PinMode::Recursive)) => true,
-            (PinMode::Direct, Some(PinMode::Direct)) => true,
-            _ => false,
-        };
+        let pinned = matches!(
+            (pin.mode(), on_daemon),
+            (_, Some(PinMode::Recursive)) | (PinMode::Direct, Some(PinMode::Direct))
+        );
         if pinned {
             LocalStatus::now(TrackerStatus::Pinned, "")
         } else {

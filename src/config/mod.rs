@@ -440,7 +440,8 @@ impl Config {
 
     /// Writes `service.json` (mode 0600: it holds the secret).
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
-        let text = serde_json::to_string_pretty(self).map_err(|e| ConfigError::io(path, e.into()))?;
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| ConfigError::io(path, e.into()))?;
         write_private(path, text.as_bytes())
     }
 
@@ -529,7 +530,11 @@ impl Config {
             Ok(())
         };
         if let Some(p) = &self.api.ipfsproxy {
-            check_addrs("api.ipfsproxy.listen_multiaddress", &p.listen_multiaddress, true)?;
+            check_addrs(
+                "api.ipfsproxy.listen_multiaddress",
+                &p.listen_multiaddress,
+                true,
+            )?;
             check_addrs(
                 "api.ipfsproxy.node_multiaddress",
                 &Multiaddrs::one(&p.node_multiaddress),
@@ -548,7 +553,10 @@ impl Config {
                 &r.http_listen_multiaddress,
                 true,
             )?;
-            if r.basic_auth_credentials.as_ref().is_some_and(|m| m.is_empty()) {
+            if r.basic_auth_credentials
+                .as_ref()
+                .is_some_and(|m| m.is_empty())
+            {
                 return Err(invalid(
                     "api.restapi.basic_auth_credentials",
                     "an empty map is not allowed: use null to disable auth".into(),
@@ -577,8 +585,8 @@ impl Config {
 
     /// The 32 secret bytes keying the private network.
     pub fn secret_bytes(&self) -> Result<[u8; 32], String> {
-        let raw = hex::decode(self.cluster.secret.trim())
-            .map_err(|e| format!("not hexadecimal: {e}"))?;
+        let raw =
+            hex::decode(self.cluster.secret.trim()).map_err(|e| format!("not hexadecimal: {e}"))?;
         raw.try_into()
             .map_err(|v: Vec<u8>| format!("must be 32 bytes (64 hex digits), got {}", v.len()))
     }

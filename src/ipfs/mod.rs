@@ -135,7 +135,11 @@ impl IpfsConnector {
         Err(IpfsError::Daemon { status, message })
     }
 
-    async fn call<T: DeserializeOwned>(&self, cmd: &str, query: &[(&str, &str)]) -> Result<T, IpfsError> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        cmd: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, IpfsError> {
         let resp = self.post(cmd, query, Some(self.request_timeout)).await?;
         let body = resp.bytes().await.map_err(|e| self.transport_err(e))?;
         serde_json::from_slice(&body).map_err(|e| IpfsError::Protocol(format!("{cmd}: {e}")))
@@ -194,12 +198,20 @@ impl IpfsConnector {
             progress: Option<u64>,
         }
         let arg = cid.to_string();
-        let recursive = if mode == PinMode::Recursive { "true" } else { "false" };
+        let recursive = if mode == PinMode::Recursive {
+            "true"
+        } else {
+            "false"
+        };
         let fut = async {
             let resp = self
                 .post(
                     "pin/add",
-                    &[("arg", &arg), ("recursive", recursive), ("progress", "true")],
+                    &[
+                        ("arg", &arg),
+                        ("recursive", recursive),
+                        ("progress", "true"),
+                    ],
                     None,
                 )
                 .await?;
@@ -285,7 +297,11 @@ impl IpfsConnector {
                 )
                 .await?;
             let mut reader = NdjsonReader::new(resp);
-            while let Some(line) = reader.next_line().await.map_err(|e| self.transport_err(e))? {
+            while let Some(line) = reader
+                .next_line()
+                .await
+                .map_err(|e| self.transport_err(e))?
+            {
                 let item: Item = serde_json::from_slice(&line)
                     .map_err(|e| IpfsError::Protocol(format!("pin/ls: {e}")))?;
                 if let (Ok(cid), Some(mode)) = (item.cid.parse::<Cid>(), mode_of(&item.pin_type)) {

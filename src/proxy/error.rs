@@ -38,7 +38,11 @@ pub fn kubo_error(status: StatusCode, code: ErrorCode, message: &str) -> Respons
 
 /// kubo's runtime error: HTTP 500, code 0.
 pub fn internal(message: &str) -> Response<Body> {
-    kubo_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Normal, message)
+    kubo_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Normal,
+        message,
+    )
 }
 
 /// kubo's missing-argument error: HTTP 400, code 1.

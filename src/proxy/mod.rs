@@ -49,16 +49,16 @@ pub struct Proxy {
 
 /// An intercepted kubo command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hijacked {
-    PinAdd,
-    PinRm,
-    PinLs,
+enum PinCommand {
+    Add,
+    Rm,
+    Ls,
 }
 
 /// Which calls the cluster answers: POST/GET/PUT on the pin commands, also in the
 /// undocumented `/pin/<cmd>/<arg>` form (whose arg is returned). OPTIONS and HEAD
 /// always reach the daemon, so it answers CORS preflights itself.
-fn route(method: &Method, path: &str) -> Option<(Hijacked, Option<String>)> {
+fn route(method: &Method, path: &str) -> Option<(PinCommand, Option<String>)> {
     if !matches!(*method, Method::POST | Method::GET | Method::PUT) {
         return None;
     }
@@ -69,9 +69,9 @@ fn route(method: &Method, path: &str) -> Option<(Hijacked, Option<String>)> {
         None => (rest, None),
     };
     let h = match cmd {
-        "add" => Hijacked::PinAdd,
-        "rm" => Hijacked::PinRm,
-        "ls" => Hijacked::PinLs,
+        "add" => PinCommand::Add,
+        "rm" => PinCommand::Rm,
+        "ls" => PinCommand::Ls,
         _ => return None,
     };
     Some((h, arg))
@@ -130,9 +130,9 @@ impl Proxy {
         let q = Query::new(pairs);
         tracing::debug!(?cmd, "intercepted");
         let mut resp = match cmd {
-            Hijacked::PinAdd => self.pin_add(q).await,
-            Hijacked::PinRm => self.pin_rm(q).await,
-            Hijacked::PinLs => self.pin_ls(q).await,
+            PinCommand::Add => self.pin_add(q).await,
+            PinCommand::Rm => self.pin_rm(q).await,
+            PinCommand::Ls => self.pin_ls(q).await,
         };
         if let Ok(v) = HeaderValue::from_str(&server_header()) {
             resp.headers_mut().insert(http::header::SERVER, v);
@@ -147,12 +147,18 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route(&Method::POST, "/api/v0/pin/add"), Some((Hijacked::PinAdd, None)));
+        assert_eq!(
+            route(&Method::POST, "/api/v0/pin/add"),
+            Some((PinCommand::Add, None))
+        );
         assert_eq!(
             route(&Method::POST, "/api/v0/pin/rm/Qm1"),
-            Some((Hijacked::PinRm, Some("Qm1".into())))
+            Some((PinCommand::Rm, Some("Qm1".into())))
         );
-        assert_eq!(route(&Method::GET, "/api/v0/pin/ls"), Some((Hijacked::PinLs, None)));
+        assert_eq!(
+            route(&Method::GET, "/api/v0/pin/ls"),
+            Some((PinCommand::Ls, None))
+        );
         assert_eq!(route(&Method::OPTIONS, "/api/v0/pin/add"), None);
         assert_eq!(route(&Method::HEAD, "/api/v0/pin/ls"), None);
         assert_eq!(route(&Method::POST, "/api/v0/pin/verify"), None);

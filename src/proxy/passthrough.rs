@@ -95,10 +95,7 @@ impl Upstream {
         // Without `TE: trailers` upstream, hyper would drop the daemon's
         // X-Stream-Error trailer when relaying to clients that asked for it.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        let xff = match headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
+        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {}", remote.ip()),
             None => remote.ip().to_string(),
         };

@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
 use super::Proxy;
-use super::error::{internal, kubo_error, missing_argument, stream_error_value, ErrorCode};
+use super::error::{ErrorCode, internal, kubo_error, missing_argument, stream_error_value};
 use crate::cluster::{ClusterError, OpState, Phase};
 use crate::http::{Body, channel_body, parse_bool};
 use crate::types::{Cid, Pin, PinMode, PinOptions};
@@ -40,18 +40,25 @@ impl Query {
             .collect()
     }
     /// A boolean option; a value Go cannot parse is an error as in kubo.
-    fn flag(&self, k: &str, default: bool) -> Result<bool, Response<Body>> {
+    fn flag(&self, k: &str, default: bool) -> Result<bool, BadOption> {
         match self.get(k) {
             None => Ok(default),
             Some("") => Ok(true),
             Some(v) => parse_bool(v).ok_or_else(|| {
-                kubo_error(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::Client,
-                    &format!("invalid value {v:?} for option {k:?}: not a boolean"),
-                )
+                BadOption(format!(
+                    "invalid value {v:?} for option {k:?}: not a boolean"
+                ))
             }),
         }
+    }
+}
+
+/// An option value kubo would refuse.
+struct BadOption(String);
+
+impl BadOption {
+    fn response(&self) -> Response<Body> {
+        kubo_error(StatusCode::BAD_REQUEST, ErrorCode::Client, &self.0)
     }
 }
 
@@ -84,7 +91,12 @@ impl Proxy {
     async fn cids(&self, args: &[String]) -> Result<Vec<Cid>, Response<Body>> {
         let mut out = Vec::with_capacity(args.len());
         for a in args {
-            out.push(self.cluster.resolve(a).await.map_err(|e| cluster_error(&e))?);
+            out.push(
+                self.cluster
+                    .resolve(a)
+                    .await
+                    .map_err(|e| cluster_error(&e))?,
+            );
         }
         Ok(out)
     }
@@ -95,13 +107,9 @@ impl Proxy {
         if args.is_empty() {
             return missing_argument("ipfs-path");
         }
-        let recursive = match q.flag("recursive", true) {
-            Ok(r) => r,
-            Err(resp) => return resp,
-        };
-        let progress = match q.flag("progress", false) {
-            Ok(p) => p,
-            Err(resp) => return resp,
+        let (recursive, progress) = match (q.flag("recursive", true), q.flag("progress", false)) {
+            (Ok(r), Ok(p)) => (r, p),
+            (Err(e), _) | (_, Err(e)) => return e.response(),
         };
         let mode = if !recursive || q.get("type") == Some("direct") {
             PinMode::Direct
@@ -146,7 +154,12 @@ impl Proxy {
             let tracker = this.cluster.tracker().clone();
             let wait_all = async {
                 for (cid, index) in &committed {
-                    if let Some(err) = tracker.wait_operation(cid, *index).await.as_ref().and_then(op_failed) {
+                    if let Some(err) = tracker
+                        .wait_operation(cid, *index)
+                        .await
+                        .as_ref()
+                        .and_then(op_failed)
+                    {
                         return Err(format!("pin {cid}: {err}"));
                     }
                 }
@@ -223,14 +236,17 @@ impl Proxy {
     /// `pin/ls`: the cluster pinset, as kubo lists pins.
     pub async fn pin_ls(&self, q: Query) -> Response<Body> {
         let type_filter = q.get("type").unwrap_or("all").to_string();
-        if !matches!(type_filter.as_str(), "all" | "direct" | "indirect" | "recursive") {
+        if !matches!(
+            type_filter.as_str(),
+            "all" | "direct" | "indirect" | "recursive"
+        ) {
             return internal(&format!(
                 "invalid type '{type_filter}', must be one of {{direct, indirect, recursive, all}}"
             ));
         }
         let (stream, names) = match (q.flag("stream", false), q.flag("names", false)) {
             (Ok(s), Ok(n)) => (s, n),
-            (Err(r), _) | (_, Err(r)) => return r,
+            (Err(e), _) | (_, Err(e)) => return e.response(),
         };
         let wanted = move |p: &Pin| type_filter == "all" || type_filter == p.mode().as_str();
         let args = q.all("arg");
@@ -252,7 +268,12 @@ impl Proxy {
             }
             return ls.respond(self, found.into_iter().map(Ok));
         }
-        ls.respond(self, self.cluster.pins().filter(move |p| p.as_ref().map_or(true, &wanted)))
+        ls.respond(
+            self,
+            self.cluster
+                .pins()
+                .filter(move |p| p.as_ref().map_or(true, &wanted)),
+        )
     }
 }
 
@@ -307,7 +328,11 @@ impl PinLsWriter {
                         break;
                     }
                 };
-                let name = if this.names { pin.options.name.as_str() } else { "" };
+                let name = if this.names {
+                    pin.options.name.as_str()
+                } else {
+                    ""
+                };
                 let pin_type = pin.mode().as_str();
                 let ok = if this.stream {
                     tx.send_json(&PinLsObject {

@@ -5,7 +5,9 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use openraft::{
+    AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -158,7 +160,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        Ok(self.get_json::<Option<LogId<NodeId>>>(COMMITTED_KEY)?.flatten())
+        Ok(self
+            .get_json::<Option<LogId<NodeId>>>(COMMITTED_KEY)?
+            .flatten())
     }
 
     async fn append<I>(

@@ -1,6 +1,10 @@
 //! Consensus: the shared pinset replicated through Raft (openraft), with the log and
 //! state in the embedded store under the peer's config folder.
 
+// openraft's trait signatures fix `StorageError` as the error type of the storage
+// layer; boxing it in our helpers would only add conversions at every call.
+#![allow(clippy::result_large_err)]
+
 mod log_store;
 mod network;
 mod state_machine;
@@ -69,15 +73,18 @@ impl Consensus {
         cfg: &RaftConfig,
         events: mpsc::Sender<StateEvent>,
     ) -> Result<Self, ConsensusError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
         let db = store::open(dir)?;
         let log = LogStore::new(db.tree("raft_log")?);
         let state = PinState::new(db.tree("state")?);
         let sm = StateMachine::new(state.clone(), db.tree("snapshot")?, events);
 
         let heartbeat = cfg.heartbeat_timeout.0.as_millis().max(10) as u64;
-        let election = cfg.election_timeout.0.as_millis().max(heartbeat as u128 * 3) as u64;
+        let election = cfg
+            .election_timeout
+            .0
+            .as_millis()
+            .max(heartbeat as u128 * 3) as u64;
         let raft_cfg = openraft::Config {
             cluster_name: "ipfs-cluster".into(),
             heartbeat_interval: heartbeat,

@@ -27,7 +27,7 @@ const SNAPSHOT_DATA_KEY: &[u8] = b"snapshot/data";
 #[derive(Debug, Clone)]
 pub enum StateEvent {
     /// A pin was added or updated.
-    Pinned(Pin),
+    Pinned(Box<Pin>),
     /// A pin was removed.
     Unpinned(Cid),
     /// The whole pinset was replaced by a snapshot: resynchronise.
@@ -44,6 +44,9 @@ fn read_sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::read_state_machine(AnyError::new(&e)).into()
 }
 
+/// The last applied log ID and membership.
+type AppliedState = (Option<LogId<NodeId>>, StoredMembership<NodeId, ClusterNode>);
+
 /// The pinset state machine of one peer.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -59,7 +62,11 @@ struct StoredSnapshotMeta {
 
 impl StateMachine {
     /// A state machine over `state`, keeping snapshots in `snapshots`.
-    pub fn new(state: PinState, snapshots: Arc<dyn Tree>, events: mpsc::Sender<StateEvent>) -> Self {
+    pub fn new(
+        state: PinState,
+        snapshots: Arc<dyn Tree>,
+        events: mpsc::Sender<StateEvent>,
+    ) -> Self {
         StateMachine {
             state,
             snapshots,
@@ -67,7 +74,7 @@ impl StateMachine {
         }
     }
 
-    fn read_meta(&self) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, ClusterNode>), StorageError<NodeId>> {
+    fn read_meta(&self) -> Result<AppliedState, StorageError<NodeId>> {
         let tree = self.state.tree();
         let applied = match tree.get(APPLIED_KEY).map_err(read_sm_err)? {
             Some(b) => serde_json::from_slice(&b).map_err(read_sm_err)?,
@@ -99,7 +106,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let (last_log_id, last_membership) = this.read_meta()?;
             let mut data = Vec::new();
             for pin in this.state.list() {
-                serde_json::to_writer(&mut data, &pin.map_err(read_sm_err)?).map_err(read_sm_err)?;
+                serde_json::to_writer(&mut data, &pin.map_err(read_sm_err)?)
+                    .map_err(read_sm_err)?;
                 data.push(b'\n');
             }
             let snapshot_id = match &last_log_id {
@@ -142,9 +150,7 @@ impl StateMachine {
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, ClusterNode>), StorageError<NodeId>> {
+    async fn applied_state(&mut self) -> Result<AppliedState, StorageError<NodeId>> {
         self.read_meta()
     }
 
@@ -224,7 +230,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -263,11 +271,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(sm_err)??;
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-        self.notify(vec![StateEvent::Reset, StateEvent::Applied(index)]).await;
+        self.notify(vec![StateEvent::Reset, StateEvent::Applied(index)])
+            .await;
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let meta = self.snapshots.get(SNAPSHOT_META_KEY).map_err(read_sm_err)?;
         let data = self.snapshots.get(SNAPSHOT_DATA_KEY).map_err(read_sm_err)?;
         match (meta, data) {

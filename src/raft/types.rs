@@ -29,7 +29,7 @@ impl fmt::Display for ClusterNode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum LogOp {
     /// Add or replace a pin.
-    Pin(Pin),
+    Pin(Box<Pin>),
     /// Remove a pin.
     Unpin(Cid),
 }

@@ -52,7 +52,12 @@ impl Client {
         })
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, query: &[(String, String)]) -> Result<reqwest::Response, ClientError> {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(String, String)],
+    ) -> Result<reqwest::Response, ClientError> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -75,12 +80,22 @@ impl Client {
         Err(ClientError::Api { code, message })
     }
 
-    async fn get_json<T: DeserializeOwned>(&self, path: &str, query: &[(String, String)]) -> Result<T, ClientError> {
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+    ) -> Result<T, ClientError> {
         let resp = self.send(reqwest::Method::GET, path, query).await?;
-        resp.json().await.map_err(|e| ClientError::Decode(e.to_string()))
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
-    async fn get_stream<T: DeserializeOwned>(&self, path: &str, query: &[(String, String)]) -> Result<Vec<T>, ClientError> {
+    async fn get_stream<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+    ) -> Result<Vec<T>, ClientError> {
         let resp = self.send(reqwest::Method::GET, path, query).await?;
         let text = resp
             .text()
@@ -115,9 +130,15 @@ impl Client {
     /// `POST /pins/ipfs/<cid-or-path>`.
     pub async fn pin(&self, arg: &str, opts: &PinOptions) -> Result<Pin, ClientError> {
         let resp = self
-            .send(reqwest::Method::POST, &Self::pin_route(arg), &opts.to_query())
+            .send(
+                reqwest::Method::POST,
+                &Self::pin_route(arg),
+                &opts.to_query(),
+            )
             .await?;
-        resp.json().await.map_err(|e| ClientError::Decode(e.to_string()))
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     /// `DELETE /pins/ipfs/<cid-or-path>`.
@@ -125,7 +146,9 @@ impl Client {
         let resp = self
             .send(reqwest::Method::DELETE, &Self::pin_route(arg), &[])
             .await?;
-        resp.json().await.map_err(|e| ClientError::Decode(e.to_string()))
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     /// `GET /allocations`.

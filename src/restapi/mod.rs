@@ -49,9 +49,14 @@ fn cluster_error(e: ClusterError) -> Response<Body> {
     error(status, e.to_string())
 }
 
-fn parse_cid(s: &str) -> Result<Cid, Response<Body>> {
+/// A CID from a route; a bad one is a 400 whose message is returned.
+fn parse_cid(s: &str) -> Result<Cid, String> {
     s.parse::<Cid>()
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("error decoding Cid: {e}")))
+        .map_err(|e| format!("error decoding Cid: {e}"))
+}
+
+fn bad_request(message: String) -> Response<Body> {
+    error(StatusCode::BAD_REQUEST, message)
 }
 
 impl RestApi {
@@ -113,8 +118,12 @@ impl RestApi {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
-        if !(method == Method::GET && path == "/health") && !self.authorized(&req) {
-            let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized: invalid credentials");
+        let open_route = method == Method::GET && path == "/health";
+        if !open_route && !self.authorized(&req) {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized: invalid credentials",
+            );
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"Restricted IPFS Cluster API\""),
@@ -138,7 +147,7 @@ impl RestApi {
                     Ok(p) => json(StatusCode::OK, &p),
                     Err(e) => cluster_error(e),
                 },
-                Err(r) => r,
+                Err(m) => bad_request(m),
             },
             (&Method::GET, ["pins"]) => self.status_all(&q).await,
             (&Method::GET, ["pins", cid]) => match parse_cid(cid) {
@@ -146,9 +155,11 @@ impl RestApi {
                     Ok(g) => json(StatusCode::OK, &g),
                     Err(e) => cluster_error(e),
                 },
-                Err(r) => r,
+                Err(m) => bad_request(m),
             },
-            (&Method::POST, ["pins", ns @ ("ipfs" | "ipns" | "ipld"), rest @ ..]) if !rest.is_empty() => {
+            (&Method::POST, ["pins", ns @ ("ipfs" | "ipns" | "ipld"), rest @ ..])
+                if !rest.is_empty() =>
+            {
                 let p = format!("/{ns}/{}", rest.join("/"));
                 match self.cluster.resolve(&p).await {
                     Ok(c) => self.pin(c, &q).await,
@@ -157,9 +168,11 @@ impl RestApi {
             }
             (&Method::POST, ["pins", cid]) => match parse_cid(cid) {
                 Ok(c) => self.pin(c, &q).await,
-                Err(r) => r,
+                Err(m) => bad_request(m),
             },
-            (&Method::DELETE, ["pins", ns @ ("ipfs" | "ipns" | "ipld"), rest @ ..]) if !rest.is_empty() => {
+            (&Method::DELETE, ["pins", ns @ ("ipfs" | "ipns" | "ipld"), rest @ ..])
+                if !rest.is_empty() =>
+            {
                 let p = format!("/{ns}/{}", rest.join("/"));
                 match self.cluster.resolve(&p).await {
                     Ok(c) => self.unpin(c).await,
@@ -168,7 +181,7 @@ impl RestApi {
             }
             (&Method::DELETE, ["pins", cid]) => match parse_cid(cid) {
                 Ok(c) => self.unpin(c).await,
-                Err(r) => r,
+                Err(m) => bad_request(m),
             },
             _ => error(StatusCode::NOT_FOUND, "not found"),
         }
@@ -216,7 +229,7 @@ impl RestApi {
             for c in cids.split(',') {
                 let cid = match parse_cid(c.trim()) {
                     Ok(c) => c,
-                    Err(r) => return r,
+                    Err(m) => return bad_request(m),
                 };
                 match self.cluster.status(&cid).await {
                     Ok(g) => {
@@ -277,7 +290,10 @@ where
     });
     let mut r = Response::new(body);
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::TRAILER, HeaderValue::from_static("X-Stream-Error"));
     r
 }

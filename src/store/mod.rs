@@ -11,6 +11,11 @@ use std::sync::Arc;
 
 pub use sled_store::SledStore;
 
+/// A key and its value.
+pub type KvPair = (Vec<u8>, Vec<u8>);
+/// An owned iterator over entries.
+pub type KvIter = Box<dyn Iterator<Item = Result<KvPair, StoreError>> + Send>;
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 #[error("store: {0}")]
@@ -21,13 +26,9 @@ pub trait Tree: Send + Sync {
     /// The value under `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Entries with keys in `[from, to)` (`to = None`: to the end), in key order.
-    fn range(
-        &self,
-        from: &[u8],
-        to: Option<&[u8]>,
-    ) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + Send>;
+    fn range(&self, from: &[u8], to: Option<&[u8]>) -> KvIter;
     /// The last entry whose key starts with `prefix`.
-    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<KvPair>, StoreError>;
     /// Applies all writes (`None` deletes) atomically.
     fn apply(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError>;
     /// Makes every write so far durable.
@@ -86,9 +87,6 @@ mod tests {
         drop(t);
         drop(store);
         let store = open(dir.path()).unwrap();
-        assert_eq!(
-            store.tree("t").unwrap().get(b"a/1").unwrap().unwrap(),
-            b"x"
-        );
+        assert_eq!(store.tree("t").unwrap().get(b"a/1").unwrap().unwrap(), b"x");
     }
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Store, StoreError, Tree};
+use super::{KvIter, KvPair, Store, StoreError, Tree};
 
 /// A sled database.
 pub struct SledStore {
@@ -40,11 +40,7 @@ impl Tree for SledTree {
         Ok(self.0.get(key).map_err(err)?.map(|v| v.to_vec()))
     }
 
-    fn range(
-        &self,
-        from: &[u8],
-        to: Option<&[u8]>,
-    ) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + Send> {
+    fn range(&self, from: &[u8], to: Option<&[u8]>) -> KvIter {
         let iter = match to {
             Some(to) => self.0.range(from.to_vec()..to.to_vec()),
             None => self.0.range(from.to_vec()..),
@@ -52,7 +48,7 @@ impl Tree for SledTree {
         Box::new(iter.map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err)))
     }
 
-    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<KvPair>, StoreError> {
         match self.0.scan_prefix(prefix).next_back() {
             Some(r) => r.map(|(k, v)| Some((k.to_vec(), v.to_vec()))).map_err(err),
             None => Ok(None),

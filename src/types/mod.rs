@@ -119,7 +119,9 @@ impl FromStr for PinMode {
         match s {
             "" | "recursive" => Ok(PinMode::Recursive),
             "direct" => Ok(PinMode::Direct),
-            other => Err(format!("invalid pin mode {other:?}: use recursive or direct")),
+            other => Err(format!(
+                "invalid pin mode {other:?}: use recursive or direct"
+            )),
         }
     }
 }

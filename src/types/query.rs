@@ -59,10 +59,14 @@ impl PinOptions {
                         .collect()
                 }
                 "pin-update" => {
-                    o.pin_update = Some(v.parse().map_err(|e| format!("parameter pin-update invalid: {e}"))?)
+                    o.pin_update = Some(
+                        v.parse()
+                            .map_err(|e| format!("parameter pin-update invalid: {e}"))?,
+                    )
                 }
                 meta if meta.starts_with("meta-") => {
-                    o.metadata.insert(meta["meta-".len()..].to_string(), v.clone());
+                    o.metadata
+                        .insert(meta["meta-".len()..].to_string(), v.clone());
                 }
                 _ => {}
             }
@@ -102,7 +106,9 @@ mod tests {
     use super::*;
 
     fn pairs(s: &[(&str, &str)]) -> Vec<(String, String)> {
-        s.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        s.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]

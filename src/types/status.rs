@@ -201,7 +201,13 @@ impl GlobalPinInfo {
                 ts,
                 (!o.metadata.is_empty()).then(|| o.metadata.clone()),
             ),
-            None => (String::new(), vec![], vec![], DateTime::<Utc>::UNIX_EPOCH, None),
+            None => (
+                String::new(),
+                vec![],
+                vec![],
+                DateTime::<Utc>::UNIX_EPOCH,
+                None,
+            ),
         };
         GlobalPinInfo {
             cid,

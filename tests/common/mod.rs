@@ -31,7 +31,11 @@ impl Daemon {
         let port = free_port();
         let out = Command::new("bash")
             .arg(repo_root().join("scripts/ipfs-daemon.sh"))
-            .args(["start", &dir.path().join("repo").to_string_lossy(), &port.to_string()])
+            .args([
+                "start",
+                &dir.path().join("repo").to_string_lossy(),
+                &port.to_string(),
+            ])
             .env("SWARM_PORT", free_port().to_string())
             .stderr(Stdio::inherit())
             .output()
@@ -116,7 +120,11 @@ impl PeerProc {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("peer exited early: {st}");
             }
             if std::net::TcpStream::connect(("127.0.0.1", self.rest_port)).is_ok()
@@ -136,7 +144,9 @@ impl PeerProc {
     /// SIGTERM and wait; asserts a clean exit within 10 s.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 if let Ok(Some(st)) = c.try_wait() {
@@ -196,7 +206,10 @@ pub fn add_bytes(api: &str, name: &str, data: Vec<u8>) -> String {
         .expect("add");
     assert!(resp.status().is_success(), "add failed: {}", resp.status());
     let text = resp.text().expect("add body");
-    let last = text.lines().filter(|l| !l.trim().is_empty()).last().expect("add output");
+    let last = text
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .expect("add output");
     let v: serde_json::Value = serde_json::from_str(last).expect("add json");
     v["Hash"].as_str().expect("Hash").to_string()
 }
