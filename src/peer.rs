@@ -190,3 +190,151 @@ fn spawn_recover_loop(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cluster::Phase;
+    use crate::config::Multiaddrs;
+    use crate::ipfs::fake::FakeDaemon;
+    use crate::types::{PinOptions, TrackerStatus};
+
+    const CID: &str = "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG";
+
+    async fn peer_before(fake: &FakeDaemon, dir: &Path) -> Peer {
+        let mut cfg = Config::generate();
+        let any = Multiaddrs(vec!["/ip4/127.0.0.1/tcp/0".into()]);
+        cfg.ipfs_connector.ipfshttp.node_multiaddress = fake.multiaddr();
+        if let Some(p) = cfg.api.ipfsproxy.as_mut() {
+            p.node_multiaddress = fake.multiaddr();
+            p.listen_multiaddress = any.clone();
+        }
+        if let Some(r) = cfg.api.restapi.as_mut() {
+            r.http_listen_multiaddress = any;
+        }
+        Peer::start(dir, cfg, Identity::generate())
+            .await
+            .expect("peer starts")
+    }
+
+    async fn wait_status(peer: &Peer, want: TrackerStatus) -> crate::cluster::LocalStatus {
+        let cid = CID.parse().unwrap();
+        for _ in 0..100 {
+            let st = peer.cluster().tracker().status(&cid).await;
+            if st.status == want {
+                return st;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("status never became {want}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn opposing_unpin_cancels_the_pin_in_flight() {
+        let fake = FakeDaemon::start().await;
+        fake.state.lock().unwrap().pin_delay = Duration::from_secs(30);
+        let dir = tempfile::tempdir().unwrap();
+        let peer = peer_before(&fake, dir.path()).await;
+        let cid = CID.parse().unwrap();
+        peer.cluster()
+            .pin(cid, PinOptions::default())
+            .await
+            .unwrap();
+        wait_status(&peer, TrackerStatus::Pinning).await;
+
+        let (_, c) = peer.cluster().unpin(cid).await.unwrap();
+        let op = peer
+            .cluster()
+            .tracker()
+            .wait_operation(&cid, c.index)
+            .await
+            .expect("an unpin ran");
+        assert_eq!(op.phase, Phase::Done);
+        assert!(peer.cluster().tracker().operation(&cid).is_none());
+        assert_eq!(
+            peer.cluster().tracker().status(&cid).await.status,
+            TrackerStatus::Unpinned
+        );
+        peer.shutdown().await;
+        fake.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn daemon_errors_show_as_pin_error_until_recovered() {
+        let fake = FakeDaemon::start().await;
+        fake.state.lock().unwrap().fail_pins = Some("block not found".into());
+        let dir = tempfile::tempdir().unwrap();
+        let peer = peer_before(&fake, dir.path()).await;
+        let cid = CID.parse().unwrap();
+        let (_, c) = peer
+            .cluster()
+            .pin(cid, PinOptions::default())
+            .await
+            .unwrap();
+        let op = peer
+            .cluster()
+            .tracker()
+            .wait_operation(&cid, c.index)
+            .await
+            .unwrap();
+        assert_eq!(op.phase, Phase::Error);
+        let st = wait_status(&peer, TrackerStatus::PinError).await;
+        assert_eq!(st.error, "block not found");
+        assert_eq!(st.attempt_count, 1);
+
+        fake.state.lock().unwrap().fail_pins = None;
+        let requeued = peer.cluster().tracker().recover_all().await.unwrap();
+        assert_eq!(requeued, vec![cid]);
+        wait_status(&peer, TrackerStatus::Pinned).await;
+        assert_eq!(fake.state.lock().unwrap().pins[CID], "recursive");
+        peer.shutdown().await;
+        fake.stop().await;
+    }
+
+    fn raw_post(addr: SocketAddr, path: &str, te_trailers: bool) -> String {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let te = if te_trailers { "TE: trailers\r\n" } else { "" };
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{te}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn passthrough_relays_stream_error_trailers() {
+        let fake = FakeDaemon::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let peer = peer_before(&fake, dir.path()).await;
+        let proxy = peer.proxy_addrs()[0];
+        let out = tokio::task::spawn_blocking(move || raw_post(proxy, "/api/v0/trailers", true))
+            .await
+            .unwrap();
+        assert!(out.contains("{\"part\":1}"), "{out}");
+        assert!(
+            out.to_ascii_lowercase().contains("trailer: x-stream-error"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x-stream-error: {\"Message\":\"boom\",\"Code\":0}"),
+            "trailer lost: {out}"
+        );
+        // hyper only writes trailers to clients that asked for them (TE: trailers).
+        let out = tokio::task::spawn_blocking(move || raw_post(proxy, "/api/v0/trailers", false))
+            .await
+            .unwrap();
+        assert!(
+            out.contains("{\"part\":1}") && !out.contains("boom"),
+            "{out}"
+        );
+        peer.shutdown().await;
+        fake.stop().await;
+    }
+}

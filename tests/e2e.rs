@@ -284,3 +284,158 @@ fn second_daemon_on_same_config_fails_fast_and_bad_config_names_the_key() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("cluster.pin_recover_interval"), "{err}");
 }
+
+#[test]
+fn direct_pins_progress_filters_rest_and_ctl() {
+    let d = Daemon::start();
+    let cfg = tempfile::tempdir().unwrap();
+    let mut peer = PeerProc::init(cfg.path(), &d.multiaddr());
+    peer.start();
+    let p = peer.proxy();
+    let rec = add_bytes(&p, "rec.txt", b"recursive pin\n".to_vec());
+    let dir = add_bytes(&p, "direct.txt", b"direct pin\n".to_vec());
+
+    // progress=true streams kubo's shape and ends with the Pins object.
+    let r = http()
+        .post(format!("{p}/pin/add?arg={rec}&progress=true"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["x-chunked-output"], "1");
+    let text = r.text().unwrap();
+    let last: Value =
+        serde_json::from_str(text.lines().rfind(|l| !l.trim().is_empty()).unwrap()).unwrap();
+    assert_eq!(last, serde_json::json!({ "Pins": [rec] }));
+
+    let (st, _) = post(&format!("{p}/pin/add?arg=/ipfs/{dir}&recursive=false"));
+    assert_eq!(st, 200);
+    let (_, v) = post(&format!("{}/pin/ls?type=direct", d.api()));
+    assert!(
+        v["Keys"].get(&dir).is_some(),
+        "daemon has no direct pin: {v}"
+    );
+
+    let (_, v) = post(&format!("{p}/pin/ls?type=direct"));
+    assert_eq!(
+        v,
+        serde_json::json!({ "Keys": { dir.clone(): { "Type": "direct" } } })
+    );
+    let (_, v) = post(&format!("{p}/pin/ls?type=recursive"));
+    assert_eq!(
+        v,
+        serde_json::json!({ "Keys": { rec.clone(): { "Type": "recursive" } } })
+    );
+    let (_, v) = post(&format!("{p}/pin/ls?type=indirect"));
+    assert_eq!(v, serde_json::json!({ "Keys": {} }));
+    let (st, v) = post(&format!("{p}/pin/ls?type=bogus"));
+    assert_eq!((st, &v["Type"]), (500, &Value::from("error")));
+    let text = http()
+        .post(format!("{p}/pin/ls?stream=true&arg={dir}"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(text.trim()).unwrap(),
+        serde_json::json!({ "Cid": dir, "Type": "direct" })
+    );
+
+    // REST API: upstream's JSON and error codes.
+    let pin: Value = http()
+        .get(format!("{}/allocations/{dir}", peer.rest()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        (pin["mode"].as_str(), pin["max_depth"].as_i64()),
+        (Some("direct"), Some(0))
+    );
+    let r = http()
+        .get(format!(
+            "{}/allocations/{}",
+            peer.rest(),
+            add_bytes(&p, "x", b"x".to_vec())
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let e: Value = r.json().unwrap();
+    assert_eq!(e["code"], 404);
+    let r = http()
+        .get(format!("{}/pins/notacid", peer.rest()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = http()
+        .get(format!("{}/pins?filter=bogus", peer.rest()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(
+        http()
+            .get(format!("{}/health", peer.rest()))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        204
+    );
+
+    // ctl: pin add with options and --wait, json output, pin ls text, pin rm.
+    let ctl = |args: &[&str]| {
+        let out = Command::new(ctl_bin())
+            .args(["--host", &peer.rest_multiaddr()])
+            .args(args)
+            .output()
+            .expect("ctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let third = add_bytes(&p, "third.txt", b"third\n".to_vec());
+    let (ok, out, err) = ctl(&[
+        "pin",
+        "add",
+        &third,
+        "--name",
+        "n3",
+        "--metadata",
+        "k=v",
+        "--wait",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("{third} | n3:")) && out.contains("PINNED"),
+        "{out}"
+    );
+    let (ok, out, _) = ctl(&["--enc", "json", "pin", "ls", &third]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["name"].as_str(), v["metadata"]["k"].as_str()),
+        (Some("n3"), Some("v"))
+    );
+    let (ok, out, _) = ctl(&["pin", "ls"]);
+    assert!(ok && out.lines().count() == 3, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{dir} |  | PIN-DIRECT | Repl. Factor: -1 | Allocations: [everywhere] | Direct"
+        )),
+        "{out}"
+    );
+    let (ok, out, _) = ctl(&["--enc", "json", "version"]);
+    assert!(ok && out.contains(ipfs_cluster::VERSION));
+    let (ok, out, err) = ctl(&["pin", "rm", &third, "--wait"]);
+    assert!(ok && out.contains("UNPINNED"), "{out}{err}");
+    let (ok, _, err) = ctl(&["pin", "rm", &third]);
+    assert!(
+        !ok && err.contains("404") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    let (ok, _, err) = ctl(&["pin", "add", "notacid"]);
+    assert!(!ok && !err.is_empty());
+    peer.stop();
+}

@@ -129,7 +129,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("An error occurred:\n Code: {e:#}");
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -2,6 +2,8 @@
 //! (`/api/v0`), used by the tracker to pin and unpin and by the APIs to resolve
 //! paths and identify the daemon.
 
+#[cfg(test)]
+pub mod fake;
 mod ndjson;
 
 use std::collections::HashMap;

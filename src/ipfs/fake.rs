@@ -1,0 +1,173 @@
+//! An in-process fake daemon for unit tests: just enough of the kubo RPC API
+//! (`id`, `pin/add`, `pin/rm`, `pin/ls`, and a streaming `trailers` call) to drive
+//! the tracker and the proxy without a real daemon.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::http::{Body, ServerOptions, channel_body, json, query_pairs};
+
+/// Shared, inspectable state of the fake daemon.
+#[derive(Default)]
+pub struct FakeState {
+    /// CID → "recursive" | "direct".
+    pub pins: HashMap<String, String>,
+    /// When set, `pin/add` fails with this message.
+    pub fail_pins: Option<String>,
+    /// How long `pin/add` takes.
+    pub pin_delay: Duration,
+}
+
+/// A running fake daemon.
+pub struct FakeDaemon {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its state.
+    pub state: Arc<Mutex<FakeState>>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl FakeDaemon {
+    /// Starts on a free loopback port.
+    pub async fn start() -> FakeDaemon {
+        let state = Arc::new(Mutex::new(FakeState::default()));
+        let listeners = crate::http::bind(&["/ip4/127.0.0.1/tcp/0".to_string()])
+            .await
+            .expect("bind fake daemon");
+        let addr = listeners[0].local_addr().expect("addr");
+        let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
+        let st = state.clone();
+        crate::http::serve(
+            "fake daemon",
+            listeners,
+            move |req, _| {
+                let st = st.clone();
+                async move { handle(st, req.uri().path(), query_pairs(req.uri())).await }
+            },
+            ServerOptions {
+                header_read_timeout: Duration::from_secs(5),
+                max_header_bytes: 8192,
+            },
+            &tasks,
+            cancel.clone(),
+        );
+        FakeDaemon {
+            addr,
+            state,
+            cancel,
+            tasks,
+        }
+    }
+
+    /// `/ip4/127.0.0.1/tcp/<port>`.
+    pub fn multiaddr(&self) -> String {
+        format!("/ip4/127.0.0.1/tcp/{}", self.addr.port())
+    }
+
+    /// Stops serving.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+fn err(msg: &str) -> Response<Body> {
+    json(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &serde_json::json!({"Message": msg, "Code": 0, "Type": "error"}),
+    )
+}
+
+async fn handle(st: Arc<Mutex<FakeState>>, path: &str, q: Vec<(String, String)>) -> Response<Body> {
+    let arg = q
+        .iter()
+        .find(|(k, _)| k == "arg")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let get = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let lock = || st.lock().unwrap_or_else(|p| p.into_inner());
+    match path {
+        "/api/v0/id" => json(
+            StatusCode::OK,
+            &serde_json::json!({"ID": "12D3KooFakeDaemon", "Addresses": []}),
+        ),
+        "/api/v0/pin/add" => {
+            let (delay, fail) = {
+                let s = lock();
+                (s.pin_delay, s.fail_pins.clone())
+            };
+            tokio::time::sleep(delay).await;
+            if let Some(m) = fail {
+                return err(&m);
+            }
+            let t = if get("recursive") == Some("false") {
+                "direct"
+            } else {
+                "recursive"
+            };
+            lock().pins.insert(arg.clone(), t.into());
+            json(StatusCode::OK, &serde_json::json!({"Pins": [arg]}))
+        }
+        "/api/v0/pin/rm" => match lock().pins.remove(&arg) {
+            Some(_) => json(StatusCode::OK, &serde_json::json!({"Pins": [arg]})),
+            None => err("not pinned or pinned indirectly"),
+        },
+        "/api/v0/pin/ls" => {
+            let s = lock();
+            if !arg.is_empty() {
+                return match s.pins.get(&arg) {
+                    Some(t) => json(
+                        StatusCode::OK,
+                        &serde_json::json!({"Keys": {arg.clone(): {"Type": t}}}),
+                    ),
+                    None => err(&format!("path '{arg}' is not pinned")),
+                };
+            }
+            let want = get("type").unwrap_or("all");
+            let mut out = String::new();
+            for (c, t) in s
+                .pins
+                .iter()
+                .filter(|(_, t)| want == "all" || want == t.as_str())
+            {
+                out.push_str(&serde_json::json!({"Cid": c, "Type": t}).to_string());
+                out.push('\n');
+            }
+            let mut r = Response::new(crate::http::full(out));
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            r
+        }
+        "/api/v0/trailers" => {
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                tx.send(Bytes::from_static(b"{\"part\":1}\n")).await;
+                let mut t = HeaderMap::new();
+                t.insert(
+                    "x-stream-error",
+                    HeaderValue::from_static("{\"Message\":\"boom\",\"Code\":0}"),
+                );
+                tx.trailers(t).await;
+            });
+            let mut r = Response::new(body);
+            r.headers_mut()
+                .insert("trailer", HeaderValue::from_static("X-Stream-Error"));
+            r.headers_mut()
+                .insert("x-chunked-output", HeaderValue::from_static("1"));
+            r
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"Message": "Not Found", "Code": 3, "Type": "error"}),
+        ),
+    }
+}
