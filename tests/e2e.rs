@@ -110,6 +110,13 @@ fn pin_lifecycle_through_proxy_survives_restart() {
     );
     assert_eq!(rest_status(&peer, &cid), "pinned");
 
+    // Unpinned behind the cluster's back: the tracker notices.
+    let (st, _) = post(&format!("{}/pin/rm?arg={keep}", d.api()));
+    assert_eq!(st, 200);
+    assert_eq!(rest_status(&peer, &keep), "unexpectedly_unpinned");
+    let (st, _) = post(&format!("{}/pin/add?arg={keep}", d.api()));
+    assert_eq!(st, 200);
+
     // ctl shows it too, in upstream's text form.
     let out = Command::new(ctl_bin())
         .args(["--host", &peer.rest_multiaddr(), "status", &cid])
@@ -340,7 +347,35 @@ fn direct_pins_progress_filters_rest_and_ctl() {
         serde_json::json!({ "Cid": dir, "Type": "direct" })
     );
 
+    // A sub-path is resolved through the daemon and its target pinned.
+    let a = reqwest::blocking::multipart::Part::bytes(b"inside a directory\n".to_vec())
+        .file_name("a.txt")
+        .mime_str("application/octet-stream")
+        .unwrap();
+    let form = reqwest::blocking::multipart::Form::new().part("file", a);
+    let text = http()
+        .post(format!("{p}/add?pin=false&wrap-with-directory=true"))
+        .multipart(form)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let entries: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let file = entries.iter().find(|e| e["Name"] == "a.txt").unwrap()["Hash"].as_str().unwrap().to_string();
+    let wrap = entries.iter().find(|e| e["Name"] == "").unwrap()["Hash"].as_str().unwrap().to_string();
+    let (st, v) = post(&format!("{p}/pin/add?arg=/ipfs/{wrap}/a.txt"));
+    assert_eq!((st, v), (200, serde_json::json!({ "Pins": [file] })));
+    let (st, _) = post(&format!("{p}/pin/rm?arg=/ipfs/{wrap}/a.txt"));
+    assert_eq!(st, 200);
+
     // REST API: upstream's JSON and error codes.
+    let extra = add_bytes(&p, "extra.txt", b"pinned via REST\n".to_vec());
+    let pin: Value = http().post(format!("{}/pins/{extra}?name=viarest&replication=-1", peer.rest())).send().unwrap().json().unwrap();
+    assert_eq!((pin["cid"].as_str(), pin["name"].as_str()), (Some(extra.as_str()), Some("viarest")));
+    let r = http().delete(format!("{}/pins/{extra}", peer.rest())).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = http().delete(format!("{}/pins/{extra}", peer.rest())).send().unwrap();
+    assert_eq!(r.status().as_u16(), 404);
     let pin: Value = http()
         .get(format!("{}/allocations/{dir}", peer.rest()))
         .send()

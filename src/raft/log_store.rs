@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::types::{NodeId, TypeConfig};
-use crate::store::{StoreError, Tree};
+use crate::store::{StoreError, Tree, prefix_bounds};
 
 const LOG_PREFIX: &[u8] = b"l/";
 const VOTE_KEY: &[u8] = b"m/vote";
@@ -23,6 +23,11 @@ fn log_key(index: u64) -> Vec<u8> {
     let mut k = LOG_PREFIX.to_vec();
     k.extend_from_slice(&index.to_be_bytes());
     k
+}
+
+/// The first key after every log key.
+fn log_end() -> Vec<u8> {
+    prefix_bounds(LOG_PREFIX).1.unwrap_or_default()
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -75,14 +80,9 @@ impl LogStore {
         self.tree.flush().map_err(write_err)
     }
 
-    /// Keys of log entries with index in `[from, to)`.
+    /// Keys of log entries with index in `[from, to)` (`None`: to the end).
     fn keys_between(&self, from: u64, to: Option<u64>) -> Result<Vec<Vec<u8>>, StoreError> {
-        let end = to.map(log_key).unwrap_or_else(|| {
-            let mut k = LOG_PREFIX.to_vec();
-            k.push(0xff);
-            k.extend_from_slice(&[0xff; 8]);
-            k
-        });
+        let end = to.map(log_key).unwrap_or_else(log_end);
         self.tree
             .range(&log_key(from), Some(&end))
             .map(|r| r.map(|(k, _)| k))
@@ -107,11 +107,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         let tree = self.tree.clone();
         blocking(move || {
-            let upper = end.unwrap_or_else(|| {
-                let mut k = LOG_PREFIX.to_vec();
-                k.push(0xff);
-                k
-            });
+            let upper = end.unwrap_or_else(log_end);
             tree.range(&log_key(start), Some(&upper))
                 .map(|r| r.map_err(read_err).and_then(|(_, v)| from_json(&v)))
                 .collect()
