@@ -361,7 +361,8 @@ impl PinTracker {
 
     /// Waits until the state changes up to log `index` have reached the tracker, then
     /// until the operation they started on `cid` ends. Returns its final state, or
-    /// `None` when no operation was needed.
+    /// `None` when no operation is left: it was not needed or already finished well
+    /// (failed operations stay until retried, so they are always seen).
     pub async fn wait_operation(&self, cid: &Cid, index: u64) -> Option<OpState> {
         let mut processed = self.inner.processed.subscribe();
         if processed.wait_for(|p| *p >= index).await.is_err() {
