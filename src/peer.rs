@@ -247,7 +247,10 @@ mod tests {
 
         let (_, c) = peer.cluster().unpin(cid).await.unwrap();
         let op = peer.cluster().tracker().wait_operation(&cid, c.index).await;
-        assert!(op.as_ref().is_none_or(|op| op.phase == Phase::Done), "{op:?}");
+        assert!(
+            op.as_ref().is_none_or(|op| op.phase == Phase::Done),
+            "{op:?}"
+        );
         assert!(peer.cluster().tracker().operation(&cid).is_none());
         assert_eq!(
             peer.cluster().tracker().status(&cid).await.status,

@@ -360,9 +360,18 @@ fn direct_pins_progress_filters_rest_and_ctl() {
         .unwrap()
         .text()
         .unwrap();
-    let entries: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let file = entries.iter().find(|e| e["Name"] == "a.txt").unwrap()["Hash"].as_str().unwrap().to_string();
-    let wrap = entries.iter().find(|e| e["Name"] == "").unwrap()["Hash"].as_str().unwrap().to_string();
+    let entries: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let file = entries.iter().find(|e| e["Name"] == "a.txt").unwrap()["Hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wrap = entries.iter().find(|e| e["Name"] == "").unwrap()["Hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (st, v) = post(&format!("{p}/pin/add?arg=/ipfs/{wrap}/a.txt"));
     assert_eq!((st, v), (200, serde_json::json!({ "Pins": [file] })));
     let (st, _) = post(&format!("{p}/pin/rm?arg=/ipfs/{wrap}/a.txt"));
@@ -370,11 +379,28 @@ fn direct_pins_progress_filters_rest_and_ctl() {
 
     // REST API: upstream's JSON and error codes.
     let extra = add_bytes(&p, "extra.txt", b"pinned via REST\n".to_vec());
-    let pin: Value = http().post(format!("{}/pins/{extra}?name=viarest&replication=-1", peer.rest())).send().unwrap().json().unwrap();
-    assert_eq!((pin["cid"].as_str(), pin["name"].as_str()), (Some(extra.as_str()), Some("viarest")));
-    let r = http().delete(format!("{}/pins/{extra}", peer.rest())).send().unwrap();
+    let pin: Value = http()
+        .post(format!(
+            "{}/pins/{extra}?name=viarest&replication=-1",
+            peer.rest()
+        ))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        (pin["cid"].as_str(), pin["name"].as_str()),
+        (Some(extra.as_str()), Some("viarest"))
+    );
+    let r = http()
+        .delete(format!("{}/pins/{extra}", peer.rest()))
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let r = http().delete(format!("{}/pins/{extra}", peer.rest())).send().unwrap();
+    let r = http()
+        .delete(format!("{}/pins/{extra}", peer.rest()))
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
     let pin: Value = http()
         .get(format!("{}/allocations/{dir}", peer.rest()))
