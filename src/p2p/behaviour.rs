@@ -1,0 +1,157 @@
+//! The swarm's transport stack and network behaviour.
+
+use std::time::Duration;
+
+use libp2p::core::upgrade::Version;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::request_response::{self, ProtocolSupport, cbor};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{StreamProtocol, Swarm, Transport, identify, noise, ping, tcp, yamux};
+use serde::{Deserialize, Serialize};
+
+use super::{P2pError, Protocol};
+
+/// Stream protocol of the Raft RPCs.
+pub(super) const RAFT_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs-cluster-rs/raft/1.0.0");
+/// Stream protocol of the cluster RPCs.
+pub(super) const RPC_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs-cluster-rs/rpc/1.0.0");
+/// Sent in identify so peers of other software can tell us apart.
+const IDENTIFY_PROTOCOL_VERSION: &str = "/ipfs-cluster-rs/1.0.0";
+
+const MIB: u64 = 1024 * 1024;
+
+/// Bounds every connection set-up (DNS, TCP connect, pnet, noise, yamux), as
+/// go-libp2p's default dial timeout does. It matters for more than dead hosts: with
+/// another secret each side decrypts the other's multistream-select header into
+/// noise, and both may then wait for bytes that never come.
+pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Connections with no open stream are closed after this long. libp2p's own default
+/// (10 s) would tear down and re-handshake connections between Raft heartbeats of
+/// an idle cluster.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Protocol {
+    /// The largest request the protocol accepts, in bytes (CBOR-encoded).
+    pub fn max_request_size(self) -> u64 {
+        match self {
+            // Snapshot chunks and append-entries batches: well above openraft's 3 MiB
+            // default snapshot chunk.
+            Protocol::Raft => 64 * MIB,
+            Protocol::Rpc => 16 * MIB,
+        }
+    }
+
+    /// The largest response the protocol accepts, in bytes (CBOR-encoded).
+    pub fn max_response_size(self) -> u64 {
+        match self {
+            Protocol::Raft => 64 * MIB,
+            // Cluster RPC answers include whole status listings of big pinsets.
+            Protocol::Rpc => 256 * MIB,
+        }
+    }
+
+    /// The libp2p stream protocol name.
+    pub fn stream_protocol(self) -> StreamProtocol {
+        match self {
+            Protocol::Raft => RAFT_PROTOCOL,
+            Protocol::Rpc => RPC_PROTOCOL,
+        }
+    }
+}
+
+/// The bytes of one message. A newtype over `ByteBuf` so that CBOR writes one byte
+/// string (a `Vec<u8>` would become an array of integers, up to twice the size).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(super) struct Payload(pub serde_bytes::ByteBuf);
+
+impl Payload {
+    /// An upper bound of the CBOR header in front of the bytes (major type 2 with an
+    /// 8-byte length).
+    pub const CBOR_OVERHEAD: u64 = 9;
+
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Payload(serde_bytes::ByteBuf::from(bytes))
+    }
+
+    pub fn into_vec(self) -> Vec<u8> {
+        self.0.into_vec()
+    }
+
+    /// Size on the wire, CBOR header included.
+    pub fn encoded_len(len: usize) -> u64 {
+        len as u64 + Self::CBOR_OVERHEAD
+    }
+}
+
+/// Everything the swarm speaks. Raft and cluster RPCs are separate protocols so that
+/// each gets its own size limits and a flood of one cannot exhaust the other's
+/// stream budget.
+#[derive(NetworkBehaviour)]
+pub(super) struct Behaviour {
+    pub raft: cbor::Behaviour<Payload, Payload>,
+    pub rpc: cbor::Behaviour<Payload, Payload>,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+}
+
+fn request_response_behaviour(
+    protocol: Protocol,
+    request_timeout: Duration,
+) -> cbor::Behaviour<Payload, Payload> {
+    let codec = cbor::codec::Codec::default()
+        .set_request_size_maximum(protocol.max_request_size())
+        .set_response_size_maximum(protocol.max_response_size());
+    cbor::Behaviour::with_codec(
+        codec,
+        [(protocol.stream_protocol(), ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(request_timeout),
+    )
+}
+
+/// Builds the swarm: TCP, then the private-network layer, then noise and yamux.
+///
+/// pnet wraps the raw TCP stream, before any libp2p protocol negotiation, so a
+/// peer without the cluster secret cannot even complete multistream-select.
+/// `SwarmBuilder::with_tcp` has no hook for that layer, hence `with_other_transport`.
+pub(super) fn build_swarm(
+    keypair: libp2p::identity::Keypair,
+    secret: [u8; 32],
+    request_timeout: Duration,
+) -> Result<Swarm<Behaviour>, P2pError> {
+    let psk = PreSharedKey::new(secret);
+    tracing::debug!(fingerprint = %psk.fingerprint(), "private network key");
+    let agent_version = format!("ipfs-cluster-rs/{}", crate::VERSION);
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_other_transport(
+            |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                let noise = noise::Config::new(key)?;
+                Ok(tcp::tokio::Transport::new(tcp::Config::new().nodelay(true))
+                    .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                    .upgrade(Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default()))
+            },
+        )
+        .map_err(|e| P2pError::Transport(e.to_string()))?
+        // DNS wraps the whole stack so /dns4/... addresses resolve before TCP.
+        .with_dns()
+        .map_err(|e| P2pError::Transport(format!("cannot set up DNS resolution: {e}")))?
+        .with_behaviour(|key| Behaviour {
+            raft: request_response_behaviour(Protocol::Raft, request_timeout),
+            rpc: request_response_behaviour(Protocol::Rpc, request_timeout),
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL_VERSION.into(), key.public())
+                    .with_agent_version(agent_version),
+            ),
+            ping: ping::Behaviour::default(),
+        })
+        .map_err(|e| P2pError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        // `build` wraps the whole transport in this timeout (10 s unless set).
+        .with_connection_timeout(HANDSHAKE_TIMEOUT)
+        .build();
+    Ok(swarm)
+}
