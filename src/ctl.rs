@@ -7,6 +7,9 @@ use crate::types::{Cid, ClusterId, GlobalPinInfo, Pin, PinMode, TrackerStatus};
 
 /// Upstream's text form of an ID.
 pub fn format_id(id: &ClusterId) -> String {
+    if !id.error.is_empty() {
+        return format!("{} | ERROR: {}\n", id.id, id.error);
+    }
     let others = id.cluster_peers.iter().filter(|p| **p != id.id).count();
     let mut s = format!(
         "{} | {} | Sees {} other peers\n",

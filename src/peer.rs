@@ -10,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::{Cluster, PinTracker};
-use crate::config::{Config, ConfigError, ExecutionLock, Identity, RAFT_DIR};
+use crate::config::{Config, ConfigError, ExecutionLock, Identity, PEERSTORE_FILE, RAFT_DIR};
 use crate::ipfs::IpfsConnector;
+use crate::p2p::{Multiaddr, P2p, P2pConfig, P2pError, Protocol, split_p2p};
 use crate::proxy::{Proxy, ProxyError};
-use crate::raft::{Consensus, ConsensusError};
+use crate::raft::{ClusterNode, Consensus, ConsensusError, ConsensusOptions};
 use crate::restapi::{RestApi, RestApiError};
 
 /// Why a peer could not start.
@@ -25,6 +26,9 @@ pub enum PeerError {
     /// Consensus.
     #[error(transparent)]
     Consensus(#[from] ConsensusError),
+    /// The libp2p host.
+    #[error(transparent)]
+    P2p(#[from] P2pError),
     /// The proxy.
     #[error(transparent)]
     Proxy(#[from] ProxyError),
@@ -34,102 +38,252 @@ pub enum PeerError {
     /// A bad address.
     #[error(transparent)]
     Multiaddr(#[from] crate::multiaddr::MultiaddrError),
+    /// A bad libp2p address.
+    #[error("{0}")]
+    Address(String),
+}
+
+/// How a peer starts besides its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Join a running cluster through these peers (`daemon --bootstrap`).
+    pub bootstrap: Vec<String>,
 }
 
 /// A running peer.
 pub struct Peer {
     cluster: Cluster,
+    p2p: P2p,
     proxy_addrs: Vec<SocketAddr>,
     rest_addrs: Vec<SocketAddr>,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    removed: CancellationToken,
+    leave_on_shutdown: bool,
     _lock: ExecutionLock,
+}
+
+fn parse_multiaddrs(key: &str, addrs: &[String]) -> Result<Vec<Multiaddr>, PeerError> {
+    addrs
+        .iter()
+        .map(|a| {
+            a.parse::<Multiaddr>()
+                .map_err(|e| PeerError::Address(format!("{key}: {a:?}: {e}")))
+        })
+        .collect()
+}
+
+/// The address other peers should dial: a routable one if any, else loopback.
+fn advertised(addrs: &[Multiaddr]) -> String {
+    let is_loopback = |a: &&Multiaddr| {
+        a.to_string().starts_with("/ip4/127.") || a.to_string().starts_with("/ip6/::1/")
+    };
+    addrs
+        .iter()
+        .find(|a| !is_loopback(a))
+        .or_else(|| addrs.first())
+        .map(|a| a.to_string())
+        .unwrap_or_default()
 }
 
 impl Peer {
     /// Starts a peer from the config folder `dir`.
-    pub async fn start(dir: &Path, cfg: Config, identity: Identity) -> Result<Peer, PeerError> {
+    pub async fn start(
+        dir: &Path,
+        cfg: Config,
+        identity: Identity,
+        opts: StartOptions,
+    ) -> Result<Peer, PeerError> {
         let lock = ExecutionLock::acquire(dir)?;
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let peer_id = identity.peer_id.to_string();
+        let res = Self::start_components(dir, &cfg, identity, opts, &tasks, &cancel).await;
+        match res {
+            Ok((cluster, p2p, removed)) => {
+                let started = async {
+                    let rest_addrs = match &cfg.api.restapi {
+                        Some(r) => {
+                            RestApi::start(r, cluster.clone(), &tasks, cancel.child_token()).await?
+                        }
+                        None => Vec::new(),
+                    };
+                    let proxy_addrs = match &cfg.api.ipfsproxy {
+                        Some(p) => {
+                            Proxy::start(p, cluster.clone(), &tasks, cancel.child_token()).await?
+                        }
+                        None => Vec::new(),
+                    };
+                    Ok::<_, PeerError>((rest_addrs, proxy_addrs))
+                }
+                .await;
+                let peer = Peer {
+                    cluster,
+                    p2p,
+                    proxy_addrs: Vec::new(),
+                    rest_addrs: Vec::new(),
+                    tasks,
+                    cancel,
+                    removed,
+                    leave_on_shutdown: cfg.cluster.leave_on_shutdown,
+                    _lock: lock,
+                };
+                match started {
+                    Ok((rest_addrs, proxy_addrs)) => {
+                        for a in &rest_addrs {
+                            tracing::info!("REST API listening on {a}");
+                        }
+                        for a in &proxy_addrs {
+                            tracing::info!("IPFS proxy listening on {a}");
+                        }
+                        tracing::info!("** IPFS Cluster is READY **");
+                        Ok(Peer {
+                            rest_addrs,
+                            proxy_addrs,
+                            ..peer
+                        })
+                    }
+                    Err(e) => {
+                        peer.stop(false).await;
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => {
+                cancel.cancel();
+                tasks.close();
+                tasks.wait().await;
+                Err(e)
+            }
+        }
+    }
 
-        let (events_tx, events_rx) = mpsc::channel(1024);
-        let consensus = Consensus::start(
-            &dir.join(RAFT_DIR),
-            &identity.peer_id,
-            &cfg.consensus.raft,
-            events_tx,
+    async fn start_components(
+        dir: &Path,
+        cfg: &Config,
+        identity: Identity,
+        opts: StartOptions,
+        tasks: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Result<(Cluster, P2p, CancellationToken), PeerError> {
+        let secret = cfg.secret_bytes().map_err(|r| ConfigError::Invalid {
+            key: "cluster.secret".into(),
+            path: "service.json".into(),
+            reason: r,
+        })?;
+        let (p2p, mut inbound) = P2p::start(
+            P2pConfig {
+                keypair: identity.keypair.clone(),
+                secret,
+                listen: parse_multiaddrs(
+                    "cluster.listen_multiaddress",
+                    &cfg.cluster.listen_multiaddress.0,
+                )?,
+                request_timeout: cfg
+                    .consensus
+                    .raft
+                    .network_timeout
+                    .0
+                    .max(Duration::from_secs(1)),
+                peerstore: Some(dir.join(PEERSTORE_FILE)),
+            },
+            tasks,
+            cancel.child_token(),
         )
         .await?;
+        for a in parse_multiaddrs("cluster.peer_addresses", &cfg.cluster.peer_addresses)? {
+            if let Some((peer, addr)) = split_p2p(&a) {
+                p2p.add_address(peer, addr).await;
+            }
+        }
+        let listen = p2p.listen_addrs().await;
+        for a in &listen {
+            tracing::info!("cluster peer listening on {a}");
+        }
+        let bootstrap = parse_multiaddrs("--bootstrap", &opts.bootstrap)?;
+
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        let consensus = Consensus::start(ConsensusOptions {
+            dir: &dir.join(RAFT_DIR),
+            p2p: p2p.clone(),
+            node: ClusterNode {
+                peer_id: identity.peer_id.to_string(),
+                addr: advertised(&listen),
+                name: cfg.cluster.peername.clone(),
+            },
+            cfg: &cfg.consensus.raft,
+            bootstrap: &bootstrap,
+            events: events_tx,
+        })
+        .await;
+        let consensus = match consensus {
+            Ok(c) => c,
+            Err(e) => return Err(e.into()),
+        };
         let ipfs = IpfsConnector::new(&cfg.ipfs_connector.ipfshttp)?;
         let tracker = PinTracker::start(
             &cfg.pin_tracker.stateless,
             ipfs.clone(),
             consensus.state().clone(),
-            peer_id.clone(),
+            identity.peer_id.to_string(),
             events_rx,
-            &tasks,
+            tasks,
             cancel.child_token(),
         );
         let cluster = Cluster::new(
-            peer_id,
-            Vec::new(),
+            p2p.clone(),
             cfg.cluster.clone(),
             consensus.clone(),
             tracker.clone(),
             ipfs,
         );
-        if let Err(e) = consensus.wait_ready().await {
-            cancel.cancel();
+
+        // Requests from other peers: each answered in its own task so a slow one
+        // (a snapshot install, a status of many pins) does not hold up heartbeats.
+        let (c, cl, t, stop) = (
+            consensus.clone(),
+            cluster.clone(),
+            tasks.clone(),
+            cancel.child_token(),
+        );
+        tasks.spawn(async move {
+            loop {
+                let req = tokio::select! {
+                    r = inbound.recv() => r,
+                    _ = stop.cancelled() => None,
+                };
+                let Some(req) = req else { break };
+                let (c, cl) = (c.clone(), cl.clone());
+                t.spawn(async move {
+                    let reply = match req.protocol {
+                        Protocol::Raft => c.handle_rpc(&req.payload).await,
+                        Protocol::Rpc => cl.handle_rpc(&req.payload).await,
+                    };
+                    let _ = req.reply.send(reply);
+                });
+            }
+        });
+
+        let ready = async {
+            let is_member = consensus.peers().contains(&identity.peer_id.to_string());
+            if !bootstrap.is_empty() && !is_member {
+                consensus.join(&bootstrap).await?;
+            }
+            consensus.wait_ready().await
+        };
+        if let Err(e) = ready.await {
             consensus.shutdown().await;
             return Err(e.into());
         }
         tracing::info!("consensus ready; leader elected and log applied");
+        let removed = consensus.removed();
+        consensus.watch_removal(tasks, cancel.child_token());
         spawn_recover_loop(
-            &tasks,
+            tasks,
             tracker,
             cfg.cluster.pin_recover_interval.0,
             cancel.child_token(),
         );
-
-        let started = async {
-            let rest_addrs = match &cfg.api.restapi {
-                Some(r) => RestApi::start(r, cluster.clone(), &tasks, cancel.child_token()).await?,
-                None => Vec::new(),
-            };
-            let proxy_addrs = match &cfg.api.ipfsproxy {
-                Some(p) => Proxy::start(p, cluster.clone(), &tasks, cancel.child_token()).await?,
-                None => Vec::new(),
-            };
-            Ok::<_, PeerError>((rest_addrs, proxy_addrs))
-        }
-        .await;
-        let (rest_addrs, proxy_addrs) = match started {
-            Ok(a) => a,
-            Err(e) => {
-                cancel.cancel();
-                tasks.close();
-                tasks.wait().await;
-                consensus.shutdown().await;
-                return Err(e);
-            }
-        };
-        for a in &rest_addrs {
-            tracing::info!("REST API listening on {a}");
-        }
-        for a in &proxy_addrs {
-            tracing::info!("IPFS proxy listening on {a}");
-        }
-        tracing::info!("** IPFS Cluster is READY **");
-        Ok(Peer {
-            cluster,
-            proxy_addrs,
-            rest_addrs,
-            tasks,
-            cancel,
-            _lock: lock,
-        })
+        Ok((cluster, p2p, removed))
     }
 
     /// The cluster component.
@@ -147,10 +301,35 @@ impl Peer {
         &self.rest_addrs
     }
 
-    /// Stops accepting requests, cancels the tracker's operations, waits for every
-    /// task, then stops Raft. The store is durable at every commit.
-    pub async fn shutdown(self) {
+    /// Where the cluster peer listens for other peers.
+    pub async fn cluster_addrs(&self) -> Vec<Multiaddr> {
+        self.p2p.listen_addrs().await
+    }
+
+    /// Fires when this peer was removed from the cluster and should stop.
+    pub fn removed(&self) -> CancellationToken {
+        self.removed.clone()
+    }
+
+    /// Leaves the peerset when `leave_on_shutdown` is set, then stops everything.
+    /// Returns true when the peer was removed from (or left) the cluster.
+    pub async fn shutdown(self) -> bool {
+        let removed = self.removed.clone();
+        let leave = self.leave_on_shutdown && !removed.is_cancelled();
+        self.stop(leave).await;
+        // A peer that left is out of the peerset too: its old state must not come back.
+        removed.is_cancelled()
+    }
+
+    async fn stop(self, leave: bool) {
         tracing::info!("shutting down");
+        if leave {
+            let me = self.cluster.peer_id().to_string();
+            match self.cluster.consensus().remove_peer(&me).await {
+                Ok(()) => tracing::info!("left the cluster"),
+                Err(e) => tracing::warn!("could not leave the cluster: {e}"),
+            }
+        }
         self.cancel.cancel();
         self.tasks.close();
         if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait())
@@ -162,6 +341,24 @@ impl Peer {
         self.cluster.consensus().shutdown().await;
         tracing::info!("shutdown complete");
     }
+}
+
+/// Moves the Raft folder of a removed peer aside (`raft.old.0`, keeping `keep`
+/// older ones), so that its next start is clean.
+pub fn backup_raft_dir(dir: &Path, keep: u32) -> std::io::Result<()> {
+    let raft = dir.join(RAFT_DIR);
+    if !raft.exists() {
+        return Ok(());
+    }
+    let name = |n: u32| dir.join(format!("{RAFT_DIR}.old.{n}"));
+    let keep = keep.max(1);
+    let _ = std::fs::remove_dir_all(name(keep - 1));
+    for n in (0..keep - 1).rev() {
+        if name(n).exists() {
+            std::fs::rename(name(n), name(n + 1))?;
+        }
+    }
+    std::fs::rename(&raft, name(0))
 }
 
 /// Re-queues failed and missing pins at start and every `interval`.
@@ -207,6 +404,7 @@ mod tests {
     async fn peer_before(fake: &FakeDaemon, dir: &Path) -> Peer {
         let mut cfg = Config::generate();
         let any = Multiaddrs(vec!["/ip4/127.0.0.1/tcp/0".into()]);
+        cfg.cluster.listen_multiaddress = any.clone();
         cfg.ipfs_connector.ipfshttp.node_multiaddress = fake.multiaddr();
         if let Some(p) = cfg.api.ipfsproxy.as_mut() {
             p.node_multiaddress = fake.multiaddr();
@@ -215,7 +413,7 @@ mod tests {
         if let Some(r) = cfg.api.restapi.as_mut() {
             r.http_listen_multiaddress = any;
         }
-        Peer::start(dir, cfg, Identity::generate())
+        Peer::start(dir, cfg, Identity::generate(), StartOptions::default())
             .await
             .expect("peer starts")
     }

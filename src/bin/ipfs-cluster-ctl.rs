@@ -46,6 +46,9 @@ enum Command {
     /// Pins: add, rm, ls.
     #[command(subcommand)]
     Pin(PinCmd),
+    /// Cluster peers: ls, rm.
+    #[command(subcommand)]
+    Peers(PeersCmd),
     /// Shows the status of CIDs on every peer.
     Status {
         /// CIDs (all when none).
@@ -53,6 +56,17 @@ enum Command {
         /// Status filter, e.g. `pinned,error`.
         #[arg(long, default_value = "")]
         filter: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeersCmd {
+    /// Lists the cluster peers with their IDs.
+    Ls,
+    /// Removes a peer from the cluster.
+    Rm {
+        /// The peer ID.
+        peer: String,
     },
 }
 
@@ -163,6 +177,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Version => print(enc, &client.version().await?, |v| {
             format!("{}\n", v.version)
         }),
+        Command::Peers(PeersCmd::Ls) => {
+            for id in client.peers().await? {
+                print(enc, &id, format_id)?;
+            }
+            Ok(())
+        }
+        Command::Peers(PeersCmd::Rm { peer }) => Ok(client.peer_remove(&peer).await?),
         Command::Status { cids, filter } => {
             if cids.is_empty() {
                 for g in client.status_all(&filter).await? {

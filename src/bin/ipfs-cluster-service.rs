@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ipfs_cluster::config::{self, CONFIG_FILE, Config, IDENTITY_FILE, Identity};
-use ipfs_cluster::peer::Peer;
+use ipfs_cluster::peer::{Peer, StartOptions, backup_raft_dir};
 
 #[derive(Parser)]
 #[command(name = "ipfs-cluster-service", version = ipfs_cluster::VERSION, about = "IPFS Cluster peer")]
@@ -30,9 +30,19 @@ enum Command {
         /// Overwrite an existing configuration.
         #[arg(long, short = 'f')]
         force: bool,
+        /// Initial peers (comma-separated multiaddrs ending in /p2p/<id>).
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<String>,
     },
     /// Runs the peer (the default).
-    Daemon,
+    Daemon {
+        /// Join a running cluster through these peers (comma-separated multiaddrs).
+        #[arg(long, short = 'j', value_delimiter = ',')]
+        bootstrap: Vec<String>,
+        /// Leave the cluster on shutdown.
+        #[arg(long, short = 'x')]
+        leave: bool,
+    },
     /// Prints the version.
     Version,
 }
@@ -61,13 +71,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = config::config_dir(cli.config.as_deref());
-    match cli.command.unwrap_or(Command::Daemon) {
+    let command = cli.command.unwrap_or(Command::Daemon {
+        bootstrap: Vec::new(),
+        leave: false,
+    });
+    match command {
         Command::Version => {
             println!("{}", ipfs_cluster::VERSION);
             Ok(())
         }
-        Command::Init { force } => {
-            let (_, id) = config::init(&dir, force)?;
+        Command::Init { force, peers } => {
+            let (_, id) = config::init(&dir, force, &peers)?;
             println!(
                 "configuration written to {}\npeer id: {}",
                 dir.join(CONFIG_FILE).display(),
@@ -75,18 +89,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Daemon => {
-            let cfg = Config::load(&dir.join(CONFIG_FILE))?;
+        Command::Daemon { bootstrap, leave } => {
+            let mut cfg = Config::load(&dir.join(CONFIG_FILE))?;
+            cfg.cluster.leave_on_shutdown |= leave;
+            let backups = cfg.consensus.raft.backups_rotate;
             let identity = Identity::load(&dir.join(IDENTITY_FILE))?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(async move {
-                let peer = Peer::start(&dir, cfg, identity).await?;
-                wait_for_signal().await?;
-                peer.shutdown().await;
-                Ok(())
-            })
+            let removed = rt.block_on(async {
+                let peer = Peer::start(&dir, cfg, identity, StartOptions { bootstrap }).await?;
+                let removed = peer.removed();
+                tokio::select! {
+                    r = wait_for_signal() => r?,
+                    _ = removed.cancelled() => {}
+                }
+                anyhow::Ok(peer.shutdown().await)
+            })?;
+            if removed {
+                backup_raft_dir(&dir, backups)?;
+                eprintln!(
+                    "this peer was removed from the cluster; its raft folder was moved aside so \
+                     its next start is clean"
+                );
+            }
+            Ok(())
         }
     }
 }

@@ -2,8 +2,10 @@
 //! status, tying the consensus, the pin tracker and the IPFS connector together.
 
 mod path;
+pub mod rpc;
 pub mod tracker;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -14,11 +16,14 @@ pub use tracker::{LocalStatus, OpKind, OpState, Phase, PinTracker};
 
 use crate::config::{ClusterConfig, check_replication};
 use crate::ipfs::{IpfsConnector, IpfsError};
-use crate::raft::{Committed, Consensus, ConsensusError, LogOp};
+use crate::p2p::{P2p, PeerId, Protocol};
+use crate::raft::{ClusterNode, Committed, Consensus, ConsensusError, LogOp};
 use crate::state::StateError;
+use crate::types::TrackerStatus;
 use crate::types::{
     Cid, ClusterId, GlobalPinInfo, IpfsId, Pin, PinInfoShort, PinOptions, TrackerStatusFilter,
 };
+use rpc::{ClusterRpc, ClusterRpcReply};
 
 /// The RPC protocol name reported in `/id`.
 pub const RPC_PROTOCOL: &str = "/ipfscluster/rs/0.1/rpc";
@@ -54,7 +59,7 @@ pub struct Cluster {
 
 struct Inner {
     peer_id: String,
-    addresses: Vec<String>,
+    p2p: P2p,
     cfg: ClusterConfig,
     consensus: Consensus,
     tracker: PinTracker,
@@ -65,8 +70,7 @@ struct Inner {
 impl Cluster {
     /// Assembles the component from the running parts.
     pub fn new(
-        peer_id: String,
-        addresses: Vec<String>,
+        p2p: P2p,
         cfg: ClusterConfig,
         consensus: Consensus,
         tracker: PinTracker,
@@ -74,8 +78,8 @@ impl Cluster {
     ) -> Self {
         Cluster {
             inner: Arc::new(Inner {
-                peer_id,
-                addresses,
+                peer_id: p2p.peer_id().to_string(),
+                p2p,
                 cfg,
                 consensus,
                 tracker,
@@ -209,11 +213,23 @@ impl Cluster {
 
     /// Upstream's `ID` of this peer.
     pub async fn id(&self) -> ClusterId {
+        let nodes = self.inner.consensus.peer_nodes();
         ClusterId {
             id: self.inner.peer_id.clone(),
-            addresses: self.inner.addresses.clone(),
-            cluster_peers: self.inner.consensus.peers(),
-            cluster_peers_addresses: Vec::new(),
+            addresses: self
+                .inner
+                .p2p
+                .listen_addrs()
+                .await
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            cluster_peers: nodes.iter().map(|n| n.peer_id.clone()).collect(),
+            cluster_peers_addresses: nodes
+                .iter()
+                .filter(|n| n.peer_id != self.inner.peer_id && !n.addr.is_empty())
+                .map(|n| n.addr.clone())
+                .collect(),
             version: crate::VERSION.to_string(),
             commit: String::new(),
             rpc_protocol_version: RPC_PROTOCOL.into(),
@@ -237,41 +253,188 @@ impl Cluster {
         }
     }
 
-    fn global(&self, cid: Cid, pin: Option<&Pin>, short: PinInfoShort) -> GlobalPinInfo {
-        let mut g = GlobalPinInfo::new(
-            cid,
-            pin.map(|p| (&p.options, p.allocations.as_slice(), p.timestamp)),
-        );
-        g.peer_map.insert(self.inner.peer_id.clone(), short);
-        g
+    async fn rpc(&self, peer: &str, req: &ClusterRpc) -> Result<ClusterRpcReply, String> {
+        let pid: PeerId = peer.parse().map_err(|e| format!("invalid peer ID: {e}"))?;
+        let bytes = self
+            .inner
+            .p2p
+            .request(pid, Protocol::Rpc, crate::raft::encode_payload(req))
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::raft::decode_payload(&bytes)
+    }
+
+    fn unreachable(node: &ClusterNode, error: String) -> PinInfoShort {
+        PinInfoShort {
+            peername: if node.name.is_empty() {
+                node.peer_id.clone()
+            } else {
+                node.name.clone()
+            },
+            ipfs_peer_id: String::new(),
+            ipfs_peer_addresses: Vec::new(),
+            status: TrackerStatus::ClusterError,
+            timestamp: Utc::now(),
+            error,
+            attempt_count: 0,
+            priority_pin: false,
+        }
+    }
+
+    /// This peer's status of `cid` (what other peers ask for).
+    pub async fn status_local(&self, cid: &Cid) -> PinInfoShort {
+        let st = self.inner.tracker.status(cid).await;
+        self.short(st).await
     }
 
     /// The status of `cid` on every peer.
     pub async fn status(&self, cid: &Cid) -> Result<GlobalPinInfo, ClusterError> {
         let pin = self.inner.consensus.state().get(cid)?;
-        let st = self.inner.tracker.status(cid).await;
-        let short = self.short(st).await;
-        Ok(self.global(*cid, pin.as_ref(), short))
+        let mut g = GlobalPinInfo::new(
+            *cid,
+            pin.as_ref()
+                .map(|p| (&p.options, p.allocations.as_slice(), p.timestamp)),
+        );
+        let nodes = self.inner.consensus.peer_nodes();
+        let asks = nodes.iter().map(|node| async move {
+            let info = if node.peer_id == self.inner.peer_id {
+                self.status_local(cid).await
+            } else {
+                match self.rpc(&node.peer_id, &ClusterRpc::Status(*cid)).await {
+                    Ok(ClusterRpcReply::Status(s)) => *s,
+                    Ok(ClusterRpcReply::Error(e)) | Err(e) => Self::unreachable(node, e),
+                    Ok(other) => Self::unreachable(node, format!("unexpected reply {other:?}")),
+                }
+            };
+            (node.peer_id.clone(), info)
+        });
+        g.peer_map = futures::future::join_all(asks).await.into_iter().collect();
+        Ok(g)
     }
 
-    /// The status of every CID, filtered.
-    pub async fn status_all(
-        &self,
-        filter: TrackerStatusFilter,
-    ) -> Result<Vec<GlobalPinInfo>, ClusterError> {
+    /// This peer's status of every CID it knows (what other peers ask for).
+    pub async fn status_all_local(&self) -> Result<Vec<(Cid, PinInfoShort)>, ClusterError> {
         let all = self
             .inner
             .tracker
             .status_all()
             .await
             .map_err(|e| ClusterError::InvalidArgument(e.to_string()))?;
-        let mut out = Vec::new();
-        for (cid, pin, st) in all {
-            if filter.matches(st.status) {
-                let short = self.short(st).await;
-                out.push(self.global(cid, pin.as_ref(), short));
-            }
+        let mut out = Vec::with_capacity(all.len());
+        for (cid, _, st) in all {
+            out.push((cid, self.short(st).await));
         }
         Ok(out)
+    }
+
+    /// The status of every CID on every peer, filtered: a CID is listed when any
+    /// peer's status passes the filter.
+    pub async fn status_all(
+        &self,
+        filter: TrackerStatusFilter,
+    ) -> Result<Vec<GlobalPinInfo>, ClusterError> {
+        let nodes = self.inner.consensus.peer_nodes();
+        let asks = nodes.iter().map(|node| async move {
+            if node.peer_id == self.inner.peer_id {
+                return (
+                    node,
+                    self.status_all_local().await.map_err(|e| e.to_string()),
+                );
+            }
+            let r = match self.rpc(&node.peer_id, &ClusterRpc::StatusAll).await {
+                Ok(ClusterRpcReply::StatusAll(v)) => Ok(v),
+                Ok(ClusterRpcReply::Error(e)) | Err(e) => Err(e),
+                Ok(other) => Err(format!("unexpected reply {other:?}")),
+            };
+            (node, r)
+        });
+        let answers = futures::future::join_all(asks).await;
+        let mut by_cid: BTreeMap<Cid, GlobalPinInfo> = BTreeMap::new();
+        for pin in self.pins() {
+            let pin = pin?;
+            by_cid.insert(
+                pin.cid,
+                GlobalPinInfo::new(
+                    pin.cid,
+                    Some((&pin.options, pin.allocations.as_slice(), pin.timestamp)),
+                ),
+            );
+        }
+        let mut failed = Vec::new();
+        for (node, answer) in answers {
+            match answer {
+                Ok(items) => {
+                    for (cid, info) in items {
+                        by_cid
+                            .entry(cid)
+                            .or_insert_with(|| GlobalPinInfo::new(cid, None))
+                            .peer_map
+                            .insert(node.peer_id.clone(), info);
+                    }
+                }
+                Err(e) => failed.push((node, e)),
+            }
+        }
+        for (node, e) in failed {
+            for g in by_cid.values_mut() {
+                g.peer_map
+                    .insert(node.peer_id.clone(), Self::unreachable(node, e.clone()));
+            }
+        }
+        Ok(by_cid
+            .into_values()
+            .filter(|g| filter.is_all() || g.peer_map.values().any(|p| filter.matches(p.status)))
+            .collect())
+    }
+
+    /// `ID` of every peer; one that does not answer carries its error.
+    pub async fn peers(&self) -> Vec<ClusterId> {
+        let nodes = self.inner.consensus.peer_nodes();
+        let asks = nodes.iter().map(|node| async move {
+            if node.peer_id == self.inner.peer_id {
+                return self.id().await;
+            }
+            match self.rpc(&node.peer_id, &ClusterRpc::Id).await {
+                Ok(ClusterRpcReply::Id(id)) => *id,
+                Ok(ClusterRpcReply::Error(e)) | Err(e) => ClusterId {
+                    id: node.peer_id.clone(),
+                    peername: node.name.clone(),
+                    error: e,
+                    ..Default::default()
+                },
+                Ok(other) => ClusterId {
+                    id: node.peer_id.clone(),
+                    error: format!("unexpected reply {other:?}"),
+                    ..Default::default()
+                },
+            }
+        });
+        futures::future::join_all(asks).await
+    }
+
+    /// Removes `peer_id` from the cluster.
+    pub async fn peer_remove(&self, peer_id: &str) -> Result<(), ClusterError> {
+        if peer_id.parse::<PeerId>().is_err() {
+            return Err(ClusterError::InvalidArgument(format!(
+                "invalid peer ID {peer_id:?}"
+            )));
+        }
+        Ok(self.inner.consensus.remove_peer(peer_id).await?)
+    }
+
+    /// Answers a cluster RPC from another peer.
+    pub async fn handle_rpc(&self, payload: &[u8]) -> Vec<u8> {
+        let reply = match crate::raft::decode_payload::<ClusterRpc>(payload) {
+            Err(e) => ClusterRpcReply::Error(e),
+            Ok(ClusterRpc::Id) => ClusterRpcReply::Id(Box::new(self.id().await)),
+            Ok(ClusterRpc::Status(cid)) => {
+                ClusterRpcReply::Status(Box::new(self.status_local(&cid).await))
+            }
+            Ok(ClusterRpc::StatusAll) => match self.status_all_local().await {
+                Ok(v) => ClusterRpcReply::StatusAll(v),
+                Err(e) => ClusterRpcReply::Error(e.to_string()),
+            },
+        };
+        crate::raft::encode_payload(&reply)
     }
 }

@@ -22,6 +22,8 @@ pub const CONFIG_FILE: &str = "service.json";
 pub const LOCK_FILE: &str = "cluster.lock";
 /// The folder (inside the config folder) holding Raft's log and the state.
 pub const RAFT_DIR: &str = "raft";
+/// The file (inside the config folder) keeping known peer addresses.
+pub const PEERSTORE_FILE: &str = "peerstore";
 
 /// Why the configuration could not be read, written or used.
 #[derive(Debug, thiserror::Error)]
@@ -639,8 +641,10 @@ pub fn config_dir(flag: Option<&Path>) -> PathBuf {
     PathBuf::from(home).join(".ipfs-cluster")
 }
 
-/// Writes a new `service.json` and `identity.json`; refuses to overwrite unless `force`.
-pub fn init(dir: &Path, force: bool) -> Result<(Config, Identity), ConfigError> {
+/// Writes a new `service.json`, `identity.json` and `peerstore`; refuses to
+/// overwrite unless `force`. `peers` (multiaddrs ending in `/p2p/<id>`) seed the
+/// initial Raft peerset and the peerstore, as upstream's `init --peers`.
+pub fn init(dir: &Path, force: bool, peers: &[String]) -> Result<(Config, Identity), ConfigError> {
     let cfg_path = dir.join(CONFIG_FILE);
     let id_path = dir.join(IDENTITY_FILE);
     if !force && (cfg_path.exists() || id_path.exists()) {
@@ -660,10 +664,26 @@ pub fn init(dir: &Path, force: bool) -> Result<(Config, Identity), ConfigError> 
     if let Ok(s) = std::env::var("CLUSTER_PEERNAME") {
         cfg.cluster.peername = s;
     }
+    for p in peers {
+        if !p.contains("/p2p/") {
+            return Err(ConfigError::Invalid {
+                key: "--peers".into(),
+                path: "command line".into(),
+                reason: format!("{p:?} does not end in /p2p/<peer id>"),
+            });
+        }
+    }
+    cfg.consensus.raft.init_peerset = peers.to_vec();
     cfg.validate("environment")?;
     let identity = Identity::generate();
     cfg.save(&cfg_path)?;
     identity.save(&id_path)?;
+    let peerstore = dir.join(PEERSTORE_FILE);
+    let mut text = peers.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    std::fs::write(&peerstore, text).map_err(|e| ConfigError::io(&peerstore, e))?;
     Ok((cfg, identity))
 }
 

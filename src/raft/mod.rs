@@ -1,5 +1,6 @@
-//! Consensus: the shared pinset replicated through Raft (openraft), with the log and
-//! state in the embedded store under the peer's config folder.
+//! Consensus: the shared pinset replicated through Raft (openraft) between the
+//! cluster's peers over libp2p, with the log and state in the embedded store under
+//! the peer's config folder. Writes made on a follower are forwarded to the leader.
 
 // openraft's trait signatures fix `StorageError` as the error type of the storage
 // layer; boxing it in our helpers would only add conversions at every call.
@@ -10,23 +11,29 @@ mod network;
 mod state_machine;
 mod types;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{Raft, SnapshotPolicy};
+use openraft::{ChangeMembers, Raft, SnapshotPolicy};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+pub use network::{
+    ForwardError, ForwardOp, ForwardReply, decode as decode_payload, encode as encode_payload,
+};
 pub use state_machine::StateEvent;
 pub use types::{ApplyResult, ClusterNode, LogOp, NodeId, TypeConfig, node_id_of};
 
 use crate::config::RaftConfig;
+use crate::p2p::{Multiaddr, P2p, PeerId, Protocol, split_p2p};
 use crate::state::PinState;
 use crate::store::{self, StoreError};
 use log_store::LogStore;
-use network::LocalOnlyNetwork;
+use network::{P2pNetwork, RaftReply, RaftRpc, decode, encode, node_peer};
 use state_machine::StateMachine;
 
 /// Why a consensus operation failed.
@@ -35,19 +42,21 @@ pub enum ConsensusError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// No leader appeared within the wait.
-    #[error("no leader found after waiting {0:?}: the cluster has no quorum")]
+    /// No leader could be reached within the wait.
+    #[error(
+        "no leader found after waiting {0:?}: the cluster has no quorum or this peer cannot reach it"
+    )]
     NoLeader(Duration),
-    /// This peer is not the leader and cannot forward the write.
-    #[error("this peer is not the raft leader (leader: {0})")]
-    NotLeader(String),
     /// Raft itself failed.
     #[error("raft: {0}")]
     Raft(String),
+    /// The configuration cannot be used.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The outcome of a committed [`LogOp`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Committed {
     /// Whether the CID was in the pinset before the operation.
     pub existed: bool,
@@ -55,24 +64,67 @@ pub struct Committed {
     pub index: u64,
 }
 
+/// This peer's view of Raft (`GET /raft`, an addition to upstream's API).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RaftInfo {
+    /// The leader's peer ID (empty when unknown).
+    pub leader: String,
+    /// The current term.
+    pub term: u64,
+    /// The last applied log index.
+    pub applied_index: u64,
+    /// The last log index in the latest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// The last purged log index.
+    pub purged_index: Option<u64>,
+    /// The voters' peer IDs.
+    pub voters: Vec<String>,
+}
+
+/// What a consensus component starts from.
+pub struct ConsensusOptions<'a> {
+    /// The Raft folder.
+    pub dir: &'a Path,
+    /// The libp2p host.
+    pub p2p: P2p,
+    /// This peer as a Raft member.
+    pub node: ClusterNode,
+    /// Raft settings, including the initial peerset.
+    pub cfg: &'a RaftConfig,
+    /// Peers to join through (`daemon --bootstrap`).
+    pub bootstrap: &'a [Multiaddr],
+    /// Where pinset changes are announced.
+    pub events: mpsc::Sender<StateEvent>,
+}
+
 /// A peer's consensus component.
 #[derive(Clone)]
 pub struct Consensus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     raft: Raft<TypeConfig>,
     state: PinState,
     node_id: NodeId,
+    node: ClusterNode,
+    p2p: P2p,
     wait_for_leader: Duration,
+    removed: CancellationToken,
 }
 
 impl Consensus {
-    /// Opens the store in `dir`, starts Raft and, on first start, bootstraps a
-    /// single-voter cluster of this peer. State changes are sent to `events`.
-    pub async fn start(
-        dir: &Path,
-        peer_id: &libp2p_identity::PeerId,
-        cfg: &RaftConfig,
-        events: mpsc::Sender<StateEvent>,
-    ) -> Result<Self, ConsensusError> {
+    /// Opens the store, starts Raft and, on a first start without `--bootstrap`,
+    /// bootstraps the cluster from `init_peerset` (or as a single voter).
+    pub async fn start(opts: ConsensusOptions<'_>) -> Result<Self, ConsensusError> {
+        let ConsensusOptions {
+            dir,
+            p2p,
+            node,
+            cfg,
+            bootstrap,
+            events,
+        } = opts;
         std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
         let db = store::open(dir)?;
         let log = LogStore::new(db.tree("raft_log")?);
@@ -98,107 +150,458 @@ impl Consensus {
         .validate()
         .map_err(|e| ConsensusError::Raft(e.to_string()))?;
 
-        let node_id = node_id_of(peer_id);
-        let raft = Raft::new(node_id, Arc::new(raft_cfg), LocalOnlyNetwork, log, sm)
-            .await
-            .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        let node_id = node_id_of_str(&node.peer_id)?;
+        let raft = Raft::new(
+            node_id,
+            Arc::new(raft_cfg),
+            P2pNetwork::new(p2p.clone()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        let c = Consensus {
+            inner: Arc::new(Inner {
+                raft,
+                state,
+                node_id,
+                node,
+                p2p,
+                wait_for_leader: cfg.wait_for_leader_timeout.0,
+                removed: CancellationToken::new(),
+            }),
+        };
 
-        let initialized = raft
+        let initialized = c
+            .inner
+            .raft
             .is_initialized()
             .await
             .map_err(|e| ConsensusError::Raft(e.to_string()))?;
-        if !initialized {
-            let mut members = BTreeMap::new();
+        if initialized {
+            c.check_existing_state(cfg, bootstrap)?;
+        } else if bootstrap.is_empty() {
+            let members = c.initial_members(&cfg.init_peerset)?;
+            tracing::info!("bootstrapping a new cluster with {} peer(s)", members.len());
+            if let Err(e) = c.inner.raft.initialize(members).await {
+                return Err(ConsensusError::Raft(e.to_string()));
+            }
+        }
+        Ok(c)
+    }
+
+    fn initial_members(
+        &self,
+        peerset: &[String],
+    ) -> Result<BTreeMap<NodeId, ClusterNode>, ConsensusError> {
+        let mut members = BTreeMap::new();
+        members.insert(self.inner.node_id, self.inner.node.clone());
+        for a in peerset {
+            let addr: Multiaddr = a.parse().map_err(|e| {
+                ConsensusError::Config(format!("consensus.raft.init_peerset: {a:?}: {e}"))
+            })?;
+            let (peer, _) = split_p2p(&addr).ok_or_else(|| {
+                ConsensusError::Config(format!(
+                    "consensus.raft.init_peerset: {a:?} does not end in /p2p/<peer id>"
+                ))
+            })?;
+            if peer.to_string() == self.inner.node.peer_id {
+                continue;
+            }
             members.insert(
-                node_id,
+                node_id_of(&peer),
                 ClusterNode {
-                    peer_id: peer_id.to_string(),
-                    addr: String::new(),
+                    peer_id: peer.to_string(),
+                    addr: a.clone(),
+                    name: String::new(),
                 },
             );
-            raft.initialize(members)
-                .await
-                .map_err(|e| ConsensusError::Raft(e.to_string()))?;
         }
-        Ok(Consensus {
-            raft,
-            state,
-            node_id,
-            wait_for_leader: cfg.wait_for_leader_timeout.0,
-        })
+        Ok(members)
     }
 
-    /// The pinset as applied on this peer.
-    pub fn state(&self) -> &PinState {
-        &self.state
-    }
-
-    /// Waits until a leader is known, up to `wait_for_leader_timeout`.
-    pub async fn wait_for_leader(&self) -> Result<NodeId, ConsensusError> {
-        let m = self
-            .raft
-            .wait(Some(self.wait_for_leader))
-            .metrics(|m| m.current_leader.is_some(), "a raft leader")
-            .await
-            .map_err(|_| ConsensusError::NoLeader(self.wait_for_leader))?;
-        m.current_leader
-            .ok_or(ConsensusError::NoLeader(self.wait_for_leader))
-    }
-
-    /// Waits until a leader exists and this peer has applied everything committed.
-    pub async fn wait_ready(&self) -> Result<(), ConsensusError> {
-        self.wait_for_leader().await?;
-        let committed = self.raft.metrics().borrow().last_log_index;
-        if let Some(idx) = committed {
-            self.raft
-                .wait(Some(self.wait_for_leader))
-                .applied_index_at_least(Some(idx), "log applied")
-                .await
-                .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+    /// Upstream's rule: an existing Raft state wins over the configured peerset,
+    /// and a peer may only `--bootstrap` into the cluster its state belongs to.
+    fn check_existing_state(
+        &self,
+        cfg: &RaftConfig,
+        bootstrap: &[Multiaddr],
+    ) -> Result<(), ConsensusError> {
+        let known: BTreeSet<String> = self.peer_nodes().into_iter().map(|n| n.peer_id).collect();
+        if !bootstrap.is_empty() {
+            let joins_own = bootstrap
+                .iter()
+                .filter_map(split_p2p)
+                .any(|(p, _)| known.contains(&p.to_string()));
+            if !joins_own {
+                return Err(ConsensusError::Config(format!(
+                    "this peer already has Raft state from another cluster (peers: {}); to join \
+                     through --bootstrap, stop it and move its raft folder away (it is kept as a \
+                     backup if you run `ipfs-cluster-service state cleanup`), then start it again",
+                    known.into_iter().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        let configured: BTreeSet<String> = cfg
+            .init_peerset
+            .iter()
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .filter_map(|a| split_p2p(&a).map(|(p, _)| p.to_string()))
+            .collect();
+        if !configured.is_empty() && !configured.is_subset(&known) {
+            tracing::warn!(
+                "consensus.raft.init_peerset lists peers that are not in this peer's Raft \
+                 peerset; the Raft log is authoritative and init_peerset only bootstraps new \
+                 clusters. Current peerset: {known:?}"
+            );
         }
         Ok(())
     }
 
-    /// Commits `op` and returns once it is applied on this peer.
-    pub async fn commit(&self, op: LogOp) -> Result<Committed, ConsensusError> {
-        self.wait_for_leader().await?;
-        match self.raft.client_write(op).await {
-            Ok(resp) => Ok(Committed {
-                existed: resp.data.existed,
-                index: resp.log_id.index,
-            }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ConsensusError::NotLeader(
-                    f.leader_node
-                        .map(|n| n.peer_id)
-                        .unwrap_or_else(|| "unknown".into()),
-                ))
+    /// Asks the cluster (through the `bootstrap` peers) to add this peer as a voter.
+    pub async fn join(&self, bootstrap: &[Multiaddr]) -> Result<(), ConsensusError> {
+        let deadline = Instant::now() + self.inner.wait_for_leader;
+        let op = ForwardOp::AddPeer(self.inner.node_id, self.inner.node.clone());
+        let mut last = String::from("no bootstrap peer given");
+        loop {
+            for addr in bootstrap {
+                let peer = match self.inner.p2p.connect(addr.clone()).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        last = format!("{addr}: {e}");
+                        continue;
+                    }
+                };
+                match self.forward_to(peer, op.clone()).await {
+                    Ok(_) => {
+                        tracing::info!("joined the cluster through {addr}");
+                        return Ok(());
+                    }
+                    Err(e) => last = format!("{addr}: {e}"),
+                }
             }
-            Err(e) => Err(ConsensusError::Raft(e.to_string())),
+            if Instant::now() >= deadline {
+                return Err(ConsensusError::Raft(format!(
+                    "could not join the cluster: {last}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
-    /// The peer IDs of the current voters, sorted.
-    pub fn peers(&self) -> Vec<String> {
-        let m = self.raft.metrics().borrow().membership_config.clone();
-        let mut peers: Vec<String> = m
-            .membership()
-            .nodes()
-            .map(|(_, n)| n.peer_id.clone())
-            .collect();
-        peers.sort();
-        peers
+    /// The pinset as applied on this peer.
+    pub fn state(&self) -> &PinState {
+        &self.inner.state
     }
 
     /// This peer's Raft node ID.
     pub fn node_id(&self) -> NodeId {
-        self.node_id
+        self.inner.node_id
+    }
+
+    /// The current leader, if known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// A summary of this peer's Raft view.
+    pub fn info(&self) -> RaftInfo {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let leader = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
+            .map(|n| n.peer_id)
+            .unwrap_or_default();
+        RaftInfo {
+            leader,
+            term: m.current_term,
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            voters: self.peers(),
+        }
+    }
+
+    /// Waits until a leader is known, up to `wait_for_leader_timeout`.
+    pub async fn wait_for_leader(&self) -> Result<NodeId, ConsensusError> {
+        let wait = self.inner.wait_for_leader;
+        let m = self
+            .inner
+            .raft
+            .wait(Some(wait))
+            .metrics(|m| m.current_leader.is_some(), "a raft leader")
+            .await
+            .map_err(|_| ConsensusError::NoLeader(wait))?;
+        m.current_leader.ok_or(ConsensusError::NoLeader(wait))
+    }
+
+    /// Waits until a leader exists and this peer has applied everything the leader
+    /// had committed when asked (upstream's `WaitForSync`).
+    pub async fn wait_ready(&self) -> Result<(), ConsensusError> {
+        let index = match self.submit(ForwardOp::ReadIndex).await? {
+            ForwardReply::ReadIndex(i) => i,
+            other => return Err(ConsensusError::Raft(format!("unexpected reply {other:?}"))),
+        };
+        self.wait_applied(index).await
+    }
+
+    /// Waits until this peer has applied the log up to `index`.
+    pub async fn wait_applied(&self, index: u64) -> Result<(), ConsensusError> {
+        if index == 0 {
+            return Ok(());
+        }
+        self.inner
+            .raft
+            .wait(Some(self.inner.wait_for_leader))
+            .applied_index_at_least(Some(index), "log applied")
+            .await
+            .map(|_| ())
+            .map_err(|e| ConsensusError::Raft(e.to_string()))
+    }
+
+    /// Commits `op` (through the leader) and returns once it is committed.
+    pub async fn commit(&self, op: LogOp) -> Result<Committed, ConsensusError> {
+        match self.submit(ForwardOp::Commit(op)).await? {
+            ForwardReply::Committed(c) => Ok(c),
+            other => Err(ConsensusError::Raft(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Adds a peer as a voter.
+    pub async fn add_peer(&self, node: ClusterNode) -> Result<(), ConsensusError> {
+        let id = node_id_of_str(&node.peer_id)?;
+        self.submit(ForwardOp::AddPeer(id, node)).await.map(|_| ())
+    }
+
+    /// Removes a peer from the peerset.
+    pub async fn remove_peer(&self, peer_id: &str) -> Result<(), ConsensusError> {
+        let id = node_id_of_str(peer_id)?;
+        if !self.peer_nodes().iter().any(|n| n.peer_id == peer_id) {
+            return Err(ConsensusError::Config(format!(
+                "{peer_id} is not a cluster peer"
+            )));
+        }
+        self.submit(ForwardOp::RemovePeer(id)).await.map(|_| ())
+    }
+
+    /// Runs `op` on the leader, wherever it is, retrying through leader changes
+    /// until `wait_for_leader_timeout`.
+    pub async fn submit(&self, op: ForwardOp) -> Result<ForwardReply, ConsensusError> {
+        let wait = self.inner.wait_for_leader;
+        let deadline = Instant::now() + wait;
+        loop {
+            let leader = tokio::time::timeout_at(deadline.into(), self.wait_for_leader())
+                .await
+                .map_err(|_| ConsensusError::NoLeader(wait))??;
+            let res = if leader == self.inner.node_id {
+                self.on_leader(op.clone()).await
+            } else {
+                match self.leader_peer(leader) {
+                    Some(peer) => self.forward_to(peer, op.clone()).await,
+                    None => Err(ForwardError::NotLeader),
+                }
+            };
+            match res {
+                Ok(r) => return Ok(r),
+                Err(ForwardError::Failed(m)) => return Err(ConsensusError::Raft(m)),
+                Err(ForwardError::NotLeader) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(ForwardError::NotLeader) => return Err(ConsensusError::NoLeader(wait)),
+            }
+        }
+    }
+
+    fn leader_peer(&self, leader: NodeId) -> Option<PeerId> {
+        let m = self.inner.raft.metrics().borrow().membership_config.clone();
+        m.membership()
+            .get_node(&leader)
+            .and_then(node_peer)
+            .map(|(p, _)| p)
+    }
+
+    async fn forward_to(&self, peer: PeerId, op: ForwardOp) -> Result<ForwardReply, ForwardError> {
+        let bytes = self
+            .inner
+            .p2p
+            .request(peer, Protocol::Raft, encode(&RaftRpc::Forward(op)))
+            .await
+            // A leader we cannot reach is as good as no leader: wait for another.
+            .map_err(|_| ForwardError::NotLeader)?;
+        match decode::<RaftReply>(&bytes) {
+            Ok(RaftReply::Forward(r)) => r,
+            Ok(other) => Err(ForwardError::Failed(format!("unexpected reply {other:?}"))),
+            Err(e) => Err(ForwardError::Failed(format!("bad reply from {peer}: {e}"))),
+        }
+    }
+
+    /// Runs `op` here, as the leader.
+    async fn on_leader(&self, op: ForwardOp) -> Result<ForwardReply, ForwardError> {
+        let raft = &self.inner.raft;
+        let not_leader = |e: &dyn std::fmt::Display| {
+            let text = e.to_string();
+            if text.contains("forward") || text.contains("leader") {
+                ForwardError::NotLeader
+            } else {
+                ForwardError::Failed(text)
+            }
+        };
+        match op {
+            ForwardOp::Commit(op) => match raft.client_write(op).await {
+                Ok(resp) => Ok(ForwardReply::Committed(Committed {
+                    existed: resp.data.existed,
+                    index: resp.log_id.index,
+                })),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    Err(ForwardError::NotLeader)
+                }
+                Err(e) => Err(ForwardError::Failed(e.to_string())),
+            },
+            ForwardOp::AddPeer(id, node) => {
+                let is_voter = raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == id);
+                if is_voter {
+                    return Ok(ForwardReply::Done);
+                }
+                if let Some((peer, Some(addr))) = node_peer(&node) {
+                    self.inner.p2p.add_address(peer, addr).await;
+                }
+                raft.add_learner(id, node, true)
+                    .await
+                    .map_err(|e| not_leader(&e))?;
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(|e| not_leader(&e))?;
+                Ok(ForwardReply::Done)
+            }
+            ForwardOp::RemovePeer(id) => {
+                let target = raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .and_then(node_peer);
+                raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(|e| not_leader(&e))?;
+                if let Some((peer, _)) = target {
+                    if id == self.inner.node_id {
+                        self.inner.removed.cancel();
+                    } else if let Err(e) = self
+                        .inner
+                        .p2p
+                        .request(peer, Protocol::Raft, encode(&RaftRpc::Removed))
+                        .await
+                    {
+                        // It is out of the peerset either way; it just keeps running.
+                        tracing::warn!("could not tell {peer} it was removed: {e}");
+                    }
+                }
+                Ok(ForwardReply::Done)
+            }
+            ForwardOp::ReadIndex => match raft.ensure_linearizable().await {
+                Ok(log_id) => Ok(ForwardReply::ReadIndex(
+                    log_id.map(|l| l.index).unwrap_or(0),
+                )),
+                Err(e) => Err(not_leader(&e)),
+            },
+        }
+    }
+
+    /// Answers a Raft-protocol request from another peer.
+    pub async fn handle_rpc(&self, payload: &[u8]) -> Vec<u8> {
+        let reply = match decode::<RaftRpc>(payload) {
+            Err(e) => RaftReply::BadRequest(e),
+            Ok(RaftRpc::Append(r)) => RaftReply::Append(self.inner.raft.append_entries(r).await),
+            Ok(RaftRpc::Vote(r)) => RaftReply::Vote(self.inner.raft.vote(r).await),
+            Ok(RaftRpc::Snapshot(r)) => {
+                RaftReply::Snapshot(self.inner.raft.install_snapshot(r).await)
+            }
+            Ok(RaftRpc::Removed) => {
+                tracing::warn!("the leader removed this peer from the cluster");
+                self.inner.removed.cancel();
+                RaftReply::Ack
+            }
+            Ok(RaftRpc::Forward(op)) => {
+                // A peer that is joining does not know the leader yet: pass it on.
+                RaftReply::Forward(self.submit(op).await.map_err(|e| match e {
+                    ConsensusError::NoLeader(_) => ForwardError::NotLeader,
+                    other => ForwardError::Failed(other.to_string()),
+                }))
+            }
+        };
+        encode(&reply)
+    }
+
+    /// The voters, sorted by peer ID.
+    pub fn peer_nodes(&self) -> Vec<ClusterNode> {
+        let m = self.inner.raft.metrics().borrow().membership_config.clone();
+        let membership = m.membership();
+        let mut nodes: Vec<ClusterNode> = membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).cloned())
+            .collect();
+        nodes.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        nodes
+    }
+
+    /// The peer IDs of the voters, sorted.
+    pub fn peers(&self) -> Vec<String> {
+        self.peer_nodes().into_iter().map(|n| n.peer_id).collect()
+    }
+
+    /// Fires once this peer was removed from the cluster.
+    pub fn removed(&self) -> CancellationToken {
+        self.inner.removed.clone()
+    }
+
+    /// Fires [`Self::removed`] also when this peer, having been a member, sees
+    /// itself leave the membership in its own log.
+    pub fn watch_removal(&self, tasks: &TaskTracker, cancel: CancellationToken) {
+        let removed = self.inner.removed.clone();
+        let mut metrics = self.inner.raft.metrics();
+        let id = self.inner.node_id;
+        tasks.spawn(async move {
+            let mut was_member = false;
+            loop {
+                let member = metrics
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .is_some();
+                if member {
+                    was_member = true;
+                } else if was_member {
+                    tracing::warn!("this peer was removed from the cluster; shutting down");
+                    removed.cancel();
+                    return;
+                }
+                tokio::select! {
+                    r = metrics.changed() => if r.is_err() { return },
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        });
     }
 
     /// Stops Raft; the store is flushed on every write, so nothing is lost.
     pub async fn shutdown(&self) {
-        if let Err(e) = self.raft.shutdown().await {
+        if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
     }
+}
+
+fn node_id_of_str(peer_id: &str) -> Result<NodeId, ConsensusError> {
+    peer_id
+        .parse::<PeerId>()
+        .map(|p| node_id_of(&p))
+        .map_err(|e| ConsensusError::Config(format!("invalid peer ID {peer_id:?}: {e}")))
 }

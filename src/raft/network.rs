@@ -1,79 +1,230 @@
-//! Raft's transport between peers.
-//!
-//! A single-voter cluster never sends Raft RPCs; this transport reports every other
-//! node unreachable, so openraft backs off instead of failing. The libp2p transport
-//! replaces it when peers can join.
+//! Raft's transport between peers: openraft's RPCs, and the writes that followers
+//! forward to the leader, travel as CBOR over the libp2p host's Raft protocol.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
-use super::types::{ClusterNode, NodeId, TypeConfig};
+use super::types::{ClusterNode, LogOp, NodeId, TypeConfig};
+use crate::p2p::{Multiaddr, P2p, P2pError, PeerId, Protocol};
 
-/// Why a node cannot be reached.
-#[derive(Debug, thiserror::Error)]
-#[error("no transport to raft node {0} ({1})")]
-struct NoRoute(NodeId, String);
-
-/// The transport of a peer that has no inter-peer network yet.
-#[derive(Clone, Default)]
-pub struct LocalOnlyNetwork;
-
-/// A client for one remote node of [`LocalOnlyNetwork`].
-pub struct LocalOnlyClient {
-    target: NodeId,
-    node: ClusterNode,
+/// A message on the Raft protocol.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRpc {
+    /// openraft's append-entries (also heartbeats).
+    Append(AppendEntriesRequest<TypeConfig>),
+    /// openraft's vote.
+    Vote(VoteRequest<NodeId>),
+    /// A snapshot chunk.
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A write a follower forwards to the leader.
+    Forward(ForwardOp),
+    /// The leader tells a peer it was removed from the peerset (it may never
+    /// receive the log entry that removed it).
+    Removed,
 }
 
-impl LocalOnlyClient {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, ClusterNode, E> {
-        RPCError::Unreachable(Unreachable::new(&NoRoute(
-            self.target,
-            self.node.peer_id.clone(),
-        )))
+/// What a follower asks the leader to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardOp {
+    /// Commit a pinset change.
+    Commit(LogOp),
+    /// Add a voter.
+    AddPeer(NodeId, ClusterNode),
+    /// Remove a voter.
+    RemovePeer(NodeId),
+    /// The index a read must have applied to be up to date (read index).
+    ReadIndex,
+}
+
+/// The leader's answer to a [`ForwardOp`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardReply {
+    /// The committed operation.
+    Committed(super::Committed),
+    /// Done.
+    Done,
+    /// The read index.
+    ReadIndex(u64),
+}
+
+/// Why a forwarded operation failed.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    /// The receiver is not (or no longer) the leader: ask again.
+    #[error("not the leader")]
+    NotLeader,
+    /// It failed for good.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The answer to a [`RaftRpc`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftReply {
+    /// To `Append`.
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// To `Vote`.
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// To `Snapshot`.
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// To `Forward`.
+    Forward(Result<ForwardReply, ForwardError>),
+    /// Acknowledges `Removed`.
+    Ack,
+    /// The request could not be decoded.
+    BadRequest(String),
+}
+
+/// CBOR encoding of RPC payloads.
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail; a serialisation error would be a bug in a
+    // derive, and then an empty payload fails to decode on the other side.
+    let _ = ciborium::into_writer(v, &mut out);
+    out
+}
+
+/// Decodes a CBOR payload.
+pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    ciborium::from_reader(b).map_err(|e| e.to_string())
+}
+
+/// The peer ID and dialable address of a Raft node.
+pub fn node_peer(node: &ClusterNode) -> Option<(PeerId, Option<Multiaddr>)> {
+    let peer: PeerId = node.peer_id.parse().ok()?;
+    let addr = node.addr.parse::<Multiaddr>().ok();
+    Some((peer, addr))
+}
+
+/// The transport factory of a peer.
+#[derive(Clone)]
+pub struct P2pNetwork {
+    p2p: P2p,
+}
+
+impl P2pNetwork {
+    /// Raft over `p2p`.
+    pub fn new(p2p: P2p) -> Self {
+        P2pNetwork { p2p }
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for LocalOnlyNetwork {
-    type Network = LocalOnlyClient;
+/// A client for one remote node.
+pub struct P2pClient {
+    p2p: P2p,
+    target: NodeId,
+    peer: Option<PeerId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+impl P2pClient {
+    async fn call<E>(&self, rpc: RaftRpc) -> Result<RaftReply, RPCError<NodeId, ClusterNode, E>>
+    where
+        E: std::error::Error,
+    {
+        let Some(peer) = self.peer else {
+            return Err(RPCError::Unreachable(Unreachable::new(&TransportError(
+                format!("raft node {} has no valid peer ID", self.target),
+            ))));
+        };
+        match self.p2p.request(peer, Protocol::Raft, encode(&rpc)).await {
+            Ok(bytes) => decode(&bytes).map_err(|e| {
+                RPCError::Network(NetworkError::new(&TransportError(format!(
+                    "bad raft reply from {peer}: {e}"
+                ))))
+            }),
+            Err(e @ (P2pError::Unreachable(_) | P2pError::Shutdown)) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(
+        &self,
+        reply: RaftReply,
+    ) -> RPCError<NodeId, ClusterNode, E> {
+        RPCError::Network(NetworkError::new(&TransportError(format!(
+            "unexpected raft reply from node {}: {reply:?}",
+            self.target
+        ))))
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for P2pNetwork {
+    type Network = P2pClient;
 
     async fn new_client(&mut self, target: NodeId, node: &ClusterNode) -> Self::Network {
-        LocalOnlyClient {
+        let peer = match node_peer(node) {
+            Some((peer, addr)) => {
+                if let Some(a) = addr {
+                    self.p2p.add_address(peer, a).await;
+                }
+                Some(peer)
+            }
+            None => None,
+        };
+        P2pClient {
+            p2p: self.p2p.clone(),
             target,
-            node: node.clone(),
+            peer,
         }
     }
 }
 
-impl RaftNetwork<TypeConfig> for LocalOnlyClient {
+impl RaftNetwork<TypeConfig> for P2pClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>>
     {
-        Err(self.unreachable())
+        match self.call(RaftRpc::Append(rpc)).await? {
+            RaftReply::Append(Ok(r)) => Ok(r),
+            RaftReply::Append(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(other)),
+        }
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
+        rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, ClusterNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        Err(self.unreachable())
+        match self.call(RaftRpc::Snapshot(rpc)).await? {
+            RaftReply::Snapshot(Ok(r)) => Ok(r),
+            RaftReply::Snapshot(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(other)),
+        }
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        match self.call(RaftRpc::Vote(rpc)).await? {
+            RaftReply::Vote(Ok(r)) => Ok(r),
+            RaftReply::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            other => Err(self.unexpected(other)),
+        }
     }
 }

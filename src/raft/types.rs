@@ -15,8 +15,11 @@ pub type NodeId = u64;
 pub struct ClusterNode {
     /// The libp2p peer ID.
     pub peer_id: String,
-    /// A multiaddr of the peer (may be empty when unknown).
+    /// A multiaddr of the peer, ending in `/p2p/<id>` (may be empty when unknown).
     pub addr: String,
+    /// The peer's name, for status of peers that do not answer.
+    #[serde(default)]
+    pub name: String,
 }
 
 impl fmt::Display for ClusterNode {

@@ -127,6 +127,18 @@ impl Client {
         }
     }
 
+    /// `GET /peers`.
+    pub async fn peers(&self) -> Result<Vec<ClusterId>, ClientError> {
+        self.get_stream("/peers", &[]).await
+    }
+
+    /// `DELETE /peers/<id>`.
+    pub async fn peer_remove(&self, peer: &str) -> Result<(), ClientError> {
+        self.send(reqwest::Method::DELETE, &format!("/peers/{peer}"), &[])
+            .await
+            .map(|_| ())
+    }
+
     /// `POST /pins/ipfs/<cid-or-path>`.
     pub async fn pin(&self, arg: &str, opts: &PinOptions) -> Result<Pin, ClientError> {
         let resp = self

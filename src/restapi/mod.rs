@@ -141,6 +141,15 @@ impl RestApi {
                 },
             ),
             (&Method::GET, ["health"]) => no_content(),
+            (&Method::GET, ["raft"]) => json(StatusCode::OK, &self.cluster.consensus().info()),
+            (&Method::GET, ["peers"]) => {
+                let peers = self.cluster.peers().await;
+                stream_ndjson(&self.tasks, peers.into_iter().map(Ok))
+            }
+            (&Method::DELETE, ["peers", peer]) => match self.cluster.peer_remove(peer).await {
+                Ok(()) => no_content(),
+                Err(e) => cluster_error(e),
+            },
             (&Method::GET, ["allocations"]) => self.allocations(),
             (&Method::GET, ["allocations", cid]) => match parse_cid(cid) {
                 Ok(c) => match self.cluster.pin_get(&c) {

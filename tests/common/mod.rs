@@ -67,7 +67,9 @@ pub struct PeerProc {
     pub dir: PathBuf,
     pub proxy_port: u16,
     pub rest_port: u16,
+    pub cluster_port: u16,
     pub node: String,
+    pub extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -82,24 +84,93 @@ pub fn ctl_bin() -> &'static str {
 impl PeerProc {
     /// Initialises a config folder in `dir` for a peer in front of `node`.
     pub fn init(dir: &Path, node: &str) -> PeerProc {
-        let st = Command::new(service_bin())
-            .args(["--config", &dir.to_string_lossy(), "init"])
-            .stdout(Stdio::null())
-            .status()
-            .expect("init");
+        Self::init_with_peers(dir, node, &[])
+    }
+
+    /// Like `init`, with `init --peers`.
+    pub fn init_with_peers(dir: &Path, node: &str, peers: &[String]) -> PeerProc {
+        let mut cmd = Command::new(service_bin());
+        cmd.args(["--config", &dir.to_string_lossy(), "init"]);
+        if !peers.is_empty() {
+            cmd.args(["--peers", &peers.join(",")]);
+        }
+        let st = cmd.stdout(Stdio::null()).status().expect("init");
         assert!(st.success());
         PeerProc {
             dir: dir.to_path_buf(),
             proxy_port: free_port(),
             rest_port: free_port(),
+            cluster_port: free_port(),
             node: node.to_string(),
+            extra_args: Vec::new(),
             child: None,
         }
+    }
+
+    /// The peer ID in identity.json.
+    pub fn peer_id(&self) -> String {
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(self.dir.join("identity.json")).expect("identity"),
+        )
+        .expect("identity json");
+        v["id"].as_str().expect("id").to_string()
+    }
+
+    /// `/ip4/127.0.0.1/tcp/<cluster port>/p2p/<id>`.
+    pub fn cluster_multiaddr(&self) -> String {
+        format!(
+            "/ip4/127.0.0.1/tcp/{}/p2p/{}",
+            self.cluster_port,
+            self.peer_id()
+        )
+    }
+
+    /// Changes service.json.
+    pub fn edit_config(&self, f: impl FnOnce(&mut serde_json::Value)) {
+        let path = self.dir.join("service.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");
+        f(&mut v);
+        std::fs::write(&path, serde_json::to_string_pretty(&v).expect("json")).expect("write");
+    }
+
+    /// Kills the process with SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to exit by itself; returns its success.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<bool> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                self.child = None;
+                return Some(st.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn command(&self) -> Command {
         let mut c = Command::new(service_bin());
         c.args(["--config", &self.dir.to_string_lossy(), "daemon"])
+            .args(&self.extra_args)
+            .env(
+                "CLUSTER_LISTENMULTIADDRESS",
+                format!("/ip4/127.0.0.1/tcp/{}", self.cluster_port),
+            )
             .env("CLUSTER_IPFSHTTP_NODEMULTIADDRESS", &self.node)
             .env("CLUSTER_IPFSPROXY_NODEMULTIADDRESS", &self.node)
             .env(
@@ -110,15 +181,19 @@ impl PeerProc {
                 "CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS",
                 format!("/ip4/127.0.0.1/tcp/{}", self.rest_port),
             )
-            .env("IPFS_CLUSTER_LOG_LEVEL", "warn");
+            .env("IPFS_CLUSTER_LOG_LEVEL", "warn,openraft=off");
         c
     }
 
-    /// Starts the daemon and waits until its REST API answers.
-    pub fn start(&mut self) {
+    /// Starts the process without waiting for it to be ready.
+    pub fn spawn(&mut self) {
         let child = self.command().spawn().expect("spawn peer");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+    }
+
+    /// Waits until the REST API and the proxy answer.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Some(st) = self
                 .child
@@ -135,6 +210,12 @@ impl PeerProc {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("peer did not start");
+    }
+
+    /// Starts the daemon and waits until its REST API answers.
+    pub fn start(&mut self) {
+        self.spawn();
+        self.wait_ready();
     }
 
     pub fn pid(&self) -> u32 {

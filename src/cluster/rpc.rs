@@ -1,0 +1,30 @@
+//! Cluster RPCs between peers (on the libp2p host's RPC protocol): identity and
+//! this peer's view of pins, gathered into the global status.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Cid, ClusterId, PinInfoShort};
+
+/// A request to another peer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ClusterRpc {
+    /// Its `ID`.
+    Id,
+    /// Its status of one CID.
+    Status(Cid),
+    /// Its status of every CID it knows.
+    StatusAll,
+}
+
+/// The answer to a [`ClusterRpc`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ClusterRpcReply {
+    /// To `Id`.
+    Id(Box<ClusterId>),
+    /// To `Status`.
+    Status(Box<PinInfoShort>),
+    /// To `StatusAll`.
+    StatusAll(Vec<(Cid, PinInfoShort)>),
+    /// The request failed.
+    Error(String),
+}

@@ -1,0 +1,469 @@
+//! Multi-peer clusters: Raft over libp2p between peer processes, each in front of
+//! its own real IPFS daemon. Pins are identity CIDs (the data is inside the CID),
+//! so every daemon can pin them without fetching blocks from another.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A distinct identity CID (CIDv1, raw, identity multihash of `pin-<n>`).
+fn id_cid(n: usize) -> String {
+    let data = format!("pin-{n}");
+    let mut bytes = vec![0x01, 0x55, 0x00, data.len() as u8];
+    bytes.extend_from_slice(data.as_bytes());
+    cid::Cid::try_from(bytes.as_slice())
+        .expect("cid")
+        .to_string()
+}
+
+struct Cluster {
+    daemons: Vec<Daemon>,
+    peers: Vec<PeerProc>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+fn fast_raft(v: &mut Value) {
+    let r = &mut v["consensus"]["raft"];
+    r["heartbeat_timeout"] = "100ms".into();
+    r["election_timeout"] = "500ms".into();
+    r["wait_for_leader_timeout"] = "6s".into();
+    r["network_timeout"] = "2s".into();
+    r["snapshot_threshold"] = 40.into();
+    r["trailing_logs"] = 10.into();
+}
+
+fn start_daemons(n: usize) -> Vec<Daemon> {
+    let handles: Vec<_> = (0..n).map(|_| std::thread::spawn(Daemon::start)).collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("daemon thread"))
+        .collect()
+}
+
+/// `n` peers initialised with one `--peers` list, started together.
+fn start_cluster(n: usize) -> Cluster {
+    let daemons = start_daemons(n);
+    let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Identities first: the peer list needs every peer's ID and port.
+    let mut peers: Vec<PeerProc> = dirs
+        .iter()
+        .zip(&daemons)
+        .map(|(d, daemon)| PeerProc::init(d.path(), &daemon.multiaddr()))
+        .collect();
+    let addrs: Vec<String> = peers.iter().map(|p| p.cluster_multiaddr()).collect();
+    let secret = {
+        let v: Value = serde_json::from_str(
+            &std::fs::read_to_string(peers[0].dir.join("service.json")).unwrap(),
+        )
+        .unwrap();
+        v["cluster"]["secret"].clone()
+    };
+    for p in &peers {
+        let peers_list = addrs.clone();
+        let secret = secret.clone();
+        p.edit_config(move |v| {
+            v["cluster"]["secret"] = secret;
+            v["consensus"]["raft"]["init_peerset"] = peers_list.into();
+            fast_raft(v);
+        });
+    }
+    let t0 = Instant::now();
+    for p in peers.iter_mut() {
+        p.spawn();
+    }
+    for p in peers.iter_mut() {
+        p.wait_ready();
+    }
+    // A peer serves its APIs only once a leader is elected and it applied the log.
+    eprintln!(
+        "{n} peers started, leader elected and ready in {:?}",
+        t0.elapsed()
+    );
+    Cluster {
+        daemons,
+        peers,
+        _dirs: dirs,
+    }
+}
+
+fn raft_info(p: &PeerProc) -> Option<Value> {
+    http()
+        .get(format!("{}/raft", p.rest()))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .ok()?
+        .json()
+        .ok()
+}
+
+/// The index (in `peers`) of the leader all running peers agree on.
+fn wait_leader(c: &mut Cluster, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ids: Vec<String> = c.peers.iter().map(|p| p.peer_id()).collect();
+        for p in c.peers.iter_mut() {
+            if !p.is_running() {
+                continue;
+            }
+            if let Some(v) = raft_info(p) {
+                let l = v["leader"].as_str().unwrap_or_default().to_string();
+                if let Some(i) = ids.iter().position(|id| *id == l) {
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn post(url: &str) -> (u16, Value) {
+    let r = http().post(url).send().expect("request");
+    let status = r.status().as_u16();
+    let text = r.text().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(text.trim()).unwrap_or(Value::String(text)),
+    )
+}
+
+fn proxy_pins(p: &PeerProc) -> Vec<String> {
+    let (_, v) = post(&format!("{}/pin/ls", p.proxy()));
+    let mut k: Vec<String> = v["Keys"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    k.sort();
+    k
+}
+
+fn daemon_pins(d: &Daemon) -> Vec<cid::Cid> {
+    let (_, v) = post(&format!("{}/pin/ls?type=recursive", d.api()));
+    v["Keys"]
+        .as_object()
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| cid::Cid::try_from(k.as_str()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn three_peers_replicate_pins_everywhere() {
+    let mut c = start_cluster(3);
+    let cids: Vec<String> = (0..100).map(id_cid).collect();
+    for (i, cid) in cids.iter().enumerate() {
+        let p = &c.peers[(i * 7 + 1) % 3];
+        let (st, v) = post(&format!("{}/pin/add?arg={cid}", p.proxy()));
+        assert_eq!(st, 200, "{v}");
+    }
+    let mut want = cids.clone();
+    want.sort();
+    for p in &c.peers {
+        wait_until(
+            "every peer's pin ls to show all pins",
+            Duration::from_secs(10),
+            || proxy_pins(p) == want,
+        );
+    }
+    let want_cids: std::collections::BTreeSet<cid::Cid> = cids
+        .iter()
+        .map(|c| cid::Cid::try_from(c.as_str()).unwrap())
+        .collect();
+    for d in &c.daemons {
+        wait_until(
+            "every daemon to pin everything",
+            Duration::from_secs(30),
+            || {
+                daemon_pins(d)
+                    .into_iter()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    == want_cids
+            },
+        );
+    }
+    // Global status gathers every peer.
+    let g: Value = http()
+        .get(format!("{}/pins/{}", c.peers[0].rest(), cids[0]))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let statuses: Vec<&str> = g["peer_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, vec!["pinned"; 3], "{g}");
+    let peers: Vec<Value> = http()
+        .get(format!("{}/peers", c.peers[1].rest()))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(peers.len(), 3);
+    assert!(
+        peers
+            .iter()
+            .all(|p| p["error"] == "" && p["cluster_peers"].as_array().unwrap().len() == 3)
+    );
+
+    for (i, cid) in cids.iter().enumerate() {
+        let p = &c.peers[(i * 5 + 2) % 3];
+        let (st, v) = post(&format!("{}/pin/rm?arg={cid}", p.proxy()));
+        assert_eq!(st, 200, "{v}");
+    }
+    for p in &c.peers {
+        wait_until("pinsets to empty", Duration::from_secs(10), || {
+            proxy_pins(p).is_empty()
+        });
+    }
+    for d in &c.daemons {
+        wait_until("daemons to unpin", Duration::from_secs(30), || {
+            daemon_pins(d).is_empty()
+        });
+    }
+    for (i, cid) in cids.iter().take(10).enumerate() {
+        let p = &c.peers[i % 3];
+        let (st, v) = post(&format!("{}/pin/rm?arg={cid}", p.proxy()));
+        assert_eq!(
+            (st, v["Message"].as_str()),
+            (500, Some("not pinned or pinned indirectly"))
+        );
+        let r = http()
+            .delete(format!("{}/pins/{cid}", p.rest()))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404);
+    }
+    for p in c.peers.iter_mut() {
+        p.stop();
+    }
+}
+
+#[test]
+fn leader_killed_during_writes_loses_no_acknowledged_pin() {
+    let mut c = start_cluster(3);
+    let t0 = Instant::now();
+    let leader = wait_leader(&mut c, Duration::from_secs(10));
+    eprintln!("leader known {:?} after the peers were ready", t0.elapsed());
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+
+    let mut acked = Vec::new();
+    let mut killed_at = None;
+    let mut first_ok_after_kill = None;
+    for n in 0..60 {
+        if n == 20 {
+            c.peers[leader].kill9();
+            killed_at = Some(Instant::now());
+        }
+        let target = &c.peers[survivors[n % 2]];
+        let cid = id_cid(1000 + n);
+        let (st, _) = post(&format!("{}/pin/add?arg={cid}", target.proxy()));
+        if st == 200 {
+            if killed_at.is_some() && first_ok_after_kill.is_none() {
+                first_ok_after_kill = killed_at.map(|k| k.elapsed());
+            }
+            acked.push(cid);
+        }
+    }
+    let unavailable = first_ok_after_kill.expect("writes resumed after the leader was killed");
+    eprintln!("write unavailability after killing the leader: {unavailable:?}");
+    assert!(
+        acked.len() >= 50,
+        "only {} of 60 writes succeeded",
+        acked.len()
+    );
+    for i in &survivors {
+        let pins = proxy_pins(&c.peers[*i]);
+        for a in &acked {
+            assert!(
+                pins.contains(a),
+                "acknowledged pin {a} missing on a survivor"
+            );
+        }
+    }
+    // The killed peer comes back and catches up.
+    c.peers[leader].start();
+    let want = proxy_pins(&c.peers[survivors[0]]);
+    wait_until(
+        "the restarted peer to catch up",
+        Duration::from_secs(15),
+        || proxy_pins(&c.peers[leader]) == want,
+    );
+    for p in c.peers.iter_mut() {
+        p.stop();
+    }
+}
+
+#[test]
+fn a_peer_joins_through_bootstrap_by_snapshot_and_is_removed() {
+    let mut c = start_cluster(3);
+    // More entries than snapshot_threshold + trailing_logs, so the log is compacted
+    // and the newcomer must receive a snapshot.
+    for n in 0..80 {
+        let (st, _) = post(&format!(
+            "{}/pin/add?arg={}",
+            c.peers[n % 3].proxy(),
+            id_cid(2000 + n)
+        ));
+        assert_eq!(st, 200);
+    }
+    let leader = wait_leader(&mut c, Duration::from_secs(5));
+    wait_until("a snapshot and a purge", Duration::from_secs(10), || {
+        raft_info(&c.peers[leader]).is_some_and(|v| v["purged_index"].as_u64().unwrap_or(0) > 0)
+    });
+
+    let daemon = start_daemons(1).pop().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut newcomer = PeerProc::init(dir.path(), &daemon.multiaddr());
+    let secret: Value = serde_json::from_str::<Value>(
+        &std::fs::read_to_string(c.peers[0].dir.join("service.json")).unwrap(),
+    )
+    .unwrap()["cluster"]["secret"]
+        .clone();
+    newcomer.edit_config(|v| {
+        v["cluster"]["secret"] = secret;
+        fast_raft(v);
+    });
+    newcomer.extra_args = vec!["--bootstrap".into(), c.peers[1].cluster_multiaddr()];
+    newcomer.start();
+    let want = proxy_pins(&c.peers[0]);
+    assert_eq!(want.len(), 80);
+    wait_until(
+        "the newcomer to receive the state",
+        Duration::from_secs(15),
+        || proxy_pins(&newcomer) == want,
+    );
+    let info = raft_info(&newcomer).unwrap();
+    assert_eq!(info["voters"].as_array().unwrap().len(), 4, "{info}");
+    assert!(
+        info["snapshot_index"].as_u64().is_some(),
+        "no snapshot installed: {info}"
+    );
+
+    // peers rm: the newcomer leaves the peerset and shuts itself down.
+    let r = http()
+        .delete(format!(
+            "{}/peers/{}",
+            c.peers[2].rest(),
+            newcomer.peer_id()
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(
+        newcomer.wait_exit(Duration::from_secs(15)),
+        Some(true),
+        "removed peer did not stop"
+    );
+    assert!(
+        newcomer.dir.join("raft.old.0").exists(),
+        "raft folder was not moved aside"
+    );
+    let (st, _) = post(&format!(
+        "{}/pin/add?arg={}",
+        c.peers[0].proxy(),
+        id_cid(2999)
+    ));
+    assert_eq!(st, 200);
+    let info = raft_info(&c.peers[0]).unwrap();
+    assert_eq!(info["voters"].as_array().unwrap().len(), 3);
+    for p in c.peers.iter_mut() {
+        p.stop();
+    }
+}
+
+#[test]
+fn majority_down_fails_cleanly_then_recovers() {
+    let mut c = start_cluster(3);
+    let (st, _) = post(&format!(
+        "{}/pin/add?arg={}",
+        c.peers[0].proxy(),
+        id_cid(3000)
+    ));
+    assert_eq!(st, 200);
+    c.peers[1].kill9();
+    c.peers[2].kill9();
+    let t = Instant::now();
+    let cid = id_cid(3001);
+    let (st, v) = post(&format!("{}/pin/add?arg={cid}", c.peers[0].proxy()));
+    let took = t.elapsed();
+    assert_eq!(st, 500, "{v}");
+    let msg = v["Message"].as_str().unwrap_or_default();
+    assert!(msg.contains("no leader") || msg.contains("quorum"), "{msg}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(!proxy_pins(&c.peers[0]).contains(&cid), "half-written pin");
+
+    c.peers[1].start();
+    let (st, v) = post(&format!("{}/pin/add?arg={cid}", c.peers[0].proxy()));
+    assert_eq!(st, 200, "{v}");
+    for i in [0, 1] {
+        assert!(proxy_pins(&c.peers[i]).contains(&cid));
+    }
+    c.peers[2].start();
+    for p in c.peers.iter_mut() {
+        p.stop();
+    }
+}
+
+#[test]
+fn wrong_secret_cannot_join_and_restart_all_keeps_pinset() {
+    let mut c = start_cluster(3);
+    for n in 0..10 {
+        let (st, _) = post(&format!(
+            "{}/pin/add?arg={}",
+            c.peers[n % 3].proxy(),
+            id_cid(4000 + n)
+        ));
+        assert_eq!(st, 200);
+    }
+    let want = proxy_pins(&c.peers[0]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let dead = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let mut intruder = PeerProc::init(dir.path(), &dead);
+    intruder.edit_config(fast_raft);
+    intruder.extra_args = vec!["--bootstrap".into(), c.peers[0].cluster_multiaddr()];
+    intruder.spawn();
+    assert_eq!(
+        intruder.wait_exit(Duration::from_secs(30)),
+        Some(false),
+        "a peer with another secret joined"
+    );
+    let info = raft_info(&c.peers[0]).unwrap();
+    assert_eq!(info["voters"].as_array().unwrap().len(), 3);
+
+    for p in c.peers.iter_mut() {
+        p.stop();
+    }
+    for p in c.peers.iter_mut() {
+        p.spawn();
+    }
+    for p in c.peers.iter_mut() {
+        p.wait_ready();
+    }
+    wait_leader(&mut c, Duration::from_secs(10));
+    for p in &c.peers {
+        assert_eq!(proxy_pins(p), want);
+    }
+    for p in c.peers.iter_mut() {
+        p.stop();
+    }
+}
