@@ -170,6 +170,7 @@ impl Peer {
             path: "service.json".into(),
             reason: r,
         })?;
+        let raft_cfg = &cfg.consensus.raft;
         let (p2p, mut inbound) = P2p::start(
             P2pConfig {
                 keypair: identity.keypair.clone(),
@@ -178,11 +179,12 @@ impl Peer {
                     "cluster.listen_multiaddress",
                     &cfg.cluster.listen_multiaddress.0,
                 )?,
-                request_timeout: cfg
-                    .consensus
-                    .raft
+                // Forwarded writes wait for the leader's commit: give them as long
+                // as a write may wait for a leader.
+                request_timeout: raft_cfg
                     .network_timeout
                     .0
+                    .max(raft_cfg.wait_for_leader_timeout.0)
                     .max(Duration::from_secs(1)),
                 peerstore: Some(dir.join(PEERSTORE_FILE)),
             },

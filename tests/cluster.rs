@@ -23,7 +23,12 @@ struct Cluster {
     daemons: Vec<Daemon>,
     peers: Vec<PeerProc>,
     _dirs: Vec<tempfile::TempDir>,
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+/// One cluster at a time: each runs several daemons and peers, and on a small
+/// machine their elections would otherwise compete for the CPU.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn fast_raft(v: &mut Value) {
     let r = &mut v["consensus"]["raft"];
@@ -45,6 +50,7 @@ fn start_daemons(n: usize) -> Vec<Daemon> {
 
 /// `n` peers initialised with one `--peers` list, started together.
 fn start_cluster(n: usize) -> Cluster {
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let daemons = start_daemons(n);
     let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
     // Identities first: the peer list needs every peer's ID and port.
@@ -86,6 +92,7 @@ fn start_cluster(n: usize) -> Cluster {
         daemons,
         peers,
         _dirs: dirs,
+        _serial: serial,
     }
 }
 

@@ -260,7 +260,10 @@ impl Consensus {
 
     /// Asks the cluster (through the `bootstrap` peers) to add this peer as a voter.
     pub async fn join(&self, bootstrap: &[Multiaddr]) -> Result<(), ConsensusError> {
-        let deadline = Instant::now() + self.inner.wait_for_leader;
+        // Reaching a bootstrap peer gets `wait_for_leader_timeout`; once one answers,
+        // catching up (possibly through a snapshot) is part of joining: allow for it.
+        let started = Instant::now();
+        let mut deadline = started + self.inner.wait_for_leader;
         let op = ForwardOp::AddPeer(self.inner.node_id, self.inner.node.clone());
         let mut last = String::from("no bootstrap peer given");
         loop {
@@ -272,6 +275,7 @@ impl Consensus {
                         continue;
                     }
                 };
+                deadline = deadline.max(started + Duration::from_secs(60));
                 match self.forward_to(peer, op.clone()).await {
                     Ok(_) => {
                         tracing::info!("joined the cluster through {addr}");
@@ -393,14 +397,20 @@ impl Consensus {
             let leader = tokio::time::timeout_at(deadline.into(), self.wait_for_leader())
                 .await
                 .map_err(|_| ConsensusError::NoLeader(wait))??;
-            let res = if leader == self.inner.node_id {
-                self.on_leader(op.clone()).await
-            } else {
-                match self.leader_peer(leader) {
-                    Some(peer) => self.forward_to(peer, op.clone()).await,
-                    None => Err(ForwardError::NotLeader),
+            let attempt = async {
+                if leader == self.inner.node_id {
+                    self.on_leader(op.clone()).await
+                } else {
+                    match self.leader_peer(leader) {
+                        Some(peer) => self.forward_to(peer, op.clone()).await,
+                        None => Err(ForwardError::NotLeader),
+                    }
                 }
             };
+            // A leader that lost its quorum does not know it yet: bound every attempt.
+            let res = tokio::time::timeout_at(deadline.into(), attempt)
+                .await
+                .unwrap_or(Err(ForwardError::NotLeader));
             match res {
                 Ok(r) => return Ok(r),
                 Err(ForwardError::Failed(m)) => return Err(ConsensusError::Raft(m)),
@@ -435,6 +445,19 @@ impl Consensus {
         }
     }
 
+    async fn write(&self, op: LogOp) -> Result<ForwardReply, ForwardError> {
+        match self.inner.raft.client_write(op).await {
+            Ok(resp) => Ok(ForwardReply::Committed(Committed {
+                existed: resp.data.existed,
+                index: resp.log_id.index,
+            })),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ForwardError::NotLeader)
+            }
+            Err(e) => Err(ForwardError::Failed(e.to_string())),
+        }
+    }
+
     /// Runs `op` here, as the leader.
     async fn on_leader(&self, op: ForwardOp) -> Result<ForwardReply, ForwardError> {
         let raft = &self.inner.raft;
@@ -447,16 +470,14 @@ impl Consensus {
             }
         };
         match op {
-            ForwardOp::Commit(op) => match raft.client_write(op).await {
-                Ok(resp) => Ok(ForwardReply::Committed(Committed {
-                    existed: resp.data.existed,
-                    index: resp.log_id.index,
-                })),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    Err(ForwardError::NotLeader)
-                }
-                Err(e) => Err(ForwardError::Failed(e.to_string())),
-            },
+            ForwardOp::Commit(op) => {
+                // Confirm the quorum first, so that a leader cut off from it does not
+                // append an entry that could commit long after the client gave up.
+                raft.ensure_linearizable()
+                    .await
+                    .map_err(|e| not_leader(&e))?;
+                self.write(op).await
+            }
             ForwardOp::AddPeer(id, node) => {
                 let is_voter = raft
                     .metrics()
