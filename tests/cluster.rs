@@ -96,6 +96,13 @@ fn start_cluster(n: usize) -> Cluster {
     }
 }
 
+fn secret_of(p: &PeerProc) -> Value {
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(p.dir.join("service.json")).unwrap())
+            .unwrap();
+    v["cluster"]["secret"].clone()
+}
+
 fn raft_info(p: &PeerProc) -> Option<Value> {
     http()
         .get(format!("{}/raft", p.rest()))
@@ -340,11 +347,7 @@ fn a_peer_joins_through_bootstrap_by_snapshot_and_is_removed() {
     let daemon = start_daemons(1).pop().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut newcomer = PeerProc::init(dir.path(), &daemon.multiaddr());
-    let secret: Value = serde_json::from_str::<Value>(
-        &std::fs::read_to_string(c.peers[0].dir.join("service.json")).unwrap(),
-    )
-    .unwrap()["cluster"]["secret"]
-        .clone();
+    let secret = secret_of(&c.peers[0]);
     newcomer.edit_config(|v| {
         v["cluster"]["secret"] = secret;
         fast_raft(v);
@@ -392,6 +395,38 @@ fn a_peer_joins_through_bootstrap_by_snapshot_and_is_removed() {
     assert_eq!(st, 200);
     let info = raft_info(&c.peers[0]).unwrap();
     assert_eq!(info["voters"].as_array().unwrap().len(), 3);
+
+    // A peer started with --leave removes itself on a clean shutdown.
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut leaver = PeerProc::init(dir2.path(), &daemon.multiaddr());
+    let secret2 = secret_of(&c.peers[0]);
+    leaver.edit_config(|v| {
+        v["cluster"]["secret"] = secret2;
+        fast_raft(v);
+    });
+    leaver.extra_args = vec![
+        "--bootstrap".into(),
+        c.peers[0].cluster_multiaddr(),
+        "--leave".into(),
+    ];
+    leaver.start();
+    assert_eq!(
+        raft_info(&c.peers[0]).unwrap()["voters"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    leaver.stop();
+    wait_until(
+        "the leaver to be out of the peerset",
+        Duration::from_secs(10),
+        || {
+            raft_info(&c.peers[0])
+                .is_some_and(|v| v["voters"].as_array().is_some_and(|a| a.len() == 3))
+        },
+    );
+    assert!(leaver.dir.join("raft.old.0").exists());
     for p in c.peers.iter_mut() {
         p.stop();
     }
@@ -456,6 +491,25 @@ fn wrong_secret_cannot_join_and_restart_all_keeps_pinset() {
     );
     let info = raft_info(&c.peers[0]).unwrap();
     assert_eq!(info["voters"].as_array().unwrap().len(), 3);
+
+    // A peer with Raft state of its own cluster refuses to --bootstrap into another.
+    let dir = tempfile::tempdir().unwrap();
+    let mut other = PeerProc::init(dir.path(), &dead);
+    let secret = secret_of(&c.peers[0]);
+    other.edit_config(|v| {
+        v["cluster"]["secret"] = secret;
+        fast_raft(v);
+    });
+    other.start();
+    other.stop();
+    other.extra_args = vec!["--bootstrap".into(), c.peers[0].cluster_multiaddr()];
+    let out = other.command().output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already has Raft state from another cluster"),
+        "{err}"
+    );
 
     for p in c.peers.iter_mut() {
         p.stop();
