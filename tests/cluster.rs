@@ -67,12 +67,42 @@ fn start_cluster(n: usize) -> Cluster {
         .unwrap();
         v["cluster"]["secret"].clone()
     };
-    for p in &peers {
-        let peers_list = addrs.clone();
+    for (i, p) in peers.iter().enumerate() {
+        // `init --peers` as a user runs it, with the other peers' addresses; the
+        // identity made by the first init is kept, as the list names it.
+        let others: Vec<String> = addrs
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, a)| a.clone())
+            .collect();
+        let identity = std::fs::read(p.dir.join("identity.json")).unwrap();
+        let st = std::process::Command::new(service_bin())
+            .args([
+                "--config",
+                &p.dir.to_string_lossy(),
+                "init",
+                "--force",
+                "--peers",
+            ])
+            .arg(others.join(","))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::write(p.dir.join("identity.json"), identity).unwrap();
+        let peerstore = std::fs::read_to_string(p.dir.join("peerstore")).unwrap();
+        assert_eq!(peerstore.lines().count(), n - 1, "{peerstore}");
         let secret = secret.clone();
         p.edit_config(move |v| {
+            assert_eq!(
+                v["consensus"]["raft"]["init_peerset"]
+                    .as_array()
+                    .unwrap()
+                    .len(),
+                n - 1
+            );
             v["cluster"]["secret"] = secret;
-            v["consensus"]["raft"]["init_peerset"] = peers_list.into();
             fast_raft(v);
         });
     }
