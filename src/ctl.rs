@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::restapi::client::{Client, ClientError};
-use crate::types::{Cid, ClusterId, GlobalPinInfo, Pin, PinMode, TrackerStatus};
+use crate::types::{Alert, Cid, ClusterId, GlobalPinInfo, Metric, Pin, PinMode, TrackerStatus};
 
 /// Upstream's text form of an ID.
 pub fn format_id(id: &ClusterId) -> String {
@@ -28,6 +28,52 @@ pub fn format_id(id: &ClusterId) -> String {
         s.push_str(&format!("  > IPFS ERROR: {}\n", id.ipfs.error));
     }
     s
+}
+
+/// Bytes as Go's `humanize.Bytes` prints them (SI units).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    if n < 10 {
+        return format!("{n} B");
+    }
+    let e = ((n as f64).ln() / 1000f64.ln()).floor() as usize;
+    let e = e.min(UNITS.len() - 1);
+    let v = n as f64 / 1000f64.powi(e as i32);
+    if v < 10.0 {
+        format!("{v:.1} {}", UNITS[e])
+    } else {
+        format!("{v:.0} {}", UNITS[e])
+    }
+}
+
+/// Upstream's text form of a metric (`health metrics`).
+pub fn format_metric(m: &Metric) -> String {
+    let value = match m.name.as_str() {
+        "freespace" | "reposize" => m
+            .value
+            .parse::<u64>()
+            .map(human_bytes)
+            .unwrap_or_else(|_| m.value.clone()),
+        _ => m.value.clone(),
+    };
+    format!(
+        "{} | {}: {} | Expires in: {} seconds from now\n",
+        m.peer,
+        m.name,
+        value,
+        m.expires_in_secs()
+    )
+}
+
+/// Upstream's text form of an alert (`health alerts`).
+pub fn format_alert(a: &Alert) -> String {
+    format!(
+        "{} | {} expired at {}\n",
+        a.metric.peer,
+        a.metric.name,
+        a.triggered_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
 }
 
 /// Upstream's text form of a pin (`pin ls`).
@@ -142,6 +188,9 @@ pub async fn wait_for(
                 ));
             }
             let ok = match target {
+                // Waiting for a number of replicas counts the peers that pinned;
+                // waiting for all counts `remote` as done, as upstream.
+                WaitTarget::Pinned if limit > 0 => info.status == TrackerStatus::Pinned,
                 WaitTarget::Pinned => {
                     matches!(info.status, TrackerStatus::Pinned | TrackerStatus::Remote)
                 }

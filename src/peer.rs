@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::{Cluster, PinTracker};
+use crate::cluster::{Cluster, Informer, PinTracker};
 use crate::config::{Config, ConfigError, ExecutionLock, Identity, PEERSTORE_FILE, RAFT_DIR};
 use crate::ipfs::IpfsConnector;
 use crate::p2p::{Multiaddr, P2p, P2pConfig, P2pError, Protocol, split_p2p};
@@ -234,9 +234,16 @@ impl Peer {
         let cluster = Cluster::new(
             p2p.clone(),
             cfg.cluster.clone(),
+            cfg.allocator.balanced.allocate_by.clone(),
             consensus.clone(),
             tracker.clone(),
+            ipfs.clone(),
+        );
+        let informer = Informer::new(
+            cfg.informer.clone(),
             ipfs,
+            tracker.clone(),
+            identity.peer_id.to_string(),
         );
 
         // Requests from other peers: each answered in its own task so a slow one
@@ -285,6 +292,7 @@ impl Peer {
             cfg.cluster.pin_recover_interval.0,
             cancel.child_token(),
         );
+        spawn_metric_loops(tasks, &cluster, informer, cfg, cancel.child_token());
         Ok((cluster, p2p, removed))
     }
 
@@ -361,6 +369,76 @@ pub fn backup_raft_dir(dir: &Path, keep: u32) -> std::io::Result<()> {
         }
     }
     std::fs::rename(&raft, name(0))
+}
+
+/// Sends this peer's metrics every half TTL and its ping every ping interval, and
+/// checks other peers' pings, re-allocating the pins of those that went down.
+fn spawn_metric_loops(
+    tasks: &TaskTracker,
+    cluster: &Cluster,
+    informer: Informer,
+    cfg: &Config,
+    cancel: CancellationToken,
+) {
+    let every = |d: Duration| {
+        let mut t = tokio::time::interval(d.max(Duration::from_millis(100)));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    };
+    let (c, inf, stop) = (cluster.clone(), informer.clone(), cancel.clone());
+    tasks.spawn(async move {
+        let mut tick = every(inf.interval());
+        loop {
+            tokio::select! {
+                _ = tick.tick() => c.publish_metrics(inf.metrics().await).await,
+                _ = stop.cancelled() => break,
+            }
+        }
+    });
+    let ping_every = cfg
+        .cluster
+        .monitor_ping_interval
+        .0
+        .max(Duration::from_millis(100));
+    let (c, stop, name) = (
+        cluster.clone(),
+        cancel.clone(),
+        cfg.cluster.peername.clone(),
+    );
+    tasks.spawn(async move {
+        let mut tick = every(ping_every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => c.publish_metrics(vec![informer.ping(&name, ping_every)]).await,
+                _ = stop.cancelled() => break,
+            }
+        }
+    });
+    let (c, stop) = (cluster.clone(), cancel);
+    let check_every = cfg.monitor.pubsubmon.check_interval.0;
+    let repin = !cfg.cluster.disable_repinning;
+    tasks.spawn(async move {
+        let mut tick = every(check_every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            let me = c.peer_id().to_string();
+            let others: Vec<String> = c
+                .consensus()
+                .peers()
+                .into_iter()
+                .filter(|p| *p != me)
+                .collect();
+            for alert in c.monitor().check(&others) {
+                tracing::warn!("peer {} is down: its ping expired", alert.metric.peer);
+                if repin {
+                    c.repin_from(&alert.metric.peer).await;
+                }
+            }
+        }
+    });
 }
 
 /// Re-queues failed and missing pins at start and every `interval`.

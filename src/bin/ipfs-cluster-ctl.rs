@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use ipfs_cluster::ctl::{WaitTarget, format_id, format_pin, format_status, wait_for};
+use ipfs_cluster::ctl::{
+    WaitTarget, format_alert, format_id, format_metric, format_pin, format_status, wait_for,
+};
 use ipfs_cluster::restapi::client::Client;
 use ipfs_cluster::types::{Cid, PinMode, PinOptions};
 
@@ -49,6 +51,9 @@ enum Command {
     /// Cluster peers: ls, rm.
     #[command(subcommand)]
     Peers(PeersCmd),
+    /// Cluster health: metrics, alerts.
+    #[command(subcommand)]
+    Health(HealthCmd),
     /// Shows the status of CIDs on every peer.
     Status {
         /// CIDs (all when none).
@@ -57,6 +62,31 @@ enum Command {
         #[arg(long, default_value = "")]
         filter: String,
     },
+}
+
+/// What `pin add` and `pin rm` show afterwards.
+#[derive(clap::Args)]
+struct AfterOp {
+    /// Do not print the status afterwards.
+    #[arg(long = "no-status", alias = "ns")]
+    no_status: bool,
+    /// Wait until the operation is done.
+    #[arg(long, short = 'w')]
+    wait: bool,
+    /// How long to wait (Go duration; 0: forever).
+    #[arg(long = "wait-timeout", alias = "wt", default_value = "0s")]
+    wait_timeout: String,
+}
+
+#[derive(Subcommand)]
+enum HealthCmd {
+    /// Lists metric names, or the latest metrics of one name.
+    Metrics {
+        /// A metric name (e.g. freespace, ping, tag:group).
+        name: Option<String>,
+    },
+    /// Lists the alerts raised by expired metrics.
+    Alerts,
 }
 
 #[derive(Subcommand)]
@@ -91,35 +121,24 @@ enum PinCmd {
         /// Maximum replication.
         #[arg(long, alias = "replication-max", default_value_t = 0)]
         rmax: i32,
+        /// Peers to allocate to first (comma-separated peer IDs).
+        #[arg(long, alias = "allocs", value_delimiter = ',')]
+        allocations: Vec<String>,
         /// Metadata `key=value` (repeatable).
         #[arg(long)]
         metadata: Vec<String>,
         /// Expire after this long (Go duration).
         #[arg(long)]
         expire_in: Option<String>,
-        /// Do not print the status afterwards.
-        #[arg(long = "no-status", alias = "ns")]
-        no_status: bool,
-        /// Wait until the pin is pinned.
-        #[arg(long, short = 'w')]
-        wait: bool,
-        /// How long to wait (Go duration; 0: forever).
-        #[arg(long = "wait-timeout", alias = "wt", default_value = "0s")]
-        wait_timeout: String,
+        #[command(flatten)]
+        after: AfterOp,
     },
     /// Unpins a CID or path from the cluster.
     Rm {
         /// CID or /ipfs/ path.
         arg: String,
-        /// Do not print the status afterwards.
-        #[arg(long = "no-status", alias = "ns")]
-        no_status: bool,
-        /// Wait until it is unpinned.
-        #[arg(long, short = 'w')]
-        wait: bool,
-        /// How long to wait (Go duration; 0: forever).
-        #[arg(long = "wait-timeout", alias = "wt", default_value = "0s")]
-        wait_timeout: String,
+        #[command(flatten)]
+        after: AfterOp,
     },
     /// Lists the pinset.
     Ls {
@@ -184,6 +203,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Peers(PeersCmd::Rm { peer }) => Ok(client.peer_remove(&peer).await?),
+        Command::Health(HealthCmd::Metrics { name: None }) => {
+            print(enc, &client.metric_names().await?, |n| {
+                n.iter().map(|x| format!("{x}\n")).collect()
+            })
+        }
+        Command::Health(HealthCmd::Metrics { name: Some(name) }) => {
+            print(enc, &client.metrics(&name).await?, |ms| {
+                ms.iter().map(format_metric).collect()
+            })
+        }
+        Command::Health(HealthCmd::Alerts) => print(enc, &client.alerts().await?, |a| {
+            a.iter().map(format_alert).collect()
+        }),
         Command::Status { cids, filter } => {
             if cids.is_empty() {
                 for g in client.status_all(&filter).await? {
@@ -214,11 +246,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             replication,
             rmin,
             rmax,
+            allocations,
             metadata,
             expire_in,
-            no_status,
-            wait,
-            wait_timeout,
+            after,
         }) => {
             let mut meta = BTreeMap::new();
             for kv in metadata {
@@ -234,6 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 replication_factor_min: rmin,
                 replication_factor_max: rmax,
                 metadata: meta,
+                user_allocations: allocations,
                 ..Default::default()
             };
             if let Some(e) = expire_in {
@@ -241,34 +273,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 opts.expire_at = Some(chrono::Utc::now() + chrono::Duration::from_std(d)?);
             }
             let pin = client.pin(&arg, &opts).await?;
-            after_op(
-                &client,
-                enc,
-                &pin.cid,
-                WaitTarget::Pinned,
-                no_status,
-                wait,
-                &wait_timeout,
-            )
-            .await
+            // Like upstream, --wait waits for the minimum replication (all peers when
+            // the pin goes everywhere); `remote` counts as pinned.
+            let limit = usize::try_from(pin.options.replication_factor_min).unwrap_or(0);
+            after_op(&client, enc, &pin.cid, WaitTarget::Pinned, limit, &after).await
         }
-        Command::Pin(PinCmd::Rm {
-            arg,
-            no_status,
-            wait,
-            wait_timeout,
-        }) => {
+        Command::Pin(PinCmd::Rm { arg, after }) => {
             let pin = client.unpin(&arg).await?;
-            after_op(
-                &client,
-                enc,
-                &pin.cid,
-                WaitTarget::Unpinned,
-                no_status,
-                wait,
-                &wait_timeout,
-            )
-            .await
+            after_op(&client, enc, &pin.cid, WaitTarget::Unpinned, 0, &after).await
         }
     }
 }
@@ -278,13 +290,18 @@ async fn after_op(
     enc: Enc,
     cid: &Cid,
     target: WaitTarget,
-    no_status: bool,
-    wait: bool,
-    wait_timeout: &str,
+    limit: usize,
+    after: &AfterOp,
 ) -> anyhow::Result<()> {
+    let AfterOp {
+        no_status,
+        wait,
+        wait_timeout,
+    } = after;
+    let (no_status, wait) = (*no_status, *wait);
     let g = if wait {
         let t = ipfs_cluster::config::parse_duration(wait_timeout).map_err(anyhow::Error::msg)?;
-        wait_for(client, cid, target, 0, t)
+        wait_for(client, cid, target, limit, t)
             .await
             .map_err(anyhow::Error::msg)?
     } else {

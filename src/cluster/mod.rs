@@ -1,6 +1,9 @@
 //! The cluster component: turns API calls into consensus operations and gathers
 //! status, tying the consensus, the pin tracker and the IPFS connector together.
 
+pub mod allocator;
+pub mod informer;
+pub mod monitor;
 mod path;
 pub mod rpc;
 pub mod tracker;
@@ -11,6 +14,8 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::sync::OnceCell;
 
+pub use informer::Informer;
+pub use monitor::PeerMonitor;
 pub use path::{InvalidPath, PinArg, parse_pin_arg};
 pub use tracker::{LocalStatus, OpKind, OpState, Phase, PinTracker};
 
@@ -21,7 +26,8 @@ use crate::raft::{ClusterNode, Committed, Consensus, ConsensusError, LogOp};
 use crate::state::StateError;
 use crate::types::TrackerStatus;
 use crate::types::{
-    Cid, ClusterId, GlobalPinInfo, IpfsId, Pin, PinInfoShort, PinOptions, TrackerStatusFilter,
+    Cid, ClusterId, GlobalPinInfo, IpfsId, Metric, Pin, PinInfoShort, PinOptions,
+    TrackerStatusFilter,
 };
 use rpc::{ClusterRpc, ClusterRpcReply};
 
@@ -40,6 +46,9 @@ pub enum ClusterError {
     /// A bad path.
     #[error(transparent)]
     InvalidPath(#[from] InvalidPath),
+    /// Not enough peers to place the pin.
+    #[error(transparent)]
+    Allocation(#[from] allocator::AllocationError),
     /// Consensus failed.
     #[error(transparent)]
     Consensus(#[from] ConsensusError),
@@ -61,6 +70,8 @@ struct Inner {
     peer_id: String,
     p2p: P2p,
     cfg: ClusterConfig,
+    allocate_by: Vec<String>,
+    monitor: PeerMonitor,
     consensus: Consensus,
     tracker: PinTracker,
     ipfs: IpfsConnector,
@@ -72,6 +83,7 @@ impl Cluster {
     pub fn new(
         p2p: P2p,
         cfg: ClusterConfig,
+        allocate_by: Vec<String>,
         consensus: Consensus,
         tracker: PinTracker,
         ipfs: IpfsConnector,
@@ -80,6 +92,8 @@ impl Cluster {
             inner: Arc::new(Inner {
                 peer_id: p2p.peer_id().to_string(),
                 p2p,
+                allocate_by,
+                monitor: PeerMonitor::default(),
                 cfg,
                 consensus,
                 tracker,
@@ -109,6 +123,16 @@ impl Cluster {
         &self.inner.ipfs
     }
 
+    /// The peer monitor.
+    pub fn monitor(&self) -> &PeerMonitor {
+        &self.inner.monitor
+    }
+
+    /// The `cluster` configuration section.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.cfg
+    }
+
     /// Resolves a pin argument (CID or path) to a CID, asking the daemon for paths.
     pub async fn resolve(&self, arg: &str) -> Result<Cid, ClusterError> {
         match parse_pin_arg(arg)? {
@@ -122,6 +146,57 @@ impl Cluster {
         &self,
         cid: Cid,
         options: PinOptions,
+    ) -> Result<(Pin, Committed), ClusterError> {
+        self.pin_excluding(cid, options, &[]).await
+    }
+
+    /// The allocations for `cid` within `min..=max`, never on `exclude`.
+    fn allocations(
+        &self,
+        cid: &Cid,
+        options: &PinOptions,
+        min: i32,
+        max: i32,
+        exclude: &[String],
+    ) -> Result<Vec<String>, ClusterError> {
+        if min == -1 {
+            return Ok(Vec::new());
+        }
+        let current = self
+            .inner
+            .consensus
+            .state()
+            .get(cid)?
+            .map(|p| p.allocations)
+            .unwrap_or_default();
+        let peers: Vec<String> = self
+            .inner
+            .consensus
+            .peers()
+            .into_iter()
+            .filter(|p| !exclude.contains(p))
+            .collect();
+        let metrics = self
+            .inner
+            .monitor
+            .peer_metrics(&peers, &self.inner.allocate_by);
+        // Excluded peers have no metrics here, so they count as unhealthy: they keep
+        // their place while enough healthy replicas remain, as upstream.
+        Ok(allocator::allocate(&allocator::Request {
+            current: &current,
+            priority: &options.user_allocations,
+            min: usize::try_from(min).unwrap_or(0),
+            max: usize::try_from(max).unwrap_or(0),
+            allocate_by: &self.inner.allocate_by,
+            metrics: &metrics,
+        })?)
+    }
+
+    async fn pin_excluding(
+        &self,
+        cid: Cid,
+        options: PinOptions,
+        exclude: &[String],
     ) -> Result<(Pin, Committed), ClusterError> {
         let (mut min, mut max) = (
             options.replication_factor_min,
@@ -152,9 +227,11 @@ impl Cluster {
                 "cannot pin {cid} as direct: it is already pinned recursively"
             )));
         }
-        // Every peer holds every pin until the allocator places them: an empty
-        // allocation list means "everywhere", as upstream encodes -1/-1.
-        pin.allocations = Vec::new();
+        // An empty allocation list means "everywhere", as upstream encodes -1/-1.
+        pin.allocations = self.allocations(&cid, &pin.options, min, max, exclude)?;
+        // User allocations are a preference for this allocation only (upstream does
+        // not persist them).
+        pin.options.user_allocations.clear();
         let committed = self
             .inner
             .consensus
@@ -422,6 +499,79 @@ impl Cluster {
         Ok(self.inner.consensus.remove_peer(peer_id).await?)
     }
 
+    /// Re-allocates the pins of a peer whose ping expired, when this peer is the live
+    /// peer XOR-closest to the CID (so exactly one peer does it) and the pin's healthy
+    /// allocations fell below its minimum. Returns the CIDs re-pinned.
+    pub async fn repin_from(&self, dead: &str) -> Vec<Cid> {
+        let me = self.inner.peer_id.clone();
+        let live: Vec<String> = self
+            .inner
+            .consensus
+            .peers()
+            .into_iter()
+            .filter(|p| p != dead && (*p == me || self.inner.monitor.is_alive(p)))
+            .collect();
+        let exclude = vec![dead.to_string()];
+        let mut repinned = Vec::new();
+        for pin in self.pins() {
+            let Ok(pin) = pin else { continue };
+            if !pin.allocations.iter().any(|a| a == dead) {
+                continue;
+            }
+            if closest(&pin.cid, &live).as_deref() != Some(me.as_str()) {
+                continue;
+            }
+            let (min, max) = (
+                pin.options.replication_factor_min,
+                pin.options.replication_factor_max,
+            );
+            match self.allocations(&pin.cid, &pin.options, min, max, &exclude) {
+                Ok(a) if a == pin.allocations => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(cid = %pin.cid, "cannot re-allocate: {e}");
+                    continue;
+                }
+            }
+            match self
+                .pin_excluding(pin.cid, pin.options.clone(), &exclude)
+                .await
+            {
+                Ok(_) => repinned.push(pin.cid),
+                Err(e) => tracing::warn!(cid = %pin.cid, "re-pin failed: {e}"),
+            }
+        }
+        if !repinned.is_empty() {
+            tracing::info!("re-allocated {} pins of {dead}", repinned.len());
+        }
+        repinned
+    }
+
+    /// Records metrics and sends them to every other peer.
+    pub async fn publish_metrics(&self, metrics: Vec<Metric>) {
+        for m in &metrics {
+            self.inner.monitor.record(m.clone());
+        }
+        let req = ClusterRpc::Metrics(metrics);
+        let me = self.inner.peer_id.clone();
+        let sends = self
+            .inner
+            .consensus
+            .peers()
+            .into_iter()
+            .filter(|p| *p != me)
+            .map(|p| {
+                let req = &req;
+                async move {
+                    if let Err(e) = self.rpc(&p, req).await {
+                        tracing::debug!("metrics to {p}: {e}");
+                    }
+                }
+            })
+            .collect::<Vec<_>>();
+        futures::future::join_all(sends).await;
+    }
+
     /// Answers a cluster RPC from another peer.
     pub async fn handle_rpc(&self, payload: &[u8]) -> Vec<u8> {
         let reply = match crate::raft::decode_payload::<ClusterRpc>(payload) {
@@ -430,6 +580,12 @@ impl Cluster {
             Ok(ClusterRpc::Status(cid)) => {
                 ClusterRpcReply::Status(Box::new(self.status_local(&cid).await))
             }
+            Ok(ClusterRpc::Metrics(metrics)) => {
+                for m in metrics {
+                    self.inner.monitor.record(m);
+                }
+                ClusterRpcReply::Ack
+            }
             Ok(ClusterRpc::StatusAll) => match self.status_all_local().await {
                 Ok(v) => ClusterRpcReply::StatusAll(v),
                 Err(e) => ClusterRpcReply::Error(e.to_string()),
@@ -437,4 +593,24 @@ impl Cluster {
         };
         crate::raft::encode_payload(&reply)
     }
+}
+
+/// The peer of `peers` whose ID is XOR-closest to the CID's hash digest.
+fn closest(cid: &Cid, peers: &[String]) -> Option<String> {
+    let tail = |b: &[u8]| {
+        let mut x = [0u8; 8];
+        let t = &b[b.len().saturating_sub(8)..];
+        x[8 - t.len()..].copy_from_slice(t);
+        u64::from_be_bytes(x)
+    };
+    let key = tail(cid.0.hash().digest());
+    peers
+        .iter()
+        .filter_map(|p| {
+            p.parse::<PeerId>()
+                .ok()
+                .map(|id| (tail(&id.to_bytes()) ^ key, p))
+        })
+        .min()
+        .map(|(_, p)| p.clone())
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Cid, ClusterId, PinInfoShort};
+use crate::types::{Cid, ClusterId, Metric, PinInfoShort};
 
 /// A request to another peer.
 #[derive(Debug, Serialize, Deserialize)]
@@ -14,6 +14,8 @@ pub enum ClusterRpc {
     Status(Cid),
     /// Its status of every CID it knows.
     StatusAll,
+    /// The sender's latest metrics.
+    Metrics(Vec<Metric>),
 }
 
 /// The answer to a [`ClusterRpc`].
@@ -25,6 +27,8 @@ pub enum ClusterRpcReply {
     Status(Box<PinInfoShort>),
     /// To `StatusAll`.
     StatusAll(Vec<(Cid, PinInfoShort)>),
+    /// Received.
+    Ack,
     /// The request failed.
     Error(String),
 }

@@ -354,6 +354,14 @@ impl PinTracker {
         }
     }
 
+    /// Operations waiting for a worker.
+    pub fn queued(&self) -> usize {
+        self.ops()
+            .values()
+            .filter(|op| op.state.borrow().phase == Phase::Queued)
+            .count()
+    }
+
     /// The operation on `cid`, if one is in flight or failed.
     pub fn operation(&self, cid: &Cid) -> Option<OpState> {
         self.ops().get(cid).map(|op| op.state.borrow().clone())

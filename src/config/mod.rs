@@ -387,6 +387,123 @@ pub struct PinTrackerConfig {
     pub stateless: TrackerConfig,
 }
 
+/// `monitor.pubsubmon`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PubsubMonConfig {
+    /// How often peers' ping metrics are checked for expiry.
+    pub check_interval: GoDuration,
+}
+
+impl Default for PubsubMonConfig {
+    fn default() -> Self {
+        PubsubMonConfig {
+            check_interval: GoDuration::secs(15),
+        }
+    }
+}
+
+/// The `monitor` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MonitorConfig {
+    /// The peer monitor.
+    pub pubsubmon: PubsubMonConfig,
+}
+
+/// `allocator.balanced`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BalancedConfig {
+    /// Metrics that order candidates: partitionable ones (tags) first.
+    pub allocate_by: Vec<String>,
+}
+
+impl Default for BalancedConfig {
+    fn default() -> Self {
+        BalancedConfig {
+            allocate_by: vec!["tag:group".into(), "freespace".into()],
+        }
+    }
+}
+
+/// The `allocator` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AllocatorConfig {
+    /// The balanced allocator.
+    pub balanced: BalancedConfig,
+}
+
+/// `informer.disk`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DiskInformerConfig {
+    /// How long its metrics are valid.
+    pub metric_ttl: GoDuration,
+    /// `freespace` or `reposize`.
+    pub metric_type: String,
+}
+
+impl Default for DiskInformerConfig {
+    fn default() -> Self {
+        DiskInformerConfig {
+            metric_ttl: GoDuration::secs(30),
+            metric_type: "freespace".into(),
+        }
+    }
+}
+
+/// `informer.tags`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TagsInformerConfig {
+    /// How long its metrics are valid.
+    pub metric_ttl: GoDuration,
+    /// Tag name → value, each sent as a `tag:<name>` metric.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Default for TagsInformerConfig {
+    fn default() -> Self {
+        TagsInformerConfig {
+            metric_ttl: GoDuration::secs(30),
+            tags: BTreeMap::from([("group".to_string(), "default".to_string())]),
+        }
+    }
+}
+
+/// `informer.pinqueue`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PinQueueInformerConfig {
+    /// How long its metrics are valid.
+    pub metric_ttl: GoDuration,
+    /// Queue lengths within one bucket weigh the same.
+    pub weight_bucket_size: u64,
+}
+
+impl Default for PinQueueInformerConfig {
+    fn default() -> Self {
+        PinQueueInformerConfig {
+            metric_ttl: GoDuration::secs(30),
+            weight_bucket_size: 100_000,
+        }
+    }
+}
+
+/// The `informer` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InformerConfig {
+    /// Free space / repo size.
+    pub disk: DiskInformerConfig,
+    /// Tags.
+    pub tags: TagsInformerConfig,
+    /// Queued operations.
+    pub pinqueue: PinQueueInformerConfig,
+}
+
 /// The whole of `service.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -401,8 +518,14 @@ pub struct Config {
     pub ipfs_connector: ConnectorConfig,
     /// `pin_tracker`.
     pub pin_tracker: PinTrackerConfig,
-    /// Sections this version does not use yet (monitor, allocator, informer, …), kept
-    /// as written so a config shared with upstream peers survives a rewrite.
+    /// `monitor`.
+    pub monitor: MonitorConfig,
+    /// `allocator`.
+    pub allocator: AllocatorConfig,
+    /// `informer`.
+    pub informer: InformerConfig,
+    /// Sections this version does not use (observations, datastore, …), kept as
+    /// written so a config shared with upstream peers survives a rewrite.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
 }
@@ -412,22 +535,6 @@ impl Config {
     pub fn generate() -> Self {
         let mut c = Config::default();
         c.cluster.secret = hex::encode(rand::random::<[u8; 32]>());
-        c.other.insert(
-            "monitor".into(),
-            serde_json::json!({"pubsubmon": {"check_interval": "15s"}}),
-        );
-        c.other.insert(
-            "allocator".into(),
-            serde_json::json!({"balanced": {"allocate_by": ["tag:group", "freespace"]}}),
-        );
-        c.other.insert(
-            "informer".into(),
-            serde_json::json!({
-                "disk": {"metric_ttl": "30s", "metric_type": "freespace"},
-                "pinqueue": {"metric_ttl": "30s", "weight_bucket_size": 100000},
-                "tags": {"metric_ttl": "30s", "tags": {"group": "default"}}
-            }),
-        );
         c
     }
 
@@ -726,7 +833,11 @@ mod tests {
         let back: Config = serde_json::from_str(&text).unwrap();
         back.validate("x").unwrap();
         assert_eq!(back.cluster.secret, c.cluster.secret);
-        assert!(back.other.contains_key("informer"));
+        assert_eq!(back.informer.tags.tags["group"], "default");
+        assert_eq!(
+            back.allocator.balanced.allocate_by,
+            vec!["tag:group", "freespace"]
+        );
     }
 
     #[test]

@@ -182,6 +182,19 @@ impl IpfsConnector {
             .map_err(|e| IpfsError::Protocol(format!("resolve returned {:?}: {e}", r.path)))
     }
 
+    /// The repository's size and capacity (`repo/stat?size-only=true`), in bytes.
+    pub async fn repo_stat(&self) -> Result<(u64, u64), IpfsError> {
+        #[derive(Deserialize)]
+        struct RepoStat {
+            #[serde(rename = "RepoSize", deserialize_with = "number_or_string")]
+            repo_size: u64,
+            #[serde(rename = "StorageMax", deserialize_with = "number_or_string")]
+            storage_max: u64,
+        }
+        let r: RepoStat = self.call("repo/stat", &[("size-only", "true")]).await?;
+        Ok((r.repo_size, r.storage_max))
+    }
+
     /// Pins `cid` on the daemon. The call fails if no progress is reported for
     /// `pin_timeout`; `progress` hears of the blocks fetched so far.
     pub async fn pin(
@@ -327,6 +340,20 @@ fn mode_of(t: &str) -> Option<PinMode> {
         "recursive" => Some(PinMode::Recursive),
         "direct" => Some(PinMode::Direct),
         _ => None,
+    }
+}
+
+/// kubo sends numbers; some daemons (js-ipfs) send them as strings.
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        Num(u64),
+        Text(String),
+    }
+    match N::deserialize(d)? {
+        N::Num(n) => Ok(n),
+        N::Text(s) => s.trim().parse().map_err(serde::de::Error::custom),
     }
 }
 

@@ -128,7 +128,12 @@ impl Proxy {
                 ..Default::default()
             };
             match self.cluster.pin(*cid, opts).await {
-                Ok((_, c)) => committed.push((*cid, c.index)),
+                // Only this peer's own pin is waited for: a pin allocated elsewhere
+                // is answered once committed, as upstream does.
+                Ok((pin, c)) if pin.is_allocated_to(self.cluster.peer_id()) => {
+                    committed.push((*cid, c.index))
+                }
+                Ok(_) => {}
                 Err(e) => return cluster_error(&e),
             }
         }

@@ -3,7 +3,9 @@
 use serde::de::DeserializeOwned;
 
 use crate::multiaddr::TcpMultiaddr;
-use crate::types::{ApiError, Cid, ClusterId, GlobalPinInfo, Pin, PinOptions, Version};
+use crate::types::{
+    Alert, ApiError, Cid, ClusterId, GlobalPinInfo, Metric, Pin, PinOptions, Version,
+};
 
 /// Why a REST API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +127,22 @@ impl Client {
         } else {
             format!("/pins/ipfs/{arg}")
         }
+    }
+
+    /// `GET /monitor/metrics`.
+    pub async fn metric_names(&self) -> Result<Vec<String>, ClientError> {
+        self.get_json("/monitor/metrics", &[]).await
+    }
+
+    /// `GET /monitor/metrics/<name>`.
+    pub async fn metrics(&self, name: &str) -> Result<Vec<Metric>, ClientError> {
+        self.get_json(&format!("/monitor/metrics/{name}"), &[])
+            .await
+    }
+
+    /// `GET /health/alerts`.
+    pub async fn alerts(&self) -> Result<Vec<Alert>, ClientError> {
+        self.get_json("/health/alerts", &[]).await
     }
 
     /// `GET /peers`.

@@ -141,6 +141,15 @@ impl RestApi {
                 },
             ),
             (&Method::GET, ["health"]) => no_content(),
+            (&Method::GET, ["monitor", "metrics"]) => {
+                json(StatusCode::OK, &self.cluster.monitor().names())
+            }
+            (&Method::GET, ["monitor", "metrics", name]) => {
+                json(StatusCode::OK, &self.cluster.monitor().latest(name))
+            }
+            (&Method::GET, ["health", "alerts"]) => {
+                json(StatusCode::OK, &self.cluster.monitor().alerts())
+            }
             (&Method::GET, ["raft"]) => json(StatusCode::OK, &self.cluster.consensus().info()),
             (&Method::GET, ["peers"]) => {
                 let peers = self.cluster.peers().await;

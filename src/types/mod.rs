@@ -1,5 +1,6 @@
 //! The API types shared by the REST API, the state and ctl, with upstream's JSON shapes.
 
+mod metric;
 mod query;
 mod status;
 
@@ -10,6 +11,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use metric::{Alert, Metric};
 pub use status::{GlobalPinInfo, PinInfoShort, TrackerStatus, TrackerStatusFilter};
 
 /// A content identifier; JSON is the plain CID string, as upstream's `api.Cid`.
