@@ -50,6 +50,11 @@ fn start_daemons(n: usize) -> Vec<Daemon> {
 
 /// `n` peers initialised with one `--peers` list, started together.
 fn start_cluster(n: usize) -> Cluster {
+    start_cluster_with(n, |_, _| {})
+}
+
+/// Like `start_cluster`, with each peer's service.json changed by `customize`.
+fn start_cluster_with(n: usize, customize: impl Fn(usize, &mut Value)) -> Cluster {
     let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let daemons = start_daemons(n);
     let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -94,7 +99,7 @@ fn start_cluster(n: usize) -> Cluster {
         let peerstore = std::fs::read_to_string(p.dir.join("peerstore")).unwrap();
         assert_eq!(peerstore.lines().count(), n - 1, "{peerstore}");
         let secret = secret.clone();
-        p.edit_config(move |v| {
+        p.edit_config(|v| {
             assert_eq!(
                 v["consensus"]["raft"]["init_peerset"]
                     .as_array()
@@ -104,6 +109,7 @@ fn start_cluster(n: usize) -> Cluster {
             );
             v["cluster"]["secret"] = secret;
             fast_raft(v);
+            customize(i, v);
         });
     }
     let t0 = Instant::now();
@@ -553,6 +559,322 @@ fn wrong_secret_cannot_join_and_restart_all_keeps_pinset() {
     wait_leader(&mut c, Duration::from_secs(10));
     for p in &c.peers {
         assert_eq!(proxy_pins(p), want);
+    }
+    for p in c.peers.iter_mut() {
+        p.stop();
+    }
+}
+
+/// Metrics that expire in 2 s, pings every second, checks every second.
+fn fast_metrics(v: &mut Value) {
+    v["cluster"]["monitor_ping_interval"] = "1s".into();
+    v["monitor"]["pubsubmon"]["check_interval"] = "1s".into();
+    for informer in ["disk", "tags", "pinqueue"] {
+        v["informer"][informer]["metric_ttl"] = "2s".into();
+    }
+}
+
+fn wait_metrics(c: &Cluster, name: &str) {
+    let n = c.peers.len();
+    for p in &c.peers {
+        wait_until("every peer's metrics", Duration::from_secs(15), || {
+            http()
+                .get(format!("{}/monitor/metrics/{name}", p.rest()))
+                .send()
+                .ok()
+                .and_then(|r| r.json::<Vec<Value>>().ok())
+                .is_some_and(|m| m.len() == n)
+        });
+    }
+}
+
+fn rest_pin(p: &PeerProc, cid: &str, query: &str) -> (u16, Value) {
+    let r = http()
+        .post(format!("{}/pins/{cid}?{query}", p.rest()))
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+}
+
+fn allocations(p: &PeerProc, cid: &str) -> Vec<String> {
+    let v: Value = http()
+        .get(format!("{}/allocations/{cid}", p.rest()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut a: Vec<String> = v["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
+    a.sort();
+    a
+}
+
+fn statuses(p: &PeerProc, cid: &str) -> Vec<(String, String)> {
+    let g: Value = http()
+        .get(format!("{}/pins/{cid}", p.rest()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut v: Vec<(String, String)> = g["peer_map"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, i)| (k.clone(), i["status"].as_str().unwrap().to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn replication_factors_place_pins_between_min_and_max() {
+    let mut c = start_cluster_with(4, |_, v| fast_metrics(v));
+    wait_metrics(&c, "freespace");
+    let p = &c.peers[0];
+
+    // rmax peers get it when enough are available; the others see it as remote.
+    let cid = id_cid(5000);
+    let (st, pin) = rest_pin(p, &cid, "replication-min=1&replication-max=3");
+    assert_eq!(st, 200, "{pin}");
+    let first = allocations(p, &cid);
+    assert_eq!(first.len(), 3);
+    wait_until("3 pinned and 1 remote", Duration::from_secs(15), || {
+        let s = statuses(p, &cid);
+        s.iter().filter(|(_, st)| st == "pinned").count() == 3
+            && s.iter().filter(|(_, st)| st == "remote").count() == 1
+    });
+    for (peer, st) in statuses(p, &cid) {
+        assert_eq!(st == "pinned", first.contains(&peer));
+    }
+
+    // Re-pinning with a lower max trims the allocations.
+    let (st, _) = rest_pin(p, &cid, "replication-min=1&replication-max=2");
+    assert_eq!(st, 200);
+    let trimmed = allocations(p, &cid);
+    assert_eq!(trimmed.len(), 2);
+    assert!(trimmed.iter().all(|a| first.contains(a)));
+
+    // More than the candidates: upstream's error.
+    let (st, e) = rest_pin(p, &id_cid(5001), "replication-min=5&replication-max=6");
+    assert_eq!(st, 500, "{e}");
+    assert_eq!(
+        e["message"],
+        "not enough peers to allocate CID. Needed at least: 5. Wanted at most: 6. \
+         Available candidates: 4. See logs for more info."
+    );
+    let r = http()
+        .get(format!("{}/allocations/{}", p.rest(), id_cid(5001)))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404, "a failed allocation left a pin");
+
+    // -1 is everywhere (no allocations listed), also the default through the proxy.
+    let (st, _) = rest_pin(p, &id_cid(5002), "replication=-1");
+    assert_eq!(st, 200);
+    assert!(allocations(p, &id_cid(5002)).is_empty());
+    let (st, _) = post(&format!(
+        "{}/pin/add?arg={}",
+        c.peers[1].proxy(),
+        id_cid(5003)
+    ));
+    assert_eq!(st, 200);
+    assert!(allocations(p, &id_cid(5003)).is_empty());
+
+    // ctl: -r 2 --wait returns once two peers pinned; pin ls shows the factor.
+    let out = std::process::Command::new(ctl_bin())
+        .args([
+            "--host",
+            &c.peers[2].rest_multiaddr(),
+            "pin",
+            "add",
+            &id_cid(5004),
+            "-r",
+            "2",
+            "--wait",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches(": PINNED").count(), 2, "{text}");
+    let out = std::process::Command::new(ctl_bin())
+        .args([
+            "--host",
+            &c.peers[2].rest_multiaddr(),
+            "pin",
+            "ls",
+            &id_cid(5004),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Repl. Factor: 2--2 | Allocations: ["),
+        "{text}"
+    );
+    let out = std::process::Command::new(ctl_bin())
+        .args([
+            "--host",
+            &c.peers[2].rest_multiaddr(),
+            "health",
+            "metrics",
+            "freespace",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("| freespace: ") && l.contains("| Expires in: "))
+            .count(),
+        4,
+        "{text}"
+    );
+    for p in c.peers.iter_mut() {
+        p.stop();
+    }
+}
+
+#[test]
+fn a_dead_peers_pins_move_only_below_their_minimum() {
+    let mut c = start_cluster_with(4, |_, v| {
+        fast_metrics(v);
+        v["cluster"]["disable_repinning"] = false.into();
+    });
+    wait_metrics(&c, "freespace");
+    let ids: Vec<String> = c.peers.iter().map(|p| p.peer_id()).collect();
+    // Both pins include the victim; the second can lose it and stay above its minimum.
+    let (victim, other) = (ids[3].clone(), ids[2].clone());
+    let strict = id_cid(6000);
+    let (st, _) = rest_pin(
+        &c.peers[0],
+        &strict,
+        &format!("replication=2&user-allocations={victim},{other}"),
+    );
+    assert_eq!(st, 200);
+    let lenient = id_cid(6001);
+    let (st, _) = rest_pin(
+        &c.peers[0],
+        &lenient,
+        &format!("replication-min=1&replication-max=2&user-allocations={victim},{other}"),
+    );
+    assert_eq!(st, 200);
+    assert!(allocations(&c.peers[0], &strict).contains(&victim));
+    let before_lenient = allocations(&c.peers[0], &lenient);
+    assert!(before_lenient.contains(&victim));
+
+    c.peers[3].kill9();
+    let killed = Instant::now();
+    wait_until(
+        "the strict pin to leave the dead peer",
+        Duration::from_secs(20),
+        || {
+            let a = allocations(&c.peers[0], &strict);
+            a.len() == 2 && !a.contains(&victim)
+        },
+    );
+    let moved_after = killed.elapsed();
+    eprintln!(
+        "re-allocated {moved_after:?} after the peer was killed (ping TTL 2 s, check every 1 s)"
+    );
+    // 2 × TTL + one check interval, plus the commit.
+    assert!(moved_after < Duration::from_secs(7), "took {moved_after:?}");
+    assert_eq!(
+        allocations(&c.peers[0], &lenient),
+        before_lenient,
+        "a pin above its minimum moved"
+    );
+    let alerts: Vec<Value> = http()
+        .get(format!("{}/health/alerts", c.peers[1].rest()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["peer"] == victim && a["name"] == "ping"),
+        "{alerts:?}"
+    );
+    wait_until(
+        "the new allocation to be pinned",
+        Duration::from_secs(15),
+        || {
+            let now = allocations(&c.peers[0], &strict);
+            statuses(&c.peers[0], &strict)
+                .iter()
+                .filter(|(p, st)| now.contains(p) && st == "pinned")
+                .count()
+                == 2
+        },
+    );
+    for (i, p) in c.peers.iter_mut().enumerate() {
+        if i != 3 {
+            p.stop();
+        }
+    }
+}
+
+#[test]
+fn with_repinning_disabled_a_dead_peer_keeps_its_pins() {
+    let mut c = start_cluster_with(3, |_, v| fast_metrics(v));
+    wait_metrics(&c, "freespace");
+    let ids: Vec<String> = c.peers.iter().map(|p| p.peer_id()).collect();
+    let cid = id_cid(7000);
+    let (st, _) = rest_pin(
+        &c.peers[0],
+        &cid,
+        &format!("replication=2&user-allocations={},{}", ids[2], ids[1]),
+    );
+    assert_eq!(st, 200);
+    let before = allocations(&c.peers[0], &cid);
+    c.peers[2].kill9();
+    wait_until(
+        "an alert for the dead peer",
+        Duration::from_secs(10),
+        || {
+            http()
+                .get(format!("{}/health/alerts", c.peers[0].rest()))
+                .send()
+                .ok()
+                .and_then(|r| r.json::<Vec<Value>>().ok())
+                .is_some_and(|a| a.iter().any(|x| x["peer"] == ids[2]))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(allocations(&c.peers[0], &cid), before);
+    for p in c.peers.iter_mut().take(2) {
+        p.stop();
+    }
+}
+
+#[test]
+fn tags_spread_replicas_across_groups() {
+    let mut c = start_cluster_with(4, |i, v| {
+        fast_metrics(v);
+        v["informer"]["tags"]["tags"]["group"] = (if i < 2 { "a" } else { "b" }).into();
+    });
+    wait_metrics(&c, "tag:group");
+    let ids: Vec<String> = c.peers.iter().map(|p| p.peer_id()).collect();
+    for n in 0..10 {
+        let cid = id_cid(8000 + n);
+        let (st, e) = rest_pin(&c.peers[n % 4], &cid, "replication=2");
+        assert_eq!(st, 200, "{e}");
+        let a = allocations(&c.peers[0], &cid);
+        let groups: Vec<bool> = a.iter().map(|p| ids[..2].contains(p)).collect();
+        assert_eq!(a.len(), 2);
+        assert!(
+            groups.contains(&true) && groups.contains(&false),
+            "{cid}: both replicas in one group: {a:?}"
+        );
     }
     for p in c.peers.iter_mut() {
         p.stop();

@@ -390,13 +390,13 @@ impl PinTracker {
 
     /// This peer's status for `cid`, asking the daemon when no operation explains it.
     pub async fn status(&self, cid: &Cid) -> LocalStatus {
-        if let Some(op) = self.operation(cid) {
-            return LocalStatus::from(&op);
-        }
         let pin = match self.inner.state.get(cid) {
             Ok(p) => p,
             Err(e) => return LocalStatus::now(TrackerStatus::ClusterError, e.to_string()),
         };
+        if let Some(op) = self.operation(cid) {
+            return Self::op_status(pin.as_ref(), &op, &self.inner.peer_id);
+        }
         let Some(pin) = pin else {
             return LocalStatus::now(TrackerStatus::Unpinned, "");
         };
@@ -444,9 +444,19 @@ impl PinTracker {
         Ok(out)
     }
 
+    /// An operation's status; clearing a pin allocated elsewhere shows as `remote`,
+    /// as upstream (which does it synchronously) reports it.
+    fn op_status(pin: Option<&Pin>, op: &OpState, me: &str) -> LocalStatus {
+        let remote = pin.is_some_and(|p| !p.is_allocated_to(me));
+        if remote && op.kind == OpKind::Unpin && op.phase != Phase::Error {
+            return LocalStatus::now(TrackerStatus::Remote, "");
+        }
+        LocalStatus::from(op)
+    }
+
     fn status_with(&self, pin: &Pin, daemon: &Result<DaemonPins, IpfsError>) -> LocalStatus {
         if let Some(op) = self.operation(&pin.cid) {
-            return LocalStatus::from(&op);
+            return Self::op_status(Some(pin), &op, &self.inner.peer_id);
         }
         if !pin.is_allocated_to(&self.inner.peer_id) {
             return LocalStatus::now(TrackerStatus::Remote, "");
