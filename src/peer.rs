@@ -272,6 +272,7 @@ impl Peer {
             }
         });
 
+        consensus.watch_member_addresses(tasks, cancel.child_token());
         let ready = async {
             let is_member = consensus.peers().contains(&identity.peer_id.to_string());
             if !bootstrap.is_empty() && !is_member {
@@ -293,6 +294,12 @@ impl Peer {
             cancel.child_token(),
         );
         spawn_metric_loops(tasks, &cluster, informer, cfg, cancel.child_token());
+        spawn_state_sync(
+            tasks,
+            cluster.clone(),
+            cfg.cluster.state_sync_interval.0,
+            cancel.child_token(),
+        );
         Ok((cluster, p2p, removed))
     }
 
@@ -436,6 +443,29 @@ fn spawn_metric_loops(
                 if repin {
                     c.repin_from(&alert.metric.peer).await;
                 }
+            }
+        }
+    });
+}
+
+/// Unpins expired pins every `state_sync_interval`.
+fn spawn_state_sync(
+    tasks: &TaskTracker,
+    cluster: Cluster,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(interval.max(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = cancel.cancelled() => break,
+            }
+            let done = cluster.sync_expired().await;
+            if !done.is_empty() {
+                tracing::info!("state sync: unpinned {} expired pins", done.len());
             }
         }
     });

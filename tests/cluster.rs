@@ -404,6 +404,27 @@ fn a_peer_joins_through_bootstrap_by_snapshot_and_is_removed() {
         "no snapshot installed: {info}"
     );
 
+    // A pin held only by the newcomer moves to another peer when it is removed.
+    let only_newcomer = id_cid(2500);
+    wait_until("the newcomer's metrics", Duration::from_secs(20), || {
+        http()
+            .get(format!("{}/monitor/metrics/freespace", c.peers[0].rest()))
+            .send()
+            .ok()
+            .and_then(|r| r.json::<Vec<Value>>().ok())
+            .is_some_and(|m| m.iter().any(|x| x["peer"] == newcomer.peer_id()))
+    });
+    let (st, _) = rest_pin(
+        &c.peers[0],
+        &only_newcomer,
+        &format!("replication=1&user-allocations={}", newcomer.peer_id()),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(
+        allocations(&c.peers[0], &only_newcomer),
+        vec![newcomer.peer_id()]
+    );
+
     // peers rm: the newcomer leaves the peerset and shuts itself down.
     let r = http()
         .delete(format!(
@@ -422,6 +443,13 @@ fn a_peer_joins_through_bootstrap_by_snapshot_and_is_removed() {
     assert!(
         newcomer.dir.join("raft.old.0").exists(),
         "raft folder was not moved aside"
+    );
+    let moved = allocations(&c.peers[0], &only_newcomer);
+    assert_eq!(moved.len(), 1);
+    assert_ne!(
+        moved[0],
+        newcomer.peer_id(),
+        "the removed peer kept its pin"
     );
     let (st, _) = post(&format!(
         "{}/pin/add?arg={}",
@@ -868,7 +896,7 @@ fn tags_spread_replicas_across_groups() {
         let cid = id_cid(8000 + n);
         let (st, e) = rest_pin(&c.peers[n % 4], &cid, "replication=2");
         assert_eq!(st, 200, "{e}");
-        let a = allocations(&c.peers[0], &cid);
+        let a = allocations(&c.peers[n % 4], &cid);
         let groups: Vec<bool> = a.iter().map(|p| ids[..2].contains(p)).collect();
         assert_eq!(a.len(), 2);
         assert!(
@@ -876,6 +904,107 @@ fn tags_spread_replicas_across_groups() {
             "{cid}: both replicas in one group: {a:?}"
         );
     }
+    for p in c.peers.iter_mut() {
+        p.stop();
+    }
+}
+
+#[test]
+fn pin_errors_are_recovered_and_expired_pins_unpinned() {
+    let mut c = start_cluster_with(1, |_, v| {
+        fast_metrics(v);
+        v["ipfs_connector"]["ipfshttp"]["pin_timeout"] = "2s".into();
+        v["cluster"]["state_sync_interval"] = "1s".into();
+    });
+    let p = &c.peers[0];
+    // A CID whose block the (offline) daemon does not have: its pin stalls.
+    let data = b"not there yet\n".to_vec();
+    let part = reqwest::blocking::multipart::Part::bytes(data.clone())
+        .file_name("later.txt")
+        .mime_str("application/octet-stream")
+        .unwrap();
+    let text = http()
+        .post(format!(
+            "{}/add?only-hash=true&pin=false",
+            c.daemons[0].api()
+        ))
+        .multipart(reqwest::blocking::multipart::Form::new().part("file", part))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let line: Value =
+        serde_json::from_str(text.lines().rfind(|l| !l.trim().is_empty()).unwrap()).unwrap();
+    let cid = line["Hash"].as_str().unwrap().to_string();
+    let (st, _) = rest_pin(p, &cid, "");
+    assert_eq!(st, 200);
+    wait_until("pin_error", Duration::from_secs(15), || {
+        statuses(p, &cid).iter().any(|(_, s)| s == "pin_error")
+    });
+    let g: Value = http()
+        .get(format!("{}/pins/{cid}", p.rest()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let info = g["peer_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .clone();
+    assert!(
+        info["error"].as_str().unwrap().contains("made no progress"),
+        "{info}"
+    );
+    let out = std::process::Command::new(ctl_bin())
+        .args(["--host", &p.rest_multiaddr(), "status", "--filter", "error"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("PIN_ERROR"));
+
+    // Fixed: the content is there now; recover brings the pin to pinned.
+    add_bytes(&c.daemons[0].api(), "later.txt", data);
+    let out = std::process::Command::new(ctl_bin())
+        .args(["--host", &p.rest_multiaddr(), "recover", &cid])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("pinned after recover", Duration::from_secs(15), || {
+        statuses(p, &cid).iter().all(|(_, s)| s == "pinned")
+    });
+    let r = http()
+        .post(format!("{}/pins/recover", p.rest()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204, "nothing left to recover");
+    let local: Value = http()
+        .get(format!("{}/pins/{cid}?local=true", p.rest()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(local["peer_map"].as_object().unwrap().len(), 1);
+
+    // An expiring pin is unpinned by the state sync.
+    let exp = id_cid(9000);
+    let (st, pin) = rest_pin(p, &exp, "expire-in=2s");
+    assert_eq!(st, 200);
+    assert_ne!(pin["expire_at"], "0001-01-01T00:00:00Z");
+    wait_until("the expired pin to go", Duration::from_secs(10), || {
+        http()
+            .get(format!("{}/allocations/{exp}", p.rest()))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+            == 404
+    });
     for p in c.peers.iter_mut() {
         p.stop();
     }

@@ -61,6 +61,17 @@ enum Command {
         /// Status filter, e.g. `pinned,error`.
         #[arg(long, default_value = "")]
         filter: String,
+        /// Only this peer's status.
+        #[arg(long)]
+        local: bool,
+    },
+    /// Retries failed or missing pins (all when no CID is given).
+    Recover {
+        /// A CID.
+        cid: Option<String>,
+        /// Only on this peer.
+        #[arg(long)]
+        local: bool,
     },
 }
 
@@ -216,15 +227,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Health(HealthCmd::Alerts) => print(enc, &client.alerts().await?, |a| {
             a.iter().map(format_alert).collect()
         }),
-        Command::Status { cids, filter } => {
+        Command::Status {
+            cids,
+            filter,
+            local,
+        } => {
             if cids.is_empty() {
-                for g in client.status_all(&filter).await? {
+                for g in client.status_all(&filter, local).await? {
                     print(enc, &g, format_status)?;
                 }
             } else {
                 for c in cids {
-                    print(enc, &client.status(&parse_cid(&c)?).await?, format_status)?;
+                    print(
+                        enc,
+                        &client.status_at(&parse_cid(&c)?, local).await?,
+                        format_status,
+                    )?;
                 }
+            }
+            Ok(())
+        }
+        Command::Recover {
+            cid: Some(c),
+            local,
+        } => print(
+            enc,
+            &client.recover(&parse_cid(&c)?, local).await?,
+            format_status,
+        ),
+        Command::Recover { cid: None, local } => {
+            for g in client.recover_all(local).await? {
+                print(enc, &g, format_status)?;
             }
             Ok(())
         }

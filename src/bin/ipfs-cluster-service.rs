@@ -80,7 +80,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", ipfs_cluster::VERSION);
             Ok(())
         }
-        Command::Init { force, peers } => {
+        Command::Init { force, mut peers } => {
+            peers.retain(|p| !p.trim().is_empty());
             let (_, id) = config::init(&dir, force, &peers)?;
             println!(
                 "configuration written to {}\npeer id: {}",

@@ -147,17 +147,18 @@ impl Cluster {
         cid: Cid,
         options: PinOptions,
     ) -> Result<(Pin, Committed), ClusterError> {
-        self.pin_excluding(cid, options, &[]).await
+        self.pin_excluding(cid, options, &[], false).await
     }
 
-    /// The allocations for `cid` within `min..=max`, never on `exclude`.
+    /// The allocations for `cid` within `min..=max`, never new ones on `exclude`;
+    /// with `evict`, excluded peers also lose the allocations they have.
     fn allocations(
         &self,
         cid: &Cid,
         options: &PinOptions,
-        min: i32,
-        max: i32,
+        (min, max): (i32, i32),
         exclude: &[String],
+        evict: bool,
     ) -> Result<Vec<String>, ClusterError> {
         if min == -1 {
             return Ok(Vec::new());
@@ -182,6 +183,14 @@ impl Cluster {
             .peer_metrics(&peers, &self.inner.allocate_by);
         // Excluded peers have no metrics here, so they count as unhealthy: they keep
         // their place while enough healthy replicas remain, as upstream.
+        let current: Vec<String> = if evict {
+            current
+                .into_iter()
+                .filter(|p| !exclude.contains(p))
+                .collect()
+        } else {
+            current
+        };
         Ok(allocator::allocate(&allocator::Request {
             current: &current,
             priority: &options.user_allocations,
@@ -197,6 +206,7 @@ impl Cluster {
         cid: Cid,
         options: PinOptions,
         exclude: &[String],
+        evict: bool,
     ) -> Result<(Pin, Committed), ClusterError> {
         let (mut min, mut max) = (
             options.replication_factor_min,
@@ -228,7 +238,7 @@ impl Cluster {
             )));
         }
         // An empty allocation list means "everywhere", as upstream encodes -1/-1.
-        pin.allocations = self.allocations(&cid, &pin.options, min, max, exclude)?;
+        pin.allocations = self.allocations(&cid, &pin.options, (min, max), exclude, evict)?;
         // User allocations are a preference for this allocation only (upstream does
         // not persist them).
         pin.options.user_allocations.clear();
@@ -364,6 +374,19 @@ impl Cluster {
         self.short(st).await
     }
 
+    /// The status of `cid` on this peer only.
+    pub async fn status_here(&self, cid: &Cid) -> Result<GlobalPinInfo, ClusterError> {
+        let pin = self.inner.consensus.state().get(cid)?;
+        let mut g = GlobalPinInfo::new(
+            *cid,
+            pin.as_ref()
+                .map(|p| (&p.options, p.allocations.as_slice(), p.timestamp)),
+        );
+        g.peer_map
+            .insert(self.inner.peer_id.clone(), self.status_local(cid).await);
+        Ok(g)
+    }
+
     /// The status of `cid` on every peer.
     pub async fn status(&self, cid: &Cid) -> Result<GlobalPinInfo, ClusterError> {
         let pin = self.inner.consensus.state().get(cid)?;
@@ -409,8 +432,9 @@ impl Cluster {
     pub async fn status_all(
         &self,
         filter: TrackerStatusFilter,
+        local: bool,
     ) -> Result<Vec<GlobalPinInfo>, ClusterError> {
-        let nodes = self.inner.consensus.peer_nodes();
+        let nodes = self.local_or_all(local);
         let asks = nodes.iter().map(|node| async move {
             if node.peer_id == self.inner.peer_id {
                 return (
@@ -496,6 +520,21 @@ impl Cluster {
                 "invalid peer ID {peer_id:?}"
             )));
         }
+        // As upstream, the pins allocated to the peer move to others first.
+        let exclude = vec![peer_id.to_string()];
+        let allocated: Vec<Pin> = self
+            .pins()
+            .filter_map(Result::ok)
+            .filter(|p| p.allocations.iter().any(|a| a == peer_id))
+            .collect();
+        for pin in allocated {
+            if let Err(e) = self
+                .pin_excluding(pin.cid, pin.options.clone(), &exclude, true)
+                .await
+            {
+                tracing::warn!(cid = %pin.cid, "moving a pin off {peer_id}: {e}");
+            }
+        }
         Ok(self.inner.consensus.remove_peer(peer_id).await?)
     }
 
@@ -525,7 +564,7 @@ impl Cluster {
                 pin.options.replication_factor_min,
                 pin.options.replication_factor_max,
             );
-            match self.allocations(&pin.cid, &pin.options, min, max, &exclude) {
+            match self.allocations(&pin.cid, &pin.options, (min, max), &exclude, false) {
                 Ok(a) if a == pin.allocations => continue,
                 Ok(_) => {}
                 Err(e) => {
@@ -534,7 +573,7 @@ impl Cluster {
                 }
             }
             match self
-                .pin_excluding(pin.cid, pin.options.clone(), &exclude)
+                .pin_excluding(pin.cid, pin.options.clone(), &exclude, false)
                 .await
             {
                 Ok(_) => repinned.push(pin.cid),
@@ -572,6 +611,136 @@ impl Cluster {
         futures::future::join_all(sends).await;
     }
 
+    /// This peer's recovery of `cid`.
+    pub async fn recover_local(&self, cid: &Cid) -> PinInfoShort {
+        let st = self.inner.tracker.recover(cid).await;
+        self.short(st).await
+    }
+
+    /// This peer's recovery of everything: the items re-queued, with their status.
+    pub async fn recover_all_local(&self) -> Result<Vec<(Cid, PinInfoShort)>, ClusterError> {
+        let cids = self
+            .inner
+            .tracker
+            .recover_all()
+            .await
+            .map_err(|e| ClusterError::InvalidArgument(e.to_string()))?;
+        let mut out = Vec::with_capacity(cids.len());
+        for cid in cids {
+            out.push((cid, self.status_local(&cid).await));
+        }
+        Ok(out)
+    }
+
+    /// Recovers `cid` on every peer (or only here, with `local`).
+    pub async fn recover(&self, cid: &Cid, local: bool) -> Result<GlobalPinInfo, ClusterError> {
+        let pin = self.inner.consensus.state().get(cid)?;
+        let mut g = GlobalPinInfo::new(
+            *cid,
+            pin.as_ref()
+                .map(|p| (&p.options, p.allocations.as_slice(), p.timestamp)),
+        );
+        let nodes = self.local_or_all(local);
+        let asks = nodes.iter().map(|node| async move {
+            let info = if node.peer_id == self.inner.peer_id {
+                self.recover_local(cid).await
+            } else {
+                match self.rpc(&node.peer_id, &ClusterRpc::Recover(*cid)).await {
+                    Ok(ClusterRpcReply::Status(s)) => *s,
+                    Ok(ClusterRpcReply::Error(e)) | Err(e) => Self::unreachable(node, e),
+                    Ok(other) => Self::unreachable(node, format!("unexpected reply {other:?}")),
+                }
+            };
+            (node.peer_id.clone(), info)
+        });
+        g.peer_map = futures::future::join_all(asks).await.into_iter().collect();
+        Ok(g)
+    }
+
+    /// Recovers everything on every peer (or only here); lists the items re-queued.
+    pub async fn recover_all(&self, local: bool) -> Result<Vec<GlobalPinInfo>, ClusterError> {
+        let nodes = self.local_or_all(local);
+        let asks = nodes.iter().map(|node| async move {
+            if node.peer_id == self.inner.peer_id {
+                return (
+                    node,
+                    self.recover_all_local().await.map_err(|e| e.to_string()),
+                );
+            }
+            let r = match self.rpc(&node.peer_id, &ClusterRpc::RecoverAll).await {
+                Ok(ClusterRpcReply::StatusAll(v)) => Ok(v),
+                Ok(ClusterRpcReply::Error(e)) | Err(e) => Err(e),
+                Ok(other) => Err(format!("unexpected reply {other:?}")),
+            };
+            (node, r)
+        });
+        let mut by_cid: BTreeMap<Cid, GlobalPinInfo> = BTreeMap::new();
+        for (node, answer) in futures::future::join_all(asks).await {
+            match answer {
+                Ok(items) => {
+                    for (cid, info) in items {
+                        by_cid
+                            .entry(cid)
+                            .or_insert_with(|| {
+                                let pin = self.inner.consensus.state().get(&cid).ok().flatten();
+                                GlobalPinInfo::new(
+                                    cid,
+                                    pin.as_ref().map(|p| {
+                                        (&p.options, p.allocations.as_slice(), p.timestamp)
+                                    }),
+                                )
+                            })
+                            .peer_map
+                            .insert(node.peer_id.clone(), info);
+                    }
+                }
+                Err(e) => tracing::warn!("recover on {}: {e}", node.peer_id),
+            }
+        }
+        Ok(by_cid.into_values().collect())
+    }
+
+    fn local_or_all(&self, local: bool) -> Vec<ClusterNode> {
+        let nodes = self.inner.consensus.peer_nodes();
+        if local {
+            nodes
+                .into_iter()
+                .filter(|n| n.peer_id == self.inner.peer_id)
+                .collect()
+        } else {
+            nodes
+        }
+    }
+
+    /// Unpins the pins whose `expire_at` has passed. Only the live peer XOR-closest
+    /// to each CID does it, so peers do not race each other.
+    pub async fn sync_expired(&self) -> Vec<Cid> {
+        let now = Utc::now();
+        let me = self.inner.peer_id.clone();
+        let live: Vec<String> = self
+            .inner
+            .consensus
+            .peers()
+            .into_iter()
+            .filter(|p| *p == me || self.inner.monitor.is_alive(p))
+            .collect();
+        let expired: Vec<Cid> = self
+            .pins()
+            .filter_map(Result::ok)
+            .filter(|p| p.options.expire_at.is_some_and(|t| t <= now))
+            .filter(|p| closest(&p.cid, &live).as_deref() == Some(me.as_str()))
+            .map(|p| p.cid)
+            .collect();
+        let mut done = Vec::new();
+        for cid in expired {
+            match self.unpin(cid).await {
+                Ok(_) => done.push(cid),
+                Err(e) => tracing::warn!(%cid, "unpinning expired pin: {e}"),
+            }
+        }
+        done
+    }
+
     /// Answers a cluster RPC from another peer.
     pub async fn handle_rpc(&self, payload: &[u8]) -> Vec<u8> {
         let reply = match crate::raft::decode_payload::<ClusterRpc>(payload) {
@@ -586,6 +755,13 @@ impl Cluster {
                 }
                 ClusterRpcReply::Ack
             }
+            Ok(ClusterRpc::Recover(cid)) => {
+                ClusterRpcReply::Status(Box::new(self.recover_local(&cid).await))
+            }
+            Ok(ClusterRpc::RecoverAll) => match self.recover_all_local().await {
+                Ok(v) => ClusterRpcReply::StatusAll(v),
+                Err(e) => ClusterRpcReply::Error(e.to_string()),
+            },
             Ok(ClusterRpc::StatusAll) => match self.status_all_local().await {
                 Ok(v) => ClusterRpcReply::StatusAll(v),
                 Err(e) => ClusterRpcReply::Error(e.to_string()),

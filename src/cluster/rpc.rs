@@ -16,6 +16,10 @@ pub enum ClusterRpc {
     StatusAll,
     /// The sender's latest metrics.
     Metrics(Vec<Metric>),
+    /// Recover one CID there.
+    Recover(Cid),
+    /// Recover everything there; answers with the items re-queued.
+    RecoverAll,
 }
 
 /// The answer to a [`ClusterRpc`].

@@ -117,11 +117,16 @@ struct Operation {
 }
 
 type Ticket = (Cid, u64);
+/// A queue of tickets shared by workers.
+type Queue = Arc<tokio::sync::Mutex<mpsc::Receiver<Ticket>>>;
 
 struct Inner {
     ops: Mutex<HashMap<Cid, Operation>>,
     next_id: AtomicU64,
+    /// New pins: served first.
     pin_tx: mpsc::Sender<Ticket>,
+    /// Retries of failed pins: served when no new pin waits.
+    retry_tx: mpsc::Sender<Ticket>,
     unpin_tx: mpsc::Sender<Ticket>,
     ipfs: IpfsConnector,
     state: PinState,
@@ -150,12 +155,14 @@ impl PinTracker {
         shutdown: CancellationToken,
     ) -> Self {
         let (pin_tx, pin_rx) = mpsc::channel(cfg.max_pin_queue_size);
+        let (retry_tx, retry_rx) = mpsc::channel(cfg.max_pin_queue_size);
         let (unpin_tx, unpin_rx) = mpsc::channel(cfg.max_pin_queue_size);
         let tracker = PinTracker {
             inner: Arc::new(Inner {
                 ops: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 pin_tx,
+                retry_tx,
                 unpin_tx,
                 ipfs,
                 state,
@@ -165,13 +172,14 @@ impl PinTracker {
             }),
         };
         let pin_rx = Arc::new(tokio::sync::Mutex::new(pin_rx));
+        let retry_rx = Arc::new(tokio::sync::Mutex::new(retry_rx));
         for _ in 0..cfg.concurrent_pins {
-            let (t, rx) = (tracker.clone(), pin_rx.clone());
-            tasks.spawn(async move { t.worker(rx).await });
+            let (t, rx, retries) = (tracker.clone(), pin_rx.clone(), retry_rx.clone());
+            tasks.spawn(async move { t.worker(rx, Some(retries)).await });
         }
         // Unpins are cheap and serialised, as upstream does.
         let (t, rx) = (tracker.clone(), Arc::new(tokio::sync::Mutex::new(unpin_rx)));
-        tasks.spawn(async move { t.worker(rx).await });
+        tasks.spawn(async move { t.worker(rx, None).await });
         let t = tracker.clone();
         tasks.spawn(async move { t.event_loop(events).await });
         tracker
@@ -210,10 +218,14 @@ impl PinTracker {
 
     /// Starts pinning `pin` if it is allocated here, else makes sure it is not pinned here.
     pub fn track(&self, pin: Pin) {
+        self.track_as(pin, false);
+    }
+
+    fn track_as(&self, pin: Pin, retry: bool) {
         if pin.is_allocated_to(&self.inner.peer_id) {
-            self.enqueue(OpKind::Pin, pin);
+            self.enqueue(OpKind::Pin, pin, retry);
         } else {
-            self.enqueue(OpKind::Unpin, pin);
+            self.enqueue(OpKind::Unpin, pin, retry);
         }
     }
 
@@ -222,10 +234,11 @@ impl PinTracker {
         self.enqueue(
             OpKind::Unpin,
             Pin::new(cid, crate::types::PinOptions::default()),
+            false,
         );
     }
 
-    fn enqueue(&self, kind: OpKind, pin: Pin) {
+    fn enqueue(&self, kind: OpKind, pin: Pin, retry: bool) {
         let cid = pin.cid;
         let mut ops = self.ops();
         if let Some(op) = ops.get(&cid) {
@@ -254,9 +267,10 @@ impl PinTracker {
             timestamp: Utc::now(),
             progress: 0,
         });
-        let tx = match kind {
-            OpKind::Pin => &self.inner.pin_tx,
-            OpKind::Unpin => &self.inner.unpin_tx,
+        let tx = match (kind, retry) {
+            (OpKind::Pin, false) => &self.inner.pin_tx,
+            (OpKind::Pin, true) => &self.inner.retry_tx,
+            (OpKind::Unpin, _) => &self.inner.unpin_tx,
         };
         if tx.try_send((cid, id)).is_err() {
             state.send_modify(|s| {
@@ -275,13 +289,24 @@ impl PinTracker {
         );
     }
 
-    async fn worker(&self, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Ticket>>>) {
+    async fn worker(&self, rx: Queue, retries: Option<Queue>) {
         loop {
             let ticket = {
                 let mut rx = rx.lock().await;
-                tokio::select! {
-                    t = rx.recv() => t,
-                    _ = self.inner.shutdown.cancelled() => None,
+                match &retries {
+                    Some(retries) => {
+                        let mut retries = retries.lock().await;
+                        tokio::select! {
+                            biased;
+                            t = rx.recv() => t,
+                            t = retries.recv() => t,
+                            _ = self.inner.shutdown.cancelled() => None,
+                        }
+                    }
+                    None => tokio::select! {
+                        t = rx.recv() => t,
+                        _ = self.inner.shutdown.cancelled() => None,
+                    },
                 }
             };
             let Some((cid, id)) = ticket else { break };
@@ -505,6 +530,26 @@ impl PinTracker {
         Ok(requeued)
     }
 
+    /// Re-queues the operation on `cid` if it failed or the pin went missing;
+    /// returns the status afterwards.
+    pub async fn recover(&self, cid: &Cid) -> LocalStatus {
+        let st = self.status(cid).await;
+        match st.status {
+            TrackerStatus::PinError | TrackerStatus::UnexpectedlyUnpinned => {
+                match self.inner.state.get(cid) {
+                    Ok(Some(pin)) => self.retry(pin),
+                    _ => return st,
+                }
+            }
+            TrackerStatus::UnpinError => {
+                self.ops().remove(cid);
+                self.untrack(*cid);
+            }
+            _ => return st,
+        }
+        self.status(cid).await
+    }
+
     fn retry(&self, pin: Pin) {
         // A failed operation must not block its own retry, which `enqueue` would
         // otherwise see as "the same operation already queued".
@@ -514,7 +559,7 @@ impl PinTracker {
                 .map(|op| op.state.borrow().attempts)
                 .unwrap_or(0)
         };
-        self.track(pin.clone());
+        self.track_as(pin.clone(), true);
         if let Some(op) = self.ops().get(&pin.cid) {
             op.state.send_modify(|s| s.attempts = attempts);
         }

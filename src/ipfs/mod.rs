@@ -218,9 +218,18 @@ impl IpfsConnector {
         } else {
             "false"
         };
+        let stalled = || {
+            IpfsError::Timeout(format!(
+                "pin of {cid} made no progress for {}",
+                crate::config::format_duration(self.pin_timeout)
+            ))
+        };
         let fut = async {
-            let resp = self
-                .post(
+            // A daemon that cannot find the blocks may not even send headers: the
+            // no-progress timeout covers the wait for them too.
+            let resp = tokio::time::timeout(
+                self.pin_timeout,
+                self.post(
                     "pin/add",
                     &[
                         ("arg", &arg),
@@ -228,18 +237,15 @@ impl IpfsConnector {
                         ("progress", "true"),
                     ],
                     None,
-                )
-                .await?;
+                ),
+            )
+            .await
+            .map_err(|_| stalled())??;
             let mut reader = NdjsonReader::new(resp);
             loop {
                 let line = tokio::time::timeout(self.pin_timeout, reader.next_line())
                     .await
-                    .map_err(|_| {
-                        IpfsError::Timeout(format!(
-                            "pin of {cid} made no progress for {}",
-                            crate::config::format_duration(self.pin_timeout)
-                        ))
-                    })?
+                    .map_err(|_| stalled())?
                     .map_err(|e| self.transport_err(e))?;
                 let Some(line) = line else {
                     return Err(IpfsError::Protocol(

@@ -363,10 +363,14 @@ impl Consensus {
             .map_err(|e| ConsensusError::Raft(e.to_string()))
     }
 
-    /// Commits `op` (through the leader) and returns once it is committed.
+    /// Commits `op` (through the leader) and returns once it is committed and
+    /// applied here, so that this peer reads its own writes.
     pub async fn commit(&self, op: LogOp) -> Result<Committed, ConsensusError> {
         match self.submit(ForwardOp::Commit(op)).await? {
-            ForwardReply::Committed(c) => Ok(c),
+            ForwardReply::Committed(c) => {
+                self.wait_applied(c.index).await?;
+                Ok(c)
+            }
             other => Err(ConsensusError::Raft(format!("unexpected reply {other:?}"))),
         }
     }
@@ -575,6 +579,36 @@ impl Consensus {
     /// The peer IDs of the voters, sorted.
     pub fn peers(&self) -> Vec<String> {
         self.peer_nodes().into_iter().map(|n| n.peer_id).collect()
+    }
+
+    /// Keeps the libp2p address book in step with the members' addresses, so that
+    /// any peer (not only the leader, which dials them for Raft) can reach any other.
+    pub fn watch_member_addresses(&self, tasks: &TaskTracker, cancel: CancellationToken) {
+        let mut metrics = self.inner.raft.metrics();
+        let p2p = self.inner.p2p.clone();
+        tasks.spawn(async move {
+            let mut known: BTreeSet<String> = BTreeSet::new();
+            loop {
+                let nodes: Vec<ClusterNode> = metrics
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .map(|(_, n)| n.clone())
+                    .collect();
+                for n in nodes {
+                    if known.insert(n.addr.clone())
+                        && let Some((peer, Some(addr))) = node_peer(&n)
+                    {
+                        p2p.add_address(peer, addr).await;
+                    }
+                }
+                tokio::select! {
+                    r = metrics.changed() => if r.is_err() { return },
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        });
     }
 
     /// Fires once this peer was removed from the cluster.

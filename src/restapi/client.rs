@@ -37,6 +37,14 @@ pub struct Client {
     auth: Option<(String, String)>,
 }
 
+fn local_query(local: bool) -> Vec<(String, String)> {
+    if local {
+        vec![("local".to_string(), "true".to_string())]
+    } else {
+        Vec::new()
+    }
+}
+
 impl Client {
     /// A client of the API at `host` (a multiaddr like `/ip4/127.0.0.1/tcp/9094`
     /// or an `http://` URL), with optional basic-auth credentials.
@@ -193,16 +201,54 @@ impl Client {
 
     /// `GET /pins/<cid>`.
     pub async fn status(&self, cid: &Cid) -> Result<GlobalPinInfo, ClientError> {
-        self.get_json(&format!("/pins/{cid}"), &[]).await
+        self.status_at(cid, false).await
     }
 
-    /// `GET /pins?filter=…`.
-    pub async fn status_all(&self, filter: &str) -> Result<Vec<GlobalPinInfo>, ClientError> {
-        let q = if filter.is_empty() {
-            vec![]
-        } else {
-            vec![("filter".to_string(), filter.to_string())]
-        };
+    /// `GET /pins/<cid>[?local=true]`.
+    pub async fn status_at(&self, cid: &Cid, local: bool) -> Result<GlobalPinInfo, ClientError> {
+        self.get_json(&format!("/pins/{cid}"), &local_query(local))
+            .await
+    }
+
+    /// `GET /pins?filter=…[&local=true]`.
+    pub async fn status_all(
+        &self,
+        filter: &str,
+        local: bool,
+    ) -> Result<Vec<GlobalPinInfo>, ClientError> {
+        let mut q = local_query(local);
+        if !filter.is_empty() {
+            q.push(("filter".to_string(), filter.to_string()));
+        }
         self.get_stream("/pins", &q).await
+    }
+
+    /// `POST /pins/<cid>/recover[?local=true]`.
+    pub async fn recover(&self, cid: &Cid, local: bool) -> Result<GlobalPinInfo, ClientError> {
+        let resp = self
+            .send(
+                reqwest::Method::POST,
+                &format!("/pins/{cid}/recover"),
+                &local_query(local),
+            )
+            .await?;
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `POST /pins/recover[?local=true]`: the items re-queued.
+    pub async fn recover_all(&self, local: bool) -> Result<Vec<GlobalPinInfo>, ClientError> {
+        let resp = self
+            .send(reqwest::Method::POST, "/pins/recover", &local_query(local))
+            .await?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).map_err(|e| ClientError::Decode(e.to_string())))
+            .collect()
     }
 }

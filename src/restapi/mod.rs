@@ -169,7 +169,28 @@ impl RestApi {
             },
             (&Method::GET, ["pins"]) => self.status_all(&q).await,
             (&Method::GET, ["pins", cid]) => match parse_cid(cid) {
-                Ok(c) => match self.cluster.status(&c).await {
+                Ok(c) => {
+                    let res = if is_local(&q) {
+                        self.cluster.status_here(&c).await
+                    } else {
+                        self.cluster.status(&c).await
+                    };
+                    match res {
+                        Ok(g) => json(StatusCode::OK, &g),
+                        Err(e) => cluster_error(e),
+                    }
+                }
+                Err(m) => bad_request(m),
+            },
+            (&Method::POST, ["pins", "recover"]) => {
+                match self.cluster.recover_all(is_local(&q)).await {
+                    Ok(v) if v.is_empty() => no_content(),
+                    Ok(v) => stream_ndjson(&self.tasks, v.into_iter().map(Ok)),
+                    Err(e) => cluster_error(e),
+                }
+            }
+            (&Method::POST, ["pins", cid, "recover"]) => match parse_cid(cid) {
+                Ok(c) => match self.cluster.recover(&c, is_local(&q)).await {
                     Ok(g) => json(StatusCode::OK, &g),
                     Err(e) => cluster_error(e),
                 },
@@ -249,7 +270,12 @@ impl RestApi {
                     Ok(c) => c,
                     Err(m) => return bad_request(m),
                 };
-                match self.cluster.status(&cid).await {
+                let res = if is_local(q) {
+                    self.cluster.status_here(&cid).await
+                } else {
+                    self.cluster.status(&cid).await
+                };
+                match res {
                     Ok(g) => {
                         if g.peer_map.values().any(|p| filter.matches(p.status)) {
                             out.push(Ok(g));
@@ -263,12 +289,18 @@ impl RestApi {
             }
             return stream_ndjson(&self.tasks, out.into_iter());
         }
-        match self.cluster.status_all(filter).await {
+        match self.cluster.status_all(filter, is_local(q)).await {
             Ok(v) if v.is_empty() => no_content(),
             Ok(v) => stream_ndjson(&self.tasks, v.into_iter().map(Ok)),
             Err(e) => cluster_error(e),
         }
     }
+}
+
+/// `?local=true`.
+fn is_local(q: &[(String, String)]) -> bool {
+    q.iter()
+        .any(|(k, v)| k == "local" && crate::http::parse_bool(v).unwrap_or(false))
 }
 
 fn no_content() -> Response<Body> {
