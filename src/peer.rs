@@ -644,3 +644,126 @@ mod tests {
         fake.stop().await;
     }
 }
+
+#[cfg(test)]
+mod queue_tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::config::Multiaddrs;
+    use crate::ipfs::fake::FakeDaemon;
+    use crate::types::{Cid, PinOptions, TrackerStatus, TrackerStatusFilter};
+
+    fn id_cid(n: usize) -> Cid {
+        let data = format!("queued-{n}");
+        let mut bytes = vec![0x01, 0x55, 0x00, data.len() as u8];
+        bytes.extend_from_slice(data.as_bytes());
+        Cid::from_bytes(&bytes).unwrap()
+    }
+
+    fn rss_kb() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ten_thousand_queued_pins_drain_and_unpins_cancel_them() {
+        const N: usize = 10_000;
+        const CANCEL: usize = 1_000;
+        let fake = FakeDaemon::start().await;
+        // Slow pins while committing, so that a queue builds up.
+        fake.state.lock().unwrap().pin_delay = Duration::from_millis(50);
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::generate();
+        let any = Multiaddrs(vec!["/ip4/127.0.0.1/tcp/0".into()]);
+        cfg.cluster.listen_multiaddress = any.clone();
+        cfg.ipfs_connector.ipfshttp.node_multiaddress = fake.multiaddr();
+        cfg.api.ipfsproxy = None;
+        cfg.api.restapi = None;
+        let peer = Peer::start(
+            dir.path(),
+            cfg,
+            Identity::generate(),
+            StartOptions::default(),
+        )
+        .await
+        .unwrap();
+        let rss_before = rss_kb();
+        let started = Instant::now();
+        // Commit concurrently, as many clients would: Raft batches the entries.
+        let cluster = peer.cluster().clone();
+        let mut set = tokio::task::JoinSet::new();
+        for chunk in (0..N).collect::<Vec<_>>().chunks(N / 50) {
+            let (c, chunk) = (cluster.clone(), chunk.to_vec());
+            set.spawn(async move {
+                for n in chunk {
+                    c.pin(id_cid(n), PinOptions::default()).await.unwrap();
+                }
+            });
+        }
+        while set.join_next().await.is_some() {}
+        let committed = started.elapsed();
+
+        // While draining, `queued` lists exactly the operations still waiting: the
+        // queue only shrinks now, so the listing falls between two counts taken
+        // before and after it.
+        let queued: TrackerStatusFilter = "queued".parse().unwrap();
+        let before = cluster.tracker().queued();
+        let listed = cluster.status_all(queued, true).await.unwrap().len();
+        let after = cluster.tracker().queued();
+        eprintln!(
+            "{N} pins committed in {committed:?}; queued: {before} >= listed {listed} >= {after}"
+        );
+        assert!(after > CANCEL, "no queue built up ({after} queued)");
+        assert!(
+            after <= listed && listed <= before,
+            "queued filter listed {listed}"
+        );
+
+        // Unpin the last 1,000 (most of them still queued): they must end unpinned.
+        for n in N - CANCEL..N {
+            cluster.unpin(id_cid(n)).await.unwrap();
+        }
+        fake.state.lock().unwrap().pin_delay = Duration::from_millis(1);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let pinned = fake.state.lock().unwrap().pins.len();
+            if pinned == N - CANCEL && cluster.tracker().queued() == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "did not drain: {pinned} pinned");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let rss_after = rss_kb();
+        eprintln!(
+            "drained in {:?}; RSS {rss_before} kB -> {rss_after} kB",
+            started.elapsed()
+        );
+        let all = cluster
+            .status_all(TrackerStatusFilter::default(), true)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), N - CANCEL);
+        assert!(all.iter().all(|g| {
+            g.peer_map
+                .values()
+                .all(|p| p.status == TrackerStatus::Pinned)
+        }));
+        let fake_pins = fake.state.lock().unwrap().pins.clone();
+        for n in N - CANCEL..N {
+            assert!(
+                !fake_pins.contains_key(&id_cid(n).to_string()),
+                "cancelled pin {n} is pinned"
+            );
+        }
+        peer.shutdown().await;
+        fake.stop().await;
+    }
+}
