@@ -767,3 +767,105 @@ mod queue_tests {
         fake.stop().await;
     }
 }
+
+#[cfg(test)]
+mod status_memory {
+    use std::time::{Duration, Instant};
+
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::config::Multiaddrs;
+    use crate::ipfs::fake::FakeDaemon;
+    use crate::types::{Cid, PinOptions};
+
+    fn proc_kb(field: &str) -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with(field))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// A memory benchmark (run by scripts/bench.sh): `GET /pins` over 100,000 pins
+    /// must stream without growing the peer's RSS by more than 64 MiB.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "benchmark: scripts/bench.sh"]
+    async fn status_of_100k_pins_streams_in_flat_memory() {
+        const N: usize = 100_000;
+        let fake = FakeDaemon::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::generate();
+        let any = Multiaddrs(vec!["/ip4/127.0.0.1/tcp/0".into()]);
+        cfg.cluster.listen_multiaddress = any.clone();
+        cfg.ipfs_connector.ipfshttp.node_multiaddress = fake.multiaddr();
+        cfg.api.ipfsproxy = None;
+        if let Some(r) = cfg.api.restapi.as_mut() {
+            r.http_listen_multiaddress = any;
+        }
+        let peer = Peer::start(
+            dir.path(),
+            cfg,
+            Identity::generate(),
+            StartOptions::default(),
+        )
+        .await
+        .unwrap();
+        let started = Instant::now();
+        let cluster = peer.cluster().clone();
+        let mut set = tokio::task::JoinSet::new();
+        for w in 0..64 {
+            let c = cluster.clone();
+            set.spawn(async move {
+                for n in (w..N).step_by(64) {
+                    let data = format!("status-{n}");
+                    let mut bytes = vec![0x01, 0x55, 0x00, data.len() as u8];
+                    bytes.extend_from_slice(data.as_bytes());
+                    let cid = Cid::from_bytes(&bytes).unwrap();
+                    c.pin(cid, PinOptions::default()).await.unwrap();
+                }
+            });
+        }
+        while set.join_next().await.is_some() {}
+        while cluster.tracker().queued() > 0 || fake.state.lock().unwrap().pins.len() < N {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!("{N} pins committed and pinned in {:?}", started.elapsed());
+
+        // Reset the peak RSS, then stream the whole status through the REST API.
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        let rss_before = proc_kb("VmRSS");
+        let t = Instant::now();
+        let resp = reqwest::get(format!("http://{}/pins", peer.rest_addrs()[0]))
+            .await
+            .unwrap();
+        let mut stream = resp.bytes_stream();
+        let (mut lines, mut pinned) = (0usize, 0usize);
+        let mut carry = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.unwrap();
+            carry.extend_from_slice(&chunk);
+            while let Some(pos) = carry.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = carry.drain(..=pos).collect();
+                lines += 1;
+                let pat: &[u8] = b"\"status\":\"pinned\"";
+                pinned += usize::from(line.windows(pat.len()).any(|w| w == pat));
+            }
+        }
+        let peak = proc_kb("VmHWM");
+        let growth_mib = peak.saturating_sub(rss_before) as f64 / 1024.0;
+        eprintln!(
+            "status of {lines} pins ({pinned} pinned) streamed in {:?}: RSS {rss_before} kB, \
+             peak {peak} kB, growth {growth_mib:.1} MiB",
+            t.elapsed()
+        );
+        assert_eq!((lines, pinned), (N, N));
+        assert!(growth_mib < 64.0, "RSS grew by {growth_mib:.1} MiB");
+        peer.shutdown().await;
+        fake.stop().await;
+    }
+}

@@ -412,80 +412,134 @@ impl Cluster {
         Ok(g)
     }
 
-    /// This peer's status of every CID it knows (what other peers ask for).
-    pub async fn status_all_local(&self) -> Result<Vec<(Cid, PinInfoShort)>, ClusterError> {
-        let all = self
-            .inner
-            .tracker
-            .status_all()
-            .await
-            .map_err(|e| ClusterError::InvalidArgument(e.to_string()))?;
-        let mut out = Vec::with_capacity(all.len());
-        for (cid, _, st) in all {
-            out.push((cid, self.short(st).await));
+    /// This peer's status of each of `cids` (what other peers ask for).
+    pub async fn status_many_local(&self, cids: &[Cid]) -> Vec<PinInfoShort> {
+        let mut out = Vec::with_capacity(cids.len());
+        for st in self.inner.tracker.status_many(cids).await {
+            out.push(self.short(st).await);
         }
-        Ok(out)
+        out
     }
 
-    /// The status of every CID on every peer, filtered: a CID is listed when any
-    /// peer's status passes the filter.
+    /// This peer's operations on CIDs outside the pinset.
+    pub async fn orphans_local(&self) -> Vec<(Cid, PinInfoShort)> {
+        let mut out = Vec::new();
+        for (cid, st) in self.inner.tracker.orphans() {
+            out.push((cid, self.short(st).await));
+        }
+        out
+    }
+
+    async fn status_many_on(&self, node: &ClusterNode, cids: &[Cid]) -> Vec<PinInfoShort> {
+        if node.peer_id == self.inner.peer_id {
+            return self.status_many_local(cids).await;
+        }
+        let failed = |e: String| vec![Self::unreachable(node, e); cids.len()];
+        match self
+            .rpc(&node.peer_id, &ClusterRpc::StatusMany(cids.to_vec()))
+            .await
+        {
+            Ok(ClusterRpcReply::Statuses(v)) if v.len() == cids.len() => v,
+            Ok(ClusterRpcReply::Error(e)) | Err(e) => failed(e),
+            Ok(other) => failed(format!("unexpected reply {other:?}")),
+        }
+    }
+
+    /// Streams the status of every CID on every peer (or only here), filtered: a CID
+    /// is listed when any peer's status passes. The pinset is read in pages, and
+    /// every peer answers for a page at a time, so memory stays flat however many
+    /// pins there are. The stream ends early if the receiver goes away.
+    pub fn status_stream(
+        &self,
+        filter: TrackerStatusFilter,
+        local: bool,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> tokio::sync::mpsc::Receiver<Result<GlobalPinInfo, String>> {
+        const PAGE: usize = 500;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let this = self.clone();
+        tasks.spawn(async move {
+            let nodes = this.local_or_all(local);
+            let passes = |g: &GlobalPinInfo| {
+                filter.is_all() || g.peer_map.values().any(|p| filter.matches(p.status))
+            };
+            let mut pins = this.pins();
+            loop {
+                let mut page = Vec::with_capacity(PAGE);
+                for pin in pins.by_ref().take(PAGE) {
+                    match pin {
+                        Ok(p) => page.push(p),
+                        Err(e) => {
+                            let _ = tx.send(Err(e.to_string())).await;
+                            return;
+                        }
+                    }
+                }
+                if page.is_empty() {
+                    break;
+                }
+                let cids: Vec<Cid> = page.iter().map(|p| p.cid).collect();
+                let answers =
+                    futures::future::join_all(nodes.iter().map(|n| this.status_many_on(n, &cids)))
+                        .await;
+                for (i, pin) in page.iter().enumerate() {
+                    let mut g = GlobalPinInfo::new(
+                        pin.cid,
+                        Some((&pin.options, pin.allocations.as_slice(), pin.timestamp)),
+                    );
+                    for (node, answer) in nodes.iter().zip(&answers) {
+                        if let Some(info) = answer.get(i) {
+                            g.peer_map.insert(node.peer_id.clone(), info.clone());
+                        }
+                    }
+                    if passes(&g) && tx.send(Ok(g)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            // Operations on CIDs no longer in the pinset (unpins) come last.
+            let mut orphans: BTreeMap<Cid, GlobalPinInfo> = BTreeMap::new();
+            for node in &nodes {
+                let items = if node.peer_id == this.inner.peer_id {
+                    this.orphans_local().await
+                } else {
+                    match this.rpc(&node.peer_id, &ClusterRpc::Orphans).await {
+                        Ok(ClusterRpcReply::Items(v)) => v,
+                        _ => Vec::new(),
+                    }
+                };
+                for (cid, info) in items {
+                    orphans
+                        .entry(cid)
+                        .or_insert_with(|| GlobalPinInfo::new(cid, None))
+                        .peer_map
+                        .insert(node.peer_id.clone(), info);
+                }
+            }
+            for g in orphans.into_values().filter(|g| passes(g)) {
+                if tx.send(Ok(g)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    /// The status of every CID, collected (for callers that want a list).
     pub async fn status_all(
         &self,
         filter: TrackerStatusFilter,
         local: bool,
     ) -> Result<Vec<GlobalPinInfo>, ClusterError> {
-        let nodes = self.local_or_all(local);
-        let asks = nodes.iter().map(|node| async move {
-            if node.peer_id == self.inner.peer_id {
-                return (
-                    node,
-                    self.status_all_local().await.map_err(|e| e.to_string()),
-                );
-            }
-            let r = match self.rpc(&node.peer_id, &ClusterRpc::StatusAll).await {
-                Ok(ClusterRpcReply::StatusAll(v)) => Ok(v),
-                Ok(ClusterRpcReply::Error(e)) | Err(e) => Err(e),
-                Ok(other) => Err(format!("unexpected reply {other:?}")),
-            };
-            (node, r)
-        });
-        let answers = futures::future::join_all(asks).await;
-        let mut by_cid: BTreeMap<Cid, GlobalPinInfo> = BTreeMap::new();
-        for pin in self.pins() {
-            let pin = pin?;
-            by_cid.insert(
-                pin.cid,
-                GlobalPinInfo::new(
-                    pin.cid,
-                    Some((&pin.options, pin.allocations.as_slice(), pin.timestamp)),
-                ),
-            );
+        let tasks = tokio_util::task::TaskTracker::new();
+        let mut rx = self.status_stream(filter, local, &tasks);
+        let mut out = Vec::new();
+        while let Some(item) = rx.recv().await {
+            out.push(item.map_err(ClusterError::InvalidArgument)?);
         }
-        let mut failed = Vec::new();
-        for (node, answer) in answers {
-            match answer {
-                Ok(items) => {
-                    for (cid, info) in items {
-                        by_cid
-                            .entry(cid)
-                            .or_insert_with(|| GlobalPinInfo::new(cid, None))
-                            .peer_map
-                            .insert(node.peer_id.clone(), info);
-                    }
-                }
-                Err(e) => failed.push((node, e)),
-            }
-        }
-        for (node, e) in failed {
-            for g in by_cid.values_mut() {
-                g.peer_map
-                    .insert(node.peer_id.clone(), Self::unreachable(node, e.clone()));
-            }
-        }
-        Ok(by_cid
-            .into_values()
-            .filter(|g| filter.is_all() || g.peer_map.values().any(|p| filter.matches(p.status)))
-            .collect())
+        tasks.close();
+        tasks.wait().await;
+        Ok(out)
     }
 
     /// `ID` of every peer; one that does not answer carries its error.
@@ -668,7 +722,7 @@ impl Cluster {
                 );
             }
             let r = match self.rpc(&node.peer_id, &ClusterRpc::RecoverAll).await {
-                Ok(ClusterRpcReply::StatusAll(v)) => Ok(v),
+                Ok(ClusterRpcReply::Items(v)) => Ok(v),
                 Ok(ClusterRpcReply::Error(e)) | Err(e) => Err(e),
                 Ok(other) => Err(format!("unexpected reply {other:?}")),
             };
@@ -759,13 +813,13 @@ impl Cluster {
                 ClusterRpcReply::Status(Box::new(self.recover_local(&cid).await))
             }
             Ok(ClusterRpc::RecoverAll) => match self.recover_all_local().await {
-                Ok(v) => ClusterRpcReply::StatusAll(v),
+                Ok(v) => ClusterRpcReply::Items(v),
                 Err(e) => ClusterRpcReply::Error(e.to_string()),
             },
-            Ok(ClusterRpc::StatusAll) => match self.status_all_local().await {
-                Ok(v) => ClusterRpcReply::StatusAll(v),
-                Err(e) => ClusterRpcReply::Error(e.to_string()),
-            },
+            Ok(ClusterRpc::StatusMany(cids)) => {
+                ClusterRpcReply::Statuses(self.status_many_local(&cids).await)
+            }
+            Ok(ClusterRpc::Orphans) => ClusterRpcReply::Items(self.orphans_local().await),
         };
         crate::raft::encode_payload(&reply)
     }

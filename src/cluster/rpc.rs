@@ -12,8 +12,10 @@ pub enum ClusterRpc {
     Id,
     /// Its status of one CID.
     Status(Cid),
-    /// Its status of every CID it knows.
-    StatusAll,
+    /// Its status of each of these CIDs.
+    StatusMany(Vec<Cid>),
+    /// Its operations on CIDs outside the pinset.
+    Orphans,
     /// The sender's latest metrics.
     Metrics(Vec<Metric>),
     /// Recover one CID there.
@@ -29,8 +31,10 @@ pub enum ClusterRpcReply {
     Id(Box<ClusterId>),
     /// To `Status`.
     Status(Box<PinInfoShort>),
-    /// To `StatusAll`.
-    StatusAll(Vec<(Cid, PinInfoShort)>),
+    /// To `StatusMany`, in the same order.
+    Statuses(Vec<PinInfoShort>),
+    /// CIDs with their status (to `Orphans`, `RecoverAll`).
+    Items(Vec<(Cid, PinInfoShort)>),
     /// Received.
     Ack,
     /// The request failed.

@@ -133,7 +133,11 @@ struct Inner {
     peer_id: String,
     processed: watch::Sender<u64>,
     shutdown: CancellationToken,
+    daemon_cache: tokio::sync::Mutex<Option<(std::time::Instant, Arc<DaemonPins>)>>,
 }
+
+/// How long a listing of the daemon's pins serves status requests.
+const DAEMON_PINS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The pin tracker of one peer.
 #[derive(Clone)]
@@ -169,6 +173,7 @@ impl PinTracker {
                 peer_id,
                 processed: watch::channel(0).0,
                 shutdown,
+                daemon_cache: tokio::sync::Mutex::new(None),
             }),
         };
         let pin_rx = Arc::new(tokio::sync::Mutex::new(pin_rx));
@@ -449,24 +454,44 @@ impl PinTracker {
         }
     }
 
-    /// The status of every CID in the pinset or with an operation, in pinset order,
-    /// operations on CIDs outside the pinset last.
-    pub async fn status_all(&self) -> Result<Vec<(Cid, Option<Pin>, LocalStatus)>, StatusError> {
-        let daemon = self.inner.ipfs.pin_ls().await;
-        let mut out = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for pin in self.inner.state.list() {
-            let pin = pin.map_err(|e| StatusError(e.to_string()))?;
-            seen.insert(pin.cid);
-            let st = self.status_with(&pin, &daemon);
-            out.push((pin.cid, Some(pin), st));
+    /// The daemon's pins, fetched at most every few seconds: a status of every pin
+    /// goes through the pinset page by page and must not list the daemon's pins
+    /// again for each page.
+    async fn daemon_pins(&self) -> Result<Arc<DaemonPins>, String> {
+        let mut cache = self.inner.daemon_cache.lock().await;
+        if let Some((at, pins)) = cache.as_ref()
+            && at.elapsed() < DAEMON_PINS_MAX_AGE
+        {
+            return Ok(pins.clone());
         }
-        for (cid, op) in self.ops().iter() {
-            if !seen.contains(cid) {
-                out.push((*cid, None, LocalStatus::from(&*op.state.borrow())));
-            }
-        }
-        Ok(out)
+        let pins = Arc::new(self.inner.ipfs.pin_ls().await.map_err(|e| e.to_string())?);
+        *cache = Some((std::time::Instant::now(), pins.clone()));
+        Ok(pins)
+    }
+
+    /// The status of each of `cids` on this peer, in order.
+    pub async fn status_many(&self, cids: &[Cid]) -> Vec<LocalStatus> {
+        let daemon = self.daemon_pins().await;
+        let daemon = daemon.as_deref().map_err(String::as_str);
+        cids.iter()
+            .map(|cid| match self.inner.state.get(cid) {
+                Ok(Some(pin)) => self.status_with(&pin, daemon),
+                Ok(None) => match self.operation(cid) {
+                    Some(op) => LocalStatus::from(&op),
+                    None => LocalStatus::now(TrackerStatus::Unpinned, ""),
+                },
+                Err(e) => LocalStatus::now(TrackerStatus::ClusterError, e.to_string()),
+            })
+            .collect()
+    }
+
+    /// Operations on CIDs that are not in the pinset (unpins in flight or failed).
+    pub fn orphans(&self) -> Vec<(Cid, LocalStatus)> {
+        self.ops()
+            .iter()
+            .filter(|(cid, _)| !self.inner.state.has(cid).unwrap_or(true))
+            .map(|(cid, op)| (*cid, LocalStatus::from(&*op.state.borrow())))
+            .collect()
     }
 
     /// An operation's status; clearing a pin allocated elsewhere shows as `remote`,
@@ -479,7 +504,7 @@ impl PinTracker {
         LocalStatus::from(op)
     }
 
-    fn status_with(&self, pin: &Pin, daemon: &Result<DaemonPins, IpfsError>) -> LocalStatus {
+    fn status_with(&self, pin: &Pin, daemon: Result<&DaemonPins, &str>) -> LocalStatus {
         if let Some(op) = self.operation(&pin.cid) {
             return Self::op_status(Some(pin), &op, &self.inner.peer_id);
         }
@@ -488,23 +513,23 @@ impl PinTracker {
         }
         match daemon {
             Ok(d) => Self::classify(pin, d.get(&pin.cid).copied()),
-            Err(e) => LocalStatus::now(TrackerStatus::PinError, e.to_string()),
+            Err(e) => LocalStatus::now(TrackerStatus::PinError, e),
         }
     }
 
     /// Re-queues failed operations and pins that should be on the daemon but are not.
     /// Returns the CIDs re-queued.
     pub async fn recover_all(&self) -> Result<Vec<Cid>, StatusError> {
-        let daemon = Ok(self
+        let daemon = self
             .inner
             .ipfs
             .pin_ls()
             .await
-            .map_err(|e| StatusError(e.to_string()))?);
+            .map_err(|e| StatusError(e.to_string()))?;
         let mut requeued = Vec::new();
         for pin in self.inner.state.list() {
             let pin = pin.map_err(|e| StatusError(e.to_string()))?;
-            let st = self.status_with(&pin, &daemon);
+            let st = self.status_with(&pin, Ok(&daemon));
             if matches!(
                 st.status,
                 TrackerStatus::PinError | TrackerStatus::UnexpectedlyUnpinned

@@ -289,11 +289,33 @@ impl RestApi {
             }
             return stream_ndjson(&self.tasks, out.into_iter());
         }
-        match self.cluster.status_all(filter, is_local(q)).await {
-            Ok(v) if v.is_empty() => no_content(),
-            Ok(v) => stream_ndjson(&self.tasks, v.into_iter().map(Ok)),
-            Err(e) => cluster_error(e),
-        }
+        let mut rx = self.cluster.status_stream(filter, is_local(q), &self.tasks);
+        let first = match rx.recv().await {
+            None => return no_content(),
+            Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            Some(Ok(g)) => g,
+        };
+        let (tx, body) = channel_body();
+        self.tasks.spawn(async move {
+            let mut err = String::new();
+            let mut next = Some(Ok(first));
+            while let Some(item) = next {
+                match item {
+                    Ok(g) => {
+                        if !tx.send_json(&g).await {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        err = e;
+                        break;
+                    }
+                }
+                next = rx.recv().await;
+            }
+            tx.trailers(stream_error_trailer(&err)).await;
+        });
+        ndjson_response(body)
     }
 }
 
@@ -332,12 +354,21 @@ where
                 }
             }
         }
-        let mut t = http::HeaderMap::new();
-        if let Ok(v) = HeaderValue::from_str(&err) {
-            t.insert("x-stream-error", v);
-        }
-        tx.trailers(t).await;
+        tx.trailers(stream_error_trailer(&err)).await;
     });
+    ndjson_response(body)
+}
+
+/// The `X-Stream-Error` trailer, empty when all went well (as upstream, for JS clients).
+fn stream_error_trailer(err: &str) -> http::HeaderMap {
+    let mut t = http::HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(err) {
+        t.insert("x-stream-error", v);
+    }
+    t
+}
+
+fn ndjson_response(body: Body) -> Response<Body> {
     let mut r = Response::new(body);
     let h = r.headers_mut();
     h.insert(
