@@ -645,6 +645,20 @@ mod tests {
     }
 }
 
+/// A field of /proc/self/status in kB (VmRSS, VmHWM), for the memory tests.
+#[cfg(test)]
+fn proc_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod queue_tests {
     use std::time::{Duration, Instant};
@@ -659,18 +673,6 @@ mod queue_tests {
         let mut bytes = vec![0x01, 0x55, 0x00, data.len() as u8];
         bytes.extend_from_slice(data.as_bytes());
         Cid::from_bytes(&bytes).unwrap()
-    }
-
-    fn rss_kb() -> u64 {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -695,7 +697,7 @@ mod queue_tests {
         )
         .await
         .unwrap();
-        let rss_before = rss_kb();
+        let rss_before = super::proc_kb("VmRSS");
         let started = Instant::now();
         // Commit concurrently, as many clients would: Raft batches the entries.
         let cluster = peer.cluster().clone();
@@ -741,7 +743,7 @@ mod queue_tests {
             assert!(Instant::now() < deadline, "did not drain: {pinned} pinned");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let rss_after = rss_kb();
+        let rss_after = super::proc_kb("VmRSS");
         eprintln!(
             "drained in {:?}; RSS {rss_before} kB -> {rss_after} kB",
             started.elapsed()
@@ -778,18 +780,6 @@ mod status_memory {
     use crate::config::Multiaddrs;
     use crate::ipfs::fake::FakeDaemon;
     use crate::types::{Cid, PinOptions};
-
-    fn proc_kb(field: &str) -> u64 {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with(field))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
-    }
 
     /// A memory benchmark (run by scripts/bench.sh): `GET /pins` over 100,000 pins
     /// must stream without growing the peer's RSS by more than 64 MiB.
@@ -838,7 +828,7 @@ mod status_memory {
 
         // Reset the peak RSS, then stream the whole status through the REST API.
         std::fs::write("/proc/self/clear_refs", "5").unwrap();
-        let rss_before = proc_kb("VmRSS");
+        let rss_before = super::proc_kb("VmRSS");
         let t = Instant::now();
         let resp = reqwest::get(format!("http://{}/pins", peer.rest_addrs()[0]))
             .await
@@ -856,7 +846,7 @@ mod status_memory {
                 pinned += usize::from(line.windows(pat.len()).any(|w| w == pat));
             }
         }
-        let peak = proc_kb("VmHWM");
+        let peak = super::proc_kb("VmHWM");
         let growth_mib = peak.saturating_sub(rss_before) as f64 / 1024.0;
         eprintln!(
             "status of {lines} pins ({pinned} pinned) streamed in {:?}: RSS {rss_before} kB, \

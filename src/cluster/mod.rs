@@ -374,33 +374,40 @@ impl Cluster {
         self.short(st).await
     }
 
-    /// The status of `cid` on this peer only.
-    pub async fn status_here(&self, cid: &Cid) -> Result<GlobalPinInfo, ClusterError> {
-        let pin = self.inner.consensus.state().get(cid)?;
-        let mut g = GlobalPinInfo::new(
-            *cid,
-            pin.as_ref()
-                .map(|p| (&p.options, p.allocations.as_slice(), p.timestamp)),
-        );
-        g.peer_map
-            .insert(self.inner.peer_id.clone(), self.status_local(cid).await);
-        Ok(g)
+    /// The status of `cid` on every peer (or only here, with `local`).
+    pub async fn status(&self, cid: &Cid, local: bool) -> Result<GlobalPinInfo, ClusterError> {
+        self.ask_about(cid, local, ClusterRpc::Status(*cid), || {
+            self.status_local(cid)
+        })
+        .await
     }
 
-    /// The status of `cid` on every peer.
-    pub async fn status(&self, cid: &Cid) -> Result<GlobalPinInfo, ClusterError> {
+    /// Asks each peer (or only this one) about `cid`: `here` answers for this peer,
+    /// `req` for the others; a peer that does not answer shows `cluster_error`.
+    async fn ask_about<'a, F, Fut>(
+        &'a self,
+        cid: &Cid,
+        local: bool,
+        req: ClusterRpc,
+        here: F,
+    ) -> Result<GlobalPinInfo, ClusterError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = PinInfoShort> + 'a,
+    {
         let pin = self.inner.consensus.state().get(cid)?;
         let mut g = GlobalPinInfo::new(
             *cid,
             pin.as_ref()
                 .map(|p| (&p.options, p.allocations.as_slice(), p.timestamp)),
         );
-        let nodes = self.inner.consensus.peer_nodes();
+        let nodes = self.local_or_all(local);
+        let (req, here) = (&req, &here);
         let asks = nodes.iter().map(|node| async move {
             let info = if node.peer_id == self.inner.peer_id {
-                self.status_local(cid).await
+                here().await
             } else {
-                match self.rpc(&node.peer_id, &ClusterRpc::Status(*cid)).await {
+                match self.rpc(&node.peer_id, req).await {
                     Ok(ClusterRpcReply::Status(s)) => *s,
                     Ok(ClusterRpcReply::Error(e)) | Err(e) => Self::unreachable(node, e),
                     Ok(other) => Self::unreachable(node, format!("unexpected reply {other:?}")),
@@ -688,27 +695,10 @@ impl Cluster {
 
     /// Recovers `cid` on every peer (or only here, with `local`).
     pub async fn recover(&self, cid: &Cid, local: bool) -> Result<GlobalPinInfo, ClusterError> {
-        let pin = self.inner.consensus.state().get(cid)?;
-        let mut g = GlobalPinInfo::new(
-            *cid,
-            pin.as_ref()
-                .map(|p| (&p.options, p.allocations.as_slice(), p.timestamp)),
-        );
-        let nodes = self.local_or_all(local);
-        let asks = nodes.iter().map(|node| async move {
-            let info = if node.peer_id == self.inner.peer_id {
-                self.recover_local(cid).await
-            } else {
-                match self.rpc(&node.peer_id, &ClusterRpc::Recover(*cid)).await {
-                    Ok(ClusterRpcReply::Status(s)) => *s,
-                    Ok(ClusterRpcReply::Error(e)) | Err(e) => Self::unreachable(node, e),
-                    Ok(other) => Self::unreachable(node, format!("unexpected reply {other:?}")),
-                }
-            };
-            (node.peer_id.clone(), info)
-        });
-        g.peer_map = futures::future::join_all(asks).await.into_iter().collect();
-        Ok(g)
+        self.ask_about(cid, local, ClusterRpc::Recover(*cid), || {
+            self.recover_local(cid)
+        })
+        .await
     }
 
     /// Recovers everything on every peer (or only here); lists the items re-queued.

@@ -87,6 +87,18 @@ fn op_failed(op: &OpState) -> Option<String> {
 }
 
 impl Proxy {
+    /// Waits for this peer's operations started by the committed entries; the
+    /// first failure becomes the answer.
+    async fn wait_here(&self, committed: &[(Cid, u64)], verb: &str) -> Option<Response<Body>> {
+        for (cid, index) in committed {
+            let op = self.cluster.tracker().wait_operation(cid, *index).await;
+            if let Some(err) = op.as_ref().and_then(op_failed) {
+                return Some(internal(&format!("{verb} {cid}: {err}")));
+            }
+        }
+        None
+    }
+
     /// Resolves every `arg`, kubo-style; the first failure is the answer.
     async fn cids(&self, args: &[String]) -> Result<Vec<Cid>, Response<Body>> {
         let mut out = Vec::with_capacity(args.len());
@@ -139,17 +151,8 @@ impl Proxy {
         }
         let pins: Vec<String> = cids.iter().map(|c| c.to_string()).collect();
         if !progress {
-            for (cid, index) in &committed {
-                if let Some(err) = self
-                    .cluster
-                    .tracker()
-                    .wait_operation(cid, *index)
-                    .await
-                    .as_ref()
-                    .and_then(op_failed)
-                {
-                    return internal(&format!("pin {cid}: {err}"));
-                }
+            if let Some(failed) = self.wait_here(&committed, "pin").await {
+                return failed;
             }
             return crate::http::json(StatusCode::OK, &PinsOutput { pins: &pins });
         }
@@ -222,17 +225,8 @@ impl Proxy {
                 Err(e) => return cluster_error(&e),
             }
         }
-        for (cid, index) in &committed {
-            if let Some(err) = self
-                .cluster
-                .tracker()
-                .wait_operation(cid, *index)
-                .await
-                .as_ref()
-                .and_then(op_failed)
-            {
-                return internal(&format!("unpin {cid}: {err}"));
-            }
+        if let Some(failed) = self.wait_here(&committed, "unpin").await {
+            return failed;
         }
         let pins: Vec<String> = cids.iter().map(|c| c.to_string()).collect();
         crate::http::json(StatusCode::OK, &PinsOutput { pins: &pins })

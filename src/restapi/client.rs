@@ -37,6 +37,18 @@ pub struct Client {
     auth: Option<(String, String)>,
 }
 
+/// Reads an NDJSON body (an empty 204 body is an empty list).
+async fn ndjson<T: DeserializeOwned>(resp: reqwest::Response) -> Result<Vec<T>, ClientError> {
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| ClientError::Decode(e.to_string()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).map_err(|e| ClientError::Decode(e.to_string())))
+        .collect()
+}
+
 fn local_query(local: bool) -> Vec<(String, String)> {
     if local {
         vec![("local".to_string(), "true".to_string())]
@@ -107,14 +119,7 @@ impl Client {
         query: &[(String, String)],
     ) -> Result<Vec<T>, ClientError> {
         let resp = self.send(reqwest::Method::GET, path, query).await?;
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| ClientError::Decode(e.to_string()))?;
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).map_err(|e| ClientError::Decode(e.to_string())))
-            .collect()
+        ndjson(resp).await
     }
 
     /// `GET /id`.
@@ -242,13 +247,6 @@ impl Client {
         let resp = self
             .send(reqwest::Method::POST, "/pins/recover", &local_query(local))
             .await?;
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| ClientError::Decode(e.to_string()))?;
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).map_err(|e| ClientError::Decode(e.to_string())))
-            .collect()
+        ndjson(resp).await
     }
 }

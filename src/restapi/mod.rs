@@ -170,11 +170,7 @@ impl RestApi {
             (&Method::GET, ["pins"]) => self.status_all(&q).await,
             (&Method::GET, ["pins", cid]) => match parse_cid(cid) {
                 Ok(c) => {
-                    let res = if is_local(&q) {
-                        self.cluster.status_here(&c).await
-                    } else {
-                        self.cluster.status(&c).await
-                    };
+                    let res = self.cluster.status(&c, is_local(&q)).await;
                     match res {
                         Ok(g) => json(StatusCode::OK, &g),
                         Err(e) => cluster_error(e),
@@ -270,11 +266,7 @@ impl RestApi {
                     Ok(c) => c,
                     Err(m) => return bad_request(m),
                 };
-                let res = if is_local(q) {
-                    self.cluster.status_here(&cid).await
-                } else {
-                    self.cluster.status(&cid).await
-                };
+                let res = self.cluster.status(&cid, is_local(q)).await;
                 match res {
                     Ok(g) => {
                         if g.peer_map.values().any(|p| filter.matches(p.status)) {
