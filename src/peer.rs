@@ -416,7 +416,10 @@ fn spawn_metric_loops(
         let mut tick = every(ping_every);
         loop {
             tokio::select! {
-                _ = tick.tick() => c.publish_metrics(vec![informer.ping(&name, ping_every)]).await,
+                _ = tick.tick() => {
+                    let ipfs = c.ipfs_id().await;
+                    c.publish_metrics(vec![informer.ping(&name, &ipfs, ping_every)]).await
+                }
                 _ = stop.cancelled() => break,
             }
         }

@@ -7,7 +7,7 @@ use super::monitor::PING;
 use super::tracker::PinTracker;
 use crate::config::InformerConfig;
 use crate::ipfs::IpfsConnector;
-use crate::types::Metric;
+use crate::types::{IpfsId, Metric};
 
 /// Produces this peer's metrics.
 #[derive(Clone)]
@@ -90,6 +90,25 @@ impl Informer {
             m.partitionable = true;
             out.push(m);
         }
+        // Upstream's numpin: how many pins the daemon holds (fewer is better).
+        let numpin = match self.tracker.daemon_pins().await {
+            Ok(pins) => {
+                let n = pins.len() as u64;
+                Metric::new(
+                    "numpin",
+                    &self.peer,
+                    n.to_string(),
+                    -i64::try_from(n).unwrap_or(i64::MAX),
+                    disk_ttl,
+                )
+            }
+            Err(_) => {
+                let mut m = Metric::new("numpin", &self.peer, String::new(), 0, disk_ttl);
+                m.valid = false;
+                m
+            }
+        };
+        out.push(numpin);
         let queued = self.tracker.queued() as u64;
         let bucket = self.cfg.pinqueue.weight_bucket_size.max(1);
         out.push(Metric::new(
@@ -102,9 +121,15 @@ impl Informer {
         out
     }
 
-    /// The `ping` metric, valid for twice the ping interval, carrying the peer's name.
-    pub fn ping(&self, peername: &str, interval: Duration) -> Metric {
-        let value = serde_json::json!({ "peer_name": peername }).to_string();
+    /// The `ping` metric, valid for twice the ping interval, carrying the peer's name
+    /// and its IPFS daemon's ID and addresses.
+    pub fn ping(&self, peername: &str, ipfs: &IpfsId, interval: Duration) -> Metric {
+        let value = serde_json::json!({
+            "peer_name": peername,
+            "ipfs_id": ipfs.id,
+            "ipfs_addresses": ipfs.addresses,
+        })
+        .to_string();
         Metric::new(PING, &self.peer, value, 0, interval * 2)
     }
 }

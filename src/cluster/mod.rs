@@ -280,7 +280,8 @@ impl Cluster {
         self.inner.consensus.state().list()
     }
 
-    async fn ipfs_id(&self) -> IpfsId {
+    /// The daemon's identity (cached once known).
+    pub async fn ipfs_id(&self) -> IpfsId {
         if let Some(id) = self.inner.ipfs_id.get() {
             return id.clone();
         }

@@ -457,7 +457,7 @@ impl PinTracker {
     /// The daemon's pins, fetched at most every few seconds: a status of every pin
     /// goes through the pinset page by page and must not list the daemon's pins
     /// again for each page.
-    async fn daemon_pins(&self) -> Result<Arc<DaemonPins>, String> {
+    pub async fn daemon_pins(&self) -> Result<Arc<DaemonPins>, String> {
         let mut cache = self.inner.daemon_cache.lock().await;
         if let Some((at, pins)) = cache.as_ref()
             && at.elapsed() < DAEMON_PINS_MAX_AGE
