@@ -473,7 +473,8 @@ impl PinTracker {
     pub async fn status_many(&self, cids: &[Cid]) -> Vec<LocalStatus> {
         let daemon = self.daemon_pins().await;
         let daemon = daemon.as_deref().map_err(String::as_str);
-        cids.iter()
+        let mut out: Vec<LocalStatus> = cids
+            .iter()
             .map(|cid| match self.inner.state.get(cid) {
                 Ok(Some(pin)) => self.status_with(&pin, daemon),
                 Ok(None) => match self.operation(cid) {
@@ -482,7 +483,15 @@ impl PinTracker {
                 },
                 Err(e) => LocalStatus::now(TrackerStatus::ClusterError, e.to_string()),
             })
-            .collect()
+            .collect();
+        // The listing may predate a pin that finished since: ask the daemon again
+        // about the few that look missing before calling them so.
+        for (cid, st) in cids.iter().zip(out.iter_mut()) {
+            if st.status == TrackerStatus::UnexpectedlyUnpinned {
+                *st = self.status(cid).await;
+            }
+        }
+        out
     }
 
     /// Operations on CIDs that are not in the pinset (unpins in flight or failed).
