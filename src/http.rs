@@ -190,6 +190,31 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, String> {
         .map_err(|e| e.to_string())
 }
 
+/// True when `headers` carry HTTP Basic credentials found in `creds`
+/// (user → password); with no `creds`, everything is allowed.
+pub fn basic_auth_ok(
+    headers: &http::HeaderMap,
+    creds: Option<&std::collections::BTreeMap<String, String>>,
+) -> bool {
+    use base64::Engine;
+    let Some(creds) = creds else {
+        return true;
+    };
+    let Some(basic) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+    else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim()) else {
+        return false;
+    };
+    let decoded = String::from_utf8_lossy(&decoded);
+    let (user, pass) = decoded.split_once(':').unwrap_or((&decoded, ""));
+    creds.get(user).is_some_and(|p| p == pass)
+}
+
 /// `true`/`false` query flags as Go's `strconv.ParseBool` reads them.
 pub fn parse_bool(v: &str) -> Option<bool> {
     match v {

@@ -23,7 +23,7 @@ struct Cluster {
     daemons: Vec<Daemon>,
     peers: Vec<PeerProc>,
     _dirs: Vec<tempfile::TempDir>,
-    _serial: std::sync::MutexGuard<'static, ()>,
+    _serial: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
 /// One cluster at a time: each runs several daemons and peers, and on a small
@@ -57,12 +57,23 @@ fn start_cluster(n: usize) -> Cluster {
 fn start_cluster_with(n: usize, customize: impl Fn(usize, &mut Value)) -> Cluster {
     let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let daemons = start_daemons(n);
+    let nodes: Vec<String> = daemons.iter().map(|d| d.multiaddr()).collect();
+    let mut c = start_cluster_on(&nodes, customize);
+    c.daemons = daemons;
+    c._serial = Some(serial);
+    c
+}
+
+/// A cluster whose peers' IPFS connectors point at `nodes` (daemons, or another
+/// cluster's proxies), one peer each. The caller holds the serial lock.
+fn start_cluster_on(nodes: &[String], customize: impl Fn(usize, &mut Value)) -> Cluster {
+    let n = nodes.len();
     let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
     // Identities first: the peer list needs every peer's ID and port.
     let mut peers: Vec<PeerProc> = dirs
         .iter()
-        .zip(&daemons)
-        .map(|(d, daemon)| PeerProc::init(d.path(), &daemon.multiaddr()))
+        .zip(nodes)
+        .map(|(d, node)| PeerProc::init(d.path(), node))
         .collect();
     let addrs: Vec<String> = peers.iter().map(|p| p.cluster_multiaddr()).collect();
     let secret = {
@@ -125,10 +136,10 @@ fn start_cluster_with(n: usize, customize: impl Fn(usize, &mut Value)) -> Cluste
         t0.elapsed()
     );
     Cluster {
-        daemons,
+        daemons: Vec::new(),
         peers,
         _dirs: dirs,
-        _serial: serial,
+        _serial: None,
     }
 }
 
@@ -1006,6 +1017,111 @@ fn pin_errors_are_recovered_and_expired_pins_unpinned() {
             == 404
     });
     for p in c.peers.iter_mut() {
+        p.stop();
+    }
+}
+
+#[test]
+fn composite_clusters_pin_through_two_and_three_levels() {
+    let mut a = start_cluster(3);
+    let proxy_of = |p: &PeerProc| format!("/ip4/127.0.0.1/tcp/{}", p.proxy_port);
+    let a_proxies: Vec<String> = a.peers[..2].iter().map(proxy_of).collect();
+    let mut b = start_cluster_on(&a_proxies, |_, v| fast_raft(v));
+
+    // A pin through B's proxy is committed in B, then (through B's connectors) in A,
+    // and pinned on A's daemons.
+    let cid = id_cid(10_000);
+    let (st, v) = post(&format!("{}/pin/add?arg={cid}", b.peers[0].proxy()));
+    assert_eq!(st, 200, "{v}");
+    for p in &b.peers {
+        wait_until("B's pinset", Duration::from_secs(10), || {
+            proxy_pins(p).contains(&cid)
+        });
+    }
+    for p in &a.peers {
+        wait_until("A's pinset", Duration::from_secs(15), || {
+            proxy_pins(p).contains(&cid)
+        });
+    }
+    let want = cid::Cid::try_from(cid.as_str()).unwrap();
+    for d in &a.daemons {
+        wait_until("A's daemons", Duration::from_secs(15), || {
+            daemon_pins(d).contains(&want)
+        });
+    }
+    wait_until("B to report pinned", Duration::from_secs(15), || {
+        statuses(&b.peers[1], &cid)
+            .iter()
+            .all(|(_, s)| s == "pinned")
+    });
+    assert!(
+        statuses(&a.peers[2], &cid)
+            .iter()
+            .all(|(_, s)| s == "pinned")
+    );
+
+    // Direct pins stay direct below; free space is the lower cluster's sum.
+    let direct = id_cid(10_001);
+    let (st, _) = post(&format!(
+        "{}/pin/add?arg={direct}&recursive=false",
+        b.peers[1].proxy()
+    ));
+    assert_eq!(st, 200);
+    wait_until("the direct pin in A", Duration::from_secs(15), || {
+        http()
+            .get(format!("{}/allocations/{direct}", a.peers[0].rest()))
+            .send()
+            .ok()
+            .and_then(|r| r.json::<Value>().ok())
+            .is_some_and(|p| p["mode"] == "direct")
+    });
+    let (_, a_stat) = post(&format!("{}/repo/stat", a.peers[0].proxy()));
+    let (_, b_stat) = post(&format!("{}/repo/stat", b.peers[0].proxy()));
+    assert!(a_stat["StorageMax"].as_u64().unwrap() > 0);
+    assert_eq!(
+        b_stat["StorageMax"].as_u64().unwrap(),
+        2 * a_stat["StorageMax"].as_u64().unwrap(),
+        "each of B's 2 peers sees all of A"
+    );
+
+    // A third level: C -> B -> A.
+    let mut c = start_cluster_on(&[proxy_of(&b.peers[0])], |_, v| fast_raft(v));
+    let deep = id_cid(10_002);
+    let (st, v) = post(&format!("{}/pin/add?arg={deep}", c.peers[0].proxy()));
+    assert_eq!(st, 200, "{v}");
+    for p in b.peers.iter().chain(&a.peers) {
+        wait_until("B's and A's pinsets", Duration::from_secs(20), || {
+            proxy_pins(p).contains(&deep)
+        });
+    }
+    let want_deep = cid::Cid::try_from(deep.as_str()).unwrap();
+    for d in &a.daemons {
+        wait_until(
+            "A's daemons, three levels down",
+            Duration::from_secs(20),
+            || daemon_pins(d).contains(&want_deep),
+        );
+    }
+
+    // Unpin through B: gone everywhere below.
+    let (st, _) = post(&format!("{}/pin/rm?arg={cid}", b.peers[1].proxy()));
+    assert_eq!(st, 200);
+    for p in b.peers.iter().chain(&a.peers) {
+        wait_until("the unpin everywhere", Duration::from_secs(20), || {
+            !proxy_pins(p).contains(&cid)
+        });
+    }
+    for d in &a.daemons {
+        wait_until("A's daemons to unpin", Duration::from_secs(20), || {
+            !daemon_pins(d).contains(&want)
+        });
+    }
+    for p in c
+        .peers
+        .iter_mut()
+        .chain(b.peers.iter_mut())
+        .chain(a.peers.iter_mut())
+    {
         p.stop();
     }
 }

@@ -500,3 +500,121 @@ fn direct_pins_progress_filters_rest_and_ctl() {
     assert!(!ok && !err.is_empty());
     peer.stop();
 }
+
+fn multipart_post(url: &str, name: &str, data: Vec<u8>) -> (u16, String) {
+    let part = reqwest::blocking::multipart::Part::bytes(data)
+        .file_name(name.to_string())
+        .mime_str("application/octet-stream")
+        .unwrap();
+    let r = http()
+        .post(url)
+        .multipart(reqwest::blocking::multipart::Form::new().part("file", part))
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+fn last_json(text: &str) -> Value {
+    serde_json::from_str(text.lines().rfind(|l| !l.trim().is_empty()).unwrap()).unwrap()
+}
+
+#[test]
+fn add_block_dag_update_and_repo_stat_through_the_proxy() {
+    let d = Daemon::start();
+    let cfg = tempfile::tempdir().unwrap();
+    let mut peer = PeerProc::init(cfg.path(), &d.multiaddr());
+    peer.start();
+    let p = peer.proxy();
+
+    // add: the daemon's answer comes through; the root becomes a cluster pin with
+    // the cluster options given in the query.
+    let (st, text) = multipart_post(
+        &format!("{p}/add?name=added&meta-k=v"),
+        "a.txt",
+        b"added through the proxy\n".to_vec(),
+    );
+    assert_eq!(st, 200, "{text}");
+    let root = last_json(&text)["Hash"].as_str().unwrap().to_string();
+    assert!(cluster_pins(&peer).contains(&root));
+    let pin: Value = http()
+        .get(format!("{}/allocations/{root}", peer.rest()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        (pin["name"].as_str(), pin["metadata"]["k"].as_str()),
+        (Some("added"), Some("v"))
+    );
+    // pin=false: added, not pinned.
+    let (_, text) = multipart_post(
+        &format!("{p}/add?pin=false"),
+        "b.txt",
+        b"not pinned\n".to_vec(),
+    );
+    let unpinned = last_json(&text)["Hash"].as_str().unwrap().to_string();
+    assert!(!cluster_pins(&peer).contains(&unpinned));
+
+    // block/put and dag/put with pin=true become cluster pins.
+    let (st, text) = multipart_post(
+        &format!("{p}/block/put?pin=true&format=raw&cid-codec=raw"),
+        "blk",
+        b"a raw block".to_vec(),
+    );
+    assert_eq!(st, 200, "{text}");
+    let key = last_json(&text)["Key"].as_str().unwrap().to_string();
+    let key_cid = cid::Cid::try_from(key.as_str()).unwrap();
+    let keys: Vec<cid::Cid> = cluster_pins(&peer)
+        .iter()
+        .filter_map(|c| cid::Cid::try_from(c.as_str()).ok())
+        .collect();
+    assert!(keys.contains(&key_cid), "{key} not pinned in the cluster");
+    let (st, text) = multipart_post(
+        &format!("{p}/dag/put?pin=true"),
+        "node.json",
+        br#"{"hello":"cluster"}"#.to_vec(),
+    );
+    assert_eq!(st, 200, "{text}");
+    let dag = last_json(&text)["Cid"]["/"].as_str().unwrap().to_string();
+    let dag_cid = cid::Cid::try_from(dag.as_str()).unwrap();
+    let keys: Vec<cid::Cid> = cluster_pins(&peer)
+        .iter()
+        .filter_map(|c| cid::Cid::try_from(c.as_str()).ok())
+        .collect();
+    assert!(keys.contains(&dag_cid), "{dag} not pinned in the cluster");
+
+    // pin/update: the new CID takes over; kubo's errors for missing arguments.
+    let (st, v) = post(&format!("{p}/pin/update?arg={root}&arg={unpinned}"));
+    assert_eq!(
+        (st, v),
+        (200, serde_json::json!({ "Pins": [root, unpinned] }))
+    );
+    let pins = cluster_pins(&peer);
+    assert!(pins.contains(&unpinned) && !pins.contains(&root));
+    let moved: Value = http()
+        .get(format!("{}/allocations/{unpinned}", peer.rest()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(moved["name"], "added", "options were not carried over");
+    let (st, v) = post(&format!("{p}/pin/update"));
+    assert_eq!(
+        (st, v["Message"].as_str()),
+        (400, Some("argument \"from-path\" is required"))
+    );
+    let (st, v) = post(&format!("{p}/pin/update?arg={root}"));
+    assert_eq!(
+        (st, v["Message"].as_str()),
+        (400, Some("argument \"to-path\" is required"))
+    );
+
+    // repo/stat: numbers, as kubo sends them (js-ipfs sends strings).
+    let (st, v) = post(&format!("{p}/repo/stat?size-only=true"));
+    assert_eq!(st, 200);
+    assert!(
+        v["RepoSize"].as_u64().is_some() && v["StorageMax"].as_u64().is_some(),
+        "{v}"
+    );
+    peer.stop();
+}

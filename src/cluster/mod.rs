@@ -786,6 +786,55 @@ impl Cluster {
         done
     }
 
+    /// The repository size and capacity summed over every peer's daemon; peers that
+    /// fail are left out, as upstream does.
+    pub async fn repo_stat(&self) -> (u64, u64) {
+        let nodes = self.inner.consensus.peer_nodes();
+        let asks = nodes.iter().map(|node| async move {
+            if node.peer_id == self.inner.peer_id {
+                return self.inner.ipfs.repo_stat().await.map_err(|e| e.to_string());
+            }
+            match self.rpc(&node.peer_id, &ClusterRpc::RepoStat).await {
+                Ok(ClusterRpcReply::RepoStat(size, max)) => Ok((size, max)),
+                Ok(ClusterRpcReply::Error(e)) | Err(e) => Err(e),
+                Ok(other) => Err(format!("unexpected reply {other:?}")),
+            }
+        });
+        let mut total = (0u64, 0u64);
+        for (node, r) in nodes.iter().zip(futures::future::join_all(asks).await) {
+            match r {
+                Ok((size, max)) => {
+                    total.0 = total.0.saturating_add(size);
+                    total.1 = total.1.saturating_add(max);
+                }
+                Err(e) => tracing::warn!("repo/stat on {}: {e}", node.peer_id),
+            }
+        }
+        total
+    }
+
+    /// Pins `to` with the options and allocations of the existing pin `from`, then
+    /// unpins `from` unless told not to (kubo's `pin update`).
+    pub async fn pin_update(
+        &self,
+        from: Cid,
+        to: Cid,
+        unpin: bool,
+    ) -> Result<(Pin, Committed), ClusterError> {
+        let existing = self.inner.consensus.state().get(&from)?.ok_or_else(|| {
+            ClusterError::InvalidArgument("'from' cid was not recursively pinned already".into())
+        })?;
+        let mut options = existing.options.clone();
+        options.pin_update = Some(from);
+        // The allocations move with the pin: they are the first choice for `to`.
+        options.user_allocations = existing.allocations.clone();
+        let pinned = self.pin(to, options).await?;
+        if unpin && from != to {
+            self.unpin(from).await?;
+        }
+        Ok(pinned)
+    }
+
     /// Answers a cluster RPC from another peer.
     pub async fn handle_rpc(&self, payload: &[u8]) -> Vec<u8> {
         let reply = match crate::raft::decode_payload::<ClusterRpc>(payload) {
@@ -805,6 +854,10 @@ impl Cluster {
             }
             Ok(ClusterRpc::RecoverAll) => match self.recover_all_local().await {
                 Ok(v) => ClusterRpcReply::Items(v),
+                Err(e) => ClusterRpcReply::Error(e.to_string()),
+            },
+            Ok(ClusterRpc::RepoStat) => match self.inner.ipfs.repo_stat().await {
+                Ok((size, max)) => ClusterRpcReply::RepoStat(size, max),
                 Err(e) => ClusterRpcReply::Error(e.to_string()),
             },
             Ok(ClusterRpc::StatusMany(cids)) => {

@@ -22,6 +22,8 @@ pub enum ClusterRpc {
     Recover(Cid),
     /// Recover everything there; answers with the items re-queued.
     RecoverAll,
+    /// Its daemon's repository size and capacity.
+    RepoStat,
 }
 
 /// The answer to a [`ClusterRpc`].
@@ -37,6 +39,8 @@ pub enum ClusterRpcReply {
     Items(Vec<(Cid, PinInfoShort)>),
     /// Received.
     Ack,
+    /// To `RepoStat`: repository size and capacity in bytes.
+    RepoStat(u64, u64),
     /// The request failed.
     Error(String),
 }

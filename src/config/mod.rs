@@ -265,6 +265,9 @@ pub struct ProxyConfig {
     pub idle_timeout: GoDuration,
     /// Upper bound on request header size (at least 4096).
     pub max_header_bytes: usize,
+    /// Users and passwords; `null` disables auth (upstream's proxy has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth_credentials: Option<BTreeMap<String, String>>,
 }
 
 impl Default for ProxyConfig {
@@ -275,6 +278,7 @@ impl Default for ProxyConfig {
             read_header_timeout: GoDuration::secs(5),
             idle_timeout: GoDuration::secs(60),
             max_header_bytes: 4096,
+            basic_auth_credentials: None,
         }
     }
 }
@@ -339,6 +343,10 @@ pub struct IpfsHttpConfig {
     pub pin_timeout: GoDuration,
     /// Timeout of an unpin.
     pub unpin_timeout: GoDuration,
+    /// `user:password` for a daemon (or a lower cluster's proxy) that wants HTTP
+    /// Basic auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth_credentials: Option<String>,
 }
 
 impl Default for IpfsHttpConfig {
@@ -348,6 +356,7 @@ impl Default for IpfsHttpConfig {
             ipfs_request_timeout: GoDuration::secs(5 * 60),
             pin_timeout: GoDuration::secs(2 * 60),
             unpin_timeout: GoDuration::secs(3 * 3600),
+            basic_auth_credentials: None,
         }
     }
 }
@@ -588,6 +597,9 @@ impl Config {
         }
         if let Some(v) = get("CLUSTER_IPFSHTTP_NODEMULTIADDRESS") {
             self.ipfs_connector.ipfshttp.node_multiaddress = v;
+        }
+        if let Some(v) = get("CLUSTER_IPFSHTTP_BASICAUTHCREDENTIALS") {
+            self.ipfs_connector.ipfshttp.basic_auth_credentials = Some(v);
         }
         if let Some(v) = get("CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS") {
             self.api

@@ -75,6 +75,7 @@ pub struct IpfsConnector {
     request_timeout: Duration,
     pin_timeout: Duration,
     unpin_timeout: Duration,
+    auth: Option<(String, String)>,
 }
 
 /// The daemon's pin types of interest to the tracker.
@@ -96,6 +97,10 @@ impl IpfsConnector {
             request_timeout: nonzero(cfg.ipfs_request_timeout.0),
             pin_timeout: nonzero(cfg.pin_timeout.0),
             unpin_timeout: nonzero(cfg.unpin_timeout.0),
+            auth: cfg.basic_auth_credentials.as_deref().map(|c| {
+                let (u, p) = c.split_once(':').unwrap_or((c, ""));
+                (u.to_string(), p.to_string())
+            }),
         })
     }
 
@@ -124,6 +129,9 @@ impl IpfsConnector {
             .query(query);
         if let Some(t) = timeout {
             req = req.timeout(t);
+        }
+        if let Some((u, p)) = &self.auth {
+            req = req.basic_auth(u, Some(p));
         }
         let resp = req.send().await.map_err(|e| self.transport_err(e))?;
         if resp.status().is_success() {

@@ -5,6 +5,7 @@
 mod error;
 mod passthrough;
 mod pin;
+mod relay;
 
 use std::net::SocketAddr;
 
@@ -20,7 +21,9 @@ use crate::cluster::Cluster;
 use crate::config::ProxyConfig;
 use crate::http::{Body, ServerOptions, query_pairs};
 use crate::multiaddr::{MultiaddrError, TcpMultiaddr};
+use crate::types::PinOptions;
 use pin::Query;
+use relay::PinWhat;
 
 /// The `Server` header of answers the cluster gives itself, as upstream.
 pub fn server_header() -> String {
@@ -42,12 +45,13 @@ pub enum ProxyError {
 #[derive(Clone)]
 pub struct Proxy {
     cluster: Cluster,
+    credentials: Option<std::sync::Arc<std::collections::BTreeMap<String, String>>>,
     upstream: Upstream,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
 
-/// An intercepted kubo command.
+/// An intercepted pin command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PinCommand {
     Add,
@@ -55,26 +59,47 @@ enum PinCommand {
     Ls,
 }
 
+/// An intercepted kubo command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Hijack {
+    /// `pin/add|rm|ls`, with the `/pin/<cmd>/<arg>` path argument if any.
+    Pin(PinCommand, Option<String>),
+    PinUpdate,
+    Add,
+    RepoStat,
+    BlockPut,
+    DagPut,
+}
+
 /// Which calls the cluster answers: POST/GET/PUT on the pin commands, also in the
 /// undocumented `/pin/<cmd>/<arg>` form (whose arg is returned). OPTIONS and HEAD
 /// always reach the daemon, so it answers CORS preflights itself.
-fn route(method: &Method, path: &str) -> Option<(PinCommand, Option<String>)> {
+fn route(method: &Method, path: &str) -> Option<Hijack> {
     if !matches!(*method, Method::POST | Method::GET | Method::PUT) {
         return None;
     }
-    let rest = path.strip_prefix("/api/v0/pin/")?;
+    let cmd = path.strip_prefix("/api/v0/")?;
+    match cmd {
+        "pin/update" => return Some(Hijack::PinUpdate),
+        "add" => return Some(Hijack::Add),
+        "repo/stat" => return Some(Hijack::RepoStat),
+        "block/put" => return Some(Hijack::BlockPut),
+        "dag/put" => return Some(Hijack::DagPut),
+        _ => {}
+    }
+    let rest = cmd.strip_prefix("pin/")?;
     let (cmd, arg) = match rest.split_once('/') {
         Some((cmd, arg)) if !arg.is_empty() => (cmd, Some(arg.to_string())),
         Some((cmd, _)) => (cmd, None),
         None => (rest, None),
     };
-    let h = match cmd {
+    let c = match cmd {
         "add" => PinCommand::Add,
         "rm" => PinCommand::Rm,
         "ls" => PinCommand::Ls,
         _ => return None,
     };
-    Some((h, arg))
+    Some(Hijack::Pin(c, arg))
 }
 
 impl Proxy {
@@ -93,6 +118,7 @@ impl Proxy {
             .collect();
         let proxy = Proxy {
             cluster,
+            credentials: cfg.basic_auth_credentials.clone().map(std::sync::Arc::new),
             upstream: Upstream::new(node.authority(), node.to_string()),
             tasks: tasks.clone(),
             cancel: cancel.clone(),
@@ -116,23 +142,80 @@ impl Proxy {
     }
 
     async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
-        let Some((cmd, path_arg)) = route(req.method(), req.uri().path()) else {
+        // CORS preflights carry no credentials: they reach the daemon as they are.
+        if req.method() != Method::OPTIONS
+            && !crate::http::basic_auth_ok(req.headers(), self.credentials.as_deref())
+        {
+            let mut r = error::kubo_error(
+                http::StatusCode::UNAUTHORIZED,
+                ErrorCode::Normal,
+                "unauthorized: invalid credentials",
+            );
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"IPFS Cluster proxy\""),
+            );
+            return r;
+        }
+        let Some(hijack) = route(req.method(), req.uri().path()) else {
             return self.upstream.forward(req, remote).await;
         };
         let mut pairs = query_pairs(req.uri());
-        if let Some(a) = path_arg {
-            tracing::warn!(
-                "a client used the undocumented /pin/<cmd>/<arg> form of the IPFS API; use ?arg="
-            );
-            pairs.retain(|(k, _)| k != "arg");
-            pairs.insert(0, ("arg".into(), a));
-        }
-        let q = Query::new(pairs);
-        tracing::debug!(?cmd, "intercepted");
-        let mut resp = match cmd {
-            PinCommand::Add => self.pin_add(q).await,
-            PinCommand::Rm => self.pin_rm(q).await,
-            PinCommand::Ls => self.pin_ls(q).await,
+        tracing::debug!(?hijack, "intercepted");
+        let flag = |pairs: &[(String, String)], k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| crate::http::parse_bool(v).unwrap_or(v.is_empty()))
+        };
+        let mut resp = match hijack {
+            Hijack::Pin(cmd, path_arg) => {
+                if let Some(a) = path_arg {
+                    tracing::warn!(
+                        "a client used the undocumented /pin/<cmd>/<arg> form of the IPFS API; use ?arg="
+                    );
+                    pairs.retain(|(k, _)| k != "arg");
+                    pairs.insert(0, ("arg".into(), a));
+                }
+                let q = Query::new(pairs);
+                match cmd {
+                    PinCommand::Add => self.pin_add(q).await,
+                    PinCommand::Rm => self.pin_rm(q).await,
+                    PinCommand::Ls => self.pin_ls(q).await,
+                }
+            }
+            Hijack::PinUpdate => self.pin_update(Query::new(pairs)).await,
+            Hijack::RepoStat => self.repo_stat().await,
+            Hijack::Add => {
+                // kubo pins by default; `only-hash` stores (and so pins) nothing.
+                let pin = flag(&pairs, "pin").unwrap_or(true)
+                    && !flag(&pairs, "only-hash").unwrap_or(false);
+                let opts = match PinOptions::from_query(&pairs) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        return error::kubo_error(
+                            http::StatusCode::BAD_REQUEST,
+                            ErrorCode::Client,
+                            &e,
+                        );
+                    }
+                };
+                self.relay_and_pin(req, remote, pairs, PinWhat::LastHash, pin.then_some(opts))
+                    .await
+            }
+            Hijack::BlockPut | Hijack::DagPut => {
+                // Without pin=true these are plain daemon calls.
+                if !flag(&pairs, "pin").unwrap_or(false) {
+                    return self.upstream.forward(req, remote).await;
+                }
+                let what = if hijack == Hijack::BlockPut {
+                    PinWhat::EveryKey
+                } else {
+                    PinWhat::EveryCidLink
+                };
+                self.relay_and_pin(req, remote, pairs, what, Some(PinOptions::default()))
+                    .await
+            }
         };
         if let Ok(v) = HeaderValue::from_str(&server_header()) {
             resp.headers_mut().insert(http::header::SERVER, v);
@@ -149,15 +232,28 @@ mod tests {
     fn routes() {
         assert_eq!(
             route(&Method::POST, "/api/v0/pin/add"),
-            Some((PinCommand::Add, None))
+            Some(Hijack::Pin(PinCommand::Add, None))
         );
         assert_eq!(
             route(&Method::POST, "/api/v0/pin/rm/Qm1"),
-            Some((PinCommand::Rm, Some("Qm1".into())))
+            Some(Hijack::Pin(PinCommand::Rm, Some("Qm1".into())))
         );
         assert_eq!(
             route(&Method::GET, "/api/v0/pin/ls"),
-            Some((PinCommand::Ls, None))
+            Some(Hijack::Pin(PinCommand::Ls, None))
+        );
+        assert_eq!(route(&Method::POST, "/api/v0/add"), Some(Hijack::Add));
+        assert_eq!(
+            route(&Method::POST, "/api/v0/pin/update"),
+            Some(Hijack::PinUpdate)
+        );
+        assert_eq!(
+            route(&Method::POST, "/api/v0/repo/stat"),
+            Some(Hijack::RepoStat)
+        );
+        assert_eq!(
+            route(&Method::POST, "/api/v0/dag/put"),
+            Some(Hijack::DagPut)
         );
         assert_eq!(route(&Method::OPTIONS, "/api/v0/pin/add"), None);
         assert_eq!(route(&Method::HEAD, "/api/v0/pin/ls"), None);

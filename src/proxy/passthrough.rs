@@ -69,13 +69,24 @@ impl Upstream {
     }
 
     /// Forwards `req` to the daemon and streams its answer back.
-    pub async fn forward(&self, mut req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
+    pub async fn forward(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        self.forward_with(req, remote, None).await
+    }
+
+    /// Forwards `req` with its path and query replaced by `pq`, when given.
+    pub async fn forward_with(
+        &self,
+        mut req: Request<Incoming>,
+        remote: SocketAddr,
+        pq: Option<String>,
+    ) -> Response<Body> {
+        let pq = pq.unwrap_or_else(|| {
+            req.uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .to_string()
+        });
         let uri: Uri = match format!("http://{}{pq}", self.authority).parse() {
             Ok(u) => u,
             Err(e) => {

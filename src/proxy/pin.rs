@@ -207,6 +207,57 @@ impl Proxy {
         streaming(body)
     }
 
+    /// `pin/update`: the new pin takes the old one's options and allocations.
+    pub async fn pin_update(&self, q: Query) -> Response<Body> {
+        let args = q.all("arg");
+        match args.len() {
+            0 => return missing_argument("from-path"),
+            1 => return missing_argument("to-path"),
+            _ => {}
+        }
+        let unpin = match q.flag("unpin", true) {
+            Ok(u) => u,
+            Err(e) => return e.response(),
+        };
+        let mut cids = Vec::with_capacity(2);
+        for (name, a) in [("from-path", &args[0]), ("to-path", &args[1])] {
+            match self.cluster.resolve(a).await {
+                Ok(c) => cids.push(c),
+                Err(e) => return internal(&format!("error parsing \"{name}\" argument: {e}")),
+            }
+        }
+        let (from, to) = (cids[0], cids[1]);
+        let committed = match self.cluster.pin_update(from, to, unpin).await {
+            Ok((pin, c)) if pin.is_allocated_to(self.cluster.peer_id()) => vec![(to, c.index)],
+            Ok(_) => Vec::new(),
+            Err(e) => return cluster_error(&e),
+        };
+        if let Some(failed) = self.wait_here(&committed, "pin").await {
+            return failed;
+        }
+        let pins = [from.to_string(), to.to_string()];
+        crate::http::json(StatusCode::OK, &PinsOutput { pins: &pins })
+    }
+
+    /// `repo/stat`: the repositories of every peer's daemon, summed.
+    pub async fn repo_stat(&self) -> Response<Body> {
+        #[derive(Serialize)]
+        struct RepoStat {
+            #[serde(rename = "RepoSize")]
+            repo_size: u64,
+            #[serde(rename = "StorageMax")]
+            storage_max: u64,
+        }
+        let (repo_size, storage_max) = self.cluster.repo_stat().await;
+        crate::http::json(
+            StatusCode::OK,
+            &RepoStat {
+                repo_size,
+                storage_max,
+            },
+        )
+    }
+
     /// `pin/rm`: unpin from the cluster; a CID not in the pinset gets kubo's answer.
     pub async fn pin_rm(&self, q: Query) -> Response<Body> {
         let args = q.all("arg");

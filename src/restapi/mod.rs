@@ -5,7 +5,6 @@ pub mod client;
 
 use std::net::SocketAddr;
 
-use base64::Engine;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde::Serialize;
@@ -95,31 +94,11 @@ impl RestApi {
         Ok(addrs)
     }
 
-    fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(creds) = &self.credentials else {
-            return true;
-        };
-        let Some(basic) = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Basic "))
-        else {
-            return false;
-        };
-        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim()) else {
-            return false;
-        };
-        let decoded = String::from_utf8_lossy(&decoded);
-        let (user, pass) = decoded.split_once(':').unwrap_or((&decoded, ""));
-        creds.get(user).is_some_and(|p| p == pass)
-    }
-
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         let open_route = method == Method::GET && path == "/health";
-        if !open_route && !self.authorized(&req) {
+        if !open_route && !crate::http::basic_auth_ok(req.headers(), self.credentials.as_ref()) {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized: invalid credentials",
