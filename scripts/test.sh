@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ipfs-cluster-rs/target}"
 bash scripts/ipfs-daemon.sh install >/dev/null
+bash scripts/compat-clients.sh install
 cargo test --all-targets "$@"

@@ -1125,3 +1125,61 @@ fn composite_clusters_pin_through_two_and_three_levels() {
         p.stop();
     }
 }
+
+#[test]
+fn basic_auth_on_the_proxy_and_the_connector() {
+    let mut a = start_cluster_with(1, |_, v| {
+        v["api"]["ipfsproxy"]["basic_auth_credentials"] = serde_json::json!({"lower": "s3cret"});
+    });
+    let lower = &a.peers[0];
+    // Without credentials: kubo-shaped 401; with them: served.
+    let r = http().post(format!("{}/id", lower.proxy())).send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let e: Value = r.json().unwrap();
+    assert_eq!(e["Type"], "error");
+    let r = http()
+        .post(format!("{}/id", lower.proxy()))
+        .basic_auth("lower", Some("wrong"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = http()
+        .post(format!("{}/id", lower.proxy()))
+        .basic_auth("lower", Some("s3cret"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    // An upper cluster whose connector has the credentials pins through it.
+    let node = format!("/ip4/127.0.0.1/tcp/{}", lower.proxy_port);
+    let mut b = start_cluster_on(&[node], |_, v| {
+        fast_raft(v);
+        v["ipfs_connector"]["ipfshttp"]["basic_auth_credentials"] = "lower:s3cret".into();
+    });
+    let cid = id_cid(11_000);
+    let (st, v) = post(&format!("{}/pin/add?arg={cid}", b.peers[0].proxy()));
+    assert_eq!(st, 200, "{v}");
+    wait_until(
+        "the pin in the lower cluster",
+        Duration::from_secs(15),
+        || {
+            http()
+                .get(format!("{}/allocations/{cid}", lower.rest()))
+                .send()
+                .is_ok_and(|r| r.status().as_u16() == 200)
+        },
+    );
+    wait_until(
+        "the upper peer to report pinned",
+        Duration::from_secs(15),
+        || {
+            statuses(&b.peers[0], &cid)
+                .iter()
+                .all(|(_, s)| s == "pinned")
+        },
+    );
+    for p in b.peers.iter_mut().chain(a.peers.iter_mut()) {
+        p.stop();
+    }
+}
