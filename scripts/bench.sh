@@ -7,3 +7,33 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ipfs-cluster-rs/target}"
 cargo test --release --lib status_of_100k_pins -- --ignored --nocapture 2>&1 |
   grep -E "pins committed|streamed in|test result|panicked"
+
+# - a 1 GiB add streamed through the proxy: peer RSS growth (< 32 MiB)
+cargo build --release --bins -q
+BIN="$CARGO_TARGET_DIR/release"
+WORK="$(mktemp -d)"
+trap 'kill "${PEER:-0}" 2>/dev/null || true; bash scripts/ipfs-daemon.sh stop "$WORK/ipfs" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+API=$(port); PROXY=$(port); REST=$(port); P2P=$(port)
+bash scripts/ipfs-daemon.sh start "$WORK/ipfs" "$API" >/dev/null 2>&1
+"$BIN/ipfs-cluster-service" --config "$WORK/c" init >/dev/null
+CLUSTER_LISTENMULTIADDRESS=/ip4/127.0.0.1/tcp/$P2P \
+CLUSTER_IPFSHTTP_NODEMULTIADDRESS=/ip4/127.0.0.1/tcp/$API \
+CLUSTER_IPFSPROXY_NODEMULTIADDRESS=/ip4/127.0.0.1/tcp/$API \
+CLUSTER_IPFSPROXY_LISTENMULTIADDRESS=/ip4/127.0.0.1/tcp/$PROXY \
+CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS=/ip4/127.0.0.1/tcp/$REST \
+IPFS_CLUSTER_LOG_LEVEL=warn "$BIN/ipfs-cluster-service" --config "$WORK/c" daemon &
+PEER=$!
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$REST/health" >/dev/null && break; sleep 0.1; done
+head -c $((1024 * 1024 * 1024)) /dev/urandom >"$WORK/big.bin"
+kb() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$PEER/status"; }
+echo 5 >"/proc/$PEER/clear_refs"
+BEFORE=$(kb VmRSS)
+START=$(date +%s.%N)
+ROOT=$(curl -sf -X POST -F "file=@$WORK/big.bin;type=application/octet-stream" \
+  "http://127.0.0.1:$PROXY/api/v0/add" | tail -n1 | sed -E 's/.*"Hash":"([^"]+)".*/\1/')
+END=$(date +%s.%N)
+PEAK=$(kb VmHWM)
+PINNED=$(curl -sf -X POST "http://127.0.0.1:$PROXY/api/v0/pin/ls?arg=$ROOT" | grep -c recursive || true)
+echo "1 GiB add through the proxy in $(echo "$END - $START" | bc) s, cluster-pinned: $PINNED;" \
+  "peer RSS $BEFORE kB, peak $PEAK kB, growth $(( (PEAK - BEFORE) / 1024 )) MiB"

@@ -153,9 +153,22 @@ pub fn serve<H, F>(
                 };
                 let _ = stream.set_nodelay(true);
                 let h = handler.clone();
-                let svc = service_fn(move |req| {
-                    let fut = h(req, remote);
-                    async move { Ok::<_, Infallible>(fut.await) }
+                let max_header = opts.max_header_bytes;
+                let svc = service_fn(move |req: http::Request<Incoming>| {
+                    // As Go's server (and upstream): headers over the limit get a 431.
+                    let too_large = header_bytes(&req) > max_header;
+                    let fut = (!too_large).then(|| h(req, remote));
+                    async move {
+                        Ok::<_, Infallible>(match fut {
+                            Some(f) => f.await,
+                            None => {
+                                let mut r =
+                                    Response::new(full("431 Request Header Fields Too Large"));
+                                *r.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                                r
+                            }
+                        })
+                    }
                 });
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
@@ -178,6 +191,17 @@ pub fn serve<H, F>(
             }
         });
     }
+}
+
+/// The size of a request's head, counted as Go's `MaxHeaderBytes` does (roughly:
+/// the request line and every header line).
+fn header_bytes(req: &http::Request<Incoming>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
 }
 
 /// Reads a whole small request body (at most `limit` bytes).

@@ -618,3 +618,31 @@ fn add_block_dag_update_and_repo_stat_through_the_proxy() {
     );
     peer.stop();
 }
+
+#[test]
+fn oversized_headers_get_431() {
+    let cfg = tempfile::tempdir().unwrap();
+    let dead = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let mut peer = PeerProc::init(cfg.path(), &dead);
+    peer.start();
+    let big = "x".repeat(5000);
+    let r = http()
+        .post(format!("{}/id", peer.proxy()))
+        .header("x-big", &big)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 431);
+    let r = http()
+        .get(format!("{}/id", peer.rest()))
+        .header("x-big", &big)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 431);
+    let r = http()
+        .get(format!("{}/id", peer.rest()))
+        .header("x-small", "y")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    peer.stop();
+}
