@@ -813,6 +813,27 @@ impl Cluster {
         total
     }
 
+    /// Garbage-collects every peer's daemon: (peer, removed CIDs, errors) each.
+    pub async fn repo_gc(&self) -> Vec<(String, Vec<String>, Vec<String>)> {
+        let nodes = self.inner.consensus.peer_nodes();
+        let asks = nodes.iter().map(|node| async move {
+            let r = if node.peer_id == self.inner.peer_id {
+                self.inner.ipfs.repo_gc().await.map_err(|e| e.to_string())
+            } else {
+                match self.rpc(&node.peer_id, &ClusterRpc::RepoGc).await {
+                    Ok(ClusterRpcReply::RepoGc(k, e)) => Ok((k, e)),
+                    Ok(ClusterRpcReply::Error(e)) | Err(e) => Err(e),
+                    Ok(other) => Err(format!("unexpected reply {other:?}")),
+                }
+            };
+            match r {
+                Ok((keys, errors)) => (node.peer_id.clone(), keys, errors),
+                Err(e) => (node.peer_id.clone(), Vec::new(), vec![e]),
+            }
+        });
+        futures::future::join_all(asks).await
+    }
+
     /// Pins `to` with the options and allocations of the existing pin `from`, then
     /// unpins `from` unless told not to (kubo's `pin update`).
     pub async fn pin_update(
@@ -854,6 +875,10 @@ impl Cluster {
             }
             Ok(ClusterRpc::RecoverAll) => match self.recover_all_local().await {
                 Ok(v) => ClusterRpcReply::Items(v),
+                Err(e) => ClusterRpcReply::Error(e.to_string()),
+            },
+            Ok(ClusterRpc::RepoGc) => match self.inner.ipfs.repo_gc().await {
+                Ok((keys, errors)) => ClusterRpcReply::RepoGc(keys, errors),
                 Err(e) => ClusterRpcReply::Error(e.to_string()),
             },
             Ok(ClusterRpc::RepoStat) => match self.inner.ipfs.repo_stat().await {

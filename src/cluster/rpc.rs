@@ -24,6 +24,8 @@ pub enum ClusterRpc {
     RecoverAll,
     /// Its daemon's repository size and capacity.
     RepoStat,
+    /// Garbage-collect its daemon.
+    RepoGc,
 }
 
 /// The answer to a [`ClusterRpc`].
@@ -41,6 +43,8 @@ pub enum ClusterRpcReply {
     Ack,
     /// To `RepoStat`: repository size and capacity in bytes.
     RepoStat(u64, u64),
+    /// To `RepoGc`: removed CIDs and errors.
+    RepoGc(Vec<String>, Vec<String>),
     /// The request failed.
     Error(String),
 }

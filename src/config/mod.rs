@@ -268,6 +268,13 @@ pub struct ProxyConfig {
     /// Users and passwords; `null` disables auth (upstream's proxy has none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth_credentials: Option<BTreeMap<String, String>>,
+    /// Daemon headers copied onto intercepted answers, besides
+    /// `Access-Control-Expose-Headers`.
+    pub extract_headers_extra: Vec<String>,
+    /// The daemon call whose answer the headers are taken from.
+    pub extract_headers_path: String,
+    /// How long extracted headers are reused (0: forever).
+    pub extract_headers_ttl: GoDuration,
 }
 
 impl Default for ProxyConfig {
@@ -279,6 +286,9 @@ impl Default for ProxyConfig {
             idle_timeout: GoDuration::secs(60),
             max_header_bytes: 4096,
             basic_auth_credentials: None,
+            extract_headers_extra: Vec::new(),
+            extract_headers_path: "/api/v0/version".into(),
+            extract_headers_ttl: GoDuration::secs(5 * 60),
         }
     }
 }

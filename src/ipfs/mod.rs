@@ -190,6 +190,43 @@ impl IpfsConnector {
             .map_err(|e| IpfsError::Protocol(format!("resolve returned {:?}: {e}", r.path)))
     }
 
+    /// Runs the daemon's garbage collection; returns the removed CIDs and the errors
+    /// it reported along the way.
+    pub async fn repo_gc(&self) -> Result<(Vec<String>, Vec<String>), IpfsError> {
+        #[derive(Deserialize)]
+        struct GcLine {
+            #[serde(rename = "Key", default)]
+            key: Option<serde_json::Value>,
+            #[serde(rename = "Error", default)]
+            error: Option<String>,
+        }
+        let resp = self
+            .post("repo/gc", &[("stream-errors", "true")], None)
+            .await?;
+        let mut reader = NdjsonReader::new(resp);
+        let (mut keys, mut errors) = (Vec::new(), Vec::new());
+        while let Some(line) = reader
+            .next_line()
+            .await
+            .map_err(|e| self.transport_err(e))?
+        {
+            let l: GcLine = serde_json::from_slice(&line)
+                .map_err(|e| IpfsError::Protocol(format!("repo/gc: {e}")))?;
+            if let Some(e) = l.error.filter(|e| !e.is_empty()) {
+                errors.push(e);
+            }
+            let key = match l.key {
+                Some(serde_json::Value::String(s)) => Some(s),
+                Some(serde_json::Value::Object(o)) => {
+                    o.get("/").and_then(|v| v.as_str()).map(String::from)
+                }
+                _ => None,
+            };
+            keys.extend(key);
+        }
+        Ok((keys, errors))
+    }
+
     /// The repository's size and capacity (`repo/stat?size-only=true`), in bytes.
     pub async fn repo_stat(&self) -> Result<(u64, u64), IpfsError> {
         #[derive(Deserialize)]

@@ -3,6 +3,7 @@
 //! daemon untouched.
 
 mod error;
+mod headers;
 mod passthrough;
 mod pin;
 mod relay;
@@ -47,6 +48,7 @@ pub struct Proxy {
     cluster: Cluster,
     credentials: Option<std::sync::Arc<std::collections::BTreeMap<String, String>>>,
     upstream: Upstream,
+    daemon_headers: headers::DaemonHeaders,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
@@ -67,6 +69,7 @@ enum Hijack {
     PinUpdate,
     Add,
     RepoStat,
+    RepoGc,
     BlockPut,
     DagPut,
 }
@@ -83,6 +86,7 @@ fn route(method: &Method, path: &str) -> Option<Hijack> {
         "pin/update" => return Some(Hijack::PinUpdate),
         "add" => return Some(Hijack::Add),
         "repo/stat" => return Some(Hijack::RepoStat),
+        "repo/gc" => return Some(Hijack::RepoGc),
         "block/put" => return Some(Hijack::BlockPut),
         "dag/put" => return Some(Hijack::DagPut),
         _ => {}
@@ -120,6 +124,7 @@ impl Proxy {
             cluster,
             credentials: cfg.basic_auth_credentials.clone().map(std::sync::Arc::new),
             upstream: Upstream::new(node.authority(), node.to_string()),
+            daemon_headers: headers::DaemonHeaders::new(cfg, &node),
             tasks: tasks.clone(),
             cancel: cancel.clone(),
         };
@@ -168,6 +173,8 @@ impl Proxy {
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| crate::http::parse_bool(v).unwrap_or(v.is_empty()))
         };
+        let (origin_method, path) = (req.method().clone(), req.uri().path().to_string());
+        let origin = req.headers().get(http::header::ORIGIN).cloned();
         let mut resp = match hijack {
             Hijack::Pin(cmd, path_arg) => {
                 if let Some(a) = path_arg {
@@ -186,6 +193,7 @@ impl Proxy {
             }
             Hijack::PinUpdate => self.pin_update(Query::new(pairs)).await,
             Hijack::RepoStat => self.repo_stat().await,
+            Hijack::RepoGc => self.repo_gc(Query::new(pairs)).await,
             Hijack::Add => {
                 // kubo pins by default; `only-hash` stores (and so pins) nothing.
                 let pin = flag(&pairs, "pin").unwrap_or(true)
@@ -217,6 +225,13 @@ impl Proxy {
                     .await
             }
         };
+        // As upstream: the daemon's CORS answer for this origin and method, and the
+        // headers it always sends, so browsers see the cluster as the daemon.
+        let extra = self
+            .daemon_headers
+            .for_answer(&path, &origin_method, origin.as_ref())
+            .await;
+        resp.headers_mut().extend(extra);
         if let Ok(v) = HeaderValue::from_str(&server_header()) {
             resp.headers_mut().insert(http::header::SERVER, v);
         }

@@ -239,6 +239,50 @@ impl Proxy {
         crate::http::json(StatusCode::OK, &PinsOutput { pins: &pins })
     }
 
+    /// `repo/gc`: every peer's daemon collects; the removed keys stream as kubo
+    /// sends them, errors inline with `stream-errors=true`, else joined in the trailer.
+    pub async fn repo_gc(&self, q: Query) -> Response<Body> {
+        let stream_errors = match q.flag("stream-errors", false) {
+            Ok(s) => s,
+            Err(e) => return e.response(),
+        };
+        let quiet = q.flag("quiet", false).unwrap_or(false);
+        let results = self.cluster.repo_gc().await;
+        let (tx, body) = channel_body();
+        self.tasks.spawn(async move {
+            let mut trailer_errors = String::new();
+            for (peer, keys, errors) in results {
+                if !quiet {
+                    for k in keys {
+                        let line = serde_json::json!({ "Key": { "/": k } });
+                        if !tx.send_json(&line).await {
+                            return;
+                        }
+                    }
+                }
+                for e in errors {
+                    let msg = format!("{peer}: {e}");
+                    if stream_errors {
+                        if !tx.send_json(&serde_json::json!({ "Error": msg })).await {
+                            return;
+                        }
+                    } else {
+                        trailer_errors.push_str(&msg);
+                        trailer_errors.push_str("; ");
+                    }
+                }
+            }
+            let mut t = HeaderMap::new();
+            if !trailer_errors.is_empty()
+                && let Ok(v) = HeaderValue::from_str(&stream_error_value(&trailer_errors))
+            {
+                t.insert("x-stream-error", v);
+            }
+            tx.trailers(t).await;
+        });
+        streaming(body)
+    }
+
     /// `repo/stat`: the repositories of every peer's daemon, summed.
     pub async fn repo_stat(&self) -> Response<Body> {
         #[derive(Serialize)]
