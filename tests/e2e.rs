@@ -646,3 +646,114 @@ fn oversized_headers_get_431() {
     assert_eq!(r.status().as_u16(), 200);
     peer.stop();
 }
+
+#[test]
+fn intercepted_endpoints_with_bad_input_a_dead_daemon_and_dropped_clients() {
+    // A dead daemon: every intercepted call answers (no hang), errors kubo-shaped.
+    let cfg = tempfile::tempdir().unwrap();
+    let dead = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let mut peer = PeerProc::init(cfg.path(), &dead);
+    peer.start();
+    let p = peer.proxy();
+    let cid = "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG";
+    for path in [
+        format!("/pin/add?arg={cid}"),
+        format!("/pin/update?arg={cid}&arg={cid}"),
+        "/repo/gc".to_string(),
+        "/add".to_string(),
+        "/block/put?pin=true".to_string(),
+        "/dag/put?pin=true".to_string(),
+    ] {
+        let (st, v) = post(&format!("{p}{path}"));
+        assert!(st >= 400 || path == "/repo/gc", "{path}: {st} {v}");
+        if st >= 400 {
+            assert_eq!(v["Type"], "error", "{path}: {v}");
+        }
+    }
+    let (st, v) = post(&format!("{p}/repo/stat"));
+    assert_eq!(
+        (st, &v["RepoSize"]),
+        (200, &Value::from(0)),
+        "peers that fail are left out"
+    );
+    let (st, _) = post(&format!("{p}/pin/ls"));
+    assert_eq!(st, 200, "pin/ls reads the cluster, not the daemon");
+
+    // Bad CIDs and missing arguments on every intercepted call that takes one.
+    for cmd in ["pin/add", "pin/rm", "pin/ls"] {
+        let (st, v) = post(&format!("{p}/{cmd}?arg=notacid"));
+        assert_eq!((st, v["Code"].as_u64()), (500, Some(0)), "{cmd}: {v}");
+        assert!(
+            v["Message"].as_str().unwrap().starts_with("invalid path"),
+            "{cmd}: {v}"
+        );
+    }
+    let (st, v) = post(&format!("{p}/pin/update?arg=notacid&arg={cid}"));
+    assert_eq!(st, 500);
+    assert!(
+        v["Message"]
+            .as_str()
+            .unwrap()
+            .starts_with("error parsing \"from-path\""),
+        "{v}"
+    );
+    for (cmd, arg) in [
+        ("pin/add", "ipfs-path"),
+        ("pin/rm", "ipfs-path"),
+        ("pin/update", "from-path"),
+    ] {
+        let (st, v) = post(&format!("{p}/{cmd}"));
+        assert_eq!((st, v["Code"].as_u64()), (400, Some(1)), "{cmd}");
+        assert_eq!(v["Message"], format!("argument \"{arg}\" is required"));
+    }
+    peer.stop();
+
+    // Clients that hang up mid-stream: an upload cut halfway, a listing dropped
+    // after the first bytes. The peer keeps serving and stops cleanly.
+    let d = Daemon::start();
+    let cfg = tempfile::tempdir().unwrap();
+    let mut peer = PeerProc::init(cfg.path(), &d.multiaddr());
+    peer.start();
+    for n in 0..50 {
+        let c = add_bytes(&peer.proxy(), "f", format!("listing {n}").into_bytes());
+        let (st, _) = post(&format!("{}/pin/add?arg={c}", peer.proxy()));
+        assert_eq!(st, 200);
+    }
+    use std::io::{Read, Write};
+    let addr = ("127.0.0.1", peer.proxy_port);
+    for path in [
+        "/api/v0/pin/ls?stream=true",
+        "/api/v0/pin/ls",
+        "/api/v0/repo/gc",
+    ] {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf);
+        drop(s);
+    }
+    // Last, because js-ipfs itself never releases its repo lock after an upload
+    // cut short (a repo/gc straight to it then hangs too): the proxy must not care.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let boundary = "b0undary";
+    write!(
+        s,
+        "POST /api/v0/add HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n\
+         Content-Length: 10000000\r\n\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; \
+         filename=\"cut.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .unwrap();
+    s.write_all(&vec![7u8; 100_000]).unwrap();
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (st, _) = post(&format!("{}/id", peer.proxy()));
+    assert_eq!(st, 200, "the proxy stopped serving after dropped clients");
+    assert_eq!(cluster_pins(&peer).len(), 50);
+    peer.stop();
+}
