@@ -85,11 +85,10 @@ fn assert_same(label: &str, direct: &Answer, proxied: &Answer) {
 
 #[test]
 fn proxy_answers_like_the_daemon() {
-    let d = Daemon::start();
-    let cfg = tempfile::tempdir().unwrap();
-    let mut peer = PeerProc::init(cfg.path(), &d.multiaddr());
-    peer.start();
-    let (direct, proxy) = (d.api(), peer.proxy());
+    // A 3-peer cluster, each peer before its own daemon; the comparison is with
+    // the daemon behind the first peer.
+    let mut c = cluster::start_cluster(3);
+    let (direct, proxy) = (c.daemons[0].api(), c.peers[0].proxy());
 
     let cid = add_bytes(&direct, "compat.txt", b"compatibility\n".to_vec());
     // Pass-through calls: byte-for-byte the daemon's answers.
@@ -278,5 +277,7 @@ fn proxy_answers_like_the_daemon() {
     for line in normalise(&gc.body).as_array().unwrap() {
         assert!(line["Key"]["/"].is_string(), "{line}");
     }
-    peer.stop();
+    for p in c.peers.iter_mut() {
+        p.stop();
+    }
 }

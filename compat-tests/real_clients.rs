@@ -1,5 +1,5 @@
-//! Real client libraries that applications use — the Python `ipfshttpclient` and the
-//! JS `kubo-rpc-client` — run their own add → pin → ls → rm flows through the
+//! Real clients that applications use — the Python `ipfshttpclient`, the JS
+//! `kubo-rpc-client` and curl — run their own add → pin → ls → rm flows through the
 //! proxy, unmodified (compat-tests/clients/). scripts/compat-clients.sh installs them.
 
 #[path = "../tests/common/mod.rs"]
@@ -45,7 +45,7 @@ fn run(cmd: &mut Command) -> String {
 }
 
 #[test]
-fn python_and_js_clients_work_through_the_proxy_unmodified() {
+fn python_js_and_curl_clients_work_through_the_proxy_unmodified() {
     let (node_dir, python) = client_paths();
     let d = Daemon::start();
     let cfg = tempfile::tempdir().unwrap();
@@ -57,6 +57,11 @@ fn python_and_js_clients_work_through_the_proxy_unmodified() {
         .arg(root.join("flow.py"))
         .arg(format!("/ip4/127.0.0.1/tcp/{}/http", peer.proxy_port)));
     eprintln!("ipfshttpclient: {out}");
+
+    let out = run(Command::new("bash")
+        .arg(root.join("flow.sh"))
+        .arg(format!("http://127.0.0.1:{}/api/v0", peer.proxy_port)));
+    eprintln!("curl: {out}");
 
     // ESM resolves packages next to the script: run a copy beside node_modules.
     let script = node_dir.join("flow.mjs");

@@ -2,6 +2,8 @@
 //! peers run as processes of the real binaries, all on 127.0.0.1 ports.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
