@@ -3,7 +3,7 @@
 # add a file through the proxy, pin it through the proxy, and show its status.
 #
 # Ports (override with env): IPFS_API_PORT=5001, CLUSTER_PROXY_PORT=9095,
-# CLUSTER_REST_PORT=9094. State lives in $QUICKSTART_DIR
+# CLUSTER_REST_PORT=9094, CLUSTER_P2P_PORT=9096 (all on 127.0.0.1). State lives in $QUICKSTART_DIR
 # (default ~/.cache/ipfs-cluster-rs/quickstart). Pass --keep to leave the daemon
 # and the peer running afterwards.
 set -euo pipefail
@@ -20,7 +20,7 @@ BIN="$CARGO_TARGET_DIR/release"
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-for port in "$IPFS_API_PORT" "$PROXY_PORT" "$REST_PORT"; do
+for port in "$IPFS_API_PORT" "$PROXY_PORT" "$REST_PORT" "${CLUSTER_P2P_PORT:-9096}"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is already in use; set IPFS_API_PORT / CLUSTER_PROXY_PORT / CLUSTER_REST_PORT" >&2
     exit 1
@@ -45,6 +45,7 @@ bash scripts/ipfs-daemon.sh start "$WORK/ipfs" "$IPFS_API_PORT" >/dev/null
 
 say "initialising a cluster peer in $WORK/cluster"
 "$BIN/ipfs-cluster-service" --config "$WORK/cluster" init --force
+export CLUSTER_LISTENMULTIADDRESS="/ip4/127.0.0.1/tcp/${CLUSTER_P2P_PORT:-9096}"
 export CLUSTER_IPFSHTTP_NODEMULTIADDRESS="/ip4/127.0.0.1/tcp/$IPFS_API_PORT"
 export CLUSTER_IPFSPROXY_NODEMULTIADDRESS="/ip4/127.0.0.1/tcp/$IPFS_API_PORT"
 export CLUSTER_IPFSPROXY_LISTENMULTIADDRESS="/ip4/127.0.0.1/tcp/$PROXY_PORT"

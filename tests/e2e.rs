@@ -187,9 +187,7 @@ fn errors_have_kubo_shapes() {
 #[test]
 fn unreachable_daemon_gets_kubo_error_not_a_hang() {
     let cfg = tempfile::tempdir().unwrap();
-    let dead = format!("/ip4/127.0.0.1/tcp/{}", free_port());
-    let mut peer = PeerProc::init(cfg.path(), &dead);
-    peer.start();
+    let mut peer = PeerProc::before_dead_daemon(cfg.path());
     let (st, v) = post(&format!("{}/id", peer.proxy()));
     assert_eq!(st, 502);
     assert_eq!(v["Type"], "error");
@@ -269,9 +267,7 @@ fn cat_of_100mib_streams_byte_identical_with_flat_memory() {
 #[test]
 fn second_daemon_on_same_config_fails_fast_and_bad_config_names_the_key() {
     let cfg = tempfile::tempdir().unwrap();
-    let dead = format!("/ip4/127.0.0.1/tcp/{}", free_port());
-    let mut peer = PeerProc::init(cfg.path(), &dead);
-    peer.start();
+    let mut peer = PeerProc::before_dead_daemon(cfg.path());
     let out = peer.command().output().expect("second daemon");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -622,9 +618,7 @@ fn add_block_dag_update_and_repo_stat_through_the_proxy() {
 #[test]
 fn oversized_headers_get_431() {
     let cfg = tempfile::tempdir().unwrap();
-    let dead = format!("/ip4/127.0.0.1/tcp/{}", free_port());
-    let mut peer = PeerProc::init(cfg.path(), &dead);
-    peer.start();
+    let mut peer = PeerProc::before_dead_daemon(cfg.path());
     let big = "x".repeat(5000);
     let r = http()
         .post(format!("{}/id", peer.proxy()))
@@ -651,9 +645,7 @@ fn oversized_headers_get_431() {
 fn intercepted_endpoints_with_bad_input_a_dead_daemon_and_dropped_clients() {
     // A dead daemon: every intercepted call answers (no hang), errors kubo-shaped.
     let cfg = tempfile::tempdir().unwrap();
-    let dead = format!("/ip4/127.0.0.1/tcp/{}", free_port());
-    let mut peer = PeerProc::init(cfg.path(), &dead);
-    peer.start();
+    let mut peer = PeerProc::before_dead_daemon(cfg.path());
     let p = peer.proxy();
     let cid = "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG";
     for path in [

@@ -606,11 +606,9 @@ impl Cluster {
     pub async fn repin_from(&self, dead: &str) -> Vec<Cid> {
         let me = self.inner.peer_id.clone();
         let live: Vec<String> = self
-            .inner
-            .consensus
-            .peers()
+            .live_peers()
             .into_iter()
-            .filter(|p| p != dead && (*p == me || self.inner.monitor.is_alive(p)))
+            .filter(|p| p != dead)
             .collect();
         let exclude = vec![dead.to_string()];
         let mut repinned = Vec::new();
@@ -757,18 +755,23 @@ impl Cluster {
         }
     }
 
+    /// This peer and the peers whose ping has not expired.
+    fn live_peers(&self) -> Vec<String> {
+        let me = &self.inner.peer_id;
+        self.inner
+            .consensus
+            .peers()
+            .into_iter()
+            .filter(|p| p == me || self.inner.monitor.is_alive(p))
+            .collect()
+    }
+
     /// Unpins the pins whose `expire_at` has passed. Only the live peer XOR-closest
     /// to each CID does it, so peers do not race each other.
     pub async fn sync_expired(&self) -> Vec<Cid> {
         let now = Utc::now();
         let me = self.inner.peer_id.clone();
-        let live: Vec<String> = self
-            .inner
-            .consensus
-            .peers()
-            .into_iter()
-            .filter(|p| *p == me || self.inner.monitor.is_alive(p))
-            .collect();
+        let live = self.live_peers();
         let expired: Vec<Cid> = self
             .pins()
             .filter_map(Result::ok)

@@ -109,6 +109,14 @@ impl PeerProc {
         }
     }
 
+    /// A started peer before a daemon that is not there.
+    pub fn before_dead_daemon(dir: &Path) -> PeerProc {
+        let dead = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+        let mut peer = Self::init(dir, &dead);
+        peer.start();
+        peer
+    }
+
     /// The peer ID in identity.json.
     pub fn peer_id(&self) -> String {
         let v: serde_json::Value = serde_json::from_str(
