@@ -54,7 +54,7 @@ export CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS="/ip4/127.0.0.1/tcp/$REST_PORT"
 say "starting the peer (proxy 127.0.0.1:$PROXY_PORT, REST API 127.0.0.1:$REST_PORT)"
 "$BIN/ipfs-cluster-service" --config "$WORK/cluster" daemon >"$WORK/peer.log" 2>&1 &
 PEER_PID=$!
-for _ in $(seq 1 100); do
+for _ in $(seq 1 300); do
   curl -sf "http://127.0.0.1:$REST_PORT/health" >/dev/null && break
   kill -0 "$PEER_PID" 2>/dev/null || { cat "$WORK/peer.log" >&2; exit 1; }
   sleep 0.1

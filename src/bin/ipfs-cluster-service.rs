@@ -82,7 +82,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Init { force, mut peers } => {
             peers.retain(|p| !p.trim().is_empty());
-            let (_, id) = config::init(&dir, force, &peers)?;
+            let (cfg, id) = config::init(&dir, force, &peers)?;
+            // A new identity cannot use the Raft state of the old one.
+            if dir.join(config::RAFT_DIR).exists() {
+                backup_raft_dir(&dir, cfg.consensus.raft.backups_rotate)?;
+                println!("the previous raft folder was moved to raft.old.0");
+            }
             println!(
                 "configuration written to {}\npeer id: {}",
                 dir.join(CONFIG_FILE).display(),
