@@ -204,16 +204,6 @@ fn header_bytes(req: &http::Request<Incoming>) -> usize {
         + line
 }
 
-/// Reads a whole small request body (at most `limit` bytes).
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, String> {
-    let limited = http_body_util::Limited::new(body, limit);
-    limited
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| e.to_string())
-}
-
 /// True when `headers` carry HTTP Basic credentials found in `creds`
 /// (user → password); with no `creds`, everything is allowed.
 pub fn basic_auth_ok(
