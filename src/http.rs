@@ -121,7 +121,8 @@ pub async fn bind(addrs: &[String]) -> Result<Vec<TcpListener>, std::io::Error> 
 }
 
 /// Serves `handler` on `listeners` until `cancel`, then lets open requests finish
-/// for a short grace period. Every task is spawned on `tasks`.
+/// for a short grace period. Every task is spawned on `tasks`. Returns the
+/// addresses served (with the real ports of listeners bound to port 0).
 pub fn serve<H, F>(
     name: &'static str,
     listeners: Vec<TcpListener>,
@@ -129,11 +130,16 @@ pub fn serve<H, F>(
     opts: ServerOptions,
     tasks: &TaskTracker,
     cancel: CancellationToken,
-) where
+) -> Vec<SocketAddr>
+where
     H: Fn(http::Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let handler = Arc::new(handler);
+    let addrs = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
     for listener in listeners {
         let (handler, opts, cancel, conn_tasks) =
             (handler.clone(), opts.clone(), cancel.clone(), tasks.clone());
@@ -191,6 +197,7 @@ pub fn serve<H, F>(
             }
         });
     }
+    addrs
 }
 
 /// The size of a request's head, counted as Go's `MaxHeaderBytes` does (roughly:

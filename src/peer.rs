@@ -508,27 +508,13 @@ mod tests {
 
     use super::*;
     use crate::cluster::Phase;
-    use crate::config::Multiaddrs;
     use crate::ipfs::fake::FakeDaemon;
     use crate::types::{PinOptions, TrackerStatus};
 
     const CID: &str = "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG";
 
     async fn peer_before(fake: &FakeDaemon, dir: &Path) -> Peer {
-        let mut cfg = Config::generate();
-        let any = Multiaddrs(vec!["/ip4/127.0.0.1/tcp/0".into()]);
-        cfg.cluster.listen_multiaddress = any.clone();
-        cfg.ipfs_connector.ipfshttp.node_multiaddress = fake.multiaddr();
-        if let Some(p) = cfg.api.ipfsproxy.as_mut() {
-            p.node_multiaddress = fake.multiaddr();
-            p.listen_multiaddress = any.clone();
-        }
-        if let Some(r) = cfg.api.restapi.as_mut() {
-            r.http_listen_multiaddress = any;
-        }
-        Peer::start(dir, cfg, Identity::generate(), StartOptions::default())
-            .await
-            .expect("peer starts")
+        start_before_fake(fake, dir, true, true).await
     }
 
     async fn wait_status(peer: &Peer, want: TrackerStatus) -> crate::cluster::LocalStatus {
@@ -648,6 +634,35 @@ mod tests {
     }
 }
 
+/// A peer before `fake` for the in-process tests: every listener on a free
+/// loopback port, with the proxy and the REST API only when asked for.
+#[cfg(test)]
+async fn start_before_fake(
+    fake: &crate::ipfs::fake::FakeDaemon,
+    dir: &Path,
+    proxy: bool,
+    rest: bool,
+) -> Peer {
+    let mut cfg = Config::generate();
+    let any = crate::config::Multiaddrs(vec!["/ip4/127.0.0.1/tcp/0".into()]);
+    cfg.cluster.listen_multiaddress = any.clone();
+    cfg.ipfs_connector.ipfshttp.node_multiaddress = fake.multiaddr();
+    match cfg.api.ipfsproxy.as_mut() {
+        Some(p) if proxy => {
+            p.node_multiaddress = fake.multiaddr();
+            p.listen_multiaddress = any.clone();
+        }
+        _ => cfg.api.ipfsproxy = None,
+    }
+    match cfg.api.restapi.as_mut() {
+        Some(r) if rest => r.http_listen_multiaddress = any,
+        _ => cfg.api.restapi = None,
+    }
+    Peer::start(dir, cfg, Identity::generate(), StartOptions::default())
+        .await
+        .expect("peer starts")
+}
+
 /// A field of /proc/self/status in kB (VmRSS, VmHWM), for the memory tests.
 #[cfg(test)]
 fn proc_kb(field: &str) -> u64 {
@@ -666,8 +681,6 @@ fn proc_kb(field: &str) -> u64 {
 mod queue_tests {
     use std::time::{Duration, Instant};
 
-    use super::*;
-    use crate::config::Multiaddrs;
     use crate::ipfs::fake::FakeDaemon;
     use crate::types::{Cid, PinOptions, TrackerStatus, TrackerStatusFilter};
 
@@ -686,20 +699,7 @@ mod queue_tests {
         // Slow pins while committing, so that a queue builds up.
         fake.state.lock().unwrap().pin_delay = Duration::from_millis(50);
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config::generate();
-        let any = Multiaddrs(vec!["/ip4/127.0.0.1/tcp/0".into()]);
-        cfg.cluster.listen_multiaddress = any.clone();
-        cfg.ipfs_connector.ipfshttp.node_multiaddress = fake.multiaddr();
-        cfg.api.ipfsproxy = None;
-        cfg.api.restapi = None;
-        let peer = Peer::start(
-            dir.path(),
-            cfg,
-            Identity::generate(),
-            StartOptions::default(),
-        )
-        .await
-        .unwrap();
+        let peer = super::start_before_fake(&fake, dir.path(), false, false).await;
         let rss_before = super::proc_kb("VmRSS");
         let started = Instant::now();
         // Commit concurrently, as many clients would: Raft batches the entries.
@@ -779,8 +779,6 @@ mod status_memory {
 
     use futures::StreamExt;
 
-    use super::*;
-    use crate::config::Multiaddrs;
     use crate::ipfs::fake::FakeDaemon;
     use crate::types::{Cid, PinOptions};
 
@@ -792,22 +790,7 @@ mod status_memory {
         const N: usize = 100_000;
         let fake = FakeDaemon::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config::generate();
-        let any = Multiaddrs(vec!["/ip4/127.0.0.1/tcp/0".into()]);
-        cfg.cluster.listen_multiaddress = any.clone();
-        cfg.ipfs_connector.ipfshttp.node_multiaddress = fake.multiaddr();
-        cfg.api.ipfsproxy = None;
-        if let Some(r) = cfg.api.restapi.as_mut() {
-            r.http_listen_multiaddress = any;
-        }
-        let peer = Peer::start(
-            dir.path(),
-            cfg,
-            Identity::generate(),
-            StartOptions::default(),
-        )
-        .await
-        .unwrap();
+        let peer = super::start_before_fake(&fake, dir.path(), false, true).await;
         let started = Instant::now();
         let cluster = peer.cluster().clone();
         let mut set = tokio::task::JoinSet::new();

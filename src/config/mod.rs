@@ -736,14 +736,17 @@ pub fn check_replication(min: i32, max: i32) -> Result<(), String> {
     }
 }
 
+/// The non-empty, trimmed items of a comma-separated list.
+pub fn comma_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 fn env_list(v: &str) -> Multiaddrs {
-    Multiaddrs(
-        v.split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
-    )
+    Multiaddrs(comma_list(v))
 }
 
 fn parse_env_bool(var: &str, v: &str) -> Result<bool, ConfigError> {

@@ -42,10 +42,9 @@ impl FakeDaemon {
         let listeners = crate::http::bind(&["/ip4/127.0.0.1/tcp/0".to_string()])
             .await
             .expect("bind fake daemon");
-        let addr = listeners[0].local_addr().expect("addr");
         let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
         let st = state.clone();
-        crate::http::serve(
+        let addr = crate::http::serve(
             "fake daemon",
             listeners,
             move |req, _| {
@@ -58,7 +57,9 @@ impl FakeDaemon {
             },
             &tasks,
             cancel.clone(),
-        );
+        )
+        .pop()
+        .expect("the fake daemon listens");
         FakeDaemon {
             addr,
             state,

@@ -116,10 +116,6 @@ impl Proxy {
     ) -> Result<Vec<SocketAddr>, ProxyError> {
         let node = TcpMultiaddr::parse(&cfg.node_multiaddress)?;
         let listeners = crate::http::bind(&cfg.listen_multiaddress.0).await?;
-        let addrs = listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect();
         let proxy = Proxy {
             cluster,
             credentials: cfg.basic_auth_credentials.clone().map(std::sync::Arc::new),
@@ -132,7 +128,7 @@ impl Proxy {
             header_read_timeout: cfg.read_header_timeout.0,
             max_header_bytes: cfg.max_header_bytes,
         };
-        crate::http::serve(
+        let addrs = crate::http::serve(
             "ipfs proxy",
             listeners,
             move |req, remote| {

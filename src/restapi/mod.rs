@@ -67,10 +67,6 @@ impl RestApi {
         cancel: CancellationToken,
     ) -> Result<Vec<SocketAddr>, RestApiError> {
         let listeners = crate::http::bind(&cfg.http_listen_multiaddress.0).await?;
-        let addrs = listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect();
         let api = RestApi {
             cluster,
             credentials: cfg.basic_auth_credentials.clone(),
@@ -80,7 +76,7 @@ impl RestApi {
             header_read_timeout: cfg.read_header_timeout.0,
             max_header_bytes: cfg.max_header_bytes,
         };
-        crate::http::serve(
+        let addrs = crate::http::serve(
             "rest api",
             listeners,
             move |req, _remote| {

@@ -28,14 +28,7 @@ impl PinOptions {
                         .parse()
                         .map_err(|_| format!("parameter shard-size invalid: {v:?}"))?
                 }
-                "user-allocations" => {
-                    o.user_allocations = v
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(String::from)
-                        .collect()
-                }
+                "user-allocations" => o.user_allocations = crate::config::comma_list(v),
                 "expire-at" => {
                     let t = DateTime::parse_from_rfc3339(v)
                         .map_err(|e| format!("parameter expire-at invalid: {e}"))?;
@@ -50,14 +43,7 @@ impl PinOptions {
                     let d = chrono::Duration::from_std(d).map_err(|e| e.to_string())?;
                     o.expire_at = Some(Utc::now() + d);
                 }
-                "origins" => {
-                    o.origins = v
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(String::from)
-                        .collect()
-                }
+                "origins" => o.origins = crate::config::comma_list(v),
                 "pin-update" => {
                     o.pin_update = Some(
                         v.parse()
