@@ -9,12 +9,29 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free loopback port (a race is possible but unlikely on a test machine).
+/// A free loopback port below the kernel's ephemeral range (32768 and up on
+/// Linux): a port the kernel hands out with `bind(0)` can be taken again by any
+/// outgoing connection before the process meant to listen on it starts, which
+/// made a daemon fail with EADDRINUSE. Ports are handed out once per test
+/// process, from an offset that differs between processes.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 997) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {}", LOW + SPAN)
 }
 
 fn repo_root() -> PathBuf {
@@ -28,22 +45,29 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Starts a daemon; a second attempt on fresh ports and a fresh repo, as
+    /// a start on a loaded machine can fail for reasons outside the project.
     pub fn start() -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/ipfs-daemon.sh"))
-            .args([
-                "start",
-                &dir.path().join("repo").to_string_lossy(),
-                &port.to_string(),
-            ])
-            .env("SWARM_PORT", free_port().to_string())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/ipfs-daemon.sh");
-        assert!(out.status.success(), "the IPFS daemon did not start");
-        Daemon { dir, port }
+        for attempt in 1..=2 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let port = free_port();
+            let out = Command::new("bash")
+                .arg(repo_root().join("scripts/ipfs-daemon.sh"))
+                .args([
+                    "start",
+                    &dir.path().join("repo").to_string_lossy(),
+                    &port.to_string(),
+                ])
+                .env("SWARM_PORT", free_port().to_string())
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run scripts/ipfs-daemon.sh");
+            if out.status.success() {
+                return Daemon { dir, port };
+            }
+            eprintln!("the IPFS daemon did not start (attempt {attempt})");
+        }
+        panic!("the IPFS daemon did not start twice")
     }
 
     pub fn api(&self) -> String {
