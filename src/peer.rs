@@ -109,7 +109,14 @@ impl Peer {
                     };
                     let proxy_addrs = match &cfg.api.ipfsproxy {
                         Some(p) => {
-                            Proxy::start(p, cluster.clone(), &tasks, cancel.child_token()).await?
+                            Proxy::start(
+                                p,
+                                &cfg.ipfs_connector.ipfshttp,
+                                cluster.clone(),
+                                &tasks,
+                                cancel.child_token(),
+                            )
+                            .await?
                         }
                         None => Vec::new(),
                     };
@@ -618,7 +625,7 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("x-stream-error: {\"Message\":\"boom\",\"Code\":0}"),
+            out.contains("x-stream-error: boom: it broke"),
             "trailer lost: {out}"
         );
         // hyper only writes trailers to clients that asked for them (TE: trailers).

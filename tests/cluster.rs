@@ -1027,6 +1027,10 @@ fn basic_auth_on_the_proxy_and_the_connector() {
         fast_raft(v);
         v["ipfs_connector"]["ipfshttp"]["basic_auth_credentials"] = "lower:s3cret".into();
     });
+    // Calls it does not intercept reach the lower proxy with those credentials too.
+    let (st, v) = post(&format!("{}/id", b.peers[0].proxy()));
+    assert_eq!(st, 200, "{v}");
+    assert!(v["ID"].is_string(), "{v}");
     let cid = id_cid(11_000);
     let (st, v) = post(&format!("{}/pin/add?arg={cid}", b.peers[0].proxy()));
     assert_eq!(st, 200, "{v}");

@@ -153,10 +153,8 @@ async fn handle(st: Arc<Mutex<FakeState>>, path: &str, q: Vec<(String, String)>)
             tokio::spawn(async move {
                 tx.send(Bytes::from_static(b"{\"part\":1}\n")).await;
                 let mut t = HeaderMap::new();
-                t.insert(
-                    "x-stream-error",
-                    HeaderValue::from_static("{\"Message\":\"boom\",\"Code\":0}"),
-                );
+                // go-ipfs-cmds writes the bare `err.Error()`.
+                t.insert("x-stream-error", HeaderValue::from_static("boom: it broke"));
                 tx.trailers(t).await;
             });
             let mut r = Response::new(body);

@@ -25,12 +25,13 @@ pub struct DaemonHeaders {
     extract: Vec<HeaderName>,
     extract_path: String,
     ttl: Duration,
+    authorization: Option<HeaderValue>,
     cached: Arc<Mutex<Option<(Instant, HeaderMap)>>>,
 }
 
 impl DaemonHeaders {
-    /// For the daemon at `node`, as configured.
-    pub fn new(cfg: &ProxyConfig, node: &TcpMultiaddr) -> Self {
+    /// For the daemon at `node`, as configured, asked with `authorization` if any.
+    pub fn new(cfg: &ProxyConfig, node: &TcpMultiaddr, authorization: Option<HeaderValue>) -> Self {
         let mut extract = vec![HeaderName::from_static("access-control-expose-headers")];
         extract.extend(
             cfg.extract_headers_extra
@@ -46,6 +47,7 @@ impl DaemonHeaders {
             extract,
             extract_path: cfg.extract_headers_path.clone(),
             ttl: cfg.extract_headers_ttl.0,
+            authorization,
             cached: Arc::new(Mutex::new(None)),
         }
     }
@@ -61,8 +63,10 @@ impl DaemonHeaders {
         let mut out = self.extracted().await;
         if let Some(origin) = origin {
             let preflight = self
-                .client
-                .request(reqwest::Method::OPTIONS, format!("{}{path}", self.base))
+                .authorized(
+                    self.client
+                        .request(reqwest::Method::OPTIONS, format!("{}{path}", self.base)),
+                )
                 .header("origin", origin.as_bytes())
                 .header("access-control-request-method", method.as_str())
                 .send()
@@ -86,6 +90,13 @@ impl DaemonHeaders {
         out
     }
 
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.authorization {
+            Some(a) => req.header(reqwest::header::AUTHORIZATION, a.as_bytes()),
+            None => req,
+        }
+    }
+
     async fn extracted(&self) -> HeaderMap {
         if let Some((at, h)) = self
             .cached
@@ -98,8 +109,10 @@ impl DaemonHeaders {
         }
         let mut h = HeaderMap::new();
         match self
-            .client
-            .post(format!("{}{}", self.base, self.extract_path))
+            .authorized(
+                self.client
+                    .post(format!("{}{}", self.base, self.extract_path)),
+            )
             .send()
             .await
         {

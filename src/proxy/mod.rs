@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::{ErrorCode, kubo_error};
-pub use passthrough::Upstream;
+pub use passthrough::{Upstream, UpstreamAuth};
 
 use crate::cluster::Cluster;
-use crate::config::ProxyConfig;
+use crate::config::{IpfsHttpConfig, ProxyConfig};
 use crate::http::{Body, ServerOptions, query_pairs};
 use crate::multiaddr::{MultiaddrError, TcpMultiaddr};
 use crate::types::PinOptions;
@@ -106,21 +106,42 @@ fn route(method: &Method, path: &str) -> Option<Hijack> {
     Some(Hijack::Pin(c, arg))
 }
 
+/// `Authorization: Basic …` from the connector's `user:password`, when the
+/// connector talks to the proxy's node: a lower cluster's proxy (or a daemon)
+/// that wants credentials wants them on forwarded calls too.
+fn daemon_authorization(node: &TcpMultiaddr, connector: &IpfsHttpConfig) -> Option<HeaderValue> {
+    use base64::Engine;
+    let creds = connector.basic_auth_credentials.as_deref()?;
+    let same_node = TcpMultiaddr::parse(&connector.node_multiaddress)
+        .is_ok_and(|c| c.authority() == node.authority());
+    if !same_node {
+        return None;
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(creds);
+    HeaderValue::from_str(&format!("Basic {encoded}")).ok()
+}
+
 impl Proxy {
-    /// Binds the listeners and serves until `cancel`.
+    /// Binds the listeners and serves until `cancel`. `connector` lends its
+    /// credentials when it names the same node as the proxy.
     pub async fn start(
         cfg: &ProxyConfig,
+        connector: &IpfsHttpConfig,
         cluster: Cluster,
         tasks: &TaskTracker,
         cancel: CancellationToken,
     ) -> Result<Vec<SocketAddr>, ProxyError> {
         let node = TcpMultiaddr::parse(&cfg.node_multiaddress)?;
         let listeners = crate::http::bind(&cfg.listen_multiaddress.0).await?;
+        let auth = UpstreamAuth {
+            daemon: daemon_authorization(&node, connector),
+            drop_client: cfg.basic_auth_credentials.is_some(),
+        };
         let proxy = Proxy {
             cluster,
             credentials: cfg.basic_auth_credentials.clone().map(std::sync::Arc::new),
-            upstream: Upstream::new(node.authority(), node.to_string()),
-            daemon_headers: headers::DaemonHeaders::new(cfg, &node),
+            daemon_headers: headers::DaemonHeaders::new(cfg, &node, auth.daemon.clone()),
+            upstream: Upstream::new(node.authority(), node.to_string(), auth),
             tasks: tasks.clone(),
             cancel: cancel.clone(),
         };
@@ -238,6 +259,27 @@ impl Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_connectors_credentials_go_only_to_its_own_node() {
+        let connector = IpfsHttpConfig {
+            node_multiaddress: "/ip4/127.0.0.1/tcp/9095".into(),
+            basic_auth_credentials: Some("lower:s3cret".into()),
+            ..Default::default()
+        };
+        let same = TcpMultiaddr::parse("/ip4/127.0.0.1/tcp/9095").unwrap();
+        assert_eq!(
+            daemon_authorization(&same, &connector).unwrap(),
+            "Basic bG93ZXI6czNjcmV0"
+        );
+        let other = TcpMultiaddr::parse("/ip4/127.0.0.1/tcp/5001").unwrap();
+        assert!(daemon_authorization(&other, &connector).is_none());
+        let anonymous = IpfsHttpConfig {
+            basic_auth_credentials: None,
+            ..connector
+        };
+        assert!(daemon_authorization(&same, &anonymous).is_none());
+    }
 
     #[test]
     fn routes() {

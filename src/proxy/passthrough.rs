@@ -20,6 +20,18 @@ pub struct Upstream {
     client: Client<HttpConnector, Incoming>,
     authority: String,
     multiaddr: String,
+    auth: UpstreamAuth,
+}
+
+/// What `Authorization` the daemon gets on forwarded requests.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamAuth {
+    /// The daemon's own credentials (the IPFS connector's, for the same node),
+    /// sent in place of the client's.
+    pub daemon: Option<HeaderValue>,
+    /// The proxy checked the client's credentials itself: they were meant for
+    /// the proxy and go no further.
+    pub drop_client: bool,
 }
 
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -49,7 +61,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 
 impl Upstream {
     /// A client of the daemon at `authority` (`host:port`), named `multiaddr` in errors.
-    pub fn new(authority: String, multiaddr: String) -> Self {
+    pub fn new(authority: String, multiaddr: String, auth: UpstreamAuth) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
@@ -60,6 +72,7 @@ impl Upstream {
             client,
             authority,
             multiaddr,
+            auth,
         }
     }
 
@@ -100,6 +113,11 @@ impl Upstream {
         *req.uri_mut() = uri;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        if let Some(a) = &self.auth.daemon {
+            headers.insert(header::AUTHORIZATION, a.clone());
+        } else if self.auth.drop_client {
+            headers.remove(header::AUTHORIZATION);
+        }
         if let Ok(v) = HeaderValue::from_str(&self.authority) {
             headers.insert(header::HOST, v);
         }

@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
 use super::Proxy;
-use super::error::{ErrorCode, internal, kubo_error, missing_argument, stream_error_value};
+use super::error::{ErrorCode, internal, kubo_error, missing_argument, stream_error_trailer};
 use crate::cluster::{ClusterError, OpState, Phase};
 use crate::http::{Body, channel_body, parse_bool};
 use crate::types::{Cid, Pin, PinMode, PinOptions};
@@ -196,11 +196,7 @@ impl Proxy {
                     tx.send_json(&PinsOutput { pins: &pins }).await;
                 }
                 Err(msg) => {
-                    let mut t = HeaderMap::new();
-                    if let Ok(v) = HeaderValue::from_str(&stream_error_value(&msg)) {
-                        t.insert("x-stream-error", v);
-                    }
-                    tx.trailers(t).await;
+                    tx.trailers(stream_error_trailer(&msg)).await;
                 }
             }
         });
@@ -272,12 +268,11 @@ impl Proxy {
                     }
                 }
             }
-            let mut t = HeaderMap::new();
-            if !trailer_errors.is_empty()
-                && let Ok(v) = HeaderValue::from_str(&stream_error_value(&trailer_errors))
-            {
-                t.insert("x-stream-error", v);
-            }
+            let t = if trailer_errors.is_empty() {
+                HeaderMap::new()
+            } else {
+                stream_error_trailer(&trailer_errors)
+            };
             tx.trailers(t).await;
         });
         streaming(body)
@@ -454,12 +449,9 @@ impl PinLsWriter {
             if !this.stream && error.is_none() {
                 tx.send(&b"}}\n"[..]).await;
             }
-            let mut t = HeaderMap::new();
-            if let Some(msg) = error
-                && let Ok(v) = HeaderValue::from_str(&stream_error_value(&msg))
-            {
-                t.insert("x-stream-error", v);
-            }
+            let t = error
+                .map(|msg| stream_error_trailer(&msg))
+                .unwrap_or_default();
             tx.trailers(t).await;
         });
         streaming(body)

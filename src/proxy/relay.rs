@@ -155,10 +155,8 @@ impl Proxy {
                     }
                 }
             }
-            if let Some(msg) = failed
-                && let Ok(v) = HeaderValue::from_str(&stream_error_value(&msg))
-            {
-                trailers.insert("x-stream-error", v);
+            if let Some(msg) = failed {
+                trailers.insert("x-stream-error", stream_error_value(&msg));
             }
             tx.trailers(trailers).await;
         });
