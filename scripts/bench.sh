@@ -2,11 +2,16 @@
 # Benchmarks (not part of the test suite): memory and speed targets measured side
 # by side in one run.
 #   - status of 100,000 pins streamed through GET /pins: peer RSS growth (< 64 MiB)
+#   - sled against redb as the Raft store
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ipfs-cluster-rs/target}"
 cargo test --release --lib status_of_100k_pins -- --ignored --nocapture 2>&1 |
   grep -E "pins committed|streamed in|test result|panicked"
+
+# - the Raft stores, sled against redb: log appends, pin writes, scans, reads,
+#   removals, disk and memory, with the redb/sled ratio of each
+cargo bench --bench store 2>&1 | grep -vE "^ *(Compiling|Finished|Running)"
 
 # - a 1 GiB add streamed through the proxy: peer RSS growth (< 32 MiB)
 cargo build --release --bins -q

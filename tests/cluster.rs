@@ -265,8 +265,11 @@ fn a_peer_joins_through_bootstrap_by_snapshot_and_is_removed() {
     let dir = tempfile::tempdir().unwrap();
     let mut newcomer = PeerProc::init(dir.path(), &daemon.multiaddr());
     let secret = secret_of(&c.peers[0]);
+    // The store is each peer's own business: the newcomer installs the
+    // snapshot into redb while the others keep sled.
     newcomer.edit_config(|v| {
         v["cluster"]["secret"] = secret;
+        v["consensus"]["raft"]["datastore"] = "redb".into();
         fast_raft(v);
     });
     newcomer.extra_args = vec!["--bootstrap".into(), c.peers[1].cluster_multiaddr()];
@@ -284,6 +287,7 @@ fn a_peer_joins_through_bootstrap_by_snapshot_and_is_removed() {
         info["snapshot_index"].as_u64().is_some(),
         "no snapshot installed: {info}"
     );
+    assert!(newcomer.dir.join("raft/store.redb").is_file());
 
     // A pin held only by the newcomer moves to another peer when it is removed.
     let only_newcomer = id_cid(2500);
@@ -412,8 +416,14 @@ fn majority_down_fails_cleanly_then_recovers() {
 
 #[test]
 fn wrong_secret_cannot_join_and_restart_all_keeps_pinset() {
-    let mut c = start_cluster(3);
-    for n in 0..10 {
+    // One peer keeps its Raft data in redb; 50 pins take every log past a
+    // snapshot, so the restart reads snapshot and log back from both stores.
+    let mut c = start_cluster_with(3, |i, v| {
+        if i == 2 {
+            v["consensus"]["raft"]["datastore"] = "redb".into();
+        }
+    });
+    for n in 0..50 {
         let (st, _) = post(&format!(
             "{}/pin/add?arg={}",
             c.peers[n % 3].proxy(),
@@ -469,6 +479,9 @@ fn wrong_secret_cannot_join_and_restart_all_keeps_pinset() {
     for p in &c.peers {
         assert_eq!(proxy_pins(p), want);
     }
+    assert!(c.peers[2].dir.join("raft/store.redb").is_file());
+    let info = raft_info(&c.peers[2]).unwrap();
+    assert!(info["snapshot_index"].as_u64().is_some(), "{info}");
     for p in c.peers.iter_mut() {
         p.stop();
     }

@@ -224,6 +224,8 @@ pub struct RaftConfig {
     pub snapshot_threshold: u64,
     /// Log entries kept after a snapshot.
     pub trailing_logs: u64,
+    /// The embedded store of the Raft log and the pinset: `sled` or `redb`.
+    pub datastore: crate::store::Backend,
 }
 
 impl Default for RaftConfig {
@@ -239,6 +241,7 @@ impl Default for RaftConfig {
             election_timeout: GoDuration::secs(1),
             snapshot_threshold: 8192,
             trailing_logs: 10240,
+            datastore: crate::store::Backend::default(),
         }
     }
 }

@@ -4,12 +4,40 @@
 //! sled is the one shipped. Each [`Tree`] is an ordered map whose batches are atomic
 //! and whose `flush` makes everything written so far durable.
 
+mod redb_store;
 mod sled_store;
 
 use std::path::Path;
 use std::sync::Arc;
 
+pub use redb_store::RedbStore;
 pub use sled_store::SledStore;
+
+/// The embedded stores a peer can keep its Raft data in
+/// (`consensus.raft.datastore`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// sled 0.34, the one requested and the default.
+    #[default]
+    Sled,
+    /// redb: one file, ACID write transactions.
+    Redb,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Sled => "sled",
+            Backend::Redb => "redb",
+        })
+    }
+}
+
+/// The redb database file inside a raft folder.
+const REDB_FILE: &str = "store.redb";
+/// A file every sled database folder has.
+const SLED_MARKER: &str = "conf";
 
 /// A key and its value.
 pub type KvPair = (Vec<u8>, Vec<u8>);
@@ -41,9 +69,27 @@ pub trait Store: Send + Sync {
     fn tree(&self, name: &str) -> Result<Arc<dyn Tree>, StoreError>;
 }
 
-/// Opens the default backend in `dir`.
-pub fn open(dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(SledStore::open(dir)?))
+/// Opens (creating if needed) the `backend` store in the folder `dir`. A folder
+/// holding the other backend's data is refused rather than silently ignored.
+pub fn open(dir: &Path, backend: Backend) -> Result<Arc<dyn Store>, StoreError> {
+    let found = if dir.join(REDB_FILE).exists() {
+        Some(Backend::Redb)
+    } else if dir.join(SLED_MARKER).exists() {
+        Some(Backend::Sled)
+    } else {
+        None
+    };
+    if let Some(found) = found.filter(|f| *f != backend) {
+        return Err(StoreError(format!(
+            "{} holds a {found} store but consensus.raft.datastore is \"{backend}\": \
+             set it back to \"{found}\", or move the folder aside to start this peer empty",
+            dir.display()
+        )));
+    }
+    Ok(match backend {
+        Backend::Sled => Arc::new(SledStore::open(dir)?),
+        Backend::Redb => Arc::new(RedbStore::open(&dir.join(REDB_FILE))?),
+    })
 }
 
 /// Keys sharing `prefix`, as the `[from, to)` bounds for [`Tree::range`].
@@ -62,11 +108,14 @@ pub fn prefix_bounds(prefix: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn tree_contract() {
+    /// The contract both backends keep: ordered ranges, prefixes, atomic
+    /// batches, persistence across reopen.
+    fn tree_contract(backend: Backend) {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path()).unwrap();
+        let store = open(dir.path(), backend).unwrap();
         let t = store.tree("t").unwrap();
+        assert!(t.range(b"", None).next().is_none());
+        assert!(t.last_with_prefix(b"a/").unwrap().is_none());
         t.apply(vec![
             (b"a/1".to_vec(), Some(b"x".to_vec())),
             (b"a/2".to_vec(), Some(b"y".to_vec())),
@@ -80,13 +129,35 @@ mod tests {
             .map(|r| r.unwrap().0)
             .collect();
         assert_eq!(keys, vec![b"a/1".to_vec(), b"a/2".to_vec()]);
+        let all: Vec<_> = t.range(b"a/2", None).map(|r| r.unwrap().0).collect();
+        assert_eq!(all, vec![b"a/2".to_vec(), b"b/1".to_vec()]);
         assert_eq!(t.last_with_prefix(b"a/").unwrap().unwrap().1, b"y");
         t.apply(vec![(b"a/2".to_vec(), None)]).unwrap();
         assert_eq!(t.get(b"a/2").unwrap(), None);
         assert_eq!(t.get(b"b/1").unwrap().unwrap(), b"z");
+        // Another tree of the same store is separate.
+        assert_eq!(store.tree("u").unwrap().get(b"b/1").unwrap(), None);
         drop(t);
         drop(store);
-        let store = open(dir.path()).unwrap();
+        let store = open(dir.path(), backend).unwrap();
         assert_eq!(store.tree("t").unwrap().get(b"a/1").unwrap().unwrap(), b"x");
+        drop(store);
+        // The folder now belongs to this backend.
+        let other = match backend {
+            Backend::Sled => Backend::Redb,
+            Backend::Redb => Backend::Sled,
+        };
+        let e = open(dir.path(), other).err().unwrap().to_string();
+        assert!(e.contains(&format!("holds a {backend} store")), "{e}");
+    }
+
+    #[test]
+    fn sled_keeps_the_tree_contract() {
+        tree_contract(Backend::Sled);
+    }
+
+    #[test]
+    fn redb_keeps_the_tree_contract() {
+        tree_contract(Backend::Redb);
     }
 }

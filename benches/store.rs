@@ -1,0 +1,185 @@
+//! sled against redb under the peer's own access patterns, side by side in one
+//! run: `cargo bench --bench store` (scripts/bench.sh runs it).
+//!
+//! Each backend runs in a child process of its own, so that one's caches and
+//! threads do not weigh on the other's memory figures. Without `--bench` (as
+//! `cargo test --all-targets` runs it) a hundredth of the work checks that the
+//! benchmark still works.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use ipfs_cluster::store::{self, Backend, Tree};
+
+/// Raft log appends, each made durable before the next (one commit each).
+const APPENDS: u64 = 2_000;
+/// Pins written to the state, in batches as a follower applies them.
+const PINS: u64 = 100_000;
+const BATCH: u64 = 100;
+/// Pins per batch of removals.
+const PURGE_BATCH: u64 = 1_000;
+
+/// A log entry about the size of a pin commit.
+fn entry(i: u64) -> Vec<u8> {
+    format!(
+        r#"{{"log_id":{{"leader_id":{{"term":3,"node_id":12}},"index":{i}}},"payload":{{"Normal":{{"Pin":{{"cid":"bafybeie5nqv6kd3qnfjupgvz34woh3oksc3iau6abmyajn7qvtf6d2ho34","name":"pin {i}","mode":"recursive","replication_factor_min":-1,"replication_factor_max":-1,"allocations":[],"max_depth":-1,"metadata":{{}},"timestamp":"2026-11-22T00:00:00Z"}}}}}}}}"#
+    )
+    .into_bytes()
+}
+
+/// A state key: a prefix and 36 CID-like bytes.
+fn pin_key(i: u64) -> Vec<u8> {
+    let mut k = b"p/".to_vec();
+    k.extend_from_slice(&[0x01, 0x70, 0x12, 0x20]);
+    k.extend_from_slice(&i.to_be_bytes());
+    k.extend_from_slice(&[0xab; 24]);
+    k
+}
+
+fn kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn disk_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn timed(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64()
+}
+
+/// Runs every measurement on `backend`, on `1/scale` of the full sizes, and
+/// prints them as `name value` lines.
+fn measure(backend: Backend, scale: u64) {
+    let (appends, pins) = (APPENDS / scale, PINS / scale);
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let rss_before = kb("VmRSS:");
+    let db = store::open(dir.path(), backend).expect("open the store");
+    let log = db.tree("raft_log").expect("log tree");
+    let state = db.tree("state").expect("state tree");
+
+    let append_s = timed(|| {
+        for i in 0..appends {
+            log.apply(vec![(i.to_be_bytes().to_vec(), Some(entry(i)))])
+                .expect("append");
+            log.flush().expect("flush");
+        }
+    });
+    let apply_s = timed(|| {
+        for b in 0..pins / BATCH {
+            let batch = (b * BATCH..(b + 1) * BATCH)
+                .map(|i| (pin_key(i), Some(entry(i))))
+                .collect();
+            apply(&*state, batch);
+        }
+    });
+    let scan_s = timed(|| {
+        let n = state.range(b"p/", None).filter(|r| r.is_ok()).count() as u64;
+        assert_eq!(n, pins, "scan saw every pin");
+    });
+    let get_s = timed(|| {
+        for i in (0..pins).map(|i| (i * 7_919) % pins) {
+            assert!(state.get(&pin_key(i)).expect("get").is_some());
+        }
+    });
+    let disk = disk_bytes(dir.path());
+    let purge_s = timed(|| {
+        for b in 0..pins / PURGE_BATCH {
+            let batch = (b * PURGE_BATCH..(b + 1) * PURGE_BATCH)
+                .map(|i| (pin_key(i), None))
+                .collect();
+            apply(&*state, batch);
+        }
+    });
+    let rss_peak = kb("VmHWM:");
+    println!("appends_per_s {:.0}", appends as f64 / append_s);
+    println!("pins_applied_per_s {:.0}", pins as f64 / apply_s);
+    println!("pins_scanned_per_s {:.0}", pins as f64 / scan_s);
+    println!("gets_per_s {:.0}", pins as f64 / get_s);
+    println!("pins_removed_per_s {:.0}", pins as f64 / purge_s);
+    println!("disk_mib {:.1}", disk as f64 / 1_048_576.0);
+    println!(
+        "rss_growth_mib {:.1}",
+        rss_peak.saturating_sub(rss_before) as f64 / 1024.0
+    );
+}
+
+fn apply(tree: &dyn Tree, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+    tree.apply(batch).expect("apply");
+    tree.flush().expect("flush");
+}
+
+fn run_child(backend: &str, scale: u64) -> Vec<(String, f64)> {
+    let exe = std::env::current_exe().expect("this benchmark's path");
+    let out = Command::new(exe)
+        .args(["--backend", backend, "--scale", &scale.to_string()])
+        .output()
+        .expect("run a backend's measurements");
+    assert!(
+        out.status.success(),
+        "{backend}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |name: &str| {
+        let i = args.iter().position(|a| a == name)?;
+        args.get(i + 1).map(String::as_str)
+    };
+    if let Some(backend) = value("--backend") {
+        let scale = value("--scale").and_then(|s| s.parse().ok()).unwrap_or(1);
+        match backend {
+            "sled" => measure(Backend::Sled, scale),
+            "redb" => measure(Backend::Redb, scale),
+            other => panic!("unknown backend {other:?}"),
+        }
+        return;
+    }
+    let scale = if args.iter().any(|a| a == "--bench") {
+        1
+    } else {
+        100
+    };
+    let sled = run_child("sled", scale);
+    let redb = run_child("redb", scale);
+    println!(
+        "store: {} durable log appends, {} pins in batches of {BATCH}; higher is better except disk and RSS",
+        APPENDS / scale,
+        PINS / scale
+    );
+    println!("{:<22}{:>14}{:>14}{:>12}", "", "sled", "redb", "redb/sled");
+    for ((name, s), (_, r)) in sled.iter().zip(&redb) {
+        let ratio = if *s > 0.0 { r / s } else { f64::NAN };
+        println!("{name:<22}{s:>14.1}{r:>14.1}{ratio:>12.2}");
+    }
+}

@@ -1,0 +1,122 @@
+//! The redb backend of [`Store`](super::Store): one database file, one table per
+//! tree, each batch one write transaction.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+
+use super::{KvIter, KvPair, Store, StoreError, Tree};
+
+/// A redb database file.
+pub struct RedbStore {
+    db: Arc<Database>,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+fn table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+impl RedbStore {
+    /// Opens or creates the database file `file`.
+    pub fn open(file: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(file).map_err(err)?;
+        Ok(RedbStore { db: Arc::new(db) })
+    }
+}
+
+impl Store for RedbStore {
+    fn tree(&self, name: &str) -> Result<Arc<dyn Tree>, StoreError> {
+        // Created up front, so that reads never meet a missing table.
+        let tx = self.db.begin_write().map_err(err)?;
+        tx.open_table(table(name)).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Arc::new(RedbTree {
+            db: self.db.clone(),
+            name: name.to_string(),
+        }))
+    }
+}
+
+struct RedbTree {
+    db: Arc<Database>,
+    name: String,
+}
+
+impl RedbTree {
+    fn read(&self) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        tx.open_table(table(&self.name)).map_err(err)
+    }
+}
+
+impl Tree for RedbTree {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .read()?
+            .get(key)
+            .map_err(err)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn range(&self, from: &[u8], to: Option<&[u8]>) -> KvIter {
+        let range = self.read().and_then(|t| {
+            match to {
+                Some(to) => t.range::<&[u8]>(from..to),
+                None => t.range::<&[u8]>(from..),
+            }
+            .map_err(err)
+        });
+        match range {
+            // The range holds its read transaction until it is dropped.
+            Ok(r) => Box::new(r.map(|e| {
+                e.map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+                    .map_err(err)
+            })),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<KvPair>, StoreError> {
+        let (from, to) = super::prefix_bounds(prefix);
+        let t = self.read()?;
+        let mut r = match &to {
+            Some(to) => t.range::<&[u8]>(from.as_slice()..to.as_slice()),
+            None => t.range::<&[u8]>(from.as_slice()..),
+        }
+        .map_err(err)?;
+        match r.next_back() {
+            Some(e) => e
+                .map(|(k, v)| Some((k.value().to_vec(), v.value().to_vec())))
+                .map_err(err),
+            None => Ok(None),
+        }
+    }
+
+    fn apply(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(table(&self.name)).map_err(err)?;
+            for (k, v) in &batch {
+                match v {
+                    Some(v) => {
+                        t.insert(k.as_slice(), v.as_slice()).map_err(err)?;
+                    }
+                    None => {
+                        t.remove(k.as_slice()).map_err(err)?;
+                    }
+                }
+            }
+        }
+        // Each commit is durable (redb's default `Durability::Immediate`).
+        tx.commit().map_err(err)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
