@@ -23,6 +23,8 @@
 #   IPFS_DAEMON_IMPL   auto (default) | kubo | js
 #   SWARM_PORT=0 GATEWAY_PORT=0 RPC_PORT=0   other listeners (all on 127.0.0.1)
 #   IPFS_OFFLINE=1     start with --offline (set to 0 to enable the swarm)
+#   CORS_ORIGINS       comma-separated origins the API allows (API.HTTPHeaders
+#                      Access-Control-Allow-Origin); none by default
 #   START_TIMEOUT=60   seconds to wait for /api/v0/id
 #   STOP_TIMEOUT=10    seconds to wait after SIGTERM before SIGKILL
 #   IPFS_DAEMON_KEEPALIVE=1  js-ipfs only: preload js-ipfs-daemon/keep-alive.cjs so
@@ -232,7 +234,7 @@ configure_js() { # repo api swarm gateway rpc
     # shellcheck disable=SC2016 # JS template literals, not shell expansions
     node -e '
         const fs = require("fs");
-        const [file, api, swarm, gw, rpc] = process.argv.slice(1);
+        const [file, api, swarm, gw, rpc, origins] = process.argv.slice(1);
         const c = JSON.parse(fs.readFileSync(file, "utf8"));
         const a = c.Addresses = c.Addresses || {};
         a.API = `/ip4/127.0.0.1/tcp/${api}`;
@@ -247,10 +249,17 @@ configure_js() { # repo api swarm gateway rpc
         d.MDNS = Object.assign({}, d.MDNS, { Enabled: false });
         d.webRTCStar = Object.assign({}, d.webRTCStar, { Enabled: false });
         c.Swarm = Object.assign({}, c.Swarm, { DisableNatPortMap: true });
+        const api_ = c.API = c.API || {};
+        const h = api_.HTTPHeaders = api_.HTTPHeaders || {};
+        if (origins) {
+            h["Access-Control-Allow-Origin"] = origins.split(",");
+        } else {
+            delete h["Access-Control-Allow-Origin"];
+        }
         const tmp = file + ".tmp";
         fs.writeFileSync(tmp, JSON.stringify(c, null, 2));
         fs.renameSync(tmp, file);
-    ' "$1/config" "$2" "$3" "$4" "$5"
+    ' "$1/config" "$2" "$3" "$4" "$5" "${CORS_ORIGINS:-}"
 }
 
 configure_kubo() { # repo api swarm gateway
@@ -264,6 +273,12 @@ configure_kubo() { # repo api swarm gateway
     kcfg --json Bootstrap '[]'
     kcfg --json Discovery.MDNS.Enabled false
     kcfg --json Swarm.DisableNatPortMap true
+    if [[ -n "${CORS_ORIGINS:-}" ]]; then
+        local list
+        list=$(printf '%s' "$CORS_ORIGINS" | sed 's/[^,][^,]*/"&"/g')
+        kcfg --json API.HTTPHeaders.Access-Control-Allow-Origin "[$list]"
+        kcfg --json API.HTTPHeaders.Access-Control-Allow-Methods '["POST"]'
+    fi
     # kubo >= 0.37 fetches network defaults ("auto" values) unless told not to.
     kcfg --json AutoConf.Enabled false 2>/dev/null || true
 }

@@ -10,16 +10,6 @@ use common::cluster::*;
 use common::*;
 use serde_json::Value;
 
-/// A distinct identity CID (CIDv1, raw, identity multihash of `pin-<n>`).
-fn id_cid(n: usize) -> String {
-    let data = format!("pin-{n}");
-    let mut bytes = vec![0x01, 0x55, 0x00, data.len() as u8];
-    bytes.extend_from_slice(data.as_bytes());
-    cid::Cid::try_from(bytes.as_slice())
-        .expect("cid")
-        .to_string()
-}
-
 fn raft_info(p: &PeerProc) -> Option<Value> {
     http()
         .get(format!("{}/raft", p.rest()))

@@ -185,6 +185,81 @@ fn errors_have_kubo_shapes() {
 }
 
 #[test]
+fn browsers_get_the_daemons_cors_answers_and_its_refusals() {
+    const ALLOWED: &str = "http://allowed.example";
+    const OTHER: &str = "http://other.example";
+    let d = Daemon::start_with_env(&[("CORS_ORIGINS", ALLOWED)]);
+    let cfg = tempfile::tempdir().unwrap();
+    let mut peer = PeerProc::init(cfg.path(), &d.multiaddr());
+    peer.start();
+    let p = peer.proxy();
+    let cid = add_bytes(&p, "cors.txt", b"cors\n".to_vec());
+    let (st, v) = post(&format!("{p}/pin/add?arg={cid}"));
+    assert_eq!(st, 200, "{v}");
+    let acao = |r: &reqwest::blocking::Response| {
+        r.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+
+    // An allowed origin: the cluster's own answer carries the daemon's CORS
+    // headers for it, as a passed-through call does.
+    let direct = http()
+        .post(format!("{}/version", d.api()))
+        .header("origin", ALLOWED)
+        .send()
+        .unwrap();
+    assert_eq!(acao(&direct).as_deref(), Some(ALLOWED));
+    let r = http()
+        .post(format!("{p}/pin/ls?arg={cid}"))
+        .header("origin", ALLOWED)
+        .send()
+        .unwrap();
+    assert_eq!(acao(&r).as_deref(), Some(ALLOWED));
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().unwrap());
+
+    // Another origin, or a browser that sends none: refused before anything
+    // happens, with the daemon's own answer.
+    let other = id_cid(77);
+    for path in [
+        format!("pin/rm?arg={cid}"),
+        format!("pin/add?arg={other}"),
+        format!("pin/ls?arg={cid}"),
+        "repo/gc".to_string(),
+        "repo/stat".to_string(),
+    ] {
+        let direct = http()
+            .post(format!("{}/{path}", d.api()))
+            .header("origin", OTHER)
+            .send()
+            .unwrap();
+        assert_eq!(direct.status().as_u16(), 403, "{path}");
+        let direct = direct.text().unwrap();
+        let r = http()
+            .post(format!("{p}/{path}"))
+            .header("origin", OTHER)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{path}");
+        assert_eq!(acao(&r), None);
+        assert_eq!(r.text().unwrap(), direct, "{path}");
+        let r = http()
+            .post(format!("{p}/{path}"))
+            .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64)")
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{path}");
+    }
+    assert_eq!(cluster_pins(&peer), vec![cid.clone()]);
+    assert!(daemon_pins(&d).contains(&cid));
+    assert!(!daemon_pins(&d).contains(&other));
+    // Other clients (no Origin, Referer or browser agent) are not asked about.
+    let (st, v) = post(&format!("{p}/pin/ls?arg={cid}"));
+    assert_eq!(st, 200, "{v}");
+    peer.stop();
+}
+
+#[test]
 fn unreachable_daemon_gets_kubo_error_not_a_hang() {
     let cfg = tempfile::tempdir().unwrap();
     let mut peer = PeerProc::before_dead_daemon(cfg.path());

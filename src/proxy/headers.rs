@@ -1,11 +1,16 @@
 //! Headers the daemon would have sent, copied onto the answers the cluster gives
 //! itself (upstream's `headers.go`): the CORS answer for the request's origin and
-//! method, and a few headers the daemon always sends, cached for a while.
+//! method, and a few headers the daemon always sends, cached for a while. Also
+//! the daemon's refusal of cross-site requests, which upstream does not apply to
+//! the calls it answers itself.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
+
+use super::error::{ErrorCode, kubo_error};
+use crate::http::{Body, full};
 
 use crate::config::ProxyConfig;
 use crate::multiaddr::TcpMultiaddr;
@@ -94,6 +99,52 @@ impl DaemonHeaders {
         match &self.authorization {
             Some(a) => req.header(reqwest::header::AUTHORIZATION, a.as_bytes()),
             None => req,
+        }
+    }
+
+    /// The daemon's answer to a browser's request (one with an `Origin`, a
+    /// `Referer` or a browser's `User-Agent`) that it would refuse, asked with
+    /// those headers on its `extract_headers_path`. Without this a page from
+    /// any site could pin and unpin through the proxy where the daemon itself
+    /// answers 403 (kubo's and js-ipfs's guard against cross-site requests).
+    pub async fn refusal(&self, req: &HeaderMap) -> Option<Response<Body>> {
+        const BROWSER: [HeaderName; 3] = [header::ORIGIN, header::REFERER, header::USER_AGENT];
+        let browser_like = req.contains_key(header::ORIGIN)
+            || req.contains_key(header::REFERER)
+            || req
+                .get(header::USER_AGENT)
+                .is_some_and(|ua| ua.as_bytes().starts_with(b"Mozilla"));
+        if !browser_like {
+            return None;
+        }
+        let mut probe = self.authorized(
+            self.client
+                .post(format!("{}{}", self.base, self.extract_path)),
+        );
+        for name in BROWSER {
+            if let Some(v) = req.get(&name) {
+                probe = probe.header(name.as_str(), v.as_bytes());
+            }
+        }
+        match probe.send().await {
+            Ok(r) if r.status() == reqwest::StatusCode::FORBIDDEN => {
+                let ctype = r.headers().get(reqwest::header::CONTENT_TYPE).cloned();
+                let body = r.bytes().await.unwrap_or_default();
+                let mut resp = Response::new(full(body));
+                *resp.status_mut() = StatusCode::FORBIDDEN;
+                if let Some(v) = ctype.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
+                    resp.headers_mut().insert(header::CONTENT_TYPE, v);
+                }
+                Some(resp)
+            }
+            Ok(_) => None,
+            // The daemon holds the policy: without it a browser's call is not
+            // answered rather than answered unchecked.
+            Err(e) => Some(kubo_error(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::Normal,
+                &format!("cannot check this request's origin with the IPFS daemon: {e}"),
+            )),
         }
     }
 

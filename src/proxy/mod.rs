@@ -182,6 +182,9 @@ impl Proxy {
         let Some(hijack) = route(req.method(), req.uri().path()) else {
             return self.upstream.forward(req, remote).await;
         };
+        if let Some(refused) = self.daemon_headers.refusal(req.headers()).await {
+            return refused;
+        }
         let mut pairs = query_pairs(req.uri());
         tracing::debug!(?hijack, "intercepted");
         let flag = |pairs: &[(String, String)], k: &str| {

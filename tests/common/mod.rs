@@ -34,6 +34,17 @@ pub fn free_port() -> u16 {
     panic!("no free port between {LOW} and {}", LOW + SPAN)
 }
 
+/// A distinct identity CID (CIDv1, raw, identity multihash of `pin-<n>`): an
+/// offline daemon can pin it without fetching anything.
+pub fn id_cid(n: usize) -> String {
+    let data = format!("pin-{n}");
+    let mut bytes = vec![0x01, 0x55, 0x00, data.len() as u8];
+    bytes.extend_from_slice(data.as_bytes());
+    cid::Cid::try_from(bytes.as_slice())
+        .expect("cid")
+        .to_string()
+}
+
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -48,6 +59,11 @@ impl Daemon {
     /// Starts a daemon; a second attempt on fresh ports and a fresh repo, as
     /// a start on a loaded machine can fail for reasons outside the project.
     pub fn start() -> Daemon {
+        Self::start_with_env(&[])
+    }
+
+    /// Like `start`, with settings of `scripts/ipfs-daemon.sh` (such as `CORS_ORIGINS`).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
         for attempt in 1..=2 {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = free_port();
@@ -59,6 +75,7 @@ impl Daemon {
                     &port.to_string(),
                 ])
                 .env("SWARM_PORT", free_port().to_string())
+                .envs(env.iter().copied())
                 .stderr(Stdio::inherit())
                 .output()
                 .expect("run scripts/ipfs-daemon.sh");
