@@ -38,15 +38,7 @@ fn pin_key(i: u64) -> Vec<u8> {
 }
 
 fn kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    ipfs_cluster::procfs::status_kb(None, field).unwrap_or(0)
 }
 
 fn disk_bytes(dir: &Path) -> u64 {

@@ -14,6 +14,7 @@ pub mod ipfs;
 pub mod multiaddr;
 pub mod p2p;
 pub mod peer;
+pub mod procfs;
 pub mod proxy;
 pub mod raft;
 pub mod restapi;

@@ -673,15 +673,7 @@ async fn start_before_fake(
 /// A field of /proc/self/status in kB (VmRSS, VmHWM), for the memory tests.
 #[cfg(test)]
 fn proc_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    crate::procfs::status_kb(None, field).unwrap_or(0)
 }
 
 #[cfg(test)]

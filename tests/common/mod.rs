@@ -348,10 +348,5 @@ pub fn add_bytes(api: &str, name: &str, data: Vec<u8>) -> String {
 
 /// Kilobytes of a /proc/<pid>/status field (VmRSS, VmHWM).
 pub fn proc_kb(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .expect("field")
+    ipfs_cluster::procfs::status_kb(Some(pid), field).expect("a /proc status field")
 }
