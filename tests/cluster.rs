@@ -116,12 +116,7 @@ fn three_peers_replicate_pins_everywhere() {
         );
     }
     // Global status gathers every peer.
-    let g: Value = http()
-        .get(format!("{}/pins/{}", c.peers[0].rest(), cids[0]))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let g: Value = get_json(&format!("{}/pins/{}", c.peers[0].rest(), cids[0]));
     let statuses: Vec<&str> = g["peer_map"]
         .as_object()
         .unwrap()
@@ -509,12 +504,7 @@ fn rest_pin(p: &PeerProc, cid: &str, query: &str) -> (u16, Value) {
 }
 
 fn allocations(p: &PeerProc, cid: &str) -> Vec<String> {
-    let v: Value = http()
-        .get(format!("{}/allocations/{cid}", p.rest()))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let v: Value = get_json(&format!("{}/allocations/{cid}", p.rest()));
     let mut a: Vec<String> = v["allocations"]
         .as_array()
         .unwrap()
@@ -526,12 +516,7 @@ fn allocations(p: &PeerProc, cid: &str) -> Vec<String> {
 }
 
 fn statuses(p: &PeerProc, cid: &str) -> Vec<(String, String)> {
-    let g: Value = http()
-        .get(format!("{}/pins/{cid}", p.rest()))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let g: Value = get_json(&format!("{}/pins/{cid}", p.rest()));
     let mut v: Vec<(String, String)> = g["peer_map"]
         .as_object()
         .unwrap()
@@ -704,12 +689,7 @@ fn a_dead_peers_pins_move_only_below_their_minimum() {
         before_lenient,
         "a pin above its minimum moved"
     );
-    let alerts: Vec<Value> = http()
-        .get(format!("{}/health/alerts", c.peers[1].rest()))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let alerts: Vec<Value> = get_json(&format!("{}/health/alerts", c.peers[1].rest()));
     assert!(
         alerts
             .iter()
@@ -825,12 +805,7 @@ fn pin_errors_are_recovered_and_expired_pins_unpinned() {
     wait_until("pin_error", Duration::from_secs(15), || {
         statuses(p, &cid).iter().any(|(_, s)| s == "pin_error")
     });
-    let g: Value = http()
-        .get(format!("{}/pins/{cid}", p.rest()))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let g: Value = get_json(&format!("{}/pins/{cid}", p.rest()));
     let info = g["peer_map"]
         .as_object()
         .unwrap()
@@ -867,12 +842,7 @@ fn pin_errors_are_recovered_and_expired_pins_unpinned() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 204, "nothing left to recover");
-    let local: Value = http()
-        .get(format!("{}/pins/{cid}?local=true", p.rest()))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let local: Value = get_json(&format!("{}/pins/{cid}?local=true", p.rest()));
     assert_eq!(local["peer_map"].as_object().unwrap().len(), 1);
 
     // An expiring pin is unpinned by the state sync.

@@ -473,12 +473,7 @@ fn direct_pins_progress_filters_rest_and_ctl() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
-    let pin: Value = http()
-        .get(format!("{}/allocations/{dir}", peer.rest()))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let pin: Value = get_json(&format!("{}/allocations/{dir}", peer.rest()));
     assert_eq!(
         (pin["mode"].as_str(), pin["max_depth"].as_i64()),
         (Some("direct"), Some(0))
@@ -607,12 +602,7 @@ fn add_block_dag_update_and_repo_stat_through_the_proxy() {
     assert_eq!(st, 200, "{text}");
     let root = last_json(&text)["Hash"].as_str().unwrap().to_string();
     assert!(cluster_pins(&peer).contains(&root));
-    let pin: Value = http()
-        .get(format!("{}/allocations/{root}", peer.rest()))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let pin: Value = get_json(&format!("{}/allocations/{root}", peer.rest()));
     assert_eq!(
         (pin["name"].as_str(), pin["metadata"]["k"].as_str()),
         (Some("added"), Some("v"))
@@ -662,12 +652,7 @@ fn add_block_dag_update_and_repo_stat_through_the_proxy() {
     );
     let pins = cluster_pins(&peer);
     assert!(pins.contains(&unpinned) && !pins.contains(&root));
-    let moved: Value = http()
-        .get(format!("{}/allocations/{unpinned}", peer.rest()))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let moved: Value = get_json(&format!("{}/allocations/{unpinned}", peer.rest()));
     assert_eq!(moved["name"], "added", "options were not carried over");
     let (st, v) = post(&format!("{p}/pin/update"));
     assert_eq!(
@@ -707,12 +692,14 @@ fn oversized_headers_get_431() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 431);
-    let r = http()
-        .get(format!("{}/id", peer.rest()))
-        .header("x-small", "y")
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        status(
+            http()
+                .get(format!("{}/id", peer.rest()))
+                .header("x-small", "y")
+        ),
+        200
+    );
     peer.stop();
 }
 

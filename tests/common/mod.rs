@@ -325,6 +325,21 @@ pub fn http() -> reqwest::blocking::Client {
 }
 
 /// POSTs a multipart file upload to `<api>/add` and returns the root CID.
+/// The JSON answer to a GET of `url`.
+pub fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> T {
+    http()
+        .get(url)
+        .send()
+        .expect("request")
+        .json()
+        .expect("a JSON answer")
+}
+
+/// The HTTP status of `req` once sent.
+pub fn status(req: reqwest::blocking::RequestBuilder) -> u16 {
+    req.send().expect("request").status().as_u16()
+}
+
 pub fn add_bytes(api: &str, name: &str, data: Vec<u8>) -> String {
     let part = reqwest::blocking::multipart::Part::bytes(data)
         .file_name(name.to_string())
