@@ -367,24 +367,6 @@ impl Peer {
     }
 }
 
-/// Moves the Raft folder of a removed peer aside (`raft.old.0`, keeping `keep`
-/// older ones), so that its next start is clean.
-pub fn backup_raft_dir(dir: &Path, keep: u32) -> std::io::Result<()> {
-    let raft = dir.join(RAFT_DIR);
-    if !raft.exists() {
-        return Ok(());
-    }
-    let name = |n: u32| dir.join(format!("{RAFT_DIR}.old.{n}"));
-    let keep = keep.max(1);
-    let _ = std::fs::remove_dir_all(name(keep - 1));
-    for n in (0..keep - 1).rev() {
-        if name(n).exists() {
-            std::fs::rename(name(n), name(n + 1))?;
-        }
-    }
-    std::fs::rename(&raft, name(0))
-}
-
 /// Sends this peer's metrics every half TTL and its ping every ping interval, and
 /// checks other peers' pings, re-allocating the pins of those that went down.
 fn spawn_metric_loops(

@@ -1030,3 +1030,134 @@ fn basic_auth_on_the_proxy_and_the_connector() {
         p.stop();
     }
 }
+
+/// `ipfs-cluster-service state …` on the peer in `p`'s folder.
+fn state_cmd(p: &PeerProc, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(service_bin())
+        .args(["--config", &p.dir.to_string_lossy(), "state"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn state_export_import_and_cleanup_on_a_stopped_cluster() {
+    let mut c = start_cluster(3);
+    for n in 0..30 {
+        let (st, v) = post(&format!(
+            "{}/pin/add?arg={}",
+            c.peers[n % 3].proxy(),
+            id_cid(9000 + n)
+        ));
+        assert_eq!(st, 200, "{v}");
+    }
+    // A running peer's state is not touched.
+    let out = state_cmd(&c.peers[0], &["export"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lock"));
+    for p in c.peers.iter_mut() {
+        p.stop();
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let exported = dir.path().join("export.json");
+    let out = state_cmd(&c.peers[0], &["export", "-f", &exported.to_string_lossy()]);
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&exported).unwrap();
+    let pins: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(pins.len(), 30);
+    assert!(
+        pins.iter()
+            .all(|p| p["type"] == "pin" && p["cid"].is_string())
+    );
+
+    // Keep 20 of them and add one partial, pretty-printed object.
+    let kept: Vec<String> = pins[..20]
+        .iter()
+        .map(|p| p["cid"].as_str().unwrap().to_string())
+        .collect();
+    let extra = id_cid(9100);
+    let mut input: String = text.lines().take(20).map(|l| format!("{l}\n")).collect();
+    input.push_str(&format!(
+        "{{\n  \"cid\": \"{extra}\",\n  \"name\": \"imported\"\n}}\n"
+    ));
+    let import = dir.path().join("import.json");
+    std::fs::write(&import, &input).unwrap();
+
+    // A bad input changes nothing.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, format!("{input}{{\"cid\": \"notacid\"}}\n")).unwrap();
+    let out = state_cmd(&c.peers[0], &["import", "-f", &bad.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pin 22 of the input"), "{err}");
+    let again = dir.path().join("again.json");
+    let out = state_cmd(&c.peers[0], &["export", "-f", &again.to_string_lossy()]);
+    assert!(out.status.success());
+    assert_eq!(std::fs::read_to_string(&again).unwrap(), text);
+
+    // Every peer imports the same file, with every pin on two peers.
+    for p in &c.peers {
+        let out = state_cmd(
+            p,
+            &[
+                "import",
+                "-f",
+                "--rmin",
+                "2",
+                "--rmax",
+                "2",
+                &import.to_string_lossy(),
+            ],
+        );
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("imported 21 pins"));
+        assert!(p.dir.join("raft.old.0").is_dir());
+    }
+    for p in c.peers.iter_mut() {
+        p.spawn();
+    }
+    for p in c.peers.iter_mut() {
+        p.wait_ready();
+    }
+    wait_leader(&mut c, Duration::from_secs(10));
+    let mut want = kept.clone();
+    want.push(extra.clone());
+    want.sort();
+    for p in &c.peers {
+        assert_eq!(proxy_pins(p), want);
+    }
+    let pin: Value = get_json(&format!("{}/allocations/{extra}", c.peers[1].rest()));
+    assert_eq!(pin["name"], "imported");
+    assert_eq!(pin["replication_factor_min"], 2);
+    // The imported cluster takes new writes, and its peers' daemons follow it.
+    let (st, v) = post(&format!(
+        "{}/pin/add?arg={}",
+        c.peers[2].proxy(),
+        id_cid(9200)
+    ));
+    assert_eq!(st, 200, "{v}");
+    let extra_cid = cid::Cid::try_from(extra.as_str()).unwrap();
+    for d in &c.daemons {
+        wait_until(
+            "the imported pin on every daemon",
+            Duration::from_secs(20),
+            || daemon_pins(d).contains(&extra_cid),
+        );
+    }
+    for p in c.peers.iter_mut() {
+        p.stop();
+    }
+
+    // Cleanup: the raft folder moves aside; the peer starts as a new one.
+    let out = state_cmd(&c.peers[0], &["cleanup", "-f"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!c.peers[0].dir.join("raft").exists());
+    let out = state_cmd(&c.peers[0], &["export"]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+}

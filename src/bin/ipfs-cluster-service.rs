@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ipfs_cluster::config::{self, CONFIG_FILE, Config, IDENTITY_FILE, Identity};
-use ipfs_cluster::peer::{Peer, StartOptions, backup_raft_dir};
+use ipfs_cluster::peer::{Peer, StartOptions};
+use ipfs_cluster::raft::offline::{self, ImportOverrides, backup_raft_dir};
 
 #[derive(Parser)]
 #[command(name = "ipfs-cluster-service", version = ipfs_cluster::VERSION, about = "IPFS Cluster peer")]
@@ -43,8 +44,55 @@ enum Command {
         #[arg(long, short = 'x')]
         leave: bool,
     },
+    /// Exports, imports or cleans up this peer's pinset (the peer must be stopped).
+    #[command(subcommand)]
+    State(StateCmd),
     /// Prints the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum StateCmd {
+    /// Writes the pinset as one pin JSON object per line.
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(long, short = 'f')]
+        file: Option<PathBuf>,
+    },
+    /// Replaces the pinset with the pins of FILE (or standard input), as written by
+    /// `state export`. Do it on every peer of a stopped cluster, with the same file.
+    Import {
+        /// The pins (default: standard input).
+        file: Option<PathBuf>,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'f')]
+        force: bool,
+        /// Minimum replication of every imported pin.
+        #[arg(
+            long,
+            alias = "replication-min",
+            default_value_t = 0,
+            allow_hyphen_values = true
+        )]
+        rmin: i32,
+        /// Maximum replication of every imported pin.
+        #[arg(
+            long,
+            alias = "replication-max",
+            default_value_t = 0,
+            allow_hyphen_values = true
+        )]
+        rmax: i32,
+        /// Allocations of every imported pin (comma-separated peer IDs).
+        #[arg(long, alias = "allocs", value_delimiter = ',')]
+        allocations: Vec<String>,
+    },
+    /// Moves the raft folder aside (kept as a backup): the next start is a new peer's.
+    Cleanup {
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -95,6 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::State(cmd) => state(&dir, cmd),
         Command::Daemon { bootstrap, leave } => {
             let mut cfg = Config::load(&dir.join(CONFIG_FILE))?;
             cfg.cluster.leave_on_shutdown |= leave;
@@ -122,6 +171,85 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn state(dir: &std::path::Path, cmd: StateCmd) -> anyhow::Result<()> {
+    use std::io::Write;
+    let cfg = Config::load(&dir.join(CONFIG_FILE))?;
+    match cmd {
+        StateCmd::Export { file } => {
+            let n = match file {
+                Some(f) => {
+                    let mut out = std::io::BufWriter::new(std::fs::File::create(&f)?);
+                    offline::export(dir, &cfg, &mut out)?
+                }
+                None => offline::export(dir, &cfg, &mut std::io::stdout().lock())?,
+            };
+            eprintln!("exported {n} pins");
+        }
+        StateCmd::Import {
+            file,
+            force,
+            rmin,
+            rmax,
+            allocations,
+        } => {
+            if !force {
+                anyhow::ensure!(
+                    file.is_some(),
+                    "reading the pins from standard input needs --force (the confirmation \
+                     would be read from there too)"
+                );
+                confirm(
+                    "This replaces this peer's pinset with the file's (the old raft folder is kept as raft.old.0).",
+                )?;
+            }
+            let identity = Identity::load(&dir.join(IDENTITY_FILE))?;
+            let overrides = ImportOverrides {
+                replication_min: rmin,
+                replication_max: rmax,
+                allocations,
+            };
+            let n = match file {
+                Some(f) => {
+                    let mut input = std::io::BufReader::new(std::fs::File::open(&f)?);
+                    offline::import(dir, &cfg, &identity, &mut input, &overrides)?
+                }
+                None => offline::import(
+                    dir,
+                    &cfg,
+                    &identity,
+                    &mut std::io::stdin().lock(),
+                    &overrides,
+                )?,
+            };
+            eprintln!("imported {n} pins");
+        }
+        StateCmd::Cleanup { force } => {
+            if !force {
+                confirm("This removes this peer's pinset and Raft data (kept as raft.old.0).")?;
+            }
+            if offline::cleanup(dir, &cfg)? {
+                eprintln!("the raft folder was moved to raft.old.0");
+            } else {
+                eprintln!("there was no raft folder");
+            }
+        }
+    }
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// Asks on the terminal before a destructive command.
+fn confirm(what: &str) -> anyhow::Result<()> {
+    eprint!("{what} Continue? [y/N]: ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    anyhow::ensure!(
+        matches!(answer.trim(), "y" | "Y" | "yes"),
+        "aborted (nothing changed)"
+    );
+    Ok(())
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

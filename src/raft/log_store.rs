@@ -80,6 +80,18 @@ impl LogStore {
         self.tree.flush().map_err(write_err)
     }
 
+    /// Marks the log of an empty store as purged and committed up to `log_id`,
+    /// as if a snapshot there had replaced every entry before it (`state import`).
+    pub fn seed(&self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.tree
+            .apply(vec![
+                (PURGED_KEY.to_vec(), Some(to_json(&log_id)?)),
+                (COMMITTED_KEY.to_vec(), Some(to_json(&Some(log_id))?)),
+            ])
+            .map_err(write_err)?;
+        self.tree.flush().map_err(write_err)
+    }
+
     /// Keys of log entries with index in `[from, to)` (`None`: to the end).
     fn keys_between(&self, from: u64, to: Option<u64>) -> Result<Vec<Vec<u8>>, StoreError> {
         let end = to.map(log_key).unwrap_or_else(log_end);

@@ -8,6 +8,7 @@
 
 mod log_store;
 mod network;
+pub mod offline;
 mod state_machine;
 mod types;
 
@@ -194,30 +195,7 @@ impl Consensus {
         &self,
         peerset: &[String],
     ) -> Result<BTreeMap<NodeId, ClusterNode>, ConsensusError> {
-        let mut members = BTreeMap::new();
-        members.insert(self.inner.node_id, self.inner.node.clone());
-        for a in peerset {
-            let addr: Multiaddr = a.parse().map_err(|e| {
-                ConsensusError::Config(format!("consensus.raft.init_peerset: {a:?}: {e}"))
-            })?;
-            let (peer, _) = split_p2p(&addr).ok_or_else(|| {
-                ConsensusError::Config(format!(
-                    "consensus.raft.init_peerset: {a:?} does not end in /p2p/<peer id>"
-                ))
-            })?;
-            if peer.to_string() == self.inner.node.peer_id {
-                continue;
-            }
-            members.insert(
-                node_id_of(&peer),
-                ClusterNode {
-                    peer_id: peer.to_string(),
-                    addr: a.clone(),
-                    name: String::new(),
-                },
-            );
-        }
-        Ok(members)
+        initial_members(&self.inner.node, peerset)
     }
 
     /// Upstream's rule: an existing Raft state wins over the configured peerset,
@@ -659,4 +637,35 @@ fn node_id_of_str(peer_id: &str) -> Result<NodeId, ConsensusError> {
         .parse::<PeerId>()
         .map(|p| node_id_of(&p))
         .map_err(|e| ConsensusError::Config(format!("invalid peer ID {peer_id:?}: {e}")))
+}
+
+/// The voters of a new cluster: `me` and the peers of `init_peerset`.
+fn initial_members(
+    me: &ClusterNode,
+    peerset: &[String],
+) -> Result<BTreeMap<NodeId, ClusterNode>, ConsensusError> {
+    let mut members = BTreeMap::new();
+    members.insert(node_id_of_str(&me.peer_id)?, me.clone());
+    for a in peerset {
+        let addr: Multiaddr = a.parse().map_err(|e| {
+            ConsensusError::Config(format!("consensus.raft.init_peerset: {a:?}: {e}"))
+        })?;
+        let (peer, _) = split_p2p(&addr).ok_or_else(|| {
+            ConsensusError::Config(format!(
+                "consensus.raft.init_peerset: {a:?} does not end in /p2p/<peer id>"
+            ))
+        })?;
+        if peer.to_string() == me.peer_id {
+            continue;
+        }
+        members.insert(
+            node_id_of(&peer),
+            ClusterNode {
+                peer_id: peer.to_string(),
+                addr: a.clone(),
+                name: String::new(),
+            },
+        );
+    }
+    Ok(members)
 }

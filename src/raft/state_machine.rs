@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
-    StorageError, StorageIOError, StoredMembership,
+    AnyError, Entry, EntryPayload, LogId, Membership, OptionalSend, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -85,6 +85,59 @@ impl StateMachine {
             None => StoredMembership::default(),
         };
         Ok((applied, membership))
+    }
+
+    /// The membership this peer last applied, if it ever applied one.
+    pub fn membership(
+        &self,
+    ) -> Result<Option<Membership<NodeId, ClusterNode>>, StorageError<NodeId>> {
+        let (_, stored) = self.read_meta()?;
+        let m = stored.membership();
+        Ok((m.voter_ids().next().is_some()).then(|| m.clone()))
+    }
+
+    /// Fills an empty store with `pins` alone, applied and snapshotted at
+    /// `log_id` with `membership` (`state import`). Returns how many pins.
+    pub fn seed(
+        &self,
+        log_id: LogId<NodeId>,
+        membership: Membership<NodeId, ClusterNode>,
+        pins: impl Iterator<Item = Pin>,
+    ) -> Result<u64, String> {
+        const BATCH: usize = 10_000;
+        let tree = self.state.tree();
+        let mut data = Vec::new();
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut n = 0u64;
+        for pin in pins {
+            serde_json::to_writer(&mut data, &pin).map_err(|e| e.to_string())?;
+            data.push(b'\n');
+            batch.push(PinState::add_entry(&pin).map_err(|e| e.to_string())?);
+            n += 1;
+            if batch.len() == BATCH {
+                tree.apply(std::mem::take(&mut batch))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        let stored = StoredMembership::new(Some(log_id), membership);
+        batch.push((
+            APPLIED_KEY.to_vec(),
+            Some(serde_json::to_vec(&Some(log_id)).map_err(|e| e.to_string())?),
+        ));
+        batch.push((
+            MEMBERSHIP_KEY.to_vec(),
+            Some(serde_json::to_vec(&stored).map_err(|e| e.to_string())?),
+        ));
+        tree.apply(batch).map_err(|e| e.to_string())?;
+        tree.flush().map_err(|e| e.to_string())?;
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id),
+            last_membership: stored,
+            snapshot_id: format!("import-{n}"),
+        };
+        self.store_snapshot(&meta, &data)
+            .map_err(|e| e.to_string())?;
+        Ok(n)
     }
 
     async fn notify(&self, events: Vec<StateEvent>) {

@@ -390,5 +390,13 @@ mod tests {
         .unwrap();
         assert_eq!(p.options.name, "a");
         assert_eq!(p.max_depth, -1);
+        // A line of upstream's `state export`.
+        let p: Pin = serde_json::from_str(&format!(
+            r#"{{"replication_factor_min":-1,"replication_factor_max":-1,"name":"","mode":"direct","shard_size":0,"user_allocations":null,"expire_at":"0001-01-01T00:00:00Z","metadata":null,"cid":"{V0}","type":"pin","allocations":[],"max_depth":0,"reference":null,"timestamp":"2024-05-01T10:00:00Z"}}"#
+        ))
+        .unwrap();
+        assert_eq!(p.mode(), PinMode::Direct);
+        assert_eq!(p.options.expire_at, None);
+        assert!(p.options.user_allocations.is_empty() && p.options.metadata.is_empty());
     }
 }

@@ -1,0 +1,241 @@
+//! The Raft folder of a stopped peer: `ipfs-cluster-service state export`,
+//! `state import` and `state cleanup`, and the backups of old raft folders.
+//!
+//! An import writes a store as a new cluster's would look once its first entry
+//! (the membership, which `initialize` puts at the default log ID) had been
+//! applied and compacted into a snapshot holding the imported pins. Peers that
+//! import the same file therefore agree on the log up to that point, and the
+//! first leader they elect carries on from there.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use openraft::{LogId, Membership};
+use tokio::sync::mpsc;
+
+use super::log_store::LogStore;
+use super::state_machine::StateMachine;
+use super::types::{ClusterNode, NodeId};
+use crate::config::{Config, ConfigError, ExecutionLock, Identity, RAFT_DIR};
+use crate::state::PinState;
+use crate::store::{self, Backend, StoreError};
+use crate::types::Pin;
+
+/// Why a state command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    /// The peer is running, or the config folder cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Reading the input or writing the output failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A pin of the input does not decode.
+    #[error("pin {index} of the input: {reason}")]
+    BadPin {
+        /// 1-based position in the input.
+        index: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The Raft data is unreadable, or cannot be written.
+    #[error("raft data: {0}")]
+    Raft(String),
+}
+
+/// Changes applied to every imported pin (upstream's `state import` flags).
+#[derive(Debug, Clone, Default)]
+pub struct ImportOverrides {
+    /// Replaces each pin's minimum replication when not 0.
+    pub replication_min: i32,
+    /// Replaces each pin's maximum replication when not 0.
+    pub replication_max: i32,
+    /// Replaces each pin's allocations when not empty.
+    pub allocations: Vec<String>,
+}
+
+impl ImportOverrides {
+    fn apply(&self, pin: &mut Pin) {
+        if self.replication_min != 0 {
+            pin.options.replication_factor_min = self.replication_min;
+        }
+        if self.replication_max != 0 {
+            pin.options.replication_factor_max = self.replication_max;
+        }
+        if !self.allocations.is_empty() {
+            pin.allocations = self.allocations.clone();
+        }
+    }
+}
+
+/// The state machine and the log of the store in `raft_dir` (with nobody to
+/// tell of changes).
+fn open_raft_store(
+    raft_dir: &Path,
+    backend: Backend,
+) -> Result<(StateMachine, LogStore), OfflineError> {
+    let db = store::open(raft_dir, backend)?;
+    let (events, _) = mpsc::channel(1);
+    let sm = StateMachine::new(
+        PinState::new(db.tree("state")?),
+        db.tree("snapshot")?,
+        events,
+    );
+    Ok((sm, LogStore::new(db.tree("raft_log")?)))
+}
+
+/// Writes the pinset this stopped peer last applied to `out`, one pin JSON per
+/// line (upstream's export format). Returns how many pins.
+pub fn export(dir: &Path, cfg: &Config, out: &mut dyn Write) -> Result<u64, OfflineError> {
+    let _lock = ExecutionLock::acquire(dir)?;
+    let raft_dir = dir.join(RAFT_DIR);
+    if !raft_dir.exists() {
+        return Ok(0);
+    }
+    let db = store::open(&raft_dir, cfg.consensus.raft.datastore)?;
+    let state = PinState::new(db.tree("state")?);
+    let mut n = 0;
+    for pin in state.list() {
+        let pin = pin.map_err(|e| OfflineError::Raft(e.to_string()))?;
+        serde_json::to_writer(&mut *out, &pin).map_err(std::io::Error::other)?;
+        out.write_all(b"\n")?;
+        n += 1;
+    }
+    out.flush()?;
+    Ok(n)
+}
+
+/// Replaces this stopped peer's state with the pins read from `input` (JSON
+/// objects, one after another, as `export` writes them; pretty-printed and
+/// partial objects are fine). The old raft folder is kept as a backup. The
+/// voters stay those of the old Raft data, or are this peer and `init_peerset`
+/// for a peer that has none. Returns how many pins.
+pub fn import(
+    dir: &Path,
+    cfg: &Config,
+    identity: &Identity,
+    input: &mut dyn BufRead,
+    overrides: &ImportOverrides,
+) -> Result<u64, OfflineError> {
+    let _lock = ExecutionLock::acquire(dir)?;
+    let raft_dir = dir.join(RAFT_DIR);
+    let backend = cfg.consensus.raft.datastore;
+    let old_members = if raft_dir.exists() {
+        open_raft_store(&raft_dir, backend)?
+            .0
+            .membership()
+            .map_err(|e| OfflineError::Raft(e.to_string()))?
+    } else {
+        None
+    };
+    let membership = match old_members {
+        Some(m) => m,
+        None => {
+            let me = ClusterNode {
+                peer_id: identity.peer_id.to_string(),
+                addr: String::new(),
+                name: cfg.cluster.peername.clone(),
+            };
+            let members = super::initial_members(&me, &cfg.consensus.raft.init_peerset)
+                .map_err(|e| OfflineError::Raft(e.to_string()))?;
+            let voters: BTreeSet<NodeId> = members.keys().copied().collect();
+            Membership::new(vec![voters], members)
+        }
+    };
+    // The new store is written aside, so that a bad input changes nothing.
+    let staging = staging_dir(dir)?;
+    let (sm, log) = open_raft_store(staging.path(), backend)?;
+    let mut bad = None;
+    let pins = serde_json::Deserializer::from_reader(input)
+        .into_iter::<Pin>()
+        .enumerate()
+        .map_while(|(i, p)| match p {
+            Ok(mut pin) => {
+                overrides.apply(&mut pin);
+                Some(pin)
+            }
+            Err(e) => {
+                bad = Some(OfflineError::BadPin {
+                    index: i as u64 + 1,
+                    reason: e.to_string(),
+                });
+                None
+            }
+        });
+    let log_id = LogId::<NodeId>::default();
+    let n = sm
+        .seed(log_id, membership, pins)
+        .map_err(OfflineError::Raft)?;
+    if let Some(e) = bad {
+        return Err(e);
+    }
+    log.seed(log_id)
+        .map_err(|e| OfflineError::Raft(e.to_string()))?;
+    drop((sm, log));
+    backup_raft_dir(dir, cfg.consensus.raft.backups_rotate)?;
+    std::fs::rename(staging.keep(), &raft_dir)?;
+    Ok(n)
+}
+
+/// A folder inside `dir` for the new store, removed unless kept.
+fn staging_dir(dir: &Path) -> Result<StagingDir, OfflineError> {
+    let path = dir.join(format!("{RAFT_DIR}.import"));
+    if path.exists() {
+        std::fs::remove_dir_all(&path)?;
+    }
+    std::fs::create_dir_all(&path)?;
+    Ok(StagingDir(Some(path)))
+}
+
+/// A folder removed on drop unless [`StagingDir::keep`] took it.
+struct StagingDir(Option<std::path::PathBuf>);
+
+impl StagingDir {
+    fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    fn keep(mut self) -> std::path::PathBuf {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// Moves this stopped peer's raft folder aside (`state cleanup`): its next start
+/// is a new peer's, which bootstraps or joins with `--bootstrap`. Returns
+/// whether there was a folder.
+pub fn cleanup(dir: &Path, cfg: &Config) -> Result<bool, OfflineError> {
+    let _lock = ExecutionLock::acquire(dir)?;
+    let existed = dir.join(RAFT_DIR).exists();
+    backup_raft_dir(dir, cfg.consensus.raft.backups_rotate)?;
+    Ok(existed)
+}
+
+/// Moves the raft folder aside as `raft.old.0`, keeping `keep` older ones
+/// (`raft.old.1`, …), so that the peer's next start is clean.
+pub fn backup_raft_dir(dir: &Path, keep: u32) -> std::io::Result<()> {
+    let raft = dir.join(RAFT_DIR);
+    if !raft.exists() {
+        return Ok(());
+    }
+    let name = |n: u32| dir.join(format!("{RAFT_DIR}.old.{n}"));
+    let keep = keep.max(1);
+    let _ = std::fs::remove_dir_all(name(keep - 1));
+    for n in (0..keep - 1).rev() {
+        if name(n).exists() {
+            std::fs::rename(name(n), name(n + 1))?;
+        }
+    }
+    std::fs::rename(&raft, name(0))
+}
