@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use crate::restapi::client::{Client, ClientError};
-use crate::types::{Alert, Cid, ClusterId, GlobalPinInfo, Metric, Pin, PinMode, TrackerStatus};
+use crate::types::{
+    Alert, Cid, ClusterId, GlobalPinInfo, GlobalRepoGc, Metric, Pin, PinMode, TrackerStatus,
+};
 
 /// Upstream's text form of an ID.
 pub fn format_id(id: &ClusterId) -> String {
@@ -120,6 +122,33 @@ pub fn format_pin(p: &Pin) -> String {
         exp,
         p.timestamp.format("%Y-%m-%d %H:%M:%S")
     )
+}
+
+/// Upstream's text form of `ipfs gc`: each peer (by name when it has one), then
+/// the CIDs it removed and the errors it met.
+pub fn format_repo_gc(g: &GlobalRepoGc) -> String {
+    let mut s = String::new();
+    for (peer, gc) in &g.peer_map {
+        let who = if gc.peername.is_empty() {
+            peer
+        } else {
+            &gc.peername
+        };
+        if gc.error.is_empty() {
+            s.push_str(&format!("{who:<15}\n"));
+        } else {
+            s.push_str(&format!("{who:<15} | ERROR: {}\n", gc.error));
+        }
+        s.push_str("  > CIDs:\n");
+        for k in &gc.keys {
+            if k.error.is_empty() {
+                s.push_str(&format!("    - {}\n", k.key));
+            } else {
+                s.push_str(&format!("    - ERROR: {}\n", k.error));
+            }
+        }
+    }
+    s
 }
 
 /// Upstream's text form of a global status (`status`).

@@ -73,14 +73,6 @@ fn daemon_pins(d: &Daemon) -> Vec<cid::Cid> {
         .unwrap_or_default()
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn three_peers_replicate_pins_everywhere() {
     let mut c = start_cluster(3);

@@ -5,6 +5,7 @@ mod common;
 
 use std::io::Read;
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -564,6 +565,47 @@ fn direct_pins_progress_filters_rest_and_ctl() {
     );
     let (ok, _, err) = ctl(&["pin", "add", "notacid"]);
     assert!(!ok && !err.is_empty());
+
+    // pin update: the new pin takes the old one's options; the old one stays.
+    let old = add_bytes(&p, "old.txt", b"old\n".to_vec());
+    let new = add_bytes(&p, "new.txt", b"new\n".to_vec());
+    let (ok, _, err) = ctl(&["pin", "add", &old, "--name", "keep", "--metadata", "a=b"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = ctl(&["pin", "update", &old, &new, "--wait"]);
+    assert!(ok && out.contains(&format!("{new} | keep:")), "{out}{err}");
+    let pinned: Value = get_json(&format!("{}/allocations/{new}", peer.rest()));
+    assert_eq!(pinned["metadata"]["a"], "b");
+    assert_eq!(
+        status(http().get(format!("{}/allocations/{old}", peer.rest()))),
+        200
+    );
+    let (ok, _, err) = ctl(&["pin", "update", &third, &old]);
+    assert!(!ok && err.contains("not recursively pinned"), "{err}");
+
+    // ipfs gc: what the daemon removed, by peer; the pins stay.
+    let (ok, _, err) = ctl(&["pin", "rm", &old]);
+    assert!(ok, "{err}");
+    wait_until("the daemon to unpin", Duration::from_secs(10), || {
+        !daemon_pins(&d).contains(&old)
+    });
+    let (ok, out, err) = ctl(&["--enc", "json", "ipfs", "gc", "--local"]);
+    assert!(ok, "{err}");
+    let gc: Value = serde_json::from_str(&out).unwrap();
+    let mine = &gc["peer_map"][peer.peer_id()];
+    // Daemons may report blocks under another CID version: compare multihashes.
+    let hash = |c: &str| cid::Cid::try_from(c).unwrap().hash().to_bytes();
+    let removed: Vec<Vec<u8>> = mine["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["key"].as_str())
+        .map(hash)
+        .collect();
+    assert!(removed.contains(&hash(&old)), "{gc}");
+    assert!(!removed.contains(&hash(&new)), "{gc}");
+    let (ok, out, _) = ctl(&["ipfs", "gc"]);
+    assert!(ok && out.contains("  > CIDs:"), "{out}");
+    assert!(daemon_pins(&d).contains(&new));
     peer.stop();
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use ipfs_cluster::ctl::{
-    WaitTarget, format_alert, format_id, format_metric, format_pin, format_status, wait_for,
+    WaitTarget, format_alert, format_id, format_metric, format_pin, format_repo_gc, format_status,
+    wait_for,
 };
 use ipfs_cluster::restapi::client::Client;
 use ipfs_cluster::types::{Cid, PinMode, PinOptions};
@@ -45,7 +46,7 @@ enum Command {
     Id,
     /// Shows the peer's version.
     Version,
-    /// Pins: add, rm, ls.
+    /// Pins: add, update, rm, ls.
     #[command(subcommand)]
     Pin(PinCmd),
     /// Cluster peers: ls, rm.
@@ -54,6 +55,9 @@ enum Command {
     /// Cluster health: metrics, alerts.
     #[command(subcommand)]
     Health(HealthCmd),
+    /// The IPFS daemons behind the peers: gc.
+    #[command(subcommand)]
+    Ipfs(IpfsCmd),
     /// Shows the status of CIDs on every peer.
     Status {
         /// CIDs (all when none).
@@ -101,6 +105,16 @@ enum HealthCmd {
 }
 
 #[derive(Subcommand)]
+enum IpfsCmd {
+    /// Runs garbage collection on every peer's daemon and lists what each removed.
+    Gc {
+        /// Only on this peer's daemon.
+        #[arg(long)]
+        local: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum PeersCmd {
     /// Lists the cluster peers with their IDs.
     Ls,
@@ -139,6 +153,22 @@ enum PinCmd {
         #[arg(long)]
         metadata: Vec<String>,
         /// Expire after this long (Go duration).
+        #[arg(long)]
+        expire_in: Option<String>,
+        #[command(flatten)]
+        after: AfterOp,
+    },
+    /// Pins NEW with the options and allocations of the pin EXISTING, which stays
+    /// pinned (remove it with `pin rm` once NEW is pinned).
+    Update {
+        /// The CID of the existing pin.
+        existing: String,
+        /// The new CID or /ipfs/ path.
+        new: String,
+        /// A new name (default: the existing pin's).
+        #[arg(long, short = 'n', default_value = "")]
+        name: String,
+        /// Expire after this long (Go duration; default: as the existing pin).
         #[arg(long)]
         expire_in: Option<String>,
         #[command(flatten)]
@@ -224,6 +254,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ms.iter().map(format_metric).collect()
             })
         }
+        Command::Ipfs(IpfsCmd::Gc { local }) => {
+            print(enc, &client.repo_gc(local).await?, format_repo_gc)
+        }
         Command::Health(HealthCmd::Alerts) => print(enc, &client.alerts().await?, |a| {
             a.iter().map(format_alert).collect()
         }),
@@ -301,13 +334,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 user_allocations: allocations,
                 ..Default::default()
             };
-            if let Some(e) = expire_in {
-                let d = ipfs_cluster::config::parse_duration(&e).map_err(anyhow::Error::msg)?;
-                opts.expire_at = Some(chrono::Utc::now() + chrono::Duration::from_std(d)?);
-            }
+            opts.expire_at = expiry(expire_in.as_deref())?;
             let pin = client.pin(&arg, &opts).await?;
             // Like upstream, --wait waits for the minimum replication (all peers when
             // the pin goes everywhere); `remote` counts as pinned.
+            let limit = usize::try_from(pin.options.replication_factor_min).unwrap_or(0);
+            after_op(&client, enc, &pin.cid, WaitTarget::Pinned, limit, &after).await
+        }
+        Command::Pin(PinCmd::Update {
+            existing,
+            new,
+            name,
+            expire_in,
+            after,
+        }) => {
+            let opts = PinOptions {
+                name,
+                expire_at: expiry(expire_in.as_deref())?,
+                pin_update: Some(parse_cid(&existing)?),
+                ..Default::default()
+            };
+            let pin = client.pin(&new, &opts).await?;
             let limit = usize::try_from(pin.options.replication_factor_min).unwrap_or(0);
             after_op(&client, enc, &pin.cid, WaitTarget::Pinned, limit, &after).await
         }
@@ -316,6 +363,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             after_op(&client, enc, &pin.cid, WaitTarget::Unpinned, 0, &after).await
         }
     }
+}
+
+/// The expiry time of a pin made now with `--expire-in`.
+fn expiry(expire_in: Option<&str>) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    let Some(e) = expire_in else {
+        return Ok(None);
+    };
+    let d = ipfs_cluster::config::parse_duration(e).map_err(anyhow::Error::msg)?;
+    Ok(Some(chrono::Utc::now() + chrono::Duration::from_std(d)?))
 }
 
 async fn after_op(

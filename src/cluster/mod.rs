@@ -26,8 +26,8 @@ use crate::raft::{ClusterNode, Committed, Consensus, ConsensusError, LogOp};
 use crate::state::StateError;
 use crate::types::TrackerStatus;
 use crate::types::{
-    Cid, ClusterId, GlobalPinInfo, IpfsId, Metric, Pin, PinInfoShort, PinOptions,
-    TrackerStatusFilter,
+    Cid, ClusterId, GlobalPinInfo, IpfsId, Metric, Pin, PinInfoShort, PinOptions, RepoGc,
+    RepoGcKey, TrackerStatusFilter,
 };
 use rpc::{ClusterRpc, ClusterRpcReply};
 
@@ -147,7 +147,11 @@ impl Cluster {
         cid: Cid,
         options: PinOptions,
     ) -> Result<(Pin, Committed), ClusterError> {
-        self.pin_excluding(cid, options, &[], false).await
+        match options.pin_update {
+            // Upstream's `pin-update` option: a pin update that keeps the old pin.
+            Some(from) if from != cid => self.pin_update(from, cid, options, false).await,
+            _ => self.pin_excluding(cid, options, &[], false).await,
+        }
     }
 
     /// The allocations for `cid` within `min..=max`, never new ones on `exclude`;
@@ -816,9 +820,15 @@ impl Cluster {
         total
     }
 
-    /// Garbage-collects every peer's daemon: (peer, removed CIDs, errors) each.
-    pub async fn repo_gc(&self) -> Vec<(String, Vec<String>, Vec<String>)> {
-        let nodes = self.inner.consensus.peer_nodes();
+    /// Garbage-collects every peer's daemon (only this peer's with `local`).
+    pub async fn repo_gc(&self, local: bool) -> Vec<RepoGc> {
+        let nodes: Vec<ClusterNode> = self
+            .inner
+            .consensus
+            .peer_nodes()
+            .into_iter()
+            .filter(|n| !local || n.peer_id == self.inner.peer_id)
+            .collect();
         let asks = nodes.iter().map(|node| async move {
             let r = if node.peer_id == self.inner.peer_id {
                 self.inner.ipfs.repo_gc().await.map_err(|e| e.to_string())
@@ -829,20 +839,38 @@ impl Cluster {
                     Ok(other) => Err(format!("unexpected reply {other:?}")),
                 }
             };
+            let mut gc = RepoGc {
+                peer: node.peer_id.clone(),
+                peername: node.name.clone(),
+                ..Default::default()
+            };
             match r {
-                Ok((keys, errors)) => (node.peer_id.clone(), keys, errors),
-                Err(e) => (node.peer_id.clone(), Vec::new(), vec![e]),
+                Ok((keys, errors)) => {
+                    let keys = keys.into_iter().map(|key| RepoGcKey {
+                        key,
+                        error: String::new(),
+                    });
+                    let errors = errors.into_iter().map(|error| RepoGcKey {
+                        key: String::new(),
+                        error,
+                    });
+                    gc.keys = keys.chain(errors).collect();
+                }
+                Err(e) => gc.error = e,
             }
+            gc
         });
         futures::future::join_all(asks).await
     }
 
-    /// Pins `to` with the options and allocations of the existing pin `from`, then
-    /// unpins `from` unless told not to (kubo's `pin update`).
+    /// Pins `to` with the options and allocations of the existing pin `from`
+    /// (a name or a future expiry in `overrides` replace its own, as upstream),
+    /// then unpins `from` when `unpin` (kubo's `pin update`).
     pub async fn pin_update(
         &self,
         from: Cid,
         to: Cid,
+        overrides: PinOptions,
         unpin: bool,
     ) -> Result<(Pin, Committed), ClusterError> {
         let existing = self.inner.consensus.state().get(&from)?.ok_or_else(|| {
@@ -850,9 +878,15 @@ impl Cluster {
         })?;
         let mut options = existing.options.clone();
         options.pin_update = Some(from);
+        if !overrides.name.is_empty() {
+            options.name = overrides.name;
+        }
+        if let Some(at) = overrides.expire_at.filter(|at| *at > chrono::Utc::now()) {
+            options.expire_at = Some(at);
+        }
         // The allocations move with the pin: they are the first choice for `to`.
         options.user_allocations = existing.allocations.clone();
-        let pinned = self.pin(to, options).await?;
+        let pinned = self.pin_excluding(to, options, &[], false).await?;
         if unpin && from != to {
             self.unpin(from).await?;
         }

@@ -9,7 +9,7 @@ use super::Proxy;
 use super::error::{ErrorCode, internal, kubo_error, missing_argument, stream_error_trailer};
 use crate::cluster::{ClusterError, OpState, Phase};
 use crate::http::{Body, channel_body, parse_bool};
-use crate::types::{Cid, Pin, PinMode, PinOptions};
+use crate::types::{Cid, Pin, PinMode, PinOptions, RepoGcKey};
 
 /// kubo's not-pinned answer to `pin/rm`; composite clusters rely on it.
 const NOT_PINNED: &str = "not pinned or pinned indirectly";
@@ -223,7 +223,11 @@ impl Proxy {
             }
         }
         let (from, to) = (cids[0], cids[1]);
-        let committed = match self.cluster.pin_update(from, to, unpin).await {
+        let committed = match self
+            .cluster
+            .pin_update(from, to, PinOptions::default(), unpin)
+            .await
+        {
             Ok((pin, c)) if pin.is_allocated_to(self.cluster.peer_id()) => vec![(to, c.index)],
             Ok(_) => Vec::new(),
             Err(e) => return cluster_error(&e),
@@ -243,21 +247,29 @@ impl Proxy {
             Err(e) => return e.response(),
         };
         let quiet = q.flag("quiet", false).unwrap_or(false);
-        let results = self.cluster.repo_gc().await;
+        let results = self.cluster.repo_gc(false).await;
         let (tx, body) = channel_body();
         self.tasks.spawn(async move {
             let mut trailer_errors = String::new();
-            for (peer, keys, errors) in results {
+            for gc in results {
+                let (removed, mut errors): (Vec<_>, Vec<_>) =
+                    gc.keys.into_iter().partition(|k| k.error.is_empty());
                 if !quiet {
-                    for k in keys {
-                        let line = serde_json::json!({ "Key": { "/": k } });
+                    for k in removed {
+                        let line = serde_json::json!({ "Key": { "/": k.key } });
                         if !tx.send_json(&line).await {
                             return;
                         }
                     }
                 }
+                if !gc.error.is_empty() {
+                    errors.push(RepoGcKey {
+                        key: String::new(),
+                        error: gc.error,
+                    });
+                }
                 for e in errors {
-                    let msg = format!("{peer}: {e}");
+                    let msg = format!("{}: {}", gc.peer, e.error);
                     if stream_errors {
                         if !tx.send_json(&serde_json::json!({ "Error": msg })).await {
                             return;

@@ -4,7 +4,7 @@ use serde::de::DeserializeOwned;
 
 use crate::multiaddr::TcpMultiaddr;
 use crate::types::{
-    Alert, ApiError, Cid, ClusterId, GlobalPinInfo, Metric, Pin, PinOptions, Version,
+    Alert, ApiError, Cid, ClusterId, GlobalPinInfo, GlobalRepoGc, Metric, Pin, PinOptions, Version,
 };
 
 /// Why a REST API call failed.
@@ -236,6 +236,16 @@ impl Client {
                 &format!("/pins/{cid}/recover"),
                 &local_query(local),
             )
+            .await?;
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `POST /ipfs/gc[?local=true]`.
+    pub async fn repo_gc(&self, local: bool) -> Result<GlobalRepoGc, ClientError> {
+        let resp = self
+            .send(reqwest::Method::POST, "/ipfs/gc", &local_query(local))
             .await?;
         resp.json()
             .await

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::RestApiConfig;
 use crate::http::{Body, ServerOptions, channel_body, empty, json, query_pairs};
-use crate::types::{ApiError, Cid, PinOptions, TrackerStatusFilter, Version};
+use crate::types::{ApiError, Cid, GlobalRepoGc, PinOptions, TrackerStatusFilter, Version};
 
 /// Why the REST API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +124,16 @@ impl RestApi {
             }
             (&Method::GET, ["health", "alerts"]) => {
                 json(StatusCode::OK, &self.cluster.monitor().alerts())
+            }
+            (&Method::POST, ["ipfs", "gc"]) => {
+                let peer_map = self
+                    .cluster
+                    .repo_gc(is_local(&q))
+                    .await
+                    .into_iter()
+                    .map(|gc| (gc.peer.clone(), gc))
+                    .collect();
+                json(StatusCode::OK, &GlobalRepoGc { peer_map })
             }
             (&Method::GET, ["raft"]) => json(StatusCode::OK, &self.cluster.consensus().info()),
             (&Method::GET, ["peers"]) => {

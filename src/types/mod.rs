@@ -2,6 +2,7 @@
 
 mod metric;
 mod query;
+mod repo_gc;
 mod status;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use metric::{Alert, Metric};
+pub use repo_gc::{GlobalRepoGc, RepoGc, RepoGcKey};
 pub use status::{GlobalPinInfo, PinInfoShort, TrackerStatus, TrackerStatusFilter};
 
 /// A content identifier; JSON is the plain CID string, as upstream's `api.Cid`.

@@ -83,6 +83,9 @@ impl PinOptions {
         for (k, v) in &self.metadata {
             q.push((format!("meta-{k}"), v.clone()));
         }
+        if let Some(from) = &self.pin_update {
+            q.push(("pin-update".into(), from.to_string()));
+        }
         q
     }
 }

@@ -325,6 +325,15 @@ pub fn http() -> reqwest::blocking::Client {
 }
 
 /// POSTs a multipart file upload to `<api>/add` and returns the root CID.
+/// Polls `f` every 100 ms until it holds; fails the test after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The JSON answer to a GET of `url`.
 pub fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> T {
     http()
