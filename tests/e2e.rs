@@ -853,3 +853,91 @@ fn intercepted_endpoints_with_bad_input_a_dead_daemon_and_dropped_clients() {
     assert_eq!(cluster_pins(&peer).len(), 50);
     peer.stop();
 }
+
+#[test]
+fn ctl_add_uploads_files_and_folders_and_pins_the_root() {
+    let d = Daemon::start();
+    let cfg = tempfile::tempdir().unwrap();
+    let mut peer = PeerProc::init(cfg.path(), &d.multiaddr());
+    peer.start();
+    let files = tempfile::tempdir().unwrap();
+    let f = files.path();
+    std::fs::write(f.join("a.txt"), b"hello from ctl add\n").unwrap();
+    std::fs::create_dir_all(f.join("docs/sub")).unwrap();
+    std::fs::write(f.join("docs/x.txt"), b"x\n").unwrap();
+    std::fs::write(f.join("docs/sub/y.txt"), b"y\n").unwrap();
+    std::fs::write(f.join("docs/.hidden"), b"h\n").unwrap();
+    let ctl = |args: &[&str]| {
+        let out = Command::new(ctl_bin())
+            .args(["--host", &peer.rest_multiaddr()])
+            .args(args)
+            .current_dir(f)
+            .output()
+            .expect("ctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    // A file: the CID the daemon gives the same bytes, pinned with the options.
+    let (ok, out, err) = ctl(&["add", "a.txt", "--name", "greeting", "--wait"]);
+    assert!(ok, "{err}");
+    let direct = add_bytes(&d.api(), "a.txt", b"hello from ctl add\n".to_vec());
+    assert_eq!(out.trim(), format!("added {direct} a.txt"));
+    let pin: Value = get_json(&format!("{}/allocations/{direct}", peer.rest()));
+    assert_eq!(pin["name"], "greeting");
+    assert!(daemon_pins(&d).contains(&direct));
+
+    // A folder needs -r; with it, every entry is listed and the folder is the root.
+    // (js-ipfs 0.66 drops one-character names of folder parts: hence "docs".)
+    let (ok, _, err) = ctl(&["add", "docs"]);
+    assert!(!ok && err.contains("is a directory"), "{err}");
+    let (ok, out, err) = ctl(&["add", "-r", "docs"]);
+    assert!(ok, "{err}");
+    // The daemon decides the order of entries; the root comes last.
+    let mut names: Vec<&str> = out.lines().map(|l| l.rsplit(' ').next().unwrap()).collect();
+    assert_eq!(names.last(), Some(&"docs"), "{out}");
+    names.sort();
+    assert_eq!(
+        names,
+        ["docs", "docs/sub", "docs/sub/y.txt", "docs/x.txt"],
+        "{out}"
+    );
+    let root = out.lines().last().unwrap().split(' ').nth(1).unwrap();
+    let (st, ls) = post(&format!("{}/ls?arg={root}", d.api()));
+    assert_eq!(st, 200);
+    let links: Vec<&str> = ls["Objects"][0]["Links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(links, ["sub", "x.txt"]);
+    assert_eq!(
+        status(http().get(format!("{}/allocations/{root}", peer.rest()))),
+        200
+    );
+    // -Q prints the root only; --no-pin leaves the pinset alone; options reach
+    // the daemon (CIDv1).
+    let (ok, out, err) = ctl(&["add", "-Q", "--no-pin", "--cid-version", "1", "a.txt"]);
+    assert!(ok, "{err}");
+    let v1 = out.trim();
+    assert!(v1.starts_with("bafk"), "{out}");
+    assert_eq!(
+        status(http().get(format!("{}/allocations/{v1}", peer.rest()))),
+        404
+    );
+
+    // The REST route refuses what it cannot read.
+    let r = http()
+        .post(format!("{}/add", peer.rest()))
+        .body("not multipart")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let e: Value = r.json().unwrap();
+    assert_eq!(e["code"], 400);
+    peer.stop();
+}

@@ -11,6 +11,7 @@ use ipfs_cluster::ctl::{
     wait_for,
 };
 use ipfs_cluster::restapi::client::Client;
+use ipfs_cluster::restapi::upload::{self, UploadOptions};
 use ipfs_cluster::types::{Cid, PinMode, PinOptions};
 
 #[derive(Parser)]
@@ -58,6 +59,53 @@ enum Command {
     /// The IPFS daemons behind the peers: gc.
     #[command(subcommand)]
     Ipfs(IpfsCmd),
+    /// Adds files or folders to IPFS through the peer and pins the root in the cluster.
+    Add {
+        /// Files or folders (several are wrapped in a folder).
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+        /// Add folders with their contents.
+        #[arg(long, short = 'r')]
+        recursive: bool,
+        /// Print only the CIDs.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+        /// Print only the root's CID.
+        #[arg(long, short = 'Q')]
+        quieter: bool,
+        /// Wrap the files in a folder.
+        #[arg(long, short = 'w')]
+        wrap_with_directory: bool,
+        /// Include files whose names start with a dot.
+        #[arg(long, short = 'H')]
+        hidden: bool,
+        /// DAG layout: balanced or trickle.
+        #[arg(long, default_value = "")]
+        layout: String,
+        /// Chunker, e.g. size-262144.
+        #[arg(long, short = 's', default_value = "")]
+        chunker: String,
+        /// Raw leaves.
+        #[arg(long)]
+        raw_leaves: bool,
+        /// CID version.
+        #[arg(long)]
+        cid_version: Option<u32>,
+        /// Hash function.
+        #[arg(long, default_value = "")]
+        hash: String,
+        /// Add without pinning.
+        #[arg(long)]
+        no_pin: bool,
+        #[command(flatten)]
+        pin: PinFlags,
+        /// Wait until the root is pinned.
+        #[arg(long)]
+        wait: bool,
+        /// How long to wait (Go duration; 0: forever).
+        #[arg(long = "wait-timeout", alias = "wt", default_value = "0s")]
+        wait_timeout: String,
+    },
     /// Shows the status of CIDs on every peer.
     Status {
         /// CIDs (all when none).
@@ -125,36 +173,74 @@ enum PeersCmd {
     },
 }
 
+/// The options of a new pin, shared by `pin add` and `add`.
+#[derive(clap::Args)]
+struct PinFlags {
+    /// Pin name.
+    #[arg(long, short = 'n', default_value = "")]
+    name: String,
+    /// Minimum replication.
+    #[arg(
+        long,
+        alias = "replication-min",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    rmin: i32,
+    /// Maximum replication.
+    #[arg(
+        long,
+        alias = "replication-max",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    rmax: i32,
+    /// Peers to allocate to first (comma-separated peer IDs).
+    #[arg(long, alias = "allocs", value_delimiter = ',')]
+    allocations: Vec<String>,
+    /// Metadata `key=value` (repeatable).
+    #[arg(long)]
+    metadata: Vec<String>,
+    /// Expire after this long (Go duration).
+    #[arg(long)]
+    expire_in: Option<String>,
+}
+
+impl PinFlags {
+    fn options(self) -> anyhow::Result<PinOptions> {
+        let mut metadata = BTreeMap::new();
+        for kv in self.metadata {
+            let Some((k, v)) = kv.split_once('=') else {
+                bail!("metadata must be key=value, got {kv:?}");
+            };
+            metadata.insert(k.to_string(), v.to_string());
+        }
+        Ok(PinOptions {
+            name: self.name,
+            replication_factor_min: self.rmin,
+            replication_factor_max: self.rmax,
+            metadata,
+            user_allocations: self.allocations,
+            expire_at: expiry(self.expire_in.as_deref())?,
+            ..Default::default()
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum PinCmd {
     /// Pins a CID or path in the cluster.
     Add {
         /// CID or /ipfs/ path.
         arg: String,
-        /// Pin name.
-        #[arg(long, short = 'n', default_value = "")]
-        name: String,
         /// recursive or direct.
         #[arg(long, default_value = "recursive")]
         mode: String,
         /// Sets both minimum and maximum replication.
-        #[arg(long, short = 'r')]
+        #[arg(long, short = 'r', allow_hyphen_values = true)]
         replication: Option<i32>,
-        /// Minimum replication.
-        #[arg(long, alias = "replication-min", default_value_t = 0)]
-        rmin: i32,
-        /// Maximum replication.
-        #[arg(long, alias = "replication-max", default_value_t = 0)]
-        rmax: i32,
-        /// Peers to allocate to first (comma-separated peer IDs).
-        #[arg(long, alias = "allocs", value_delimiter = ',')]
-        allocations: Vec<String>,
-        /// Metadata `key=value` (repeatable).
-        #[arg(long)]
-        metadata: Vec<String>,
-        /// Expire after this long (Go duration).
-        #[arg(long)]
-        expire_in: Option<String>,
+        #[command(flatten)]
+        pin: PinFlags,
         #[command(flatten)]
         after: AfterOp,
     },
@@ -260,6 +346,82 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Health(HealthCmd::Alerts) => print(enc, &client.alerts().await?, |a| {
             a.iter().map(format_alert).collect()
         }),
+        Command::Add {
+            paths,
+            recursive,
+            quiet,
+            quieter,
+            wrap_with_directory,
+            hidden,
+            layout,
+            chunker,
+            raw_leaves,
+            cid_version,
+            hash,
+            no_pin,
+            pin,
+            wait,
+            wait_timeout,
+        } => {
+            let mut q = pin.options()?.to_query();
+            let wrap = wrap_with_directory || paths.len() > 1;
+            let flags = [
+                ("wrap-with-directory", wrap),
+                ("hidden", hidden),
+                ("raw-leaves", raw_leaves),
+                ("no-pin", no_pin),
+            ];
+            for (k, on) in flags {
+                if on {
+                    q.push((k.into(), "true".into()));
+                }
+            }
+            for (k, v) in [("layout", layout), ("chunker", chunker), ("hash", hash)] {
+                if !v.is_empty() {
+                    q.push((k.into(), v));
+                }
+            }
+            if let Some(v) = cid_version {
+                q.push(("cid-version".into(), v.to_string()));
+            }
+            let form = upload::form(&paths, UploadOptions { recursive, hidden }).await?;
+            let outputs = client.add(form, &q).await?;
+            let root = outputs
+                .iter()
+                .rev()
+                .find_map(|o| o.cid)
+                .context("the peer reported no added CID")?;
+            for o in outputs.iter().filter(|o| o.cid.is_some()) {
+                let cid = o.cid.map(|c| c.to_string()).unwrap_or_default();
+                match enc {
+                    Enc::Json => println!("{}", serde_json::to_string_pretty(o)?),
+                    _ if quieter => {}
+                    _ if quiet => println!("{cid}"),
+                    _ => println!("added {cid} {}", o.name),
+                }
+            }
+            if quieter && enc == Enc::Text {
+                println!("{root}");
+            }
+            if no_pin {
+                return Ok(());
+            }
+            // A pin that failed after the upload shows only in a trailer, which
+            // this client cannot read: the pinset says whether it happened.
+            let pinned = client
+                .allocation(&root)
+                .await
+                .with_context(|| format!("{root} was added but is not pinned in the cluster"))?;
+            if wait {
+                let t = ipfs_cluster::config::parse_duration(&wait_timeout)
+                    .map_err(anyhow::Error::msg)?;
+                let limit = usize::try_from(pinned.options.replication_factor_min).unwrap_or(0);
+                wait_for(&client, &root, WaitTarget::Pinned, limit, t)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+            }
+            Ok(())
+        }
         Command::Status {
             cids,
             filter,
@@ -307,34 +469,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Pin(PinCmd::Add {
             arg,
-            name,
             mode,
             replication,
-            rmin,
-            rmax,
-            allocations,
-            metadata,
-            expire_in,
+            pin,
             after,
         }) => {
-            let mut meta = BTreeMap::new();
-            for kv in metadata {
-                let Some((k, v)) = kv.split_once('=') else {
-                    bail!("metadata must be key=value, got {kv:?}");
-                };
-                meta.insert(k.to_string(), v.to_string());
+            let mut opts = pin.options()?;
+            opts.mode = mode.parse::<PinMode>().map_err(anyhow::Error::msg)?;
+            if let Some(r) = replication {
+                (opts.replication_factor_min, opts.replication_factor_max) = (r, r);
             }
-            let (rmin, rmax) = replication.map(|r| (r, r)).unwrap_or((rmin, rmax));
-            let mut opts = PinOptions {
-                name,
-                mode: mode.parse::<PinMode>().map_err(anyhow::Error::msg)?,
-                replication_factor_min: rmin,
-                replication_factor_max: rmax,
-                metadata: meta,
-                user_allocations: allocations,
-                ..Default::default()
-            };
-            opts.expire_at = expiry(expire_in.as_deref())?;
             let pin = client.pin(&arg, &opts).await?;
             // Like upstream, --wait waits for the minimum replication (all peers when
             // the pin goes everywhere); `remote` counts as pinned.

@@ -130,6 +130,12 @@ impl IpfsConnector {
         if let Some(t) = timeout {
             req = req.timeout(t);
         }
+        self.send(req).await
+    }
+
+    /// Sends `req` with the daemon's credentials; a non-2xx answer is an error
+    /// carrying the daemon's message.
+    async fn send(&self, mut req: reqwest::RequestBuilder) -> Result<reqwest::Response, IpfsError> {
         if let Some((u, p)) = &self.auth {
             req = req.basic_auth(u, Some(p));
         }
@@ -153,6 +159,30 @@ impl IpfsConnector {
         let resp = self.post(cmd, query, Some(self.request_timeout)).await?;
         let body = resp.bytes().await.map_err(|e| self.transport_err(e))?;
         serde_json::from_slice(&body).map_err(|e| IpfsError::Protocol(format!("{cmd}: {e}")))
+    }
+
+    /// Streams a multipart upload (`content_type` carries its boundary) to the
+    /// daemon's `add` with `query`, told not to pin, and reads its answer
+    /// objects as they come. No timeout: an upload takes as long as it takes.
+    pub async fn add(
+        &self,
+        query: &[(String, String)],
+        content_type: &str,
+        body: reqwest::Body,
+    ) -> Result<NdjsonReader, IpfsError> {
+        let mut pairs: Vec<(&str, &str)> = query
+            .iter()
+            .filter(|(k, _)| k != "pin")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        pairs.push(("pin", "false"));
+        let req = self
+            .client
+            .post(format!("{}/add", self.base))
+            .query(&pairs)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        Ok(NdjsonReader::new(self.send(req).await?))
     }
 
     /// The daemon's identity.

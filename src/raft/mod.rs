@@ -182,20 +182,13 @@ impl Consensus {
         if initialized {
             c.check_existing_state(cfg, bootstrap)?;
         } else if bootstrap.is_empty() {
-            let members = c.initial_members(&cfg.init_peerset)?;
+            let members = initial_members(&c.inner.node, &cfg.init_peerset)?;
             tracing::info!("bootstrapping a new cluster with {} peer(s)", members.len());
             if let Err(e) = c.inner.raft.initialize(members).await {
                 return Err(ConsensusError::Raft(e.to_string()));
             }
         }
         Ok(c)
-    }
-
-    fn initial_members(
-        &self,
-        peerset: &[String],
-    ) -> Result<BTreeMap<NodeId, ClusterNode>, ConsensusError> {
-        initial_members(&self.inner.node, peerset)
     }
 
     /// Upstream's rule: an existing Raft state wins over the configured peerset,

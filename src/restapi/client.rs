@@ -3,6 +3,7 @@
 use serde::de::DeserializeOwned;
 
 use crate::multiaddr::TcpMultiaddr;
+pub use crate::restapi::AddedOutput;
 use crate::types::{
     Alert, ApiError, Cid, ClusterId, GlobalPinInfo, GlobalRepoGc, Metric, Pin, PinOptions, Version,
 };
@@ -80,10 +81,18 @@ impl Client {
         path: &str,
         query: &[(String, String)],
     ) -> Result<reqwest::Response, ClientError> {
-        let mut req = self
+        let req = self
             .http
             .request(method, format!("{}{path}", self.base))
             .query(query);
+        self.finish(req).await
+    }
+
+    /// Sends `req` with the credentials; a non-2xx answer is an API error.
+    async fn finish(
+        &self,
+        mut req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
         if let Some((u, p)) = &self.auth {
             req = req.basic_auth(u, Some(p));
         }
@@ -240,6 +249,21 @@ impl Client {
         resp.json()
             .await
             .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `POST /add`: uploads `form` (kubo's multipart layout) with the add and
+    /// pin options of `query`; the outputs, the root last.
+    pub async fn add(
+        &self,
+        form: reqwest::multipart::Form,
+        query: &[(String, String)],
+    ) -> Result<Vec<AddedOutput>, ClientError> {
+        let req = self
+            .http
+            .post(format!("{}/add", self.base))
+            .query(query)
+            .multipart(form);
+        ndjson(self.finish(req).await?).await
     }
 
     /// `POST /ipfs/gc[?local=true]`.

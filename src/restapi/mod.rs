@@ -1,7 +1,11 @@
 //! The native REST API (upstream's `/id`, `/version`, `/allocations`, `/pins`, …),
 //! with upstream's JSON, NDJSON streams and `{"code","message"}` errors.
 
+mod add;
 pub mod client;
+pub mod upload;
+
+pub use add::AddedOutput;
 
 use std::net::SocketAddr;
 
@@ -125,6 +129,7 @@ impl RestApi {
             (&Method::GET, ["health", "alerts"]) => {
                 json(StatusCode::OK, &self.cluster.monitor().alerts())
             }
+            (&Method::POST, ["add"]) => self.add(req, &q).await,
             (&Method::POST, ["ipfs", "gc"]) => {
                 let peer_map = self
                     .cluster

@@ -1,0 +1,108 @@
+//! Local files and folders as the multipart upload that `add` reads (kubo's
+//! layout, which upstream's `/add` shares): one part per file, streamed from
+//! disk, named by its path inside the upload; a folder is an empty part of type
+//! `application/x-directory` before its contents.
+
+use std::path::{Path, PathBuf};
+
+use reqwest::multipart::{Form, Part};
+
+/// Why an upload could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// A path cannot be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A folder was given without `recursive`.
+    #[error("{0} is a directory: add it with -r")]
+    Directory(PathBuf),
+    /// A path has no usable file name.
+    #[error("{0}: no file name")]
+    NoName(PathBuf),
+}
+
+/// What goes into the upload.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UploadOptions {
+    /// Folders are added with their contents.
+    pub recursive: bool,
+    /// Names starting with a dot are included.
+    pub hidden: bool,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> UploadError + '_ {
+    move |source| UploadError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The upload of `paths`, each under its own file name.
+pub async fn form(paths: &[PathBuf], opts: UploadOptions) -> Result<Form, UploadError> {
+    let mut form = Form::new();
+    for path in paths {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .ok_or_else(|| UploadError::NoName(path.clone()))?;
+        form = add_path(form, path, name, opts).await?;
+    }
+    Ok(form)
+}
+
+/// Adds `path` as `name`, and a folder's entries under it, in name order.
+async fn add_path(
+    mut form: Form,
+    path: &Path,
+    name: String,
+    opts: UploadOptions,
+) -> Result<Form, UploadError> {
+    // Iterative, so that deep trees need no recursion of futures.
+    let mut todo = vec![(path.to_path_buf(), name)];
+    while let Some((path, name)) = todo.pop() {
+        let meta = tokio::fs::metadata(&path).await.map_err(io_err(&path))?;
+        if !meta.is_dir() {
+            let file = tokio::fs::File::open(&path).await.map_err(io_err(&path))?;
+            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+            let part = Part::stream_with_length(body, meta.len())
+                .file_name(name)
+                .mime_str("application/octet-stream")
+                .map_err(|e| UploadError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+            form = form.part("file", part);
+            continue;
+        }
+        if !opts.recursive {
+            return Err(UploadError::Directory(path));
+        }
+        let part = Part::bytes(Vec::new())
+            .file_name(name.clone())
+            .mime_str("application/x-directory")
+            .map_err(|e| UploadError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+        form = form.part("file", part);
+        let mut entries = Vec::new();
+        let mut dir = tokio::fs::read_dir(&path).await.map_err(io_err(&path))?;
+        while let Some(e) = dir.next_entry().await.map_err(io_err(&path))? {
+            let child = e.file_name().to_string_lossy().to_string();
+            if opts.hidden || !child.starts_with('.') {
+                entries.push(child);
+            }
+        }
+        entries.sort();
+        // Popped last-first: push in reverse so that entries go out in order.
+        for child in entries.into_iter().rev() {
+            todo.push((path.join(&child), format!("{name}/{child}")));
+        }
+    }
+    Ok(form)
+}
