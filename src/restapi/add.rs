@@ -230,12 +230,7 @@ impl RestApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pairs(s: &[(&str, &str)]) -> Vec<(String, String)> {
-        s.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
+    use crate::types::pairs;
 
     #[test]
     fn upstream_add_parameters_become_kubos() {

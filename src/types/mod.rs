@@ -13,6 +13,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use metric::{Alert, Metric};
+#[cfg(test)]
+pub(crate) use query::pairs;
 pub use repo_gc::{GlobalRepoGc, RepoGc, RepoGcKey};
 pub use status::{GlobalPinInfo, PinInfoShort, TrackerStatus, TrackerStatusFilter};
 

@@ -90,15 +90,17 @@ impl PinOptions {
     }
 }
 
+/// Owned query pairs from string pairs, for tests of query readers.
+#[cfg(test)]
+pub(crate) fn pairs(s: &[(&str, &str)]) -> Vec<(String, String)> {
+    s.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pairs(s: &[(&str, &str)]) -> Vec<(String, String)> {
-        s.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
 
     #[test]
     fn round_trip() {
