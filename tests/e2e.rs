@@ -941,3 +941,19 @@ fn ctl_add_uploads_files_and_folders_and_pins_the_root() {
     assert_eq!(e["code"], 400);
     peer.stop();
 }
+
+#[test]
+fn ctl_gives_up_after_its_timeout_with_upstreams_exit_code() {
+    // A listener that never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let out = Command::new(ctl_bin())
+        .args(["--host", &format!("/ip4/127.0.0.1/tcp/{port}")])
+        .args(["--timeout", "1", "id"])
+        .output()
+        .expect("ctl");
+    assert_eq!(out.status.code(), Some(62), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out"));
+}

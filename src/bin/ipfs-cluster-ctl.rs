@@ -31,6 +31,9 @@ struct Cli {
     /// Basic auth credentials `user[:password]`.
     #[arg(long, global = true, env = "CLUSTER_CREDENTIALS")]
     basic_auth: Option<String>,
+    /// Give up after this many seconds (0: never); exit code 62 then, as upstream.
+    #[arg(long, short = 't', global = true, default_value_t = 0)]
+    timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -286,11 +289,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    let timeout = cli.timeout;
+    let outcome = rt.block_on(async {
+        if timeout == 0 {
+            return Some(run(cli).await);
+        }
+        tokio::time::timeout(Duration::from_secs(timeout), run(cli))
+            .await
+            .ok()
+    });
+    match outcome {
+        Some(Ok(())) => ExitCode::SUCCESS,
+        Some(Err(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+        None => {
+            eprintln!("error: timed out after {timeout}s");
+            // Upstream's exit code for an exceeded deadline.
+            ExitCode::from(62)
         }
     }
 }

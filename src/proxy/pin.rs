@@ -6,9 +6,9 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
 use super::Proxy;
-use super::error::{ErrorCode, internal, kubo_error, missing_argument, stream_error_trailer};
+use super::error::{ErrorCode, internal, kubo_error, missing_argument};
 use crate::cluster::{ClusterError, OpState, Phase};
-use crate::http::{Body, channel_body, parse_bool};
+use crate::http::{Body, channel_body, parse_bool, stream_error_trailer};
 use crate::types::{Cid, Pin, PinMode, PinOptions, RepoGcKey};
 
 /// kubo's not-pinned answer to `pin/rm`; composite clusters rely on it.

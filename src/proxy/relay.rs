@@ -12,8 +12,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::Proxy;
-use super::error::stream_error_value;
-use crate::http::{Body, channel_body};
+use crate::http::{Body, channel_body, stream_error_value};
 use crate::types::{Cid, PinOptions};
 
 /// Which CIDs of the daemon's answer become cluster pins.

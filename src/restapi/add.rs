@@ -8,8 +8,8 @@ use http_body_util::BodyDataStream;
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use super::{RestApi, cluster_error, error, ndjson_response, stream_error_trailer};
-use crate::http::{Body, channel_body, parse_bool};
+use super::{RestApi, cluster_error, error, ndjson_response};
+use crate::http::{Body, channel_body, parse_bool, stream_error_trailer};
 use crate::types::{Cid, PinOptions};
 
 /// Upstream's `AddedOutput`: one added file or directory, or progress.

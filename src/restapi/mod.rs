@@ -17,7 +17,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::RestApiConfig;
-use crate::http::{Body, ServerOptions, channel_body, empty, json, query_pairs};
+use crate::http::{
+    Body, ServerOptions, channel_body, empty, json, query_pairs, stream_error_trailer,
+};
 use crate::types::{ApiError, Cid, GlobalRepoGc, PinOptions, TrackerStatusFilter, Version};
 
 /// Why the REST API could not start.
@@ -339,15 +341,6 @@ where
         tx.trailers(stream_error_trailer(&err)).await;
     });
     ndjson_response(body)
-}
-
-/// The `X-Stream-Error` trailer, empty when all went well (as upstream, for JS clients).
-fn stream_error_trailer(err: &str) -> http::HeaderMap {
-    let mut t = http::HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(err) {
-        t.insert("x-stream-error", v);
-    }
-    t
 }
 
 fn ndjson_response(body: Body) -> Response<Body> {
