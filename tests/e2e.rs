@@ -362,6 +362,26 @@ fn second_daemon_on_same_config_fails_fast_and_bad_config_names_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("cluster.pin_recover_interval"), "{err}");
+    v["cluster"]["pin_recover_interval"] = Value::String("12m".into());
+    v["consensus"]["raft"]["datastore"] = Value::String("leveldb".into());
+    std::fs::write(&path, v.to_string()).unwrap();
+    let err = String::from_utf8_lossy(&peer.command().output().unwrap().stderr).to_string();
+    assert!(err.contains("consensus.raft.datastore"), "{err}");
+
+    // `init --datastore redb` picks the other store; the folder then refuses sled.
+    let other = tempfile::tempdir().unwrap();
+    let mut peer = PeerProc::before_dead_daemon_with(other.path(), &["--datastore", "redb"]);
+    assert!(other.path().join("raft/store.redb").is_file());
+    peer.stop();
+    let path = other.path().join("service.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(v["consensus"]["raft"]["datastore"], "redb");
+    v["consensus"]["raft"]["datastore"] = Value::String("sled".into());
+    std::fs::write(&path, v.to_string()).unwrap();
+    let out = peer.command().output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds a redb store"), "{err}");
 }
 
 #[test]

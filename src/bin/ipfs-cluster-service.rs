@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use ipfs_cluster::config::{self, CONFIG_FILE, Config, IDENTITY_FILE, Identity};
 use ipfs_cluster::peer::{Peer, StartOptions};
 use ipfs_cluster::raft::offline::{self, ImportOverrides, backup_raft_dir};
+use ipfs_cluster::store::Backend;
 
 #[derive(Parser)]
 #[command(name = "ipfs-cluster-service", version = ipfs_cluster::VERSION, about = "IPFS Cluster peer")]
@@ -34,6 +35,9 @@ enum Command {
         /// Initial peers (comma-separated multiaddrs ending in /p2p/<id>).
         #[arg(long, value_delimiter = ',')]
         peers: Vec<String>,
+        /// The store of the Raft log and the pinset.
+        #[arg(long, value_enum, default_value_t = DatastoreArg::Sled)]
+        datastore: DatastoreArg,
     },
     /// Runs the peer (the default).
     Daemon {
@@ -49,6 +53,13 @@ enum Command {
     State(StateCmd),
     /// Prints the version.
     Version,
+}
+
+/// `init --datastore`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DatastoreArg {
+    Sled,
+    Redb,
 }
 
 #[derive(Subcommand)]
@@ -128,9 +139,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", ipfs_cluster::VERSION);
             Ok(())
         }
-        Command::Init { force, mut peers } => {
+        Command::Init {
+            force,
+            mut peers,
+            datastore,
+        } => {
             peers.retain(|p| !p.trim().is_empty());
-            let (cfg, id) = config::init(&dir, force, &peers)?;
+            let datastore = match datastore {
+                DatastoreArg::Sled => Backend::Sled,
+                DatastoreArg::Redb => Backend::Redb,
+            };
+            let (cfg, id) = config::init(&dir, force, &peers, datastore)?;
             // A new identity cannot use the Raft state of the old one.
             if dir.join(config::RAFT_DIR).exists() {
                 backup_raft_dir(&dir, cfg.consensus.raft.backups_rotate)?;

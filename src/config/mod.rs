@@ -779,7 +779,12 @@ pub fn config_dir(flag: Option<&Path>) -> PathBuf {
 /// Writes a new `service.json`, `identity.json` and `peerstore`; refuses to
 /// overwrite unless `force`. `peers` (multiaddrs ending in `/p2p/<id>`) seed the
 /// initial Raft peerset and the peerstore, as upstream's `init --peers`.
-pub fn init(dir: &Path, force: bool, peers: &[String]) -> Result<(Config, Identity), ConfigError> {
+pub fn init(
+    dir: &Path,
+    force: bool,
+    peers: &[String],
+    datastore: crate::store::Backend,
+) -> Result<(Config, Identity), ConfigError> {
     let cfg_path = dir.join(CONFIG_FILE);
     let id_path = dir.join(IDENTITY_FILE);
     if !force && (cfg_path.exists() || id_path.exists()) {
@@ -809,6 +814,7 @@ pub fn init(dir: &Path, force: bool, peers: &[String]) -> Result<(Config, Identi
         }
     }
     cfg.consensus.raft.init_peerset = peers.to_vec();
+    cfg.consensus.raft.datastore = datastore;
     cfg.validate("environment")?;
     let identity = Identity::generate();
     cfg.save(&cfg_path)?;

@@ -132,12 +132,21 @@ impl PeerProc {
 
     /// Like `init`, with `init --peers`.
     pub fn init_with_peers(dir: &Path, node: &str, peers: &[String]) -> PeerProc {
-        let mut cmd = Command::new(service_bin());
-        cmd.args(["--config", &dir.to_string_lossy(), "init"]);
-        if !peers.is_empty() {
-            cmd.args(["--peers", &peers.join(",")]);
+        if peers.is_empty() {
+            Self::init_with_args(dir, node, &[])
+        } else {
+            Self::init_with_args(dir, node, &["--peers", &peers.join(",")])
         }
-        let st = cmd.stdout(Stdio::null()).status().expect("init");
+    }
+
+    /// Like `init`, with more arguments to `init`.
+    pub fn init_with_args(dir: &Path, node: &str, args: &[&str]) -> PeerProc {
+        let st = Command::new(service_bin())
+            .args(["--config", &dir.to_string_lossy(), "init"])
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .expect("init");
         assert!(st.success());
         PeerProc {
             dir: dir.to_path_buf(),
@@ -152,8 +161,13 @@ impl PeerProc {
 
     /// A started peer before a daemon that is not there.
     pub fn before_dead_daemon(dir: &Path) -> PeerProc {
+        Self::before_dead_daemon_with(dir, &[])
+    }
+
+    /// Like `before_dead_daemon`, with more arguments to `init`.
+    pub fn before_dead_daemon_with(dir: &Path, init_args: &[&str]) -> PeerProc {
         let dead = format!("/ip4/127.0.0.1/tcp/{}", free_port());
-        let mut peer = Self::init(dir, &dead);
+        let mut peer = Self::init_with_args(dir, &dead, init_args);
         peer.start();
         peer
     }
