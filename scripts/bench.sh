@@ -3,6 +3,8 @@
 # by side in one run.
 #   - status of 100,000 pins streamed through GET /pins: peer RSS growth (< 64 MiB)
 #   - sled against redb as the Raft store
+#   - a 1 GiB add through the proxy: peer RSS growth (< 32 MiB)
+#   - the proxy against the daemon: a 1 GiB cat and 500 small calls
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ipfs-cluster-rs/target}"
@@ -42,3 +44,22 @@ PEAK=$(kb VmHWM)
 PINNED=$(curl -sf -X POST "http://127.0.0.1:$PROXY/api/v0/pin/ls?arg=$ROOT" | grep -c recursive || true)
 echo "1 GiB add through the proxy in $(echo "$END - $START" | bc) s, cluster-pinned: $PINNED;" \
   "peer RSS $BEFORE kB, peak $PEAK kB, growth $(( (PEAK - BEFORE) / 1024 )) MiB"
+
+# - the proxy against the daemon, side by side: reading that 1 GiB back (`cat`)
+#   and 500 small calls (`version`) on one kept-alive connection; after a warm-up
+#   read, three rounds alternate between the two, and the best of each counts
+secs() { curl -s -w '%{time_total}\n' -X POST "$@" | awk '{ t += $1 } END { print t }'; }
+small_args() { for _ in $(seq 1 500); do printf -- '-o /dev/null http://127.0.0.1:%s/api/v0/version ' "$1"; done; }
+secs -o /dev/null "http://127.0.0.1:$API/api/v0/cat?arg=$ROOT" >/dev/null
+for _ in 1 2 3; do
+  for target in "direct $API" "proxy $PROXY"; do
+    set -- $target
+    # shellcheck disable=SC2046 # one argument per word
+    echo "$1 $(secs -o /dev/null "http://127.0.0.1:$2/api/v0/cat?arg=$ROOT") $(secs $(small_args "$2"))"
+  done
+done | awk '
+  { if (!($1 in cat) || $2 < cat[$1]) cat[$1] = $2; if (!($1 in small) || $3 < small[$1]) small[$1] = $3 }
+  END {
+    printf "cat of 1 GiB: direct %.2f s, proxy %.2f s (proxy/direct %.2f)\n", cat["direct"], cat["proxy"], cat["proxy"] / cat["direct"]
+    printf "500 version calls: direct %.3f s, proxy %.3f s (proxy/direct %.2f)\n", small["direct"], small["proxy"], small["proxy"] / small["direct"]
+  }'

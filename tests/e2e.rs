@@ -887,6 +887,8 @@ fn ctl_add_uploads_files_and_folders_and_pins_the_root() {
     std::fs::write(f.join("docs/x.txt"), b"x\n").unwrap();
     std::fs::write(f.join("docs/sub/y.txt"), b"y\n").unwrap();
     std::fs::write(f.join("docs/.hidden"), b"h\n").unwrap();
+    // A link goes as a link: one that loops must not hang the upload.
+    std::os::unix::fs::symlink("..", f.join("docs/up")).unwrap();
     let ctl = |args: &[&str]| {
         let out = Command::new(ctl_bin())
             .args(["--host", &peer.rest_multiaddr()])
@@ -920,6 +922,8 @@ fn ctl_add_uploads_files_and_folders_and_pins_the_root() {
     let mut names: Vec<&str> = out.lines().map(|l| l.rsplit(' ').next().unwrap()).collect();
     assert_eq!(names.last(), Some(&"docs"), "{out}");
     names.sort();
+    // js-ipfs 0.66 skips symlink parts (kubo adds them): the link may be absent.
+    names.retain(|n| *n != "docs/up");
     assert_eq!(
         names,
         ["docs", "docs/sub", "docs/sub/y.txt", "docs/x.txt"],
@@ -934,6 +938,7 @@ fn ctl_add_uploads_files_and_folders_and_pins_the_root() {
         .iter()
         .map(|l| l["Name"].as_str().unwrap())
         .collect();
+    let links: Vec<&str> = links.into_iter().filter(|l| *l != "up").collect();
     assert_eq!(links, ["sub", "x.txt"]);
     assert_eq!(
         status(http().get(format!("{}/allocations/{root}", peer.rest()))),

@@ -65,7 +65,24 @@ async fn add_path(
     // Iterative, so that deep trees need no recursion of futures.
     let mut todo = vec![(path.to_path_buf(), name)];
     while let Some((path, name)) = todo.pop() {
-        let meta = tokio::fs::metadata(&path).await.map_err(io_err(&path))?;
+        // Links go as links (as kubo's client sends them): following them could
+        // loop forever or leave the tree.
+        let meta = tokio::fs::symlink_metadata(&path)
+            .await
+            .map_err(io_err(&path))?;
+        if meta.file_type().is_symlink() {
+            let target = tokio::fs::read_link(&path).await.map_err(io_err(&path))?;
+            form = form.part(
+                "file",
+                typed_part(
+                    target.to_string_lossy().as_bytes().to_vec(),
+                    name,
+                    "application/symlink",
+                    &path,
+                )?,
+            );
+            continue;
+        }
         if !meta.is_dir() {
             let file = tokio::fs::File::open(&path).await.map_err(io_err(&path))?;
             let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
@@ -82,14 +99,10 @@ async fn add_path(
         if !opts.recursive {
             return Err(UploadError::Directory(path));
         }
-        let part = Part::bytes(Vec::new())
-            .file_name(name.clone())
-            .mime_str("application/x-directory")
-            .map_err(|e| UploadError::Io {
-                path: path.clone(),
-                source: std::io::Error::other(e),
-            })?;
-        form = form.part("file", part);
+        form = form.part(
+            "file",
+            typed_part(Vec::new(), name.clone(), "application/x-directory", &path)?,
+        );
         let mut entries = Vec::new();
         let mut dir = tokio::fs::read_dir(&path).await.map_err(io_err(&path))?;
         while let Some(e) = dir.next_entry().await.map_err(io_err(&path))? {
@@ -105,4 +118,15 @@ async fn add_path(
         }
     }
     Ok(form)
+}
+
+/// A small in-memory part of type `mime`.
+fn typed_part(body: Vec<u8>, name: String, mime: &str, path: &Path) -> Result<Part, UploadError> {
+    Part::bytes(body)
+        .file_name(name)
+        .mime_str(mime)
+        .map_err(|e| UploadError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })
 }
