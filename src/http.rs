@@ -211,29 +211,32 @@ fn header_bytes(req: &http::Request<Incoming>) -> usize {
         + line
 }
 
-/// True when `headers` carry HTTP Basic credentials found in `creds`
-/// (user → password); with no `creds`, everything is allowed.
+/// True when `creds` is `None` (no auth configured) or the request carries HTTP
+/// Basic credentials matching an entry.
 pub fn basic_auth_ok(
     headers: &http::HeaderMap,
     creds: Option<&std::collections::BTreeMap<String, String>>,
 ) -> bool {
+    creds.is_none_or(|c| basic_user(headers, c).is_some())
+}
+
+/// The user whose HTTP Basic credentials the request carries, if they match.
+pub fn basic_user(
+    headers: &http::HeaderMap,
+    creds: &std::collections::BTreeMap<String, String>,
+) -> Option<String> {
     use base64::Engine;
-    let Some(creds) = creds else {
-        return true;
-    };
-    let Some(basic) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-    else {
-        return false;
-    };
-    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim()) else {
-        return false;
-    };
+    let basic = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(basic.trim())
+        .ok()?;
     let decoded = String::from_utf8_lossy(&decoded);
     let (user, pass) = decoded.split_once(':').unwrap_or((&decoded, ""));
-    creds.get(user).is_some_and(|p| p == pass)
+    (creds.get(user)? == pass).then(|| user.to_string())
 }
 
 /// `true`/`false` query flags as Go's `strconv.ParseBool` reads them.

@@ -982,3 +982,97 @@ fn ctl_gives_up_after_its_timeout_with_upstreams_exit_code() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(String::from_utf8_lossy(&out.stderr).contains("timed out"));
 }
+
+#[test]
+fn rest_api_basic_auth_tokens_and_cors() {
+    let cfg = tempfile::tempdir().unwrap();
+    let dead = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let mut peer = PeerProc::init(cfg.path(), &dead);
+    peer.edit_config(|v| {
+        let r = &mut v["api"]["restapi"];
+        r["basic_auth_credentials"] = serde_json::json!({"alice": "s3cret"});
+        r["cors_allowed_origins"] = serde_json::json!(["http://app.example"]);
+        r["cors_allowed_methods"] = serde_json::json!(["GET", "POST"]);
+        r["cors_allowed_headers"] = serde_json::json!(["Authorization"]);
+    });
+    peer.start();
+    let rest = peer.rest();
+
+    let r = http().get(format!("{rest}/version")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let realms: Vec<&str> = r
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(realms.len(), 2, "{realms:?}");
+    assert_eq!(status(http().get(format!("{rest}/health"))), 204);
+    let basic = || {
+        http()
+            .get(format!("{rest}/version"))
+            .basic_auth("alice", Some("s3cret"))
+    };
+    assert_eq!(status(basic()), 200);
+
+    // A token for alice works in place of her password, and only as issued.
+    let t: Value = http()
+        .post(format!("{rest}/token"))
+        .basic_auth("alice", Some("s3cret"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let token = t["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        status(http().get(format!("{rest}/version")).bearer_auth(&token)),
+        200
+    );
+    let tampered = format!("{token}x");
+    assert_eq!(
+        status(http().get(format!("{rest}/version")).bearer_auth(&tampered)),
+        401
+    );
+    let out = Command::new(ctl_bin())
+        .args([
+            "--host",
+            &peer.rest_multiaddr(),
+            "--basic-auth",
+            "alice:s3cret",
+            "version",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    // CORS: the preflight needs no credentials; allowed origins get the headers.
+    let r = http()
+        .request(reqwest::Method::OPTIONS, format!("{rest}/pins"))
+        .header("origin", "http://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://app.example"
+    );
+    assert_eq!(r.headers()["access-control-allow-methods"], "POST");
+    let r = basic()
+        .header("origin", "http://app.example")
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://app.example"
+    );
+    assert!(r.headers().contains_key("access-control-expose-headers"));
+    let r = basic()
+        .header("origin", "http://evil.example")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    peer.stop();
+}

@@ -310,6 +310,18 @@ pub struct RestApiConfig {
     pub max_header_bytes: usize,
     /// Users and passwords; `null` disables auth.
     pub basic_auth_credentials: Option<BTreeMap<String, String>>,
+    /// Origins browsers may call from (`*`: any).
+    pub cors_allowed_origins: Vec<String>,
+    /// Methods browsers may use.
+    pub cors_allowed_methods: Vec<String>,
+    /// Request headers browsers may send (`Origin` always; `*`: any).
+    pub cors_allowed_headers: Vec<String>,
+    /// Response headers browsers may read.
+    pub cors_exposed_headers: Vec<String>,
+    /// Whether browsers may send credentials.
+    pub cors_allow_credentials: bool,
+    /// How long browsers may cache a preflight answer (0: not said).
+    pub cors_max_age: GoDuration,
 }
 
 impl Default for RestApiConfig {
@@ -320,6 +332,20 @@ impl Default for RestApiConfig {
             idle_timeout: GoDuration::secs(120),
             max_header_bytes: 4096,
             basic_auth_credentials: None,
+            // Upstream's (rs/cors) defaults.
+            cors_allowed_origins: vec!["*".into()],
+            cors_allowed_methods: vec!["GET".into()],
+            cors_allowed_headers: Vec::new(),
+            cors_exposed_headers: [
+                "Content-Type",
+                "X-Stream-Output",
+                "X-Chunked-Output",
+                "X-Content-Length",
+            ]
+            .map(String::from)
+            .to_vec(),
+            cors_allow_credentials: true,
+            cors_max_age: GoDuration::secs(0),
         }
     }
 }

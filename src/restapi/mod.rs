@@ -2,7 +2,9 @@
 //! with upstream's JSON, NDJSON streams and `{"code","message"}` errors.
 
 mod add;
+mod auth;
 pub mod client;
+mod cors;
 pub mod upload;
 
 pub use add::AddedOutput;
@@ -31,7 +33,8 @@ pub struct RestApiError(#[from] std::io::Error);
 #[derive(Clone)]
 pub struct RestApi {
     cluster: Cluster,
-    credentials: Option<std::collections::BTreeMap<String, String>>,
+    credentials: Option<std::sync::Arc<auth::Credentials>>,
+    cors: std::sync::Arc<cors::Cors>,
     tasks: TaskTracker,
 }
 
@@ -75,7 +78,8 @@ impl RestApi {
         let listeners = crate::http::bind(&cfg.http_listen_multiaddress.0).await?;
         let api = RestApi {
             cluster,
-            credentials: cfg.basic_auth_credentials.clone(),
+            credentials: cfg.basic_auth_credentials.clone().map(std::sync::Arc::new),
+            cors: std::sync::Arc::new(cors::Cors::new(cfg)),
             tasks: tasks.clone(),
         };
         let opts = ServerOptions {
@@ -97,18 +101,40 @@ impl RestApi {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        // Preflights carry no credentials: answered before authentication.
+        if let Some(r) = self.cors.preflight(req.method(), req.headers()) {
+            return r;
+        }
+        let (method, origin) = (
+            req.method().clone(),
+            req.headers().get(header::ORIGIN).cloned(),
+        );
+        let mut resp = self.route(req).await;
+        self.cors
+            .decorate(&method, origin.as_ref(), resp.headers_mut());
+        resp
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         let open_route = method == Method::GET && path == "/health";
-        if !open_route && !crate::http::basic_auth_ok(req.headers(), self.credentials.as_ref()) {
+        let user = match &self.credentials {
+            Some(creds) => auth::user(req.headers(), creds),
+            None => None,
+        };
+        if !open_route && self.credentials.is_some() && user.is_none() {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized: invalid credentials",
             );
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"Restricted IPFS Cluster API\""),
-            );
+            for realm in ["Basic", "Bearer"] {
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("{realm} realm=\"Restricted IPFS Cluster API\""))
+                {
+                    r.headers_mut().append(header::WWW_AUTHENTICATE, v);
+                }
+            }
             return r;
         }
         let q = query_pairs(req.uri());
@@ -132,6 +158,7 @@ impl RestApi {
                 json(StatusCode::OK, &self.cluster.monitor().alerts())
             }
             (&Method::POST, ["add"]) => self.add(req, &q).await,
+            (&Method::POST, ["token"]) => self.token(user.as_deref()),
             (&Method::POST, ["ipfs", "gc"]) => {
                 let peer_map = self
                     .cluster
@@ -211,6 +238,24 @@ impl RestApi {
                 Err(m) => bad_request(m),
             },
             _ => error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+
+    /// `POST /token`: a bearer token for the authenticated user.
+    fn token(&self, user: Option<&str>) -> Response<Body> {
+        #[derive(Serialize)]
+        struct Token {
+            token: String,
+        }
+        let (Some(user), Some(creds)) = (user, &self.credentials) else {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized: tokens need basic_auth_credentials to be configured",
+            );
+        };
+        match creds.get(user).and_then(|pass| auth::issue(user, pass)) {
+            Some(token) => json(StatusCode::OK, &Token { token }),
+            None => error(StatusCode::INTERNAL_SERVER_ERROR, "could not sign a token"),
         }
     }
 
