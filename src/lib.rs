@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod http;
 pub mod ipfs;
 pub mod multiaddr;
+pub mod observations;
 pub mod p2p;
 pub mod peer;
 pub mod procfs;

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::{Cluster, Informer, PinTracker};
 use crate::config::{Config, ConfigError, ExecutionLock, Identity, PEERSTORE_FILE, RAFT_DIR};
 use crate::ipfs::IpfsConnector;
+use crate::observations;
 use crate::p2p::{Multiaddr, P2p, P2pConfig, P2pError, Protocol, split_p2p};
 use crate::proxy::{Proxy, ProxyError};
 use crate::raft::{ClusterNode, Consensus, ConsensusError, ConsensusOptions};
@@ -35,6 +36,9 @@ pub enum PeerError {
     /// The REST API.
     #[error(transparent)]
     RestApi(#[from] RestApiError),
+    /// The metrics endpoint failed to start.
+    #[error(transparent)]
+    Metrics(#[from] observations::ObservationsError),
     /// A bad address.
     #[error(transparent)]
     Multiaddr(#[from] crate::multiaddr::MultiaddrError),
@@ -120,6 +124,15 @@ impl Peer {
                         }
                         None => Vec::new(),
                     };
+                    let metrics = &cfg.observations.metrics;
+                    if metrics.enable_stats {
+                        let cancel = cancel.child_token();
+                        for a in
+                            observations::start(metrics, cluster.clone(), &tasks, cancel).await?
+                        {
+                            tracing::info!("metrics served on http://{a}/metrics");
+                        }
+                    }
                     Ok::<_, PeerError>((rest_addrs, proxy_addrs))
                 }
                 .await;

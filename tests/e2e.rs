@@ -1076,3 +1076,59 @@ fn rest_api_basic_auth_tokens_and_cors() {
     assert!(!r.headers().contains_key("access-control-allow-origin"));
     peer.stop();
 }
+
+#[test]
+fn prometheus_metrics_with_stats() {
+    let d = Daemon::start();
+    let cfg = tempfile::tempdir().unwrap();
+    let mut peer = PeerProc::init(cfg.path(), &d.multiaddr());
+    let port = free_port();
+    peer.edit_config(|v| {
+        v["observations"]["metrics"]["prometheus_endpoint"] =
+            format!("/ip4/127.0.0.1/tcp/{port}").into();
+    });
+    peer.extra_args = vec!["--stats".into()];
+    peer.start();
+    let cid = add_bytes(&peer.proxy(), "m.txt", b"metrics\n".to_vec());
+    let (st, v) = post(&format!("{}/pin/add?arg={cid}", peer.proxy()));
+    assert_eq!(st, 200, "{v}");
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let r = http().get(&url).send().unwrap();
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = r.text().unwrap();
+    let value = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("ipfscluster_{name} ")))
+            .and_then(|v| v.parse().ok())
+    };
+    assert_eq!(value("pins"), Some(1), "{text}");
+    assert_eq!(value("pins_pin_add"), Some(1), "{text}");
+    assert_eq!(value("pins_pin_queued"), Some(0), "{text}");
+    assert_eq!(value("peers"), Some(1), "{text}");
+    // The daemon's pin list is cached for a few seconds.
+    wait_until(
+        "the daemon's pins in the metrics",
+        Duration::from_secs(10),
+        || {
+            http()
+                .get(&url)
+                .send()
+                .and_then(|r| r.text())
+                .is_ok_and(|t| t.contains("ipfscluster_pins_ipfs_pins 1\n"))
+        },
+    );
+    assert!(
+        text.contains("# TYPE ipfscluster_pins_pin_add counter"),
+        "{text}"
+    );
+    assert_eq!(
+        status(http().get(format!("http://127.0.0.1:{port}/other"))),
+        404
+    );
+    peer.stop();
+}

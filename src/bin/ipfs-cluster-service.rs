@@ -47,6 +47,9 @@ enum Command {
         /// Leave the cluster on shutdown.
         #[arg(long, short = 'x')]
         leave: bool,
+        /// Serve Prometheus metrics (observations.metrics.enable_stats).
+        #[arg(long)]
+        stats: bool,
     },
     /// Exports, imports or cleans up this peer's pinset (the peer must be stopped).
     #[command(subcommand)]
@@ -133,6 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let command = cli.command.unwrap_or(Command::Daemon {
         bootstrap: Vec::new(),
         leave: false,
+        stats: false,
     });
     match command {
         Command::Version => {
@@ -163,9 +167,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::State(cmd) => state(&dir, cmd),
-        Command::Daemon { bootstrap, leave } => {
+        Command::Daemon {
+            bootstrap,
+            leave,
+            stats,
+        } => {
             let mut cfg = Config::load(&dir.join(CONFIG_FILE))?;
             cfg.cluster.leave_on_shutdown |= leave;
+            cfg.observations.metrics.enable_stats |= stats;
             let backups = cfg.consensus.raft.backups_rotate;
             let identity = Identity::load(&dir.join(IDENTITY_FILE))?;
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -17,7 +17,7 @@ use tokio::sync::OnceCell;
 pub use informer::Informer;
 pub use monitor::PeerMonitor;
 pub use path::{InvalidPath, PinArg, parse_pin_arg};
-pub use tracker::{LocalStatus, OpKind, OpState, Phase, PinTracker};
+pub use tracker::{LocalStatus, OpKind, OpState, Phase, PinTracker, TrackerCounts};
 
 use crate::config::{ClusterConfig, check_replication};
 use crate::ipfs::{IpfsConnector, IpfsError};

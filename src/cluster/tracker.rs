@@ -134,6 +134,24 @@ struct Inner {
     processed: watch::Sender<u64>,
     shutdown: CancellationToken,
     daemon_cache: tokio::sync::Mutex<Option<(std::time::Instant, Arc<DaemonPins>)>>,
+    /// Pins this peer's daemon completed, and pin attempts that failed.
+    pins_added: AtomicU64,
+    pin_add_errors: AtomicU64,
+}
+
+/// What the tracker is doing and has done, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrackerCounts {
+    /// Pins waiting for a worker.
+    pub pin_queued: u64,
+    /// Pins in progress.
+    pub pinning: u64,
+    /// Pins that failed and wait for a retry.
+    pub pin_error: u64,
+    /// Pins completed since the start.
+    pub pins_added: u64,
+    /// Pin attempts failed since the start.
+    pub pin_add_errors: u64,
 }
 
 /// How long a listing of the daemon's pins serves status requests.
@@ -174,6 +192,8 @@ impl PinTracker {
                 processed: watch::channel(0).0,
                 shutdown,
                 daemon_cache: tokio::sync::Mutex::new(None),
+                pins_added: AtomicU64::new(0),
+                pin_add_errors: AtomicU64::new(0),
             }),
         };
         let pin_rx = Arc::new(tokio::sync::Mutex::new(pin_rx));
@@ -357,6 +377,16 @@ impl PinTracker {
         let Some(op) = ops.get(&cid).filter(|op| op.id == id) else {
             return;
         };
+        let kind = op.state.borrow().kind;
+        let counter = match (&res, kind) {
+            (Ok(()), OpKind::Pin) => Some(&self.inner.pins_added),
+            (Err(IpfsError::Cancelled), _) => None,
+            (Err(_), OpKind::Pin) => Some(&self.inner.pin_add_errors),
+            _ => None,
+        };
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         match res {
             Ok(()) => {
                 op.state.send_modify(|s| {
@@ -382,6 +412,25 @@ impl PinTracker {
         for op in self.ops().values() {
             op.cancel.cancel();
         }
+    }
+
+    /// Pin operations by phase, and pins done and failed since the start.
+    pub fn counts(&self) -> TrackerCounts {
+        let mut c = TrackerCounts {
+            pins_added: self.inner.pins_added.load(Ordering::Relaxed),
+            pin_add_errors: self.inner.pin_add_errors.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        for op in self.ops().values() {
+            let s = op.state.borrow();
+            match (s.kind, s.phase) {
+                (OpKind::Pin, Phase::Queued) => c.pin_queued += 1,
+                (OpKind::Pin, Phase::InProgress) => c.pinning += 1,
+                (OpKind::Pin, Phase::Error) => c.pin_error += 1,
+                _ => {}
+            }
+        }
+        c
     }
 
     /// Operations waiting for a worker.

@@ -350,6 +350,39 @@ impl Default for RestApiConfig {
     }
 }
 
+/// `observations.metrics`: Prometheus metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// Serve metrics (also `daemon --stats`).
+    pub enable_stats: bool,
+    /// Where `/metrics` is served.
+    pub prometheus_endpoint: String,
+    /// Kept for upstream's configs: metrics are computed when scraped.
+    pub reporting_interval: GoDuration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enable_stats: false,
+            prometheus_endpoint: "/ip4/127.0.0.1/tcp/8888".into(),
+            reporting_interval: GoDuration::secs(2),
+        }
+    }
+}
+
+/// The `observations` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ObservationsConfig {
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
+    /// Subsections this version does not use (`tracing`), kept as written.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
 /// The `api` section; an absent API is not started.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiConfig {
@@ -572,7 +605,9 @@ pub struct Config {
     pub allocator: AllocatorConfig,
     /// `informer`.
     pub informer: InformerConfig,
-    /// Sections this version does not use (observations, datastore, …), kept as
+    /// `observations`.
+    pub observations: ObservationsConfig,
+    /// Sections this version does not use (datastore, …), kept as
     /// written so a config shared with upstream peers survives a rewrite.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,

@@ -69,6 +69,17 @@ impl PinState {
             .map(|r| r.map_err(StateError::from).and_then(|(_, v)| decode(&v)))
     }
 
+    /// How many pins there are (a walk over the keys).
+    pub fn count(&self) -> Result<u64, StateError> {
+        let (from, to) = prefix_bounds(PIN_PREFIX);
+        let mut n = 0;
+        for entry in self.tree.range(&from, to.as_deref()) {
+            entry?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// The batch entry that stores `pin`.
     pub fn add_entry(pin: &Pin) -> Result<BatchEntry, StateError> {
         let v = serde_json::to_vec(pin).map_err(|e| StateError::Corrupt(e.to_string()))?;
