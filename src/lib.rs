@@ -6,6 +6,7 @@
 //! pin tracker drives its own daemon ([`ipfs`]) towards that pinset. The native REST
 //! API ([`restapi`]) and `ipfs-cluster-ctl` ([`ctl`]) follow upstream ipfs-cluster.
 
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod ctl;

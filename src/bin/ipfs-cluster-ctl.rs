@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use ipfs_cluster::cli::ReplicationArgs;
 use ipfs_cluster::ctl::{
     WaitTarget, format_alert, format_id, format_metric, format_pin, format_repo_gc, format_status,
     wait_for,
@@ -182,25 +183,8 @@ struct PinFlags {
     /// Pin name.
     #[arg(long, short = 'n', default_value = "")]
     name: String,
-    /// Minimum replication.
-    #[arg(
-        long,
-        alias = "replication-min",
-        default_value_t = 0,
-        allow_hyphen_values = true
-    )]
-    rmin: i32,
-    /// Maximum replication.
-    #[arg(
-        long,
-        alias = "replication-max",
-        default_value_t = 0,
-        allow_hyphen_values = true
-    )]
-    rmax: i32,
-    /// Peers to allocate to first (comma-separated peer IDs).
-    #[arg(long, alias = "allocs", value_delimiter = ',')]
-    allocations: Vec<String>,
+    #[command(flatten)]
+    replication: ReplicationArgs,
     /// Metadata `key=value` (repeatable).
     #[arg(long)]
     metadata: Vec<String>,
@@ -220,10 +204,10 @@ impl PinFlags {
         }
         Ok(PinOptions {
             name: self.name,
-            replication_factor_min: self.rmin,
-            replication_factor_max: self.rmax,
+            replication_factor_min: self.replication.rmin,
+            replication_factor_max: self.replication.rmax,
             metadata,
-            user_allocations: self.allocations,
+            user_allocations: self.replication.allocations,
             expire_at: expiry(self.expire_in.as_deref())?,
             ..Default::default()
         })

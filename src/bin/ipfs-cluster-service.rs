@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ipfs_cluster::cli::ReplicationArgs;
 use ipfs_cluster::config::{self, CONFIG_FILE, Config, IDENTITY_FILE, Identity};
 use ipfs_cluster::peer::{Peer, StartOptions};
 use ipfs_cluster::raft::offline::{self, ImportOverrides, backup_raft_dir};
@@ -81,25 +82,9 @@ enum StateCmd {
         /// Do not ask for confirmation.
         #[arg(long, short = 'f')]
         force: bool,
-        /// Minimum replication of every imported pin.
-        #[arg(
-            long,
-            alias = "replication-min",
-            default_value_t = 0,
-            allow_hyphen_values = true
-        )]
-        rmin: i32,
-        /// Maximum replication of every imported pin.
-        #[arg(
-            long,
-            alias = "replication-max",
-            default_value_t = 0,
-            allow_hyphen_values = true
-        )]
-        rmax: i32,
-        /// Allocations of every imported pin (comma-separated peer IDs).
-        #[arg(long, alias = "allocs", value_delimiter = ',')]
-        allocations: Vec<String>,
+        /// Replication and allocations given to every imported pin.
+        #[command(flatten)]
+        replication: ReplicationArgs,
     },
     /// Moves the raft folder aside (kept as a backup): the next start is a new peer's.
     Cleanup {
@@ -218,9 +203,7 @@ fn state(dir: &std::path::Path, cmd: StateCmd) -> anyhow::Result<()> {
         StateCmd::Import {
             file,
             force,
-            rmin,
-            rmax,
-            allocations,
+            replication,
         } => {
             if !force {
                 anyhow::ensure!(
@@ -234,9 +217,9 @@ fn state(dir: &std::path::Path, cmd: StateCmd) -> anyhow::Result<()> {
             }
             let identity = Identity::load(&dir.join(IDENTITY_FILE))?;
             let overrides = ImportOverrides {
-                replication_min: rmin,
-                replication_max: rmax,
-                allocations,
+                replication_min: replication.rmin,
+                replication_max: replication.rmax,
+                allocations: replication.allocations,
             };
             let n = match file {
                 Some(f) => {
