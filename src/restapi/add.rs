@@ -153,7 +153,7 @@ impl RestApi {
             Err(e) => return cluster_error(e.into()),
         };
         let (tx, body) = channel_body();
-        let cluster = self.cluster.clone();
+        let (cluster, cancel) = (self.cluster.clone(), self.cancel.clone());
         let task = async move {
             // The root is the last object with a CID: each such object waits
             // until the next arrives, and the last one until its pin is done.
@@ -161,7 +161,14 @@ impl RestApi {
             let mut all = Vec::new();
             let mut err = String::new();
             loop {
-                let line = match reader.next_line().await {
+                let next = tokio::select! {
+                    n = reader.next_line() => n,
+                    _ = cancel.cancelled() => {
+                        err = "the peer is shutting down".into();
+                        break;
+                    }
+                };
+                let line = match next {
                     Ok(Some(l)) => l,
                     Ok(None) => break,
                     Err(e) => {

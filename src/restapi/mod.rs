@@ -36,6 +36,7 @@ pub struct RestApi {
     credentials: Option<std::sync::Arc<auth::Credentials>>,
     cors: std::sync::Arc<cors::Cors>,
     tasks: TaskTracker,
+    cancel: CancellationToken,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
@@ -81,6 +82,7 @@ impl RestApi {
             credentials: cfg.basic_auth_credentials.clone().map(std::sync::Arc::new),
             cors: std::sync::Arc::new(cors::Cors::new(cfg)),
             tasks: tasks.clone(),
+            cancel: cancel.clone(),
         };
         let opts = ServerOptions {
             header_read_timeout: cfg.read_header_timeout.0,
