@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ipfs_cluster::cli::ReplicationArgs;
 use ipfs_cluster::config::{self, CONFIG_FILE, Config, IDENTITY_FILE, Identity};
@@ -193,7 +194,9 @@ fn state(dir: &std::path::Path, cmd: StateCmd) -> anyhow::Result<()> {
         StateCmd::Export { file } => {
             let n = match file {
                 Some(f) => {
-                    let mut out = std::io::BufWriter::new(std::fs::File::create(&f)?);
+                    let mut out = std::io::BufWriter::new(
+                        std::fs::File::create(&f).with_context(|| f.display().to_string())?,
+                    );
                     offline::export(dir, &cfg, &mut out)?
                 }
                 None => offline::export(dir, &cfg, &mut std::io::stdout().lock())?,
@@ -223,7 +226,9 @@ fn state(dir: &std::path::Path, cmd: StateCmd) -> anyhow::Result<()> {
             };
             let n = match file {
                 Some(f) => {
-                    let mut input = std::io::BufReader::new(std::fs::File::open(&f)?);
+                    let mut input = std::io::BufReader::new(
+                        std::fs::File::open(&f).with_context(|| f.display().to_string())?,
+                    );
                     offline::import(dir, &cfg, &identity, &mut input, &overrides)?
                 }
                 None => offline::import(
