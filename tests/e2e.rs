@@ -589,8 +589,19 @@ fn direct_pins_progress_filters_rest_and_ctl() {
     // pin update: the new pin takes the old one's options; the old one stays.
     let old = add_bytes(&p, "old.txt", b"old\n".to_vec());
     let new = add_bytes(&p, "new.txt", b"new\n".to_vec());
-    let (ok, _, err) = ctl(&["pin", "add", &old, "--name", "keep", "--metadata", "a=b"]);
-    assert!(ok, "{err}");
+    let (ok, out, err) = ctl(&[
+        "pin",
+        "add",
+        &old,
+        "--name",
+        "keep",
+        "--metadata",
+        "a=b",
+        "--wait",
+        "--wl",
+        "1",
+    ]);
+    assert!(ok && out.contains("PINNED"), "{out}{err}");
     let (ok, out, err) = ctl(&["pin", "update", &old, &new, "--wait"]);
     assert!(ok && out.contains(&format!("{new} | keep:")), "{out}{err}");
     let pinned: Value = get_json(&format!("{}/allocations/{new}", peer.rest()));

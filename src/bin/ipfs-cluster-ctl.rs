@@ -143,6 +143,10 @@ struct AfterOp {
     /// How long to wait (Go duration; 0: forever).
     #[arg(long = "wait-timeout", alias = "wt", default_value = "0s")]
     wait_timeout: String,
+    /// With --wait on pins: how many peers must have pinned (default: the
+    /// pin's minimum replication, or all).
+    #[arg(long = "wait-limit", alias = "wl", default_value_t = 0)]
+    wait_limit: usize,
 }
 
 #[derive(Subcommand)]
@@ -531,8 +535,10 @@ async fn after_op(
         no_status,
         wait,
         wait_timeout,
+        wait_limit,
     } = after;
     let (no_status, wait) = (*no_status, *wait);
+    let limit = if *wait_limit > 0 { *wait_limit } else { limit };
     let g = if wait {
         let t = ipfs_cluster::config::parse_duration(wait_timeout).map_err(anyhow::Error::msg)?;
         wait_for(client, cid, target, limit, t)
