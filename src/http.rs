@@ -163,9 +163,13 @@ where
                 let svc = service_fn(move |req: http::Request<Incoming>| {
                     // As Go's server (and upstream): headers over the limit get a 431.
                     let too_large = header_bytes(&req) > max_header;
+                    let line =
+                        tracing::enabled!(target: "ipfs_cluster::access", tracing::Level::DEBUG)
+                            .then(|| format!("{} {}", req.method(), req.uri()));
                     let fut = (!too_large).then(|| h(req, remote));
+                    let started = std::time::Instant::now();
                     async move {
-                        Ok::<_, Infallible>(match fut {
+                        let resp = match fut {
                             Some(f) => f.await,
                             None => {
                                 let mut r =
@@ -173,7 +177,18 @@ where
                                 *r.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
                                 r
                             }
-                        })
+                        };
+                        // The access log (upstream's restapilog/ipfsproxylog): when the
+                        // answer starts, as its body may stream for long.
+                        if let Some(line) = line {
+                            tracing::debug!(
+                                target: "ipfs_cluster::access",
+                                "{name}: {remote} \"{line}\" {} {:?}",
+                                resp.status().as_u16(),
+                                started.elapsed()
+                            );
+                        }
+                        Ok::<_, Infallible>(resp)
                     }
                 });
                 let mut builder = hyper::server::conn::http1::Builder::new();

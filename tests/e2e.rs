@@ -1143,3 +1143,29 @@ fn prometheus_metrics_with_stats() {
     );
     peer.stop();
 }
+
+#[test]
+fn access_log_at_debug_level() {
+    let cfg = tempfile::tempdir().unwrap();
+    let dead = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let mut peer = PeerProc::init(cfg.path(), &dead);
+    let log = cfg.path().join("peer.log");
+    peer.start_logging_to("warn,ipfs_cluster::access=debug", &log);
+    assert_eq!(status(http().get(format!("{}/id", peer.rest()))), 200);
+    assert_eq!(
+        status(http().post(format!("{}/version", peer.proxy()))),
+        502
+    );
+    peer.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("rest api: 127.0.0.1:") && l.contains("\"GET /id\" 200")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("ipfs proxy:") && l.contains("\"POST /api/v0/version\" 502")),
+        "{text}"
+    );
+}

@@ -256,6 +256,19 @@ impl PeerProc {
         self.child = Some(child);
     }
 
+    /// Starts the peer with `log_level`, its log written to `log`.
+    pub fn start_logging_to(&mut self, log_level: &str, log: &Path) {
+        let file = std::fs::File::create(log).expect("log file");
+        let child = self
+            .command()
+            .env("IPFS_CLUSTER_LOG_LEVEL", log_level)
+            .stderr(file)
+            .spawn()
+            .expect("spawn peer");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
     /// Waits until the REST API and the proxy answer.
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
