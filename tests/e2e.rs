@@ -368,6 +368,32 @@ fn second_daemon_on_same_config_fails_fast_and_bad_config_names_the_key() {
     let err = String::from_utf8_lossy(&peer.command().output().unwrap().stderr).to_string();
     assert!(err.contains("consensus.raft.datastore"), "{err}");
 
+    // Upstream's init flags: --consensus raft is accepted, crdt refused; random ports.
+    let fresh = tempfile::tempdir().unwrap();
+    let init = |args: &[&str]| {
+        Command::new(service_bin())
+            .args(["--config", &fresh.path().to_string_lossy(), "init", "-f"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = init(&["--consensus", "crdt"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--consensus raft"));
+    let out = init(&["--consensus", "raft", "--randomports"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(fresh.path().join("service.json")).unwrap())
+            .unwrap();
+    for (addr, default) in [
+        (&v["cluster"]["listen_multiaddress"], "9096"),
+        (&v["api"]["restapi"]["http_listen_multiaddress"], "9094"),
+        (&v["api"]["ipfsproxy"]["listen_multiaddress"], "9095"),
+    ] {
+        let a = addr.as_str().or_else(|| addr[0].as_str()).unwrap();
+        assert!(a.contains("/tcp/") && !a.ends_with(default), "{a}");
+    }
+
     // `init --datastore redb` picks the other store; the folder then refuses sled.
     let other = tempfile::tempdir().unwrap();
     let mut peer = PeerProc::before_dead_daemon_with(other.path(), &["--datastore", "redb"]);

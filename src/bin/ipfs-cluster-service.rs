@@ -40,6 +40,12 @@ enum Command {
         /// The store of the Raft log and the pinset.
         #[arg(long, value_enum, default_value_t = DatastoreArg::Sled)]
         datastore: DatastoreArg,
+        /// The consensus: only raft here (upstream's default, crdt, is refused).
+        #[arg(long, default_value = "raft")]
+        consensus: String,
+        /// Listen on random free ports instead of 9094-9096.
+        #[arg(long)]
+        randomports: bool,
     },
     /// Runs the peer (the default).
     Daemon {
@@ -52,6 +58,12 @@ enum Command {
         /// Serve Prometheus metrics (observations.metrics.enable_stats).
         #[arg(long)]
         stats: bool,
+        /// Accepted for upstream's scripts: tracing is not implemented.
+        #[arg(long)]
+        tracing: bool,
+        /// Accepted for upstream's scripts (deprecated there, no effect).
+        #[arg(long, short = 'u', hide = true)]
+        upgrade: bool,
     },
     /// Exports, imports or cleans up this peer's pinset (the peer must be stopped).
     #[command(subcommand)]
@@ -123,6 +135,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         bootstrap: Vec::new(),
         leave: false,
         stats: false,
+        tracing: false,
+        upgrade: false,
     });
     match command {
         Command::Version => {
@@ -133,13 +147,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             force,
             mut peers,
             datastore,
+            consensus,
+            randomports,
         } => {
+            anyhow::ensure!(
+                consensus == "raft",
+                "--consensus {consensus:?} is not supported: this implementation uses raft \
+                 (--consensus raft)"
+            );
             peers.retain(|p| !p.trim().is_empty());
             let datastore = match datastore {
                 DatastoreArg::Sled => Backend::Sled,
                 DatastoreArg::Redb => Backend::Redb,
             };
-            let (cfg, id) = config::init(&dir, force, &peers, datastore)?;
+            let (mut cfg, id) = config::init(&dir, force, &peers, datastore)?;
+            if randomports {
+                cfg.randomize_ports()?;
+                cfg.save(&dir.join(CONFIG_FILE))?;
+            }
             // A new identity cannot use the Raft state of the old one.
             if dir.join(config::RAFT_DIR).exists() {
                 backup_raft_dir(&dir, cfg.consensus.raft.backups_rotate)?;
@@ -157,7 +182,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bootstrap,
             leave,
             stats,
+            tracing,
+            upgrade: _,
         } => {
+            if tracing {
+                eprintln!("warning: --tracing is not implemented; ignored");
+            }
             let mut cfg = Config::load(&dir.join(CONFIG_FILE))?;
             cfg.cluster.leave_on_shutdown |= leave;
             cfg.observations.metrics.enable_stats |= stats;

@@ -630,6 +630,35 @@ impl Config {
         Ok(c)
     }
 
+    /// Moves every listener (cluster, REST API, proxy) to a free TCP port
+    /// (`init --randomports`), keeping its address.
+    pub fn randomize_ports(&mut self) -> std::io::Result<()> {
+        let mut lists: Vec<&mut Multiaddrs> = vec![&mut self.cluster.listen_multiaddress];
+        if let Some(r) = self.api.restapi.as_mut() {
+            lists.push(&mut r.http_listen_multiaddress);
+        }
+        if let Some(p) = self.api.ipfsproxy.as_mut() {
+            lists.push(&mut p.listen_multiaddress);
+        }
+        for list in lists {
+            for addr in list.0.iter_mut() {
+                let parts: Vec<&str> = addr.split('/').collect();
+                if let Some(i) = parts.iter().position(|p| *p == "tcp")
+                    && i + 1 < parts.len()
+                {
+                    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                        .local_addr()?
+                        .port()
+                        .to_string();
+                    let mut parts: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+                    parts[i + 1] = port;
+                    *addr = parts.join("/");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `service.json` (mode 0600: it holds the secret).
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
         let text =
