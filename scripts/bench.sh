@@ -3,7 +3,7 @@
 # by side in one run.
 #   - status of 100,000 pins streamed through GET /pins: peer RSS growth (< 64 MiB)
 #   - sled against redb as the Raft store
-#   - a 1 GiB add through the proxy: peer RSS growth (< 32 MiB)
+#   - a 1 GiB add through the proxy and through the REST API: peer RSS growth (< 32 MiB)
 #   - the proxy against the daemon: a 1 GiB cat and 500 small calls
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -43,6 +43,18 @@ END=$(date +%s.%N)
 PEAK=$(kb VmHWM)
 PINNED=$(curl -sf -X POST "http://127.0.0.1:$PROXY/api/v0/pin/ls?arg=$ROOT" | grep -c recursive || true)
 echo "1 GiB add through the proxy in $(echo "$END - $START" | bc) s, cluster-pinned: $PINNED;" \
+  "peer RSS $BEFORE kB, peak $PEAK kB, growth $(( (PEAK - BEFORE) / 1024 )) MiB"
+
+# - the same 1 GiB through the REST API's /add (what `ipfs-cluster-ctl add` uses)
+echo 5 >"/proc/$PEER/clear_refs"
+BEFORE=$(kb VmRSS)
+START=$(date +%s.%N)
+REST_ROOT=$(curl -sf -X POST -F "file=@$WORK/big.bin;type=application/octet-stream" \
+  "http://127.0.0.1:$REST/add?cid-version=1" | tail -n1 | sed -E 's/.*"cid":"([^"]+)".*/\1/')
+END=$(date +%s.%N)
+PEAK=$(kb VmHWM)
+PINNED=$(curl -sf "http://127.0.0.1:$REST/allocations/$REST_ROOT" | grep -c '"cid"' || true)
+echo "1 GiB add through the REST API in $(echo "$END - $START" | bc) s, cluster-pinned: $PINNED;" \
   "peer RSS $BEFORE kB, peak $PEAK kB, growth $(( (PEAK - BEFORE) / 1024 )) MiB"
 
 # - the proxy against the daemon, side by side: reading that 1 GiB back (`cat`)

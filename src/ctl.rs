@@ -1,10 +1,12 @@
 //! `ipfs-cluster-ctl`'s output formats (upstream's text forms) and its `--wait` logic.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::restapi::client::{Client, ClientError};
 use crate::types::{
-    Alert, Cid, ClusterId, GlobalPinInfo, GlobalRepoGc, Metric, Pin, PinMode, TrackerStatus,
+    Alert, Cid, ClusterId, ConnectGraph, GlobalPinInfo, GlobalRepoGc, Metric, Pin, PinMode,
+    TrackerStatus,
 };
 
 /// Upstream's text form of an ID.
@@ -151,6 +153,73 @@ pub fn format_repo_gc(g: &GlobalRepoGc) -> String {
     s
 }
 
+/// The connectivity graph in Graphviz's DOT language (`health graph`): cluster
+/// peers `C<n>`, their daemons `I<n>`, and the links each peer reported. Daemons
+/// outside the cluster appear only with `all_ipfs_peers`.
+pub fn format_graph(g: &ConnectGraph, all_ipfs_peers: bool) -> String {
+    fn short(id: &str) -> &str {
+        &id[id.len().saturating_sub(8)..]
+    }
+    let mut names: BTreeMap<&str, String> = BTreeMap::new();
+    let mut s = String::from("digraph cluster {\n/* The cluster peers */\n");
+    for (i, (id, name)) in g.id_to_peername.iter().enumerate() {
+        let label = if name.is_empty() { short(id) } else { name };
+        s.push_str(&format!(
+            "C{i} [label=< <B> {label} </B> <BR/> <I> {} </I> > group=\"C{i}\" color=\"orange\" \
+             style=\"filled\" shape=\"box\"]\n",
+            short(id)
+        ));
+        names.insert(id, format!("C{i}"));
+    }
+    s.push_str("/* The IPFS daemons */\n");
+    let mut ipfs: Vec<&str> = g.cluster_to_ipfs.values().map(String::as_str).collect();
+    if all_ipfs_peers {
+        for links in g.ipfs_links.values() {
+            ipfs.extend(links.iter().map(String::as_str));
+        }
+    }
+    ipfs.sort();
+    ipfs.dedup();
+    for (i, id) in ipfs.iter().enumerate() {
+        let group = g
+            .cluster_to_ipfs
+            .iter()
+            .find(|(_, d)| d.as_str() == *id)
+            .and_then(|(c, _)| names.get(c.as_str()))
+            .cloned()
+            .unwrap_or_else(|| format!("I{i}"));
+        s.push_str(&format!(
+            "I{i} [label=< <B> IPFS </B> <BR/> <I> {} </I> > group=\"{group}\" \
+             color=\"turquoise3\" style=\"filled\" shape=\"cylinder\"]\n",
+            short(id)
+        ));
+        names.insert(id, format!("I{i}"));
+    }
+    let edge = |s: &mut String, from: &str, to: &str| {
+        if let (Some(a), Some(b)) = (names.get(from), names.get(to)) {
+            s.push_str(&format!("{a} -> {b}\n"));
+        }
+    };
+    s.push_str("/* Connections among cluster peers */\n");
+    for (from, tos) in &g.cluster_links {
+        for to in tos {
+            edge(&mut s, from, to);
+        }
+    }
+    s.push_str("/* Cluster peers and their daemons */\n");
+    for (c, d) in &g.cluster_to_ipfs {
+        edge(&mut s, c, d);
+    }
+    s.push_str("/* Connections among IPFS daemons */\n");
+    for (from, tos) in &g.ipfs_links {
+        for to in tos {
+            edge(&mut s, from, to);
+        }
+    }
+    s.push_str("}\n");
+    s
+}
+
 /// Upstream's text form of a global status (`status`).
 pub fn format_status(g: &GlobalPinInfo) -> String {
     let mut s = g.cid.to_string();
@@ -235,5 +304,44 @@ pub async fn wait_for(
             return Err(format!("timed out waiting for {cid}"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graphs_name_peers_and_daemons_and_draw_their_links() {
+        let mut g = ConnectGraph {
+            cluster_id: "peerAAAAAAAA".into(),
+            ..Default::default()
+        };
+        for (c, name, d) in [
+            ("peerAAAAAAAA", "a", "ipfsAAAAAAAA"),
+            ("peerBBBBBBBB", "", "ipfsBBBBBBBB"),
+        ] {
+            g.id_to_peername.insert(c.into(), name.into());
+            g.cluster_to_ipfs.insert(c.into(), d.into());
+        }
+        g.cluster_links
+            .insert("peerAAAAAAAA".into(), vec!["peerBBBBBBBB".into()]);
+        g.ipfs_links.insert(
+            "ipfsAAAAAAAA".into(),
+            vec!["ipfsBBBBBBBB".into(), "ipfsOUTSIDE1".into()],
+        );
+        let dot = format_graph(&g, false);
+        assert!(
+            dot.starts_with("digraph cluster {\n") && dot.ends_with("}\n"),
+            "{dot}"
+        );
+        assert!(dot.contains("C0 [label=< <B> a </B>"), "{dot}");
+        // A peer without a name is labelled by its ID's end.
+        assert!(dot.contains("C1 [label=< <B> BBBBBBBB </B>"), "{dot}");
+        for edge in ["C0 -> C1", "C0 -> I0", "C1 -> I1", "I0 -> I1"] {
+            assert!(dot.contains(&format!("{edge}\n")), "{edge}: {dot}");
+        }
+        assert!(!dot.contains("OUTSIDE"), "{dot}");
+        assert!(format_graph(&g, true).contains("I0 -> I2"));
     }
 }

@@ -160,6 +160,36 @@ fn three_peers_replicate_pins_everywhere() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 404);
     }
+
+    // health graph: every peer reports its links to the two others and its daemon.
+    let g: Value = get_json(&format!("{}/health/graph", c.peers[2].rest()));
+    assert_eq!(g["cluster_id"], c.peers[2].peer_id());
+    let ids: Vec<String> = c.peers.iter().map(|p| p.peer_id()).collect();
+    for id in &ids {
+        let links: Vec<&str> = g["cluster_links"][id]
+            .as_array()
+            .unwrap_or_else(|| panic!("{g}"))
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        assert!(
+            ids.iter()
+                .filter(|o| *o != id)
+                .all(|o| links.contains(&o.as_str())),
+            "{g}"
+        );
+        assert!(g["cluster_to_ipfs"][id].is_string(), "{g}");
+    }
+    let out = std::process::Command::new(ctl_bin())
+        .args(["--host", &c.peers[0].rest_multiaddr(), "health", "graph"])
+        .output()
+        .unwrap();
+    let dot = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dot.starts_with("digraph cluster {") && dot.contains("C0 -> C1"),
+        "{dot}"
+    );
+    assert_eq!(dot.matches(" -> I").count(), 3, "{dot}");
     for p in c.peers.iter_mut() {
         p.stop();
     }

@@ -8,8 +8,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use ipfs_cluster::cli::ReplicationArgs;
 use ipfs_cluster::ctl::{
-    WaitTarget, format_alert, format_id, format_metric, format_pin, format_repo_gc, format_status,
-    wait_for,
+    WaitTarget, format_alert, format_graph, format_id, format_metric, format_pin, format_repo_gc,
+    format_status, wait_for,
 };
 use ipfs_cluster::restapi::client::Client;
 use ipfs_cluster::restapi::upload::{self, UploadOptions};
@@ -57,7 +57,7 @@ enum Command {
     /// Cluster peers: ls, rm.
     #[command(subcommand)]
     Peers(PeersCmd),
-    /// Cluster health: metrics, alerts.
+    /// Cluster health: metrics, alerts, graph.
     #[command(subcommand)]
     Health(HealthCmd),
     /// The IPFS daemons behind the peers: gc.
@@ -158,6 +158,15 @@ enum HealthCmd {
     },
     /// Lists the alerts raised by expired metrics.
     Alerts,
+    /// Prints the connections among peers and daemons as a Graphviz (DOT) graph.
+    Graph {
+        /// Write to this file instead of standard output.
+        #[arg(long, short = 'f')]
+        file: Option<std::path::PathBuf>,
+        /// Include daemons that are not the cluster's.
+        #[arg(long)]
+        all_ipfs_peers: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -347,6 +356,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ipfs(IpfsCmd::Gc { local }) => {
             print(enc, &client.repo_gc(local).await?, format_repo_gc)
+        }
+        Command::Health(HealthCmd::Graph {
+            file,
+            all_ipfs_peers,
+        }) => {
+            let g = client.graph().await?;
+            if enc == Enc::Json {
+                return print(enc, &g, |_| String::new());
+            }
+            let dot = format_graph(&g, all_ipfs_peers);
+            match file {
+                Some(f) => std::fs::write(&f, dot).with_context(|| f.display().to_string())?,
+                None => print!("{dot}"),
+            }
+            Ok(())
         }
         Command::Health(HealthCmd::Alerts) => print(enc, &client.alerts().await?, |a| {
             a.iter().map(format_alert).collect()

@@ -26,10 +26,10 @@ use crate::raft::{ClusterNode, Committed, Consensus, ConsensusError, LogOp};
 use crate::state::StateError;
 use crate::types::TrackerStatus;
 use crate::types::{
-    Cid, ClusterId, GlobalPinInfo, IpfsId, Metric, Pin, PinInfoShort, PinOptions, RepoGc,
-    RepoGcKey, TrackerStatusFilter,
+    Cid, ClusterId, ConnectGraph, GlobalPinInfo, IpfsId, Metric, Pin, PinInfoShort, PinOptions,
+    RepoGc, RepoGcKey, TrackerStatusFilter,
 };
-use rpc::{ClusterRpc, ClusterRpcReply};
+use rpc::{ClusterRpc, ClusterRpcReply, PeerConnections};
 
 /// The RPC protocol name reported in `/id`.
 pub const RPC_PROTOCOL: &str = "/ipfscluster/rs/0.1/rpc";
@@ -863,6 +863,65 @@ impl Cluster {
         futures::future::join_all(asks).await
     }
 
+    /// This peer's connections (cluster peers, its daemon and the daemon's peers).
+    pub async fn connections_local(&self) -> PeerConnections {
+        let ipfs = self.ipfs_id().await;
+        PeerConnections {
+            cluster_peers: self
+                .inner
+                .p2p
+                .connected_peers()
+                .await
+                .into_iter()
+                .map(|p| p.to_string())
+                .collect(),
+            ipfs_id: ipfs.id,
+            // An offline daemon has no swarm: it simply has no links.
+            ipfs_peers: self.inner.ipfs.swarm_peers().await.unwrap_or_default(),
+        }
+    }
+
+    /// Who is connected to whom, as every reachable peer sees it (`health graph`).
+    pub async fn connect_graph(&self) -> ConnectGraph {
+        let nodes = self.inner.consensus.peer_nodes();
+        let asks = nodes.iter().map(|node| async move {
+            let c = if node.peer_id == self.inner.peer_id {
+                Ok(self.connections_local().await)
+            } else {
+                match self.rpc(&node.peer_id, &ClusterRpc::Connections).await {
+                    Ok(ClusterRpcReply::Connections(c)) => Ok(c),
+                    Ok(ClusterRpcReply::Error(e)) | Err(e) => Err(e),
+                    Ok(other) => Err(format!("unexpected reply {other:?}")),
+                }
+            };
+            (node, c)
+        });
+        let mut g = ConnectGraph {
+            cluster_id: self.inner.peer_id.clone(),
+            ..Default::default()
+        };
+        for (node, c) in futures::future::join_all(asks).await {
+            g.id_to_peername
+                .insert(node.peer_id.clone(), node.name.clone());
+            g.cluster_trust_links.insert(node.peer_id.clone(), true);
+            let c = match c {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("health graph: {}: {e}", node.peer_id);
+                    continue;
+                }
+            };
+            g.cluster_links
+                .insert(node.peer_id.clone(), c.cluster_peers);
+            if !c.ipfs_id.is_empty() {
+                g.cluster_to_ipfs
+                    .insert(node.peer_id.clone(), c.ipfs_id.clone());
+                g.ipfs_links.insert(c.ipfs_id, c.ipfs_peers);
+            }
+        }
+        g
+    }
+
     /// Pins `to` with the options and allocations of the existing pin `from`
     /// (a name or a future expiry in `overrides` replace its own, as upstream),
     /// then unpins `from` when `unpin` (kubo's `pin update`).
@@ -914,6 +973,9 @@ impl Cluster {
                 Ok(v) => ClusterRpcReply::Items(v),
                 Err(e) => ClusterRpcReply::Error(e.to_string()),
             },
+            Ok(ClusterRpc::Connections) => {
+                ClusterRpcReply::Connections(self.connections_local().await)
+            }
             Ok(ClusterRpc::RepoGc) => match self.inner.ipfs.repo_gc().await {
                 Ok((keys, errors)) => ClusterRpcReply::RepoGc(keys, errors),
                 Err(e) => ClusterRpcReply::Error(e.to_string()),

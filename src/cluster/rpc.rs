@@ -26,6 +26,8 @@ pub enum ClusterRpc {
     RepoStat,
     /// Garbage-collect its daemon.
     RepoGc,
+    /// Its connections: cluster peers, its daemon's ID and swarm peers.
+    Connections,
 }
 
 /// The answer to a [`ClusterRpc`].
@@ -45,6 +47,19 @@ pub enum ClusterRpcReply {
     RepoStat(u64, u64),
     /// To `RepoGc`: removed CIDs and errors.
     RepoGc(Vec<String>, Vec<String>),
+    /// To `Connections`.
+    Connections(PeerConnections),
     /// The request failed.
     Error(String),
+}
+
+/// One peer's connections, for the connectivity graph.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PeerConnections {
+    /// Cluster peers it is connected to.
+    pub cluster_peers: Vec<String>,
+    /// Its daemon's peer ID (empty when the daemon did not answer).
+    pub ipfs_id: String,
+    /// The peers its daemon is connected to.
+    pub ipfs_peers: Vec<String>,
 }

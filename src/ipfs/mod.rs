@@ -257,6 +257,26 @@ impl IpfsConnector {
         Ok((keys, errors))
     }
 
+    /// The peer IDs the daemon is connected to (`swarm/peers`).
+    pub async fn swarm_peers(&self) -> Result<Vec<String>, IpfsError> {
+        #[derive(Deserialize)]
+        struct SwarmPeer {
+            #[serde(rename = "Peer")]
+            peer: String,
+        }
+        #[derive(Deserialize)]
+        struct SwarmPeers {
+            #[serde(rename = "Peers", default)]
+            peers: Option<Vec<SwarmPeer>>,
+        }
+        let r: SwarmPeers = self.call("swarm/peers", &[]).await?;
+        Ok(r.peers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.peer)
+            .collect())
+    }
+
     /// The repository's size and capacity (`repo/stat?size-only=true`), in bytes.
     pub async fn repo_stat(&self) -> Result<(u64, u64), IpfsError> {
         #[derive(Deserialize)]

@@ -5,7 +5,8 @@ use serde::de::DeserializeOwned;
 use crate::multiaddr::TcpMultiaddr;
 pub use crate::restapi::AddedOutput;
 use crate::types::{
-    Alert, ApiError, Cid, ClusterId, GlobalPinInfo, GlobalRepoGc, Metric, Pin, PinOptions, Version,
+    Alert, ApiError, Cid, ClusterId, ConnectGraph, GlobalPinInfo, GlobalRepoGc, Metric, Pin,
+    PinOptions, Version,
 };
 
 /// Why a REST API call failed.
@@ -264,6 +265,11 @@ impl Client {
             .query(query)
             .multipart(form);
         ndjson(self.finish(req).await?).await
+    }
+
+    /// `GET /health/graph`.
+    pub async fn graph(&self) -> Result<ConnectGraph, ClientError> {
+        self.get_json("/health/graph", &[]).await
     }
 
     /// `POST /ipfs/gc[?local=true]`.

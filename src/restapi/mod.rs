@@ -156,6 +156,9 @@ impl RestApi {
             (&Method::GET, ["monitor", "metrics", name]) => {
                 json(StatusCode::OK, &self.cluster.monitor().latest(name))
             }
+            (&Method::GET, ["health", "graph"]) => {
+                json(StatusCode::OK, &self.cluster.connect_graph().await)
+            }
             (&Method::GET, ["health", "alerts"]) => {
                 json(StatusCode::OK, &self.cluster.monitor().alerts())
             }

@@ -1,5 +1,6 @@
 //! The API types shared by the REST API, the state and ctl, with upstream's JSON shapes.
 
+mod graph;
 mod metric;
 mod query;
 mod repo_gc;
@@ -12,6 +13,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use graph::ConnectGraph;
 pub use metric::{Alert, Metric};
 #[cfg(test)]
 pub(crate) use query::pairs;
