@@ -981,6 +981,10 @@ fn ctl_add_uploads_files_and_folders_and_pins_the_root() {
         status(http().get(format!("{}/allocations/{root}", peer.rest()))),
         200
     );
+    // --no-stream (one list at the end) and --local give the same outputs.
+    let (ok, again, err) = ctl(&["add", "--no-stream", "--local", "a.txt"]);
+    assert!(ok, "{err}");
+    assert_eq!(again.trim(), format!("added {direct} a.txt"));
     // -Q prints the root only; --no-pin leaves the pinset alone; options reach
     // the daemon (CIDv1).
     let (ok, out, err) = ctl(&["add", "-Q", "--no-pin", "--cid-version", "1", "a.txt"]);

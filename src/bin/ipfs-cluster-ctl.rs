@@ -101,6 +101,12 @@ enum Command {
         /// Add without pinning.
         #[arg(long)]
         no_pin: bool,
+        /// Make this peer the first allocation of the pin.
+        #[arg(long)]
+        local: bool,
+        /// Ask for the outputs as one list at the end rather than as they come.
+        #[arg(long)]
+        no_stream: bool,
         #[command(flatten)]
         pin: PinFlags,
         /// Wait until the root is pinned.
@@ -388,6 +394,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cid_version,
             hash,
             no_pin,
+            local,
+            no_stream,
             pin,
             wait,
             wait_timeout,
@@ -399,6 +407,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ("hidden", hidden),
                 ("raw-leaves", raw_leaves),
                 ("no-pin", no_pin),
+                ("local", local),
             ];
             for (k, on) in flags {
                 if on {
@@ -412,6 +421,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(v) = cid_version {
                 q.push(("cid-version".into(), v.to_string()));
+            }
+            if no_stream {
+                q.push(("stream-channels".into(), "false".into()));
             }
             let form = upload::form(&paths, UploadOptions { recursive, hidden }).await?;
             let outputs = client.add(form, &q).await?;

@@ -131,10 +131,17 @@ impl RestApi {
             Ok(d) => d,
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         };
-        let opts = match PinOptions::from_query(q) {
+        let mut opts = match PinOptions::from_query(q) {
             Ok(o) => o,
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         };
+        // The blocks land on this peer's daemon: with `local`, as upstream, this
+        // peer is the first choice for the pin too.
+        if flag("local") {
+            let me = self.cluster.peer_id().to_string();
+            opts.user_allocations.retain(|p| *p != me);
+            opts.user_allocations.insert(0, me);
+        }
         let pin = !flag("no-pin");
         let streaming = q
             .iter()

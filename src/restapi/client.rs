@@ -45,6 +45,10 @@ async fn ndjson<T: DeserializeOwned>(resp: reqwest::Response) -> Result<Vec<T>, 
         .text()
         .await
         .map_err(|e| ClientError::Decode(e.to_string()))?;
+    parse_ndjson(&text)
+}
+
+fn parse_ndjson<T: DeserializeOwned>(text: &str) -> Result<Vec<T>, ClientError> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).map_err(|e| ClientError::Decode(e.to_string())))
@@ -264,7 +268,17 @@ impl Client {
             .post(format!("{}/add", self.base))
             .query(query)
             .multipart(form);
-        ndjson(self.finish(req).await?).await
+        let text = self
+            .finish(req)
+            .await?
+            .text()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        // `stream-channels=false` answers with one list.
+        if text.trim_start().starts_with('[') {
+            return serde_json::from_str(&text).map_err(|e| ClientError::Decode(e.to_string()));
+        }
+        parse_ndjson(&text)
     }
 
     /// `GET /health/graph`.
