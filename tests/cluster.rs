@@ -1112,6 +1112,9 @@ fn state_export_import_and_cleanup_on_a_stopped_cluster() {
     input.push_str(&format!(
         "{{\n  \"cid\": \"{extra}\",\n  \"name\": \"imported\"\n}}\n"
     ));
+    // A CID named twice is one pin.
+    input.push_str(text.lines().next().unwrap());
+    input.push('\n');
     let import = dir.path().join("import.json");
     std::fs::write(&import, &input).unwrap();
 
@@ -1121,7 +1124,7 @@ fn state_export_import_and_cleanup_on_a_stopped_cluster() {
     let out = state_cmd(&c.peers[0], &["import", "-f", &bad.to_string_lossy()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("pin 22 of the input"), "{err}");
+    assert!(err.contains("pin 23 of the input"), "{err}");
     let again = dir.path().join("again.json");
     let out = state_cmd(&c.peers[0], &["export", "-f", &again.to_string_lossy()]);
     assert!(out.status.success());
