@@ -34,28 +34,25 @@ PEER=$!
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$REST/health" >/dev/null && break; sleep 0.1; done
 head -c $((1024 * 1024 * 1024)) /dev/urandom >"$WORK/big.bin"
 kb() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$PEER/status"; }
-echo 5 >"/proc/$PEER/clear_refs"
-BEFORE=$(kb VmRSS)
-START=$(date +%s.%N)
-ROOT=$(curl -sf -X POST -F "file=@$WORK/big.bin;type=application/octet-stream" \
-  "http://127.0.0.1:$PROXY/api/v0/add" | tail -n1 | sed -E 's/.*"Hash":"([^"]+)".*/\1/')
-END=$(date +%s.%N)
-PEAK=$(kb VmHWM)
-PINNED=$(curl -sf -X POST "http://127.0.0.1:$PROXY/api/v0/pin/ls?arg=$ROOT" | grep -c recursive || true)
-echo "1 GiB add through the proxy in $(echo "$END - $START" | bc) s, cluster-pinned: $PINNED;" \
-  "peer RSS $BEFORE kB, peak $PEAK kB, growth $(( (PEAK - BEFORE) / 1024 )) MiB"
-
+# add_1gib LABEL URL FIELD: uploads big.bin to URL, prints the time, whether the
+# root (the last object's FIELD) is cluster-pinned, and the peer's RSS growth.
+add_1gib() {
+  echo 5 >"/proc/$PEER/clear_refs"
+  local before start end peak root pinned
+  before=$(kb VmRSS)
+  start=$(date +%s.%N)
+  root=$(curl -sf -X POST -F "file=@$WORK/big.bin;type=application/octet-stream" "$2" |
+    tail -n1 | sed -E "s/.*\"$3\":\"([^\"]+)\".*/\\1/")
+  end=$(date +%s.%N)
+  peak=$(kb VmHWM)
+  pinned=$(curl -sf "http://127.0.0.1:$REST/allocations/$root" | grep -c '"cid"' || true)
+  echo "1 GiB add through $1 in $(echo "$end - $start" | bc) s, cluster-pinned: $pinned;" \
+    "peer RSS $before kB, peak $peak kB, growth $(( (peak - before) / 1024 )) MiB" >&2
+  echo "$root"
+}
+ROOT=$(add_1gib "the proxy" "http://127.0.0.1:$PROXY/api/v0/add" Hash)
 # - the same 1 GiB through the REST API's /add (what `ipfs-cluster-ctl add` uses)
-echo 5 >"/proc/$PEER/clear_refs"
-BEFORE=$(kb VmRSS)
-START=$(date +%s.%N)
-REST_ROOT=$(curl -sf -X POST -F "file=@$WORK/big.bin;type=application/octet-stream" \
-  "http://127.0.0.1:$REST/add?cid-version=1" | tail -n1 | sed -E 's/.*"cid":"([^"]+)".*/\1/')
-END=$(date +%s.%N)
-PEAK=$(kb VmHWM)
-PINNED=$(curl -sf "http://127.0.0.1:$REST/allocations/$REST_ROOT" | grep -c '"cid"' || true)
-echo "1 GiB add through the REST API in $(echo "$END - $START" | bc) s, cluster-pinned: $PINNED;" \
-  "peer RSS $BEFORE kB, peak $PEAK kB, growth $(( (PEAK - BEFORE) / 1024 )) MiB"
+add_1gib "the REST API" "http://127.0.0.1:$REST/add?cid-version=1" cid >/dev/null
 
 # - the proxy against the daemon, side by side: reading that 1 GiB back (`cat`)
 #   and 500 small calls (`version`) on one kept-alive connection; after a warm-up
