@@ -945,6 +945,44 @@ fn composite_clusters_pin_through_two_and_three_levels() {
             .and_then(|r| r.json::<Value>().ok())
             .is_some_and(|p| p["mode"] == "direct")
     });
+    // A pin B places on one of its peers: the other sees it as remote and, as A's
+    // one pinset serves both, must leave it there, also when asked to recover it.
+    let single = id_cid(10_002);
+    let (st, v) = rest_pin(&b.peers[0], &single, "replication=1");
+    assert_eq!(st, 200, "{v}");
+    wait_until(
+        "one pinned and one remote in B",
+        Duration::from_secs(15),
+        || {
+            let s = statuses(&b.peers[0], &single);
+            s.iter().any(|(_, st)| st == "pinned") && s.iter().any(|(_, st)| st == "remote")
+        },
+    );
+    let remote_id = statuses(&b.peers[0], &single)
+        .into_iter()
+        .find(|(_, st)| st == "remote")
+        .map(|(p, _)| p)
+        .unwrap();
+    let r = b
+        .peers
+        .iter()
+        .position(|p| p.peer_id() == remote_id)
+        .unwrap();
+    let resp = http()
+        .post(format!(
+            "{}/pins/{single}/recover?local=true",
+            b.peers[r].rest()
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(proxy_pins(&a.peers[0]).contains(&single), "A lost B's pin");
+    assert!(
+        statuses(&b.peers[0], &single)
+            .iter()
+            .any(|(_, st)| st == "pinned")
+    );
     let (_, a_stat) = post(&format!("{}/repo/stat", a.peers[0].proxy()));
     let (_, b_stat) = post(&format!("{}/repo/stat", b.peers[0].proxy()));
     assert!(a_stat["StorageMax"].as_u64().unwrap() > 0);
