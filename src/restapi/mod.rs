@@ -11,6 +11,7 @@ pub use add::AddedOutput;
 
 use std::net::SocketAddr;
 
+use futures::StreamExt;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde::Serialize;
@@ -177,7 +178,10 @@ impl RestApi {
             (&Method::GET, ["raft"]) => json(StatusCode::OK, &self.cluster.consensus().info()),
             (&Method::GET, ["peers"]) => {
                 let peers = self.cluster.peers().await;
-                stream_ndjson(&self.tasks, peers.into_iter().map(Ok))
+                stream_ndjson(
+                    &self.tasks,
+                    futures::stream::iter(peers.into_iter().map(Ok)),
+                )
             }
             (&Method::DELETE, ["peers", peer]) => match self.cluster.peer_remove(peer).await {
                 Ok(()) => no_content(),
@@ -205,7 +209,9 @@ impl RestApi {
             (&Method::POST, ["pins", "recover"]) => {
                 match self.cluster.recover_all(is_local(&q)).await {
                     Ok(v) if v.is_empty() => no_content(),
-                    Ok(v) => stream_ndjson(&self.tasks, v.into_iter().map(Ok)),
+                    Ok(v) => {
+                        stream_ndjson(&self.tasks, futures::stream::iter(v.into_iter().map(Ok)))
+                    }
                     Err(e) => cluster_error(e),
                 }
             }
@@ -291,7 +297,9 @@ impl RestApi {
         };
         stream_ndjson(
             &self.tasks,
-            std::iter::once(Ok(first)).chain(pins.map(|r| r.map_err(|e| e.to_string()))),
+            futures::stream::iter(
+                std::iter::once(Ok(first)).chain(pins.map(|r| r.map_err(|e| e.to_string()))),
+            ),
         )
     }
 
@@ -321,7 +329,7 @@ impl RestApi {
             if out.is_empty() {
                 return no_content();
             }
-            return stream_ndjson(&self.tasks, out.into_iter());
+            return stream_ndjson(&self.tasks, futures::stream::iter(out));
         }
         let mut rx = self.cluster.status_stream(filter, is_local(q), &self.tasks);
         let first = match rx.recv().await {
@@ -329,27 +337,13 @@ impl RestApi {
             Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
             Some(Ok(g)) => g,
         };
-        let (tx, body) = channel_body();
-        self.tasks.spawn(async move {
-            let mut err = String::new();
-            let mut next = Some(Ok(first));
-            while let Some(item) = next {
-                match item {
-                    Ok(g) => {
-                        if !tx.send_json(&g).await {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        err = e;
-                        break;
-                    }
-                }
-                next = rx.recv().await;
-            }
-            tx.trailers(stream_error_trailer(&err)).await;
+        let rest = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
         });
-        ndjson_response(body)
+        stream_ndjson(
+            &self.tasks,
+            futures::stream::once(async { Ok(first) }).chain(rest),
+        )
     }
 }
 
@@ -367,15 +361,16 @@ fn no_content() -> Response<Body> {
 
 /// Streams items as NDJSON; an error after the first item goes into the
 /// `X-Stream-Error` trailer, as upstream does.
-fn stream_ndjson<T, I>(tasks: &TaskTracker, items: I) -> Response<Body>
+fn stream_ndjson<T, S>(tasks: &TaskTracker, items: S) -> Response<Body>
 where
     T: Serialize + Send + Sync + 'static,
-    I: Iterator<Item = Result<T, String>> + Send + 'static,
+    S: futures::Stream<Item = Result<T, String>> + Send + 'static,
 {
     let (tx, body) = channel_body();
     tasks.spawn(async move {
         let mut err = String::new();
-        for item in items {
+        let mut items = std::pin::pin!(items);
+        while let Some(item) = items.next().await {
             match item {
                 Ok(v) => {
                     if !tx.send_json(&v).await {
