@@ -182,11 +182,7 @@ fn proxy_answers_like_the_daemon() {
         );
     }
     // The path forms of pin/add and pin/ls, and direct pins.
-    let (_, f) = (
-        0,
-        upload(&direct, "/add?pin=false", &[("f.txt", b"path forms\n")]),
-    );
-    let f = normalise(&f.body)[0]["Hash"].as_str().unwrap().to_string();
+    let f = add_bytes(&direct, "f.txt", b"path forms\n".to_vec());
     assert_same(
         "pin/add/<arg>",
         &send(&direct, &format!("/pin/add?arg={f}")),
@@ -197,11 +193,7 @@ fn proxy_answers_like_the_daemon() {
         &send(&direct, &format!("/pin/ls?arg={f}")),
         &send(&proxy, &format!("/pin/ls/{f}")),
     );
-    let d =
-        normalise(&upload(&direct, "/add?pin=false", &[("d.txt", b"direct\n")]).body)[0]["Hash"]
-            .as_str()
-            .unwrap()
-            .to_string();
+    let d = add_bytes(&direct, "d.txt", b"direct\n".to_vec());
     assert_same(
         "pin/add direct",
         &send(&direct, &format!("/pin/add?arg={d}&recursive=false")),
@@ -213,11 +205,7 @@ fn proxy_answers_like_the_daemon() {
         &send(&proxy, "/pin/ls?type=direct"),
     );
     // Errors: a missing pin.
-    let absent = normalise(&upload(&direct, "/add?pin=false", &[("absent.txt", b"absent\n")]).body)
-        [0]["Hash"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let absent = add_bytes(&direct, "absent.txt", b"absent\n".to_vec());
     assert_same(
         "pin/ls of an unpinned CID",
         &send(&direct, &format!("/pin/ls?arg={absent}")),
