@@ -356,6 +356,20 @@ impl Cluster {
         crate::raft::decode_payload(&bytes)
     }
 
+    /// `req` on `peer`, answered with the reply `pick` accepts; an error reply, or
+    /// a reply of another kind, is an error.
+    async fn rpc_as<T>(
+        &self,
+        peer: &str,
+        req: &ClusterRpc,
+        pick: impl FnOnce(ClusterRpcReply) -> Result<T, ClusterRpcReply>,
+    ) -> Result<T, String> {
+        match self.rpc(peer, req).await? {
+            ClusterRpcReply::Error(e) => Err(e),
+            reply => pick(reply).map_err(|other| format!("unexpected reply {other:?}")),
+        }
+    }
+
     fn unreachable(node: &ClusterNode, error: String) -> PinInfoShort {
         PinInfoShort {
             peername: if node.name.is_empty() {
@@ -412,11 +426,11 @@ impl Cluster {
             let info = if node.peer_id == self.inner.peer_id {
                 here().await
             } else {
-                match self.rpc(&node.peer_id, req).await {
-                    Ok(ClusterRpcReply::Status(s)) => *s,
-                    Ok(ClusterRpcReply::Error(e)) | Err(e) => Self::unreachable(node, e),
-                    Ok(other) => Self::unreachable(node, format!("unexpected reply {other:?}")),
-                }
+                let status = self.rpc_as(&node.peer_id, req, |r| match r {
+                    ClusterRpcReply::Status(s) => Ok(*s),
+                    other => Err(other),
+                });
+                status.await.unwrap_or_else(|e| Self::unreachable(node, e))
             };
             (node.peer_id.clone(), info)
         });
@@ -447,14 +461,13 @@ impl Cluster {
             return self.status_many_local(cids).await;
         }
         let failed = |e: String| vec![Self::unreachable(node, e); cids.len()];
-        match self
-            .rpc(&node.peer_id, &ClusterRpc::StatusMany(cids.to_vec()))
-            .await
-        {
-            Ok(ClusterRpcReply::Statuses(v)) if v.len() == cids.len() => v,
-            Ok(ClusterRpcReply::Error(e)) | Err(e) => failed(e),
-            Ok(other) => failed(format!("unexpected reply {other:?}")),
-        }
+        let req = ClusterRpc::StatusMany(cids.to_vec());
+        self.rpc_as(&node.peer_id, &req, |r| match r {
+            ClusterRpcReply::Statuses(v) if v.len() == cids.len() => Ok(v),
+            other => Err(other),
+        })
+        .await
+        .unwrap_or_else(failed)
     }
 
     /// Streams the status of every CID on every peer (or only here), filtered: a CID
@@ -561,20 +574,16 @@ impl Cluster {
             if node.peer_id == self.inner.peer_id {
                 return self.id().await;
             }
-            match self.rpc(&node.peer_id, &ClusterRpc::Id).await {
-                Ok(ClusterRpcReply::Id(id)) => *id,
-                Ok(ClusterRpcReply::Error(e)) | Err(e) => ClusterId {
-                    id: node.peer_id.clone(),
-                    peername: node.name.clone(),
-                    error: e,
-                    ..Default::default()
-                },
-                Ok(other) => ClusterId {
-                    id: node.peer_id.clone(),
-                    error: format!("unexpected reply {other:?}"),
-                    ..Default::default()
-                },
-            }
+            let id = self.rpc_as(&node.peer_id, &ClusterRpc::Id, |r| match r {
+                ClusterRpcReply::Id(id) => Ok(*id),
+                other => Err(other),
+            });
+            id.await.unwrap_or_else(|e| ClusterId {
+                id: node.peer_id.clone(),
+                peername: node.name.clone(),
+                error: e,
+                ..Default::default()
+            })
         });
         futures::future::join_all(asks).await
     }
@@ -714,11 +723,11 @@ impl Cluster {
                     self.recover_all_local().await.map_err(|e| e.to_string()),
                 );
             }
-            let r = match self.rpc(&node.peer_id, &ClusterRpc::RecoverAll).await {
-                Ok(ClusterRpcReply::Items(v)) => Ok(v),
-                Ok(ClusterRpcReply::Error(e)) | Err(e) => Err(e),
-                Ok(other) => Err(format!("unexpected reply {other:?}")),
-            };
+            let r = self.rpc_as(&node.peer_id, &ClusterRpc::RecoverAll, |r| match r {
+                ClusterRpcReply::Items(v) => Ok(v),
+                other => Err(other),
+            });
+            let r = r.await;
             (node, r)
         });
         let mut by_cid: BTreeMap<Cid, GlobalPinInfo> = BTreeMap::new();
@@ -801,11 +810,11 @@ impl Cluster {
             if node.peer_id == self.inner.peer_id {
                 return self.inner.ipfs.repo_stat().await.map_err(|e| e.to_string());
             }
-            match self.rpc(&node.peer_id, &ClusterRpc::RepoStat).await {
-                Ok(ClusterRpcReply::RepoStat(size, max)) => Ok((size, max)),
-                Ok(ClusterRpcReply::Error(e)) | Err(e) => Err(e),
-                Ok(other) => Err(format!("unexpected reply {other:?}")),
-            }
+            self.rpc_as(&node.peer_id, &ClusterRpc::RepoStat, |r| match r {
+                ClusterRpcReply::RepoStat(size, max) => Ok((size, max)),
+                other => Err(other),
+            })
+            .await
         });
         let mut total = (0u64, 0u64);
         for (node, r) in nodes.iter().zip(futures::future::join_all(asks).await) {
@@ -833,11 +842,11 @@ impl Cluster {
             let r = if node.peer_id == self.inner.peer_id {
                 self.inner.ipfs.repo_gc().await.map_err(|e| e.to_string())
             } else {
-                match self.rpc(&node.peer_id, &ClusterRpc::RepoGc).await {
-                    Ok(ClusterRpcReply::RepoGc(k, e)) => Ok((k, e)),
-                    Ok(ClusterRpcReply::Error(e)) | Err(e) => Err(e),
-                    Ok(other) => Err(format!("unexpected reply {other:?}")),
-                }
+                self.rpc_as(&node.peer_id, &ClusterRpc::RepoGc, |r| match r {
+                    ClusterRpcReply::RepoGc(k, e) => Ok((k, e)),
+                    other => Err(other),
+                })
+                .await
             };
             let mut gc = RepoGc {
                 peer: node.peer_id.clone(),
@@ -888,11 +897,11 @@ impl Cluster {
             let c = if node.peer_id == self.inner.peer_id {
                 Ok(self.connections_local().await)
             } else {
-                match self.rpc(&node.peer_id, &ClusterRpc::Connections).await {
-                    Ok(ClusterRpcReply::Connections(c)) => Ok(c),
-                    Ok(ClusterRpcReply::Error(e)) | Err(e) => Err(e),
-                    Ok(other) => Err(format!("unexpected reply {other:?}")),
-                }
+                self.rpc_as(&node.peer_id, &ClusterRpc::Connections, |r| match r {
+                    ClusterRpcReply::Connections(c) => Ok(c),
+                    other => Err(other),
+                })
+                .await
             };
             (node, c)
         });
