@@ -10,7 +10,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use ipfs_cluster::raft::{LogBatch, LogOp, Request};
+use ipfs_cluster::state::codec;
 use ipfs_cluster::store::{self, Backend, Tree};
+use ipfs_cluster::types::{Cid, Pin, PinOptions};
 
 /// Raft log appends, each made durable before the next (one commit each).
 const APPENDS: u64 = 2_000;
@@ -20,12 +23,25 @@ const BATCH: u64 = 100;
 /// Pins per batch of removals.
 const PURGE_BATCH: u64 = 1_000;
 
-/// A log entry about the size of a pin commit.
+fn pin(i: u64) -> Pin {
+    let mut digest = [0xab_u8; 32];
+    digest[..8].copy_from_slice(&i.to_be_bytes());
+    let mh = cid::multihash::Multihash::<64>::wrap(0x12, &digest).expect("a digest");
+    let mut p = Pin::new(Cid(cid::Cid::new_v1(0x70, mh)), PinOptions::default());
+    p.options.name = format!("pin {i}");
+    p.options.replication_factor_min = -1;
+    p.options.replication_factor_max = -1;
+    p
+}
+
+/// A log entry of one pin, as the peer writes it.
 fn entry(i: u64) -> Vec<u8> {
-    format!(
-        r#"{{"log_id":{{"leader_id":{{"term":3,"node_id":12}},"index":{i}}},"payload":{{"Normal":{{"Pin":{{"cid":"bafybeie5nqv6kd3qnfjupgvz34woh3oksc3iau6abmyajn7qvtf6d2ho34","name":"pin {i}","mode":"recursive","replication_factor_min":-1,"replication_factor_max":-1,"allocations":[],"max_depth":-1,"metadata":{{}},"timestamp":"2026-11-22T00:00:00Z"}}}}}}}}"#
-    )
-    .into_bytes()
+    LogBatch(vec![Request::new(LogOp::Pin(Box::new(pin(i))))]).encode()
+}
+
+/// A pin as the state stores it.
+fn value(i: u64) -> Vec<u8> {
+    codec::encode_pin(&pin(i))
 }
 
 /// A state key: a prefix and 36 CID-like bytes.
@@ -81,7 +97,7 @@ fn measure(backend: Backend, scale: u64) {
     let apply_s = timed(|| {
         for b in 0..pins / BATCH {
             let batch = (b * BATCH..(b + 1) * BATCH)
-                .map(|i| (pin_key(i), Some(entry(i))))
+                .map(|i| (pin_key(i), Some(value(i))))
                 .collect();
             apply(&*state, batch);
         }
@@ -115,6 +131,59 @@ fn measure(backend: Backend, scale: u64) {
         "rss_growth_mib {:.1}",
         rss_peak.saturating_sub(rss_before) as f64 / 1024.0
     );
+}
+
+/// The pin encodings a state value could use: bytes per pin, encodes and
+/// decodes per second.
+fn codecs(n: u64) {
+    let pins: Vec<Pin> = (0..n).map(pin).collect();
+    type Enc = fn(&Pin) -> Vec<u8>;
+    type Dec = fn(&[u8]) -> Pin;
+    let cases: [(&str, Enc, Dec); 3] = [
+        (
+            "json",
+            |p| serde_json::to_vec(p).expect("json"),
+            |b| serde_json::from_slice(b).expect("json"),
+        ),
+        (
+            "cbor (ciborium)",
+            |p| {
+                let mut v = Vec::new();
+                ciborium::into_writer(p, &mut v).expect("cbor");
+                v
+            },
+            |b| ciborium::from_reader(b).expect("cbor"),
+        ),
+        ("format 1", codec::encode_pin, |b| {
+            codec::decode_pin(b).expect("format 1")
+        }),
+    ];
+    println!(
+        "pin encodings, {n} pins: {:>10}{:>14}{:>14}",
+        "bytes/pin", "encodes/s", "decodes/s"
+    );
+    for (name, enc, dec) in cases {
+        let mut bytes = 0;
+        let mut encoded = Vec::with_capacity(pins.len());
+        let e = timed(|| {
+            for p in &pins {
+                let v = enc(p);
+                bytes += v.len();
+                encoded.push(v);
+            }
+        });
+        let d = timed(|| {
+            for v in &encoded {
+                std::hint::black_box(dec(v));
+            }
+        });
+        println!(
+            "  {name:<27}{:>10}{:>14.0}{:>14.0}",
+            bytes as u64 / n,
+            n as f64 / e,
+            n as f64 / d
+        );
+    }
 }
 
 fn apply(tree: &dyn Tree, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
@@ -162,6 +231,7 @@ fn main() {
     } else {
         100
     };
+    codecs(PINS / scale);
     let sled = run_child("sled", scale);
     let redb = run_child("redb", scale);
     println!(

@@ -11,6 +11,7 @@ use openraft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::codec::{decode_entry, decode_meta, encode_entry, encode_meta};
 use super::types::{NodeId, TypeConfig};
 use crate::store::{StoreError, Tree, prefix_bounds};
 
@@ -38,12 +39,16 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_logs(AnyError::new(&e)).into()
 }
 
-fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError<NodeId>> {
-    serde_json::to_vec(v).map_err(write_err)
+fn to_meta<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError<NodeId>> {
+    encode_meta(v).map_err(write_err)
 }
 
-fn from_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, StorageError<NodeId>> {
-    serde_json::from_slice(b).map_err(read_err)
+fn from_meta<T: DeserializeOwned>(b: &[u8]) -> Result<T, StorageError<NodeId>> {
+    decode_meta(b).map_err(read_err)
+}
+
+fn from_entry(b: &[u8]) -> Result<Entry<TypeConfig>, StorageError<NodeId>> {
+    decode_entry(b).map_err(read_err)
 }
 
 /// Runs blocking store I/O off the async workers.
@@ -65,17 +70,17 @@ impl LogStore {
         LogStore { tree }
     }
 
-    fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
+    fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
         self.tree
             .get(key)
             .map_err(read_err)?
-            .map(|b| from_json(&b))
+            .map(|b| from_meta(&b))
             .transpose()
     }
 
-    fn put_json<T: Serialize>(&self, key: &[u8], v: &T) -> Result<(), StorageError<NodeId>> {
+    fn put_meta<T: Serialize>(&self, key: &[u8], v: &T) -> Result<(), StorageError<NodeId>> {
         self.tree
-            .apply(vec![(key.to_vec(), Some(to_json(v)?))])
+            .apply(vec![(key.to_vec(), Some(to_meta(v)?))])
             .map_err(write_err)?;
         self.tree.flush().map_err(write_err)
     }
@@ -85,8 +90,8 @@ impl LogStore {
     pub fn seed(&self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.tree
             .apply(vec![
-                (PURGED_KEY.to_vec(), Some(to_json(&log_id)?)),
-                (COMMITTED_KEY.to_vec(), Some(to_json(&Some(log_id))?)),
+                (PURGED_KEY.to_vec(), Some(to_meta(&log_id)?)),
+                (COMMITTED_KEY.to_vec(), Some(to_meta(&Some(log_id))?)),
             ])
             .map_err(write_err)?;
         self.tree.flush().map_err(write_err)
@@ -121,7 +126,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         blocking(move || {
             let upper = end.unwrap_or_else(log_end);
             tree.range(&log_key(start), Some(&upper))
-                .map(|r| r.map_err(read_err).and_then(|(_, v)| from_json(&v)))
+                .map(|r| r.map_err(read_err).and_then(|(_, v)| from_entry(&v)))
                 .collect()
         })
         .await
@@ -132,15 +137,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let last_purged_log_id: Option<LogId<NodeId>> = self.get_json(PURGED_KEY)?;
-        let last = match self.tree.last_with_prefix(LOG_PREFIX).map_err(read_err)? {
-            Some((_, v)) => Some(from_json::<Entry<TypeConfig>>(&v)?.log_id),
-            None => last_purged_log_id,
-        };
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id: last,
+        let this = self.clone();
+        blocking(move || {
+            let last_purged_log_id: Option<LogId<NodeId>> = this.get_meta(PURGED_KEY)?;
+            let last = match this.tree.last_with_prefix(LOG_PREFIX).map_err(read_err)? {
+                Some((_, v)) => Some(from_entry(&v)?.log_id),
+                None => last_purged_log_id,
+            };
+            Ok(LogState {
+                last_purged_log_id,
+                last_log_id: last,
+            })
         })
+        .await
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -149,11 +158,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let (this, vote) = (self.clone(), *vote);
-        blocking(move || this.put_json(VOTE_KEY, &vote)).await
+        blocking(move || this.put_meta(VOTE_KEY, &vote)).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        self.get_json(VOTE_KEY)
+        let this = self.clone();
+        blocking(move || this.get_meta(VOTE_KEY)).await
     }
 
     async fn save_committed(
@@ -161,16 +171,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
         // Not flushed: losing it only means re-applying entries after a crash.
-        let v = to_json(&committed)?;
-        self.tree
-            .apply(vec![(COMMITTED_KEY.to_vec(), Some(v))])
-            .map_err(write_err)
+        let v = to_meta(&committed)?;
+        let tree = self.tree.clone();
+        blocking(move || {
+            tree.apply(vec![(COMMITTED_KEY.to_vec(), Some(v))])
+                .map_err(write_err)
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        Ok(self
-            .get_json::<Option<LogId<NodeId>>>(COMMITTED_KEY)?
-            .flatten())
+        let this = self.clone();
+        blocking(move || {
+            Ok(this
+                .get_meta::<Option<LogId<NodeId>>>(COMMITTED_KEY)?
+                .flatten())
+        })
+        .await
     }
 
     async fn append<I>(
@@ -184,7 +201,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = Vec::new();
         for e in entries {
-            batch.push((log_key(e.log_id.index), Some(to_json(&e)?)));
+            batch.push((log_key(e.log_id.index), Some(encode_entry(&e))));
         }
         let tree = self.tree.clone();
         let res = blocking(move || {
@@ -222,7 +239,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .into_iter()
                 .map(|k| (k, None))
                 .collect();
-            batch.push((PURGED_KEY.to_vec(), Some(to_json(&log_id)?)));
+            batch.push((PURGED_KEY.to_vec(), Some(to_meta(&log_id)?)));
             this.tree.apply(batch).map_err(write_err)?;
             this.tree.flush().map_err(write_err)
         })

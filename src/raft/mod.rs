@@ -6,6 +6,8 @@
 // layer; boxing it in our helpers would only add conversions at every call.
 #![allow(clippy::result_large_err)]
 
+mod batcher;
+mod codec;
 mod log_store;
 mod network;
 pub mod offline;
@@ -14,10 +16,10 @@ mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, SnapshotPolicy};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -27,18 +29,21 @@ pub use network::{
     ForwardError, ForwardOp, ForwardReply, decode as decode_payload, encode as encode_payload,
 };
 pub use state_machine::StateEvent;
-pub use types::{ApplyResult, ClusterNode, LogOp, NodeId, TypeConfig, node_id_of};
+pub use types::{
+    ApplyResult, ClusterNode, LogBatch, LogOp, NodeId, Request, RequestId, TypeConfig, node_id_of,
+};
 
 use crate::config::RaftConfig;
 use crate::p2p::{Multiaddr, P2p, PeerId, Protocol, split_p2p};
 use crate::state::PinState;
 use crate::store::{self, StoreError};
+use batcher::Batcher;
 use log_store::LogStore;
 use network::{P2pNetwork, RaftReply, RaftRpc, decode, encode, node_peer};
 use state_machine::StateMachine;
 
 /// Why a consensus operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ConsensusError {
     /// The store failed.
     #[error(transparent)]
@@ -54,6 +59,9 @@ pub enum ConsensusError {
     /// The configuration cannot be used.
     #[error("{0}")]
     Config(String),
+    /// The peer is shutting down; the write may or may not have been committed.
+    #[error("consensus is shutting down")]
+    ShuttingDown,
 }
 
 /// The outcome of a committed [`LogOp`].
@@ -112,7 +120,17 @@ struct Inner {
     p2p: P2p,
     wait_for_leader: Duration,
     removed: CancellationToken,
+    batcher: Batcher,
 }
+
+/// The folder of snapshot files inside the raft folder.
+pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
+
+/// Batches in flight at once per peer: enough to keep the leader's append,
+/// replication and apply stages busy while the next batch fills.
+const BATCHES_IN_FLIGHT: usize = 4;
+/// Requests per batch (about 100 bytes each): bounds an entry to a few hundred KiB.
+const MAX_BATCH: usize = 4096;
 
 impl Consensus {
     /// Opens the store, starts Raft and, on a first start without `--bootstrap`,
@@ -130,7 +148,12 @@ impl Consensus {
         let db = store::open(dir, cfg.datastore)?;
         let log = LogStore::new(db.tree("raft_log")?);
         let state = PinState::new(db.tree("state")?);
-        let sm = StateMachine::new(state.clone(), db.tree("snapshot")?, events);
+        let sm = StateMachine::new(
+            state.clone(),
+            db.tree("snapshot")?,
+            dir.join(SNAPSHOT_DIR),
+            events,
+        );
 
         let heartbeat = cfg.heartbeat_timeout.0.as_millis().max(10) as u64;
         let election = cfg
@@ -161,8 +184,17 @@ impl Consensus {
         )
         .await
         .map_err(|e| ConsensusError::Raft(e.to_string()))?;
-        let c = Consensus {
-            inner: Arc::new(Inner {
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let weak = weak.clone();
+            // Weak: the batcher's task must not keep the component alive.
+            let submit: batcher::SubmitFn = Arc::new(move |ops: Vec<Request>| {
+                let weak = weak.clone();
+                Box::pin(async move {
+                    let inner = weak.upgrade().ok_or(ConsensusError::ShuttingDown)?;
+                    Consensus { inner }.submit_batch(ops).await
+                })
+            });
+            Inner {
                 raft,
                 state,
                 node_id,
@@ -170,8 +202,10 @@ impl Consensus {
                 p2p,
                 wait_for_leader: cfg.wait_for_leader_timeout.0,
                 removed: CancellationToken::new(),
-            }),
-        };
+                batcher: Batcher::start(submit, BATCHES_IN_FLIGHT, MAX_BATCH),
+            }
+        });
+        let c = Consensus { inner };
 
         let initialized = c
             .inner
@@ -334,15 +368,34 @@ impl Consensus {
             .map_err(|e| ConsensusError::Raft(e.to_string()))
     }
 
-    /// Commits `op` (through the leader) and returns once it is committed and
-    /// applied here, so that this peer reads its own writes.
+    /// Commits `op` (through the leader, together with other writes arriving at
+    /// the same time) and returns once it is committed and applied here, so that
+    /// this peer reads its own writes.
     pub async fn commit(&self, op: LogOp) -> Result<Committed, ConsensusError> {
-        match self.submit(ForwardOp::Commit(op)).await? {
-            ForwardReply::Committed(c) => {
-                self.wait_applied(c.index).await?;
-                Ok(c)
-            }
-            other => Err(ConsensusError::Raft(format!("unexpected reply {other:?}"))),
+        self.commit_request(Request::new(op)).await
+    }
+
+    /// [`Self::commit`] of a request whose ID the caller chose.
+    pub async fn commit_request(&self, req: Request) -> Result<Committed, ConsensusError> {
+        let c = self
+            .inner
+            .batcher
+            .commit(vec![req])
+            .await?
+            .pop()
+            .ok_or_else(|| ConsensusError::Raft("a write got no result".into()))?;
+        self.wait_applied(c.index).await?;
+        Ok(c)
+    }
+
+    /// Commits one batch through the leader: one Raft entry.
+    async fn submit_batch(&self, ops: Vec<Request>) -> Result<Vec<Committed>, ConsensusError> {
+        let n = ops.len();
+        match self.submit(ForwardOp::Commit(LogBatch(ops))).await? {
+            ForwardReply::Committed(c) if c.len() == n => Ok(c),
+            other => Err(ConsensusError::Raft(format!(
+                "unexpected reply to a batch of {n}: {other:?}"
+            ))),
         }
     }
 
@@ -420,39 +473,37 @@ impl Consensus {
         }
     }
 
-    async fn write(&self, op: LogOp) -> Result<ForwardReply, ForwardError> {
-        match self.inner.raft.client_write(op).await {
-            Ok(resp) => Ok(ForwardReply::Committed(Committed {
-                existed: resp.data.existed,
-                index: resp.log_id.index,
-            })),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(ForwardError::NotLeader)
-            }
-            Err(e) => Err(ForwardError::Failed(e.to_string())),
+    /// Appends `batch` as one entry and waits until it is committed and applied
+    /// here. No separate quorum check first: the commit itself proves the quorum.
+    async fn write(&self, batch: LogBatch) -> Result<ForwardReply, ForwardError> {
+        let n = batch.0.len();
+        let resp = self
+            .inner
+            .raft
+            .client_write(batch)
+            .await
+            .map_err(write_error)?;
+        let index = resp.log_id.index;
+        if resp.data.existed.len() != n {
+            return Err(ForwardError::Failed(format!(
+                "applying a batch of {n} gave {} results",
+                resp.data.existed.len()
+            )));
         }
+        Ok(ForwardReply::Committed(
+            resp.data
+                .existed
+                .into_iter()
+                .map(|existed| Committed { existed, index })
+                .collect(),
+        ))
     }
 
     /// Runs `op` here, as the leader.
     async fn on_leader(&self, op: ForwardOp) -> Result<ForwardReply, ForwardError> {
         let raft = &self.inner.raft;
-        let not_leader = |e: &dyn std::fmt::Display| {
-            let text = e.to_string();
-            if text.contains("forward") || text.contains("leader") {
-                ForwardError::NotLeader
-            } else {
-                ForwardError::Failed(text)
-            }
-        };
         match op {
-            ForwardOp::Commit(op) => {
-                // Confirm the quorum first, so that a leader cut off from it does not
-                // append an entry that could commit long after the client gave up.
-                raft.ensure_linearizable()
-                    .await
-                    .map_err(|e| not_leader(&e))?;
-                self.write(op).await
-            }
+            ForwardOp::Commit(batch) => self.write(batch).await,
             ForwardOp::AddPeer(id, node) => {
                 let is_voter = raft
                     .metrics()
@@ -469,10 +520,10 @@ impl Consensus {
                 }
                 raft.add_learner(id, node, true)
                     .await
-                    .map_err(|e| not_leader(&e))?;
+                    .map_err(write_error)?;
                 raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                     .await
-                    .map_err(|e| not_leader(&e))?;
+                    .map_err(write_error)?;
                 Ok(ForwardReply::Done)
             }
             ForwardOp::RemovePeer(id) => {
@@ -485,7 +536,7 @@ impl Consensus {
                     .and_then(node_peer);
                 raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                     .await
-                    .map_err(|e| not_leader(&e))?;
+                    .map_err(write_error)?;
                 if let Some((peer, _)) = target {
                     if id == self.inner.node_id {
                         self.inner.removed.cancel();
@@ -505,7 +556,13 @@ impl Consensus {
                 Ok(log_id) => Ok(ForwardReply::ReadIndex(
                     log_id.map(|l| l.index).unwrap_or(0),
                 )),
-                Err(e) => Err(not_leader(&e)),
+                // A quorum that does not answer in time (peers busy starting, a
+                // partition) may answer on the next try: retried like a missing
+                // leader until `wait_for_leader_timeout`, never fatal at once.
+                Err(RaftError::APIError(
+                    CheckIsLeaderError::ForwardToLeader(_) | CheckIsLeaderError::QuorumNotEnough(_),
+                )) => Err(ForwardError::NotLeader),
+                Err(e) => Err(ForwardError::Failed(e.to_string())),
             },
         }
     }
@@ -525,8 +582,19 @@ impl Consensus {
                 RaftReply::Ack
             }
             Ok(RaftRpc::Forward(op)) => {
-                // A peer that is joining does not know the leader yet: pass it on.
-                RaftReply::Forward(self.submit(op).await.map_err(|e| match e {
+                let res = match op {
+                    // A follower's batch joins this peer's own queue, to share an
+                    // entry with the writes arriving here.
+                    ForwardOp::Commit(batch) => self
+                        .inner
+                        .batcher
+                        .commit(batch.0)
+                        .await
+                        .map(ForwardReply::Committed),
+                    // A peer that is joining does not know the leader yet: pass it on.
+                    op => self.submit(op).await,
+                };
+                RaftReply::Forward(res.map_err(|e| match e {
                     ConsensusError::NoLeader(_) => ForwardError::NotLeader,
                     other => ForwardError::Failed(other.to_string()),
                 }))
@@ -619,9 +687,22 @@ impl Consensus {
 
     /// Stops Raft; the store is flushed on every write, so nothing is lost.
     pub async fn shutdown(&self) {
+        self.inner.batcher.stop();
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
+    }
+}
+
+/// Sorts a failed leader-side write: retry elsewhere (not, or no longer, the
+/// leader; a membership change under way) or give up.
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, ClusterNode>>) -> ForwardError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_))
+        | RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(_),
+        )) => ForwardError::NotLeader,
+        other => ForwardError::Failed(other.to_string()),
     }
 }
 

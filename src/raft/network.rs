@@ -12,7 +12,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::types::{ClusterNode, LogOp, NodeId, TypeConfig};
+use super::types::{ClusterNode, LogBatch, NodeId, TypeConfig};
 use crate::p2p::{Multiaddr, P2p, P2pError, PeerId, Protocol};
 
 /// A message on the Raft protocol.
@@ -34,8 +34,8 @@ pub enum RaftRpc {
 /// What a follower asks the leader to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardOp {
-    /// Commit a pinset change.
-    Commit(LogOp),
+    /// Commit pinset changes as one entry.
+    Commit(LogBatch),
     /// Add a voter.
     AddPeer(NodeId, ClusterNode),
     /// Remove a voter.
@@ -47,8 +47,8 @@ pub enum ForwardOp {
 /// The leader's answer to a [`ForwardOp`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardReply {
-    /// The committed operation.
-    Committed(super::Committed),
+    /// The committed operations, in order.
+    Committed(Vec<super::Committed>),
     /// Done.
     Done,
     /// The read index.

@@ -83,6 +83,7 @@ fn open_raft_store(
     let sm = StateMachine::new(
         PinState::new(db.tree("state")?),
         db.tree("snapshot")?,
+        raft_dir.join(super::SNAPSHOT_DIR),
         events,
     );
     Ok((sm, LogStore::new(db.tree("raft_log")?)))

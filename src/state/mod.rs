@@ -2,13 +2,15 @@
 //! APIs and the tracker, written only by the consensus state machine (in batches
 //! that also record how far the Raft log was applied).
 
+pub mod codec;
+
 use std::sync::Arc;
 
 use crate::store::{StoreError, Tree, prefix_bounds};
 use crate::types::{Cid, Pin};
 
 /// Key prefix of pins inside the state tree; other prefixes hold consensus metadata.
-const PIN_PREFIX: &[u8] = b"p/";
+pub const PIN_PREFIX: &[u8] = b"p/";
 
 /// A failure reading or decoding the pinset.
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +38,9 @@ fn key(cid: &Cid) -> Vec<u8> {
     k
 }
 
+/// A stored pin: the binary format, or the JSON that earlier versions stored.
 fn decode(bytes: &[u8]) -> Result<Pin, StateError> {
-    serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt(e.to_string()))
+    codec::decode_pin(bytes).map_err(|e| StateError::Corrupt(e.to_string()))
 }
 
 impl PinState {
@@ -82,8 +85,7 @@ impl PinState {
 
     /// The batch entry that stores `pin`.
     pub fn add_entry(pin: &Pin) -> Result<BatchEntry, StateError> {
-        let v = serde_json::to_vec(pin).map_err(|e| StateError::Corrupt(e.to_string()))?;
-        Ok((key(&pin.cid), Some(v)))
+        Ok((key(&pin.cid), Some(codec::encode_pin(pin))))
     }
 
     /// The batch entry that removes `cid`.

@@ -45,7 +45,7 @@ pub type KvPair = (Vec<u8>, Vec<u8>);
 pub type KvIter = Box<dyn Iterator<Item = Result<KvPair, StoreError>> + Send>;
 
 /// A storage failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("store: {0}")]
 pub struct StoreError(pub String);
 
@@ -61,6 +61,11 @@ pub trait Tree: Send + Sync {
     fn apply(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError>;
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// True when a [`Self::range`] reads one point-in-time view of the tree,
+    /// unaffected by batches applied while it is iterated.
+    fn consistent_ranges(&self) -> bool {
+        false
+    }
 }
 
 /// An opened database holding named trees.

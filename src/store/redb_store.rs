@@ -1,10 +1,10 @@
 //! The redb backend of [`Store`](super::Store): one database file, one table per
-//! tree, each batch one write transaction.
+//! tree, each batch one write transaction, made durable by the next flush.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use super::{KvIter, KvPair, Store, StoreError, Tree};
 
@@ -98,7 +98,10 @@ impl Tree for RedbTree {
     }
 
     fn apply(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(err)?;
+        let mut tx = self.db.begin_write().map_err(err)?;
+        // Atomic now, durable at the next flush: callers group their writes
+        // under one fsync (an append or an apply of many entries).
+        tx.set_durability(Durability::None).map_err(err)?;
         {
             let mut t = tx.open_table(table(&self.name)).map_err(err)?;
             for (k, v) in &batch {
@@ -112,11 +115,18 @@ impl Tree for RedbTree {
                 }
             }
         }
-        // Each commit is durable (redb's default `Durability::Immediate`).
         tx.commit().map_err(err)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        Ok(())
+        // A durable commit persists every non-durable one before it, of every
+        // table of the database.
+        let tx = self.db.begin_write().map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    // A range holds one read transaction (MVCC) until dropped.
+    fn consistent_ranges(&self) -> bool {
+        true
     }
 }
