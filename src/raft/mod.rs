@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, SnapshotPolicy};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -95,7 +94,7 @@ pub struct ConsensusOptions<'a> {
     /// Peers to join through (`daemon --bootstrap`).
     pub bootstrap: &'a [Multiaddr],
     /// Where pinset changes are announced.
-    pub events: mpsc::Sender<StateEvent>,
+    pub events: tokio::sync::broadcast::Sender<StateEvent>,
 }
 
 /// A peer's consensus component.

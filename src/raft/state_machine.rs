@@ -11,7 +11,7 @@ use openraft::{
     SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::broadcast;
 
 use super::types::{ApplyResult, ClusterNode, LogOp, NodeId, TypeConfig};
 use crate::state::PinState;
@@ -52,7 +52,7 @@ type AppliedState = (Option<LogId<NodeId>>, StoredMembership<NodeId, ClusterNode
 pub struct StateMachine {
     state: PinState,
     snapshots: Arc<dyn Tree>,
-    events: mpsc::Sender<StateEvent>,
+    events: broadcast::Sender<StateEvent>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -65,7 +65,7 @@ impl StateMachine {
     pub fn new(
         state: PinState,
         snapshots: Arc<dyn Tree>,
-        events: mpsc::Sender<StateEvent>,
+        events: broadcast::Sender<StateEvent>,
     ) -> Self {
         StateMachine {
             state,
@@ -143,11 +143,9 @@ impl StateMachine {
     }
 
     async fn notify(&self, events: Vec<StateEvent>) {
+        // Never waits: a tracker that lags behind is told so and catches up from the state.
         for e in events {
-            // The tracker is gone only during shutdown; the state is already durable.
-            if self.events.send(e).await.is_err() {
-                break;
-            }
+            let _ = self.events.send(e);
         }
     }
 }

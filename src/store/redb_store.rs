@@ -119,4 +119,29 @@ impl Tree for RedbTree {
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    fn scan(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.read()?;
+        let range = match to {
+            Some(to) => t.range::<&[u8]>(from..to),
+            None => t.range::<&[u8]>(from..),
+        }
+        .map_err(err)?;
+        for (n, entry) in range.enumerate() {
+            let (k, v) = entry.map_err(err)?;
+            if n == limit {
+                return Ok(Some(k.value().to_vec()));
+            }
+            if !visit(k.value(), v.value()) {
+                return Ok(super::next_key(k.value()));
+            }
+        }
+        Ok(None)
+    }
 }

@@ -1,0 +1,602 @@
+//! The read side at scale (`scripts/bench.sh scale-pinset`): one release peer
+//! loaded with N pins (`state import -f` of an upstream-format export) before a
+//! kubo-shaped fake daemon that holds them all. Prints import and start times,
+//! the listings (`GET /allocations`, proxy `pin/ls` streamed and not, `GET /pins`),
+//! point-read latencies at 10k and at N pins, and RSS per pin, each next to a
+//! floor measured in the same run (a raw scan of the same store, an in-process
+//! render of the same JSON) with the ratio.
+//!
+//! `SCALE_PINS` sets N (default 1,000,000); `SCALE_BASELINE_BIN` runs the same
+//! measurements with another build of `ipfs-cluster-service` as well, for a
+//! before/after. Ports: 40400-40599 (`SCALE_PORT_BASE` to move them).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderValue, Response, StatusCode};
+use ipfs_cluster::http::{Body, ServerOptions, channel_body, full, query_pairs};
+use ipfs_cluster::state::{PageFrom, PinState};
+use ipfs_cluster::types::{Cid, Pin, PinOptions};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const SMALL: u64 = 10_000;
+const POINT_READS: usize = 1000;
+
+/// The CID of pin `i`: CIDv1, raw, sha2-256, the digest carrying `i`.
+fn cid_of(i: u64) -> Cid {
+    let mut b = vec![0x01, 0x55, 0x12, 0x20];
+    b.extend_from_slice(&i.to_be_bytes());
+    b.extend_from_slice(&[0xab; 24]);
+    Cid::from_bytes(&b).expect("a valid CID")
+}
+
+/// The index of a CID made by [`cid_of`].
+fn index_of(cid: &Cid) -> Option<u64> {
+    let b = cid.to_bytes();
+    if b.len() != 36 || b[..4] != [0x01, 0x55, 0x12, 0x20] || b[12..] != [0xab; 24] {
+        return None;
+    }
+    Some(u64::from_be_bytes(b[4..12].try_into().ok()?))
+}
+
+fn json_response(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A kubo-shaped daemon holding pins 0..n (recursive), answering at once.
+async fn fake_daemon(
+    n: u64,
+    port: u16,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) -> std::net::SocketAddr {
+    let listeners = ipfs_cluster::http::bind(&[format!("/ip4/127.0.0.1/tcp/{port}")])
+        .await
+        .expect("bind the fake daemon");
+    let spawner = tasks.clone();
+    ipfs_cluster::http::serve(
+        "fake daemon",
+        listeners,
+        move |req, _| {
+            let path = req.uri().path().to_string();
+            let q = query_pairs(req.uri());
+            let spawner = spawner.clone();
+            async move {
+                let get = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+                match path.as_str() {
+                    "/api/v0/id" => json_response(
+                        StatusCode::OK,
+                        r#"{"ID":"12D3KooWScaleFakeDaemon","Addresses":["/ip4/127.0.0.1/tcp/4001"]}"#
+                            .into(),
+                    ),
+                    "/api/v0/version" => {
+                        json_response(StatusCode::OK, r#"{"Version":"0.30.0"}"#.into())
+                    }
+                    "/api/v0/repo/stat" => json_response(
+                        StatusCode::OK,
+                        r#"{"RepoSize":1000000,"StorageMax":100000000000}"#.into(),
+                    ),
+                    "/api/v0/swarm/peers" => json_response(StatusCode::OK, r#"{"Peers":[]}"#.into()),
+                    "/api/v0/pin/add" | "/api/v0/pin/rm" => {
+                        let arg = get("arg").unwrap_or_default();
+                        json_response(StatusCode::OK, format!(r#"{{"Pins":["{arg}"]}}"#))
+                    }
+                    "/api/v0/pin/ls" => {
+                        if let Some(arg) = get("arg") {
+                            let held = arg
+                                .parse::<Cid>()
+                                .ok()
+                                .and_then(|c| index_of(&c))
+                                .is_some_and(|i| i < n);
+                            return if held {
+                                json_response(
+                                    StatusCode::OK,
+                                    format!(r#"{{"Keys":{{"{arg}":{{"Type":"recursive"}}}}}}"#),
+                                )
+                            } else {
+                                json_response(
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    format!(
+                                        r#"{{"Message":"path '{arg}' is not pinned","Code":0,"Type":"error"}}"#
+                                    ),
+                                )
+                            };
+                        }
+                        let count = match get("type").as_deref() {
+                            Some("direct") | Some("indirect") => 0,
+                            _ => n,
+                        };
+                        let (tx, body) = channel_body();
+                        spawner.spawn(async move {
+                            let mut buf = String::with_capacity(70_000);
+                            for i in 0..count {
+                                buf.push_str(r#"{"Cid":""#);
+                                buf.push_str(&cid_of(i).to_string());
+                                buf.push_str("\",\"Type\":\"recursive\"}\n");
+                                if buf.len() > 64 * 1024
+                                    && !tx.send(Bytes::from(std::mem::take(&mut buf))).await
+                                {
+                                    return;
+                                }
+                            }
+                            if !buf.is_empty() {
+                                tx.send(Bytes::from(buf)).await;
+                            }
+                        });
+                        let mut r = Response::new(body);
+                        r.headers_mut()
+                            .insert("content-type", HeaderValue::from_static("application/json"));
+                        r.headers_mut()
+                            .insert("x-chunked-output", HeaderValue::from_static("1"));
+                        r
+                    }
+                    _ => json_response(
+                        StatusCode::NOT_FOUND,
+                        r#"{"Message":"Not Found","Code":3,"Type":"error"}"#.into(),
+                    ),
+                }
+            }
+        },
+        ServerOptions {
+            header_read_timeout: Duration::from_secs(5),
+            max_header_bytes: 16 * 1024,
+        },
+        tasks,
+        cancel,
+    )
+    .pop()
+    .expect("the fake daemon listens")
+}
+
+struct Ports {
+    daemon: u16,
+    p2p: u16,
+    rest: u16,
+    proxy: u16,
+}
+
+fn run(bin: &str, args: &[&str]) -> Duration {
+    let t = Instant::now();
+    let out = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ipfs-cluster-service");
+    assert!(
+        out.status.success(),
+        "{bin} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.elapsed()
+}
+
+/// Writes an upstream-format export (one pin JSON object a line) of pins 0..n.
+fn write_export(file: &Path, n: u64) {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(file).expect("export file"));
+    let ts = chrono::DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")
+        .expect("a date")
+        .with_timezone(&chrono::Utc);
+    for i in 0..n {
+        let mut pin = Pin::new(cid_of(i), PinOptions::default());
+        pin.options.replication_factor_min = -1;
+        pin.options.replication_factor_max = -1;
+        pin.timestamp = ts;
+        serde_json::to_writer(&mut w, &pin).expect("write the export");
+        w.write_all(b"\n").expect("write the export");
+    }
+    w.flush().expect("write the export");
+}
+
+/// The floors, read from the imported store before the peer opens it.
+struct Floors {
+    scan: Duration,
+    render_rest: Duration,
+    render_kubo: Duration,
+}
+
+fn floors(dir: &Path) -> Floors {
+    let cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("service.json")).expect("read service.json"),
+    )
+    .expect("parse service.json");
+    let backend = match cfg["consensus"]["raft"]["datastore"].as_str() {
+        Some("redb") => ipfs_cluster::store::Backend::Redb,
+        _ => ipfs_cluster::store::Backend::Sled,
+    };
+    let store = ipfs_cluster::store::open(&dir.join(ipfs_cluster::config::RAFT_DIR), backend)
+        .expect("open the store");
+    let state = PinState::new(store.tree("state").expect("state tree"));
+    // A raw scan: every key and value visited under batched read views.
+    let t = Instant::now();
+    let (mut n, mut bytes) = (0u64, 0usize);
+    let mut from = Some(PageFrom::start());
+    while let Some(f) = from {
+        from = state
+            .scan(&f, 4096, &mut |k, v| {
+                n += 1;
+                bytes += k.len() + v.len();
+                true
+            })
+            .expect("scan");
+    }
+    let scan = t.elapsed();
+    // In-process renders of the same pins: REST NDJSON and kubo's pin/ls stream.
+    let t = Instant::now();
+    let mut out = Vec::with_capacity(1 << 20);
+    let mut total = 0usize;
+    for page in state.pages(PageFrom::start(), 2048) {
+        for p in page.expect("page") {
+            ipfs_cluster::listing::json_line(&p, &mut out);
+        }
+        total += out.len();
+        out.clear();
+    }
+    let render_rest = t.elapsed();
+    let t = Instant::now();
+    for page in state.pages(PageFrom::start(), 2048) {
+        for p in page.expect("page") {
+            out.extend_from_slice(br#"{"Cid":""#);
+            out.extend_from_slice(p.cid.to_string().as_bytes());
+            out.extend_from_slice(b"\",\"Type\":\"");
+            out.extend_from_slice(p.mode().as_str().as_bytes());
+            out.extend_from_slice(b"\"}\n");
+        }
+        out.clear();
+    }
+    let render_kubo = t.elapsed();
+    eprintln!("  store: {n} pins, {bytes} bytes; REST rendering {total} bytes");
+    Floors {
+        scan,
+        render_rest,
+        render_kubo,
+    }
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Streams a response to its end; returns the time, the bytes and the lines.
+async fn fetch(
+    client: &reqwest::Client,
+    req: reqwest::RequestBuilder,
+) -> (Duration, usize, usize, StatusCode) {
+    let _ = client;
+    let t = Instant::now();
+    let resp = req.send().await.expect("request");
+    let status = resp.status();
+    let mut stream = resp.bytes_stream();
+    let (mut bytes, mut lines) = (0, 0);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.expect("body");
+        bytes += chunk.len();
+        lines += chunk.iter().filter(|b| **b == b'\n').count();
+    }
+    (t.elapsed(), bytes, lines, status)
+}
+
+async fn p50(mut f: impl AsyncFnMut(u64) -> Duration, n: u64) -> Duration {
+    let mut times = Vec::with_capacity(POINT_READS);
+    for k in 0..POINT_READS as u64 {
+        // Spread over the whole pinset, in no order.
+        let i = (k.wrapping_mul(2_654_435_761)) % n;
+        times.push(f(i).await);
+    }
+    times.sort();
+    times[times.len() / 2]
+}
+
+struct Figures {
+    import: Duration,
+    ready: Duration,
+    rss_20s_kb: u64,
+    allocations: Duration,
+    pin_ls_stream: Duration,
+    pin_ls: Duration,
+    status: Duration,
+    rss_after_kb: u64,
+    p50_allocation: Duration,
+    p50_pin_ls_arg: Duration,
+    floors: Floors,
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+async fn measure(bin: &str, n: u64, root: &Path, ports: &Ports, export: &Path) -> Figures {
+    let dir = root.join(format!("peer-{n}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_string_lossy().to_string();
+    run(bin, &["--config", &d, "init", "--force"]);
+    let import = run(
+        bin,
+        &[
+            "--config",
+            &d,
+            "state",
+            "import",
+            "-f",
+            &export.to_string_lossy(),
+        ],
+    );
+    let floors = floors(&dir);
+
+    let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+    fake_daemon(n, ports.daemon, &tasks, cancel.clone()).await;
+    let started = Instant::now();
+    let mut child: Child = Command::new(bin)
+        .args(["--config", &d, "daemon"])
+        .env(
+            "CLUSTER_LISTENMULTIADDRESS",
+            format!("/ip4/127.0.0.1/tcp/{}", ports.p2p),
+        )
+        .env(
+            "CLUSTER_IPFSHTTP_NODEMULTIADDRESS",
+            format!("/ip4/127.0.0.1/tcp/{}", ports.daemon),
+        )
+        .env(
+            "CLUSTER_IPFSPROXY_NODEMULTIADDRESS",
+            format!("/ip4/127.0.0.1/tcp/{}", ports.daemon),
+        )
+        .env(
+            "CLUSTER_IPFSPROXY_LISTENMULTIADDRESS",
+            format!("/ip4/127.0.0.1/tcp/{}", ports.proxy),
+        )
+        .env(
+            "CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS",
+            format!("/ip4/127.0.0.1/tcp/{}", ports.rest),
+        )
+        .env("IPFS_CLUSTER_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the peer");
+    let pid = child.id();
+    let rest = format!("http://127.0.0.1:{}", ports.rest);
+    let proxy = format!("http://127.0.0.1:{}/api/v0", ports.proxy);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(4)
+        .build()
+        .expect("client");
+    let ready = loop {
+        if let Ok(r) = client.get(format!("{rest}/id")).send().await
+            && r.status().is_success()
+        {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the peer did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(started.elapsed())).await;
+    let rss_20s_kb = rss_kb(pid);
+
+    let (allocations, bytes, lines, st) =
+        fetch(&client, client.get(format!("{rest}/allocations"))).await;
+    assert_eq!(
+        lines as u64, n,
+        "/allocations listed {lines} ({st}, {bytes} bytes)"
+    );
+    let (pin_ls_stream, _, lines, _) = fetch(
+        &client,
+        client.post(format!("{proxy}/pin/ls?stream=true&type=recursive")),
+    )
+    .await;
+    assert_eq!(lines as u64, n, "pin/ls?stream=true listed {lines}");
+    let (pin_ls, bytes, _, _) = fetch(&client, client.post(format!("{proxy}/pin/ls"))).await;
+    assert!(bytes as u64 > n * 40, "pin/ls gave {bytes} bytes");
+    let (status, bytes, lines, st) = fetch(&client, client.get(format!("{rest}/pins"))).await;
+    assert_eq!(
+        lines as u64, n,
+        "GET /pins listed {lines} ({st}, {bytes} bytes)"
+    );
+    let rss_after_kb = rss_kb(pid);
+
+    let p50_allocation = p50(
+        async |i| {
+            let t = Instant::now();
+            let r = client
+                .get(format!("{rest}/allocations/{}", cid_of(i)))
+                .send()
+                .await
+                .expect("allocation");
+            assert!(r.status().is_success());
+            r.bytes().await.expect("body");
+            t.elapsed()
+        },
+        n,
+    )
+    .await;
+    let p50_pin_ls_arg = p50(
+        async |i| {
+            let t = Instant::now();
+            let r = client
+                .post(format!("{proxy}/pin/ls?arg={}", cid_of(i)))
+                .send()
+                .await
+                .expect("pin/ls?arg");
+            assert!(r.status().is_success());
+            r.bytes().await.expect("body");
+            t.elapsed()
+        },
+        n,
+    )
+    .await;
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+    Figures {
+        import,
+        ready,
+        rss_20s_kb,
+        allocations,
+        pin_ls_stream,
+        pin_ls,
+        status,
+        rss_after_kb,
+        p50_allocation,
+        p50_pin_ls_arg,
+        floors,
+    }
+}
+
+fn report(label: &str, n: u64, small: &Figures, big: &Figures) {
+    let f = &big.floors;
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    let per_pin = |kb: u64| kb as f64 * 1024.0 / n as f64;
+    println!("== {label}: one peer, {n} pins ==");
+    println!("import:               {}", secs(big.import));
+    println!("start to ready:       {}", secs(big.ready));
+    println!(
+        "floors: raw store scan {} ; REST render {} ; kubo render {}",
+        secs(f.scan),
+        secs(f.render_rest),
+        secs(f.render_kubo)
+    );
+    println!(
+        "GET /allocations:     {}  (x{:.1} REST render floor, x{:.1} scan floor)",
+        secs(big.allocations),
+        ratio(big.allocations, f.render_rest),
+        ratio(big.allocations, f.scan)
+    );
+    println!(
+        "pin/ls?stream=true:   {}  (x{:.1} kubo render floor)",
+        secs(big.pin_ls_stream),
+        ratio(big.pin_ls_stream, f.render_kubo)
+    );
+    println!(
+        "pin/ls (one object):  {}  (x{:.1} kubo render floor)",
+        secs(big.pin_ls),
+        ratio(big.pin_ls, f.render_kubo)
+    );
+    println!(
+        "GET /pins (status):   {}  (x{:.1} REST render floor)",
+        secs(big.status),
+        ratio(big.status, f.render_rest)
+    );
+    println!(
+        "p50 GET /allocations/{{cid}}: {:.3} ms at {SMALL}, {:.3} ms at {n} (x{:.2})",
+        small.p50_allocation.as_secs_f64() * 1e3,
+        big.p50_allocation.as_secs_f64() * 1e3,
+        ratio(big.p50_allocation, small.p50_allocation)
+    );
+    println!(
+        "p50 pin/ls?arg=:       {:.3} ms at {SMALL}, {:.3} ms at {n} (x{:.2})",
+        small.p50_pin_ls_arg.as_secs_f64() * 1e3,
+        big.p50_pin_ls_arg.as_secs_f64() * 1e3,
+        ratio(big.p50_pin_ls_arg, small.p50_pin_ls_arg)
+    );
+    println!(
+        "RSS 20 s after start: {} MiB = {:.0} B/pin; after the listings {} MiB = {:.0} B/pin \
+         (at {SMALL} pins: {} MiB)",
+        big.rss_20s_kb / 1024,
+        per_pin(big.rss_20s_kb),
+        big.rss_after_kb / 1024,
+        per_pin(big.rss_after_kb),
+        small.rss_20s_kb / 1024
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n: u64 = std::env::var("SCALE_PINS")
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(1_000_000);
+    let base: u16 = std::env::var("SCALE_PORT_BASE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40400);
+    let ports = Ports {
+        daemon: base + 1,
+        p2p: base + 2,
+        rest: base + 3,
+        proxy: base + 4,
+    };
+    let bin = env!("CARGO_BIN_EXE_ipfs-cluster-service").to_string();
+    let mut bins = vec![("this build".to_string(), bin)];
+    if let Ok(b) = std::env::var("SCALE_BASELINE_BIN") {
+        bins.insert(0, ("baseline".to_string(), b));
+    }
+    let root = tempfile::tempdir().expect("temp dir");
+    let small_export = root.path().join("small.json");
+    let big_export = root.path().join("big.json");
+    let t = Instant::now();
+    write_export(&small_export, SMALL.min(n));
+    write_export(&big_export, n);
+    eprintln!("exports written in {}", secs(t.elapsed()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut results = Vec::new();
+    for (label, bin) in &bins {
+        eprintln!("{label}: {SMALL} pins");
+        let small = rt.block_on(measure(
+            bin,
+            SMALL.min(n),
+            root.path(),
+            &ports,
+            &small_export,
+        ));
+        eprintln!("{label}: {n} pins");
+        let big = rt.block_on(measure(bin, n, root.path(), &ports, &big_export));
+        results.push((label.clone(), small, big));
+    }
+    for (label, small, big) in &results {
+        report(label, n, small, big);
+    }
+    if let [(_, _, before), (_, _, after)] = results.as_slice() {
+        let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+        println!("== before / after ==");
+        for (name, a, b) in [
+            ("import", before.import, after.import),
+            ("start to ready", before.ready, after.ready),
+            ("GET /allocations", before.allocations, after.allocations),
+            (
+                "pin/ls?stream=true",
+                before.pin_ls_stream,
+                after.pin_ls_stream,
+            ),
+            ("pin/ls", before.pin_ls, after.pin_ls),
+            ("GET /pins", before.status, after.status),
+        ] {
+            println!(
+                "{name}: {} -> {} (x{:.1} faster)",
+                secs(a),
+                secs(b),
+                r(a, b)
+            );
+        }
+        println!(
+            "RSS 20 s after start: {} MiB -> {} MiB",
+            before.rss_20s_kb / 1024,
+            after.rss_20s_kb / 1024
+        );
+    }
+}
