@@ -8,7 +8,8 @@
 //!
 //! `SCALE_PINS` sets N (default 1,000,000); `SCALE_BASELINE_BIN` runs the same
 //! measurements with another build of `ipfs-cluster-service` as well, for a
-//! before/after. Ports: 40400-40599 (`SCALE_PORT_BASE` to move them).
+//! before/after (`SCALE_BIN`: that other build alone); `SCALE_DATASTORE`: the
+//! store given to `init --datastore`. Ports: 40400-40599 (`SCALE_PORT_BASE` to move them).
 
 use std::io::Write;
 use std::path::Path;
@@ -196,11 +197,27 @@ fn write_export(file: &Path, n: u64) {
     w.flush().expect("write the export");
 }
 
-/// The floors, read from the imported store before the peer opens it.
+/// The floors, read from the imported store before the peer opens it (CPU time
+/// of this process, second of two passes so that the store is warm).
+#[derive(Clone, Copy)]
 struct Floors {
     scan: Duration,
     render_rest: Duration,
     render_kubo: Duration,
+}
+
+/// CPU time (user + system) of a process so far.
+fn cpu(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    Duration::from_millis(f.iter().sum::<u64>() * 10)
 }
 
 fn floors(dir: &Path) -> Floors {
@@ -215,50 +232,53 @@ fn floors(dir: &Path) -> Floors {
     let store = ipfs_cluster::store::open(&dir.join(ipfs_cluster::config::RAFT_DIR), backend)
         .expect("open the store");
     let state = PinState::new(store.tree("state").expect("state tree"));
-    // A raw scan: every key and value visited under batched read views.
-    let t = Instant::now();
-    let (mut n, mut bytes) = (0u64, 0usize);
-    let mut from = Some(PageFrom::start());
-    while let Some(f) = from {
-        from = state
-            .scan(&f, 4096, &mut |k, v| {
-                n += 1;
-                bytes += k.len() + v.len();
-                true
-            })
-            .expect("scan");
-    }
-    let scan = t.elapsed();
-    // In-process renders of the same pins: REST NDJSON and kubo's pin/ls stream.
-    let t = Instant::now();
-    let mut out = Vec::with_capacity(1 << 20);
-    let mut total = 0usize;
-    for page in state.pages(PageFrom::start(), 2048) {
-        for p in page.expect("page") {
-            ipfs_cluster::listing::json_line(&p, &mut out);
+    let mut floors = Floors {
+        scan: Duration::ZERO,
+        render_rest: Duration::ZERO,
+        render_kubo: Duration::ZERO,
+    };
+    for _ in 0..2 {
+        // A raw scan: every key and value visited under batched read views.
+        let t = cpu("self");
+        let (mut n, mut bytes) = (0u64, 0usize);
+        let mut from = Some(PageFrom::start());
+        while let Some(f) = from {
+            from = state
+                .scan(&f, 4096, &mut |k, v| {
+                    n += 1;
+                    bytes += k.len() + v.len();
+                    true
+                })
+                .expect("scan");
         }
-        total += out.len();
-        out.clear();
-    }
-    let render_rest = t.elapsed();
-    let t = Instant::now();
-    for page in state.pages(PageFrom::start(), 2048) {
-        for p in page.expect("page") {
-            out.extend_from_slice(br#"{"Cid":""#);
-            out.extend_from_slice(p.cid.to_string().as_bytes());
-            out.extend_from_slice(b"\",\"Type\":\"");
-            out.extend_from_slice(p.mode().as_str().as_bytes());
-            out.extend_from_slice(b"\"}\n");
+        floors.scan = cpu("self") - t;
+        // In-process renders of the same pins: REST NDJSON and kubo's pin/ls stream.
+        let t = cpu("self");
+        let mut out = Vec::with_capacity(1 << 20);
+        let mut total = 0usize;
+        for page in state.pages(PageFrom::start(), 2048) {
+            for p in page.expect("page") {
+                ipfs_cluster::listing::json_line(&p, &mut out);
+            }
+            total += out.len();
+            out.clear();
         }
-        out.clear();
+        floors.render_rest = cpu("self") - t;
+        let t = cpu("self");
+        for page in state.pages(PageFrom::start(), 2048) {
+            for p in page.expect("page") {
+                out.extend_from_slice(br#"{"Cid":""#);
+                out.extend_from_slice(p.cid.to_string().as_bytes());
+                out.extend_from_slice(b"\",\"Type\":\"");
+                out.extend_from_slice(p.mode().as_str().as_bytes());
+                out.extend_from_slice(b"\"}\n");
+            }
+            out.clear();
+        }
+        floors.render_kubo = cpu("self") - t;
+        eprintln!("  store: {n} pins, {bytes} bytes; REST rendering {total} bytes");
     }
-    let render_kubo = t.elapsed();
-    eprintln!("  store: {n} pins, {bytes} bytes; REST rendering {total} bytes");
-    Floors {
-        scan,
-        render_rest,
-        render_kubo,
-    }
+    floors
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -270,15 +290,19 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Streams a response to its end; returns the time, the bytes and the lines.
-async fn fetch(
-    client: &reqwest::Client,
-    req: reqwest::RequestBuilder,
-) -> (Duration, usize, usize, StatusCode) {
-    let _ = client;
-    let t = Instant::now();
+/// A timed request: wall time, the peer's CPU time, bytes, lines.
+struct Timed {
+    wall: Duration,
+    cpu: Duration,
+    bytes: usize,
+    lines: usize,
+    rss_kb: u64,
+}
+
+/// Streams a response to its end.
+async fn fetch(pid: u32, req: reqwest::RequestBuilder) -> Timed {
+    let (t, c) = (Instant::now(), cpu(&pid.to_string()));
     let resp = req.send().await.expect("request");
-    let status = resp.status();
     let mut stream = resp.bytes_stream();
     let (mut bytes, mut lines) = (0, 0);
     while let Some(chunk) = stream.next().await {
@@ -286,93 +310,62 @@ async fn fetch(
         bytes += chunk.len();
         lines += chunk.iter().filter(|b| **b == b'\n').count();
     }
-    (t.elapsed(), bytes, lines, status)
-}
-
-async fn p50(mut f: impl AsyncFnMut(u64) -> Duration, n: u64) -> Duration {
-    let mut times = Vec::with_capacity(POINT_READS);
-    for k in 0..POINT_READS as u64 {
-        // Spread over the whole pinset, in no order.
-        let i = (k.wrapping_mul(2_654_435_761)) % n;
-        times.push(f(i).await);
+    Timed {
+        wall: t.elapsed(),
+        cpu: cpu(&pid.to_string()) - c,
+        bytes,
+        lines,
+        rss_kb: rss_kb(pid),
     }
-    times.sort();
-    times[times.len() / 2]
 }
 
-struct Figures {
+/// A started peer before its fake daemon.
+struct Running {
+    child: Child,
+    pid: u32,
+    rest: String,
+    proxy: String,
+    n: u64,
+    started: Instant,
     import: Duration,
     ready: Duration,
-    rss_20s_kb: u64,
-    allocations: Duration,
-    pin_ls_stream: Duration,
-    pin_ls: Duration,
-    status: Duration,
-    rss_after_kb: u64,
-    p50_allocation: Duration,
-    p50_pin_ls_arg: Duration,
     floors: Floors,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
 }
 
-fn secs(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
-}
-
-async fn measure(bin: &str, n: u64, root: &Path, ports: &Ports, export: &Path) -> Figures {
+async fn start(bin: &str, n: u64, root: &Path, ports: &Ports, export: &Path) -> Running {
     let dir = root.join(format!("peer-{n}"));
     let _ = std::fs::remove_dir_all(&dir);
     let d = dir.to_string_lossy().to_string();
-    run(bin, &["--config", &d, "init", "--force"]);
-    let import = run(
-        bin,
-        &[
-            "--config",
-            &d,
-            "state",
-            "import",
-            "-f",
-            &export.to_string_lossy(),
-        ],
-    );
+    let mut init = vec!["--config", &d, "init", "--force"];
+    let datastore = std::env::var("SCALE_DATASTORE").unwrap_or_default();
+    if !datastore.is_empty() {
+        init.extend(["--datastore", &datastore]);
+    }
+    run(bin, &init);
+    let export = export.to_string_lossy().to_string();
+    let import = run(bin, &["--config", &d, "state", "import", "-f", &export]);
     let floors = floors(&dir);
 
     let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
     fake_daemon(n, ports.daemon, &tasks, cancel.clone()).await;
+    let addr = |p: u16| format!("/ip4/127.0.0.1/tcp/{p}");
     let started = Instant::now();
-    let mut child: Child = Command::new(bin)
+    let child: Child = Command::new(bin)
         .args(["--config", &d, "daemon"])
-        .env(
-            "CLUSTER_LISTENMULTIADDRESS",
-            format!("/ip4/127.0.0.1/tcp/{}", ports.p2p),
-        )
-        .env(
-            "CLUSTER_IPFSHTTP_NODEMULTIADDRESS",
-            format!("/ip4/127.0.0.1/tcp/{}", ports.daemon),
-        )
-        .env(
-            "CLUSTER_IPFSPROXY_NODEMULTIADDRESS",
-            format!("/ip4/127.0.0.1/tcp/{}", ports.daemon),
-        )
-        .env(
-            "CLUSTER_IPFSPROXY_LISTENMULTIADDRESS",
-            format!("/ip4/127.0.0.1/tcp/{}", ports.proxy),
-        )
-        .env(
-            "CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS",
-            format!("/ip4/127.0.0.1/tcp/{}", ports.rest),
-        )
+        .env("CLUSTER_LISTENMULTIADDRESS", addr(ports.p2p))
+        .env("CLUSTER_IPFSHTTP_NODEMULTIADDRESS", addr(ports.daemon))
+        .env("CLUSTER_IPFSPROXY_NODEMULTIADDRESS", addr(ports.daemon))
+        .env("CLUSTER_IPFSPROXY_LISTENMULTIADDRESS", addr(ports.proxy))
+        .env("CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS", addr(ports.rest))
         .env("IPFS_CLUSTER_LOG_LEVEL", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start the peer");
-    let pid = child.id();
     let rest = format!("http://127.0.0.1:{}", ports.rest);
-    let proxy = format!("http://127.0.0.1:{}/api/v0", ports.proxy);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(4)
-        .build()
-        .expect("client");
+    let client = reqwest::Client::new();
     let ready = loop {
         if let Ok(r) = client.get(format!("{rest}/id")).send().await
             && r.status().is_success()
@@ -385,137 +378,178 @@ async fn measure(bin: &str, n: u64, root: &Path, ports: &Ports, export: &Path) -
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    tokio::time::sleep(Duration::from_secs(20).saturating_sub(started.elapsed())).await;
-    let rss_20s_kb = rss_kb(pid);
+    Running {
+        pid: child.id(),
+        child,
+        rest,
+        proxy: format!("http://127.0.0.1:{}/api/v0", ports.proxy),
+        n,
+        started,
+        import,
+        ready,
+        floors,
+        tasks,
+        cancel,
+    }
+}
 
-    let (allocations, bytes, lines, st) =
-        fetch(&client, client.get(format!("{rest}/allocations"))).await;
-    assert_eq!(
-        lines as u64, n,
-        "/allocations listed {lines} ({st}, {bytes} bytes)"
-    );
-    let (pin_ls_stream, _, lines, _) = fetch(
-        &client,
+impl Running {
+    async fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let _ = self.child.wait();
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+struct Figures {
+    import: Duration,
+    ready: Duration,
+    rss_20s_kb: u64,
+    allocations: Timed,
+    pin_ls_stream: Timed,
+    pin_ls: Timed,
+    status: Timed,
+    /// p50 at 10k and at N: GET /allocations/{cid}, then pin/ls?arg=.
+    p50: [(Duration, Duration); 2],
+    floors: Floors,
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// Point reads on both peers, alternating rounds so that both see the same load.
+async fn point_reads(small: &Running, big: &Running) -> [(Duration, Duration); 2] {
+    let client = reqwest::Client::new();
+    let mut out = [(Duration::ZERO, Duration::ZERO); 2];
+    for (k, slot) in out.iter_mut().enumerate() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for round in 0..10u64 {
+            for (peer, times) in [(small, &mut a), (big, &mut b)] {
+                for j in 0..(POINT_READS as u64 / 10) {
+                    // Spread over the whole pinset, in no order.
+                    let i = ((round * 1000 + j).wrapping_mul(2_654_435_761)) % peer.n;
+                    let req = if k == 0 {
+                        client.get(format!("{}/allocations/{}", peer.rest, cid_of(i)))
+                    } else {
+                        client.post(format!("{}/pin/ls?arg={}", peer.proxy, cid_of(i)))
+                    };
+                    let t = Instant::now();
+                    let r = req.send().await.expect("point read");
+                    assert!(r.status().is_success());
+                    r.bytes().await.expect("body");
+                    times.push(t.elapsed());
+                }
+            }
+        }
+        a.sort();
+        b.sort();
+        *slot = (a[a.len() / 2], b[b.len() / 2]);
+    }
+    out
+}
+
+async fn measure(bin: &str, n: u64, root: &Path, exports: (&Path, &Path)) -> Figures {
+    let base: u16 = std::env::var("SCALE_PORT_BASE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40400);
+    let ports = |o: u16| Ports {
+        daemon: base + o + 1,
+        p2p: base + o + 2,
+        rest: base + o + 3,
+        proxy: base + o + 4,
+    };
+    let small = start(bin, SMALL.min(n), root, &ports(0), exports.0).await;
+    let big = start(bin, n, root, &ports(10), exports.1).await;
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(big.started.elapsed())).await;
+    let rss_20s_kb = rss_kb(big.pid);
+    let client = reqwest::Client::new();
+    let (rest, proxy, pid) = (&big.rest, &big.proxy, big.pid);
+    let allocations = fetch(pid, client.get(format!("{rest}/allocations"))).await;
+    assert_eq!(allocations.lines as u64, n, "/allocations");
+    let pin_ls_stream = fetch(
+        pid,
         client.post(format!("{proxy}/pin/ls?stream=true&type=recursive")),
     )
     .await;
-    assert_eq!(lines as u64, n, "pin/ls?stream=true listed {lines}");
-    let (pin_ls, bytes, _, _) = fetch(&client, client.post(format!("{proxy}/pin/ls"))).await;
-    assert!(bytes as u64 > n * 40, "pin/ls gave {bytes} bytes");
-    let (status, bytes, lines, st) = fetch(&client, client.get(format!("{rest}/pins"))).await;
-    assert_eq!(
-        lines as u64, n,
-        "GET /pins listed {lines} ({st}, {bytes} bytes)"
+    assert_eq!(pin_ls_stream.lines as u64, n, "pin/ls?stream=true");
+    let pin_ls = fetch(pid, client.post(format!("{proxy}/pin/ls"))).await;
+    assert!(
+        pin_ls.bytes as u64 > n * 40,
+        "pin/ls: {} bytes",
+        pin_ls.bytes
     );
-    let rss_after_kb = rss_kb(pid);
-
-    let p50_allocation = p50(
-        async |i| {
-            let t = Instant::now();
-            let r = client
-                .get(format!("{rest}/allocations/{}", cid_of(i)))
-                .send()
-                .await
-                .expect("allocation");
-            assert!(r.status().is_success());
-            r.bytes().await.expect("body");
-            t.elapsed()
-        },
-        n,
-    )
-    .await;
-    let p50_pin_ls_arg = p50(
-        async |i| {
-            let t = Instant::now();
-            let r = client
-                .post(format!("{proxy}/pin/ls?arg={}", cid_of(i)))
-                .send()
-                .await
-                .expect("pin/ls?arg");
-            assert!(r.status().is_success());
-            r.bytes().await.expect("body");
-            t.elapsed()
-        },
-        n,
-    )
-    .await;
-
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = child.wait();
-    cancel.cancel();
-    tasks.close();
-    tasks.wait().await;
-    Figures {
-        import,
-        ready,
+    let status = fetch(pid, client.get(format!("{rest}/pins"))).await;
+    assert_eq!(status.lines as u64, n, "GET /pins");
+    let p50 = point_reads(&small, &big).await;
+    let figures = Figures {
+        import: big.import,
+        ready: big.ready,
         rss_20s_kb,
         allocations,
         pin_ls_stream,
         pin_ls,
         status,
-        rss_after_kb,
-        p50_allocation,
-        p50_pin_ls_arg,
-        floors,
-    }
+        p50,
+        floors: big.floors,
+    };
+    small.stop().await;
+    big.stop().await;
+    figures
 }
 
-fn report(label: &str, n: u64, small: &Figures, big: &Figures) {
+fn report(label: &str, n: u64, big: &Figures) {
     let f = &big.floors;
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
     let per_pin = |kb: u64| kb as f64 * 1024.0 / n as f64;
-    println!("== {label}: one peer, {n} pins ==");
+    println!("== {label}: one peer, {n} pins (wall time; the peer's CPU time; its RSS after) ==");
     println!("import:               {}", secs(big.import));
     println!("start to ready:       {}", secs(big.ready));
     println!(
-        "floors: raw store scan {} ; REST render {} ; kubo render {}",
+        "floors (CPU): raw store scan {} ; REST render {} ; kubo render {}",
         secs(f.scan),
         secs(f.render_rest),
         secs(f.render_kubo)
     );
+    for (name, t, floor) in [
+        ("GET /allocations", &big.allocations, f.render_rest),
+        ("pin/ls?stream=true", &big.pin_ls_stream, f.render_kubo),
+        ("pin/ls (one object)", &big.pin_ls, f.render_kubo),
+        ("GET /pins (status)", &big.status, f.render_rest),
+    ] {
+        println!(
+            "{name:<21} {} ; CPU {} (x{:.2} its render floor, x{:.2} the scan floor) ; {} lines, {} MB ; RSS {} MiB",
+            secs(t.wall),
+            secs(t.cpu),
+            ratio(t.cpu, floor),
+            ratio(t.cpu, f.scan),
+            t.lines,
+            t.bytes / 1_000_000,
+            t.rss_kb / 1024
+        );
+    }
+    for (name, (a, b)) in ["GET /allocations/{cid}", "pin/ls?arg="]
+        .iter()
+        .zip(big.p50)
+    {
+        println!(
+            "p50 {name:<22} {:.3} ms at {SMALL}, {:.3} ms at {n} (x{:.2})",
+            a.as_secs_f64() * 1e3,
+            b.as_secs_f64() * 1e3,
+            ratio(b, a)
+        );
+    }
     println!(
-        "GET /allocations:     {}  (x{:.1} REST render floor, x{:.1} scan floor)",
-        secs(big.allocations),
-        ratio(big.allocations, f.render_rest),
-        ratio(big.allocations, f.scan)
-    );
-    println!(
-        "pin/ls?stream=true:   {}  (x{:.1} kubo render floor)",
-        secs(big.pin_ls_stream),
-        ratio(big.pin_ls_stream, f.render_kubo)
-    );
-    println!(
-        "pin/ls (one object):  {}  (x{:.1} kubo render floor)",
-        secs(big.pin_ls),
-        ratio(big.pin_ls, f.render_kubo)
-    );
-    println!(
-        "GET /pins (status):   {}  (x{:.1} REST render floor)",
-        secs(big.status),
-        ratio(big.status, f.render_rest)
-    );
-    println!(
-        "p50 GET /allocations/{{cid}}: {:.3} ms at {SMALL}, {:.3} ms at {n} (x{:.2})",
-        small.p50_allocation.as_secs_f64() * 1e3,
-        big.p50_allocation.as_secs_f64() * 1e3,
-        ratio(big.p50_allocation, small.p50_allocation)
-    );
-    println!(
-        "p50 pin/ls?arg=:       {:.3} ms at {SMALL}, {:.3} ms at {n} (x{:.2})",
-        small.p50_pin_ls_arg.as_secs_f64() * 1e3,
-        big.p50_pin_ls_arg.as_secs_f64() * 1e3,
-        ratio(big.p50_pin_ls_arg, small.p50_pin_ls_arg)
-    );
-    println!(
-        "RSS 20 s after start: {} MiB = {:.0} B/pin; after the listings {} MiB = {:.0} B/pin \
-         (at {SMALL} pins: {} MiB)",
+        "RSS 20 s after start: {} MiB = {:.0} B/pin; after the listings {} MiB = {:.0} B/pin",
         big.rss_20s_kb / 1024,
         per_pin(big.rss_20s_kb),
-        big.rss_after_kb / 1024,
-        per_pin(big.rss_after_kb),
-        small.rss_20s_kb / 1024
+        big.status.rss_kb / 1024,
+        per_pin(big.status.rss_kb),
     );
 }
 
@@ -527,18 +561,12 @@ fn main() {
         .ok()
         .and_then(|v| v.replace('_', "").parse().ok())
         .unwrap_or(1_000_000);
-    let base: u16 = std::env::var("SCALE_PORT_BASE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40400);
-    let ports = Ports {
-        daemon: base + 1,
-        p2p: base + 2,
-        rest: base + 3,
-        proxy: base + 4,
-    };
     let bin = env!("CARGO_BIN_EXE_ipfs-cluster-service").to_string();
-    let mut bins = vec![("this build".to_string(), bin)];
+    // SCALE_BIN measures another build alone (e.g. the one before a change).
+    let mut bins = match std::env::var("SCALE_BIN") {
+        Ok(b) => vec![(b.clone(), b)],
+        Err(_) => vec![("this build".to_string(), bin)],
+    };
     if let Ok(b) = std::env::var("SCALE_BASELINE_BIN") {
         bins.insert(0, ("baseline".to_string(), b));
     }
@@ -556,35 +584,42 @@ fn main() {
         .expect("runtime");
     let mut results = Vec::new();
     for (label, bin) in &bins {
-        eprintln!("{label}: {SMALL} pins");
-        let small = rt.block_on(measure(
-            bin,
-            SMALL.min(n),
-            root.path(),
-            &ports,
-            &small_export,
-        ));
-        eprintln!("{label}: {n} pins");
-        let big = rt.block_on(measure(bin, n, root.path(), &ports, &big_export));
-        results.push((label.clone(), small, big));
+        eprintln!("{label}: {SMALL} and {n} pins");
+        let exports = (small_export.as_path(), big_export.as_path());
+        let big = rt.block_on(measure(bin, n, root.path(), exports));
+        report(label, n, &big);
+        results.push((label.clone(), big));
     }
-    for (label, small, big) in &results {
-        report(label, n, small, big);
-    }
-    if let [(_, _, before), (_, _, after)] = results.as_slice() {
+    if let [(_, before), (_, after)] = results.as_slice() {
         let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
         println!("== before / after ==");
         for (name, a, b) in [
             ("import", before.import, after.import),
             ("start to ready", before.ready, after.ready),
-            ("GET /allocations", before.allocations, after.allocations),
+            (
+                "GET /allocations",
+                before.allocations.wall,
+                after.allocations.wall,
+            ),
             (
                 "pin/ls?stream=true",
-                before.pin_ls_stream,
-                after.pin_ls_stream,
+                before.pin_ls_stream.wall,
+                after.pin_ls_stream.wall,
             ),
-            ("pin/ls", before.pin_ls, after.pin_ls),
-            ("GET /pins", before.status, after.status),
+            ("pin/ls", before.pin_ls.wall, after.pin_ls.wall),
+            ("GET /pins", before.status.wall, after.status.wall),
+            (
+                "GET /allocations, peer CPU",
+                before.allocations.cpu,
+                after.allocations.cpu,
+            ),
+            (
+                "pin/ls?stream=true, peer CPU",
+                before.pin_ls_stream.cpu,
+                after.pin_ls_stream.cpu,
+            ),
+            ("pin/ls, peer CPU", before.pin_ls.cpu, after.pin_ls.cpu),
+            ("GET /pins, peer CPU", before.status.cpu, after.status.cpu),
         ] {
             println!(
                 "{name}: {} -> {} (x{:.1} faster)",
@@ -594,9 +629,11 @@ fn main() {
             );
         }
         println!(
-            "RSS 20 s after start: {} MiB -> {} MiB",
+            "RSS 20 s after start: {} MiB -> {} MiB; after the listings {} MiB -> {} MiB",
             before.rss_20s_kb / 1024,
-            after.rss_20s_kb / 1024
+            after.rss_20s_kb / 1024,
+            before.status.rss_kb / 1024,
+            after.status.rss_kb / 1024
         );
     }
 }

@@ -477,6 +477,14 @@ impl Cluster {
     pub async fn status_page_local(&self, cids: &[Cid]) -> PeerStatusPage {
         let at = Utc::now();
         let statuses = self.inner.tracker.status_many(cids).await;
+        self.page_of(at, statuses).await
+    }
+
+    async fn page_of(
+        &self,
+        at: chrono::DateTime<Utc>,
+        statuses: Vec<LocalStatus>,
+    ) -> PeerStatusPage {
         let ipfs = self.ipfs_id().await;
         PeerStatusPage {
             peername: self.inner.cfg.peername.clone(),
@@ -494,9 +502,18 @@ impl Cluster {
         }
     }
 
-    async fn status_page_on(&self, node: &ClusterNode, cids: &[Cid]) -> PeerStatusPage {
+    async fn status_page_on(
+        &self,
+        node: &ClusterNode,
+        pins: &[Pin],
+        cids: &[Cid],
+    ) -> PeerStatusPage {
         if node.peer_id == self.inner.peer_id {
-            return self.status_page_local(cids).await;
+            // The page was just read here: no second read of the same pins.
+            let at = Utc::now();
+            let found: Vec<Option<&Pin>> = pins.iter().map(Some).collect();
+            let statuses = self.inner.tracker.status_of(cids, &found).await;
+            return self.page_of(at, statuses).await;
         }
         let req = ClusterRpc::StatusPage(cids.to_vec());
         let page = self
@@ -552,7 +569,7 @@ impl Cluster {
                         let pins = page?;
                         let cids: Vec<Cid> = pins.iter().map(|p| p.cid).collect();
                         let answers = futures::future::join_all(
-                            nodes.iter().map(|n| this.status_page_on(n, &cids)),
+                            nodes.iter().map(|n| this.status_page_on(n, &pins, &cids)),
                         )
                         .await;
                         let peers = nodes.iter().map(|n| n.peer_id.clone()).zip(answers);

@@ -649,6 +649,13 @@ impl PinTracker {
                 ];
             }
         };
+        let pins: Vec<Option<&Pin>> = pins.iter().map(Option::as_ref).collect();
+        self.status_of(cids, &pins).await
+    }
+
+    /// The status of each of `cids`, whose pins (`None`: not in the pinset) the
+    /// caller read already.
+    pub async fn status_of(&self, cids: &[Cid], pins: &[Option<&Pin>]) -> Vec<LocalStatus> {
         let needs_daemon = pins
             .iter()
             .flatten()
@@ -666,17 +673,10 @@ impl PinTracker {
                 Err(e) => Err(e.as_str()),
             };
             cids.iter()
-                .zip(&pins)
+                .zip(pins)
                 .map(|(cid, pin)| {
                     let op = ops.get(cid).map(|o| o.state.borrow().clone());
-                    compare(
-                        &self.inner.peer_id,
-                        cid,
-                        pin.as_ref(),
-                        op.as_ref(),
-                        d,
-                        at.as_ref(),
-                    )
+                    compare(&self.inner.peer_id, cid, *pin, op.as_ref(), d, at.as_ref())
                 })
                 .collect()
         };

@@ -8,6 +8,9 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 
 use super::{KvIter, KvPair, Store, StoreError, Tree};
 
+/// How much of the database file redb keeps in memory.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// A redb database file.
 pub struct RedbStore {
     db: Arc<Database>,
@@ -24,7 +27,11 @@ fn table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
 impl RedbStore {
     /// Opens or creates the database file `file`.
     pub fn open(file: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(file).map_err(err)?;
+        // redb caches up to 1 GiB by default; every walk of a big pinset would fill it.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(file)
+            .map_err(err)?;
         Ok(RedbStore { db: Arc::new(db) })
     }
 }
