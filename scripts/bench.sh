@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks (not part of the test suite): memory and speed targets measured side
-# by side in one run.
+# by side in one run. With no argument:
 #   - status of 100,000 pins streamed through GET /pins: peer RSS growth (< 64 MiB)
 #   - sled against redb as the Raft store
 #   - a 1 GiB add through the proxy and through the REST API: peer RSS growth (< 32 MiB)
@@ -8,6 +8,19 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ipfs-cluster-rs/target}"
+
+# `bench.sh scale-pinset`: one release peer with 1,000,000 imported pins (SCALE_PINS
+# to change; SCALE_BASELINE_BIN=<another ipfs-cluster-service> for a before/after):
+# import, start, listings, status, point reads at 10k and 1M, RSS per pin, each
+# next to a floor measured in the same run.
+case "${1:-}" in
+  scale-pinset)
+    cargo bench --bench scale_pinset 2>&1 | grep -vE "^ *(Compiling|Finished|Running)"
+    exit
+    ;;
+  "") ;;
+  *) echo "usage: $0 [scale-pinset]" >&2; exit 2 ;;
+esac
 cargo test --release --lib status_of_100k_pins -- --ignored --nocapture 2>&1 |
   grep -E "pins committed|streamed in|test result|panicked"
 

@@ -80,6 +80,17 @@ impl BodySender {
         let _ = self.tx.send(Ok(Frame::trailers(trailers))).await;
     }
 
+    /// Sends a chunk from a blocking thread (never from async code); `false` when
+    /// the client went away.
+    pub fn blocking_send(&self, chunk: impl Into<Bytes>) -> bool {
+        self.tx.blocking_send(Ok(Frame::data(chunk.into()))).is_ok()
+    }
+
+    /// Ends the body with trailers, from a blocking thread.
+    pub fn blocking_trailers(self, trailers: HeaderMap) {
+        let _ = self.tx.blocking_send(Ok(Frame::trailers(trailers)));
+    }
+
     /// True when the receiving side was dropped (client disconnected).
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
@@ -94,6 +105,55 @@ pub fn channel_body() -> (BodySender, Body) {
         rx.recv().await.map(|item| (item, rx))
     });
     (BodySender { tx }, StreamBody::new(stream).boxed_unsync())
+}
+
+/// How large a frame batched writers fill before sending it.
+pub const FRAME_BYTES: usize = 64 * 1024;
+
+/// Collects many small writes into frames of about [`FRAME_BYTES`], sent from a
+/// blocking thread: one frame per batch of items, never one per item.
+pub struct FrameWriter {
+    tx: BodySender,
+    buf: Vec<u8>,
+}
+
+impl FrameWriter {
+    /// Writes into `tx`.
+    pub fn new(tx: BodySender) -> Self {
+        FrameWriter {
+            tx,
+            buf: Vec::with_capacity(FRAME_BYTES + 4096),
+        }
+    }
+
+    /// The buffer to append to; call [`FrameWriter::flush_if_full`] after.
+    pub fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Sends the buffer when it reached the frame size; `false` when the client went away.
+    pub fn flush_if_full(&mut self) -> bool {
+        if self.buf.len() < FRAME_BYTES {
+            return true;
+        }
+        self.flush()
+    }
+
+    /// Sends what is buffered; `false` when the client went away.
+    pub fn flush(&mut self) -> bool {
+        if self.buf.is_empty() {
+            return !self.tx.is_closed();
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(FRAME_BYTES + 4096));
+        self.tx.blocking_send(chunk)
+    }
+
+    /// Sends what is buffered, then the trailers.
+    pub fn finish(mut self, trailers: HeaderMap) {
+        if self.flush() {
+            self.tx.blocking_trailers(trailers);
+        }
+    }
 }
 
 /// Server limits.

@@ -12,6 +12,7 @@ pub mod config;
 pub mod ctl;
 pub mod http;
 pub mod ipfs;
+pub mod listing;
 pub mod multiaddr;
 pub mod observations;
 pub mod p2p;

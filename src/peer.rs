@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -223,7 +222,8 @@ impl Peer {
         }
         let bootstrap = parse_multiaddrs("--bootstrap", &opts.bootstrap)?;
 
-        let (events_tx, events_rx) = mpsc::channel(1024);
+        let (events_tx, events_rx) =
+            tokio::sync::broadcast::channel(crate::cluster::tracker::EVENTS_CAPACITY);
         let consensus = Consensus::start(ConsensusOptions {
             dir: &dir.join(RAFT_DIR),
             p2p: p2p.clone(),
@@ -490,8 +490,9 @@ fn spawn_recover_loop(
             interval
         };
         loop {
-            match tracker.recover_all().await {
-                Ok(c) if !c.is_empty() => tracing::info!("recover: re-queued {} items", c.len()),
+            // In the background and paged: the pinset is never held in memory.
+            match tracker.reconcile(false).await {
+                Ok((n, _)) if n > 0 => tracing::info!("recover: re-queued {n} items"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!("recover: {e}"),
             }

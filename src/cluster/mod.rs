@@ -6,6 +6,7 @@ pub mod informer;
 pub mod monitor;
 mod path;
 pub mod rpc;
+pub mod status;
 pub mod tracker;
 
 use std::collections::BTreeMap;
@@ -23,13 +24,15 @@ use crate::config::{ClusterConfig, check_replication};
 use crate::ipfs::{IpfsConnector, IpfsError};
 use crate::p2p::{P2p, PeerId, Protocol};
 use crate::raft::{ClusterNode, Committed, Consensus, ConsensusError, LogOp};
+use crate::state::PageFrom;
 use crate::state::StateError;
 use crate::types::TrackerStatus;
 use crate::types::{
     Cid, ClusterId, ConnectGraph, GlobalPinInfo, IpfsId, Metric, Pin, PinInfoShort, PinOptions,
     RepoGc, RepoGcKey, TrackerStatusFilter,
 };
-use rpc::{ClusterRpc, ClusterRpcReply, PeerConnections};
+use rpc::{ClusterRpc, ClusterRpcReply, PageItem, PeerConnections, PeerStatusPage};
+pub use status::StatusChunk;
 
 /// The RPC protocol name reported in `/id`.
 pub const RPC_PROTOCOL: &str = "/ipfscluster/rs/0.1/rpc";
@@ -470,56 +473,118 @@ impl Cluster {
         .unwrap_or_else(failed)
     }
 
-    /// Streams the status of every CID on every peer (or only here), filtered: a CID
-    /// is listed when any peer's status passes. The pinset is read in pages, and
-    /// every peer answers for a page at a time, so memory stays flat however many
-    /// pins there are. The stream ends early if the receiver goes away.
-    pub fn status_stream(
+    /// This peer's status of a page of CIDs, compactly (what other peers ask for).
+    pub async fn status_page_local(&self, cids: &[Cid]) -> PeerStatusPage {
+        let at = Utc::now();
+        let statuses = self.inner.tracker.status_many(cids).await;
+        self.page_of(at, statuses).await
+    }
+
+    async fn page_of(
         &self,
-        filter: TrackerStatusFilter,
+        at: chrono::DateTime<Utc>,
+        statuses: Vec<LocalStatus>,
+    ) -> PeerStatusPage {
+        let ipfs = self.ipfs_id().await;
+        PeerStatusPage {
+            peername: self.inner.cfg.peername.clone(),
+            ipfs_peer_id: ipfs.id,
+            ipfs_peer_addresses: ipfs.addresses,
+            at,
+            items: statuses
+                .into_iter()
+                .map(|st| {
+                    // Statuses computed now take the page's time; an operation keeps its own.
+                    let ts = (st.timestamp < at).then_some(st.timestamp);
+                    PageItem(st.status, st.attempt_count, ts, st.error)
+                })
+                .collect(),
+        }
+    }
+
+    async fn status_page_on(
+        &self,
+        node: &ClusterNode,
+        pins: &[Pin],
+        cids: &[Cid],
+    ) -> PeerStatusPage {
+        if node.peer_id == self.inner.peer_id {
+            // The page was just read here: no second read of the same pins.
+            let at = Utc::now();
+            let found: Vec<Option<&Pin>> = pins.iter().map(Some).collect();
+            let statuses = self.inner.tracker.status_of(cids, &found).await;
+            return self.page_of(at, statuses).await;
+        }
+        let req = ClusterRpc::StatusPage(cids.to_vec());
+        let page = self
+            .rpc_as(&node.peer_id, &req, |r| match r {
+                ClusterRpcReply::StatusPage(p) if p.items.len() == cids.len() => Ok(p),
+                other => Err(other),
+            })
+            .await;
+        match page {
+            Ok(p) => p,
+            // A peer without compact pages answers the full form.
+            Err(_) => PeerStatusPage::from_infos(self.status_many_on(node, cids).await),
+        }
+    }
+
+    /// The status of every CID on every peer (or only here), as chunks in order:
+    /// the pinset is read a page at a time (one read view each, off the async
+    /// threads) and every peer answers for that page while the previous one is
+    /// written, so memory stays flat however many pins there are. Filtering is
+    /// left to the reader of the chunks. The stream ends early if the receiver goes away.
+    pub fn status_pages(
+        &self,
         local: bool,
         tasks: &tokio_util::task::TaskTracker,
-    ) -> tokio::sync::mpsc::Receiver<Result<GlobalPinInfo, String>> {
-        const PAGE: usize = 500;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
+    ) -> tokio::sync::mpsc::Receiver<Result<StatusChunk, String>> {
+        use futures::StreamExt;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
         tasks.spawn(async move {
-            let nodes = this.local_or_all(local);
-            let passes = |g: &GlobalPinInfo| {
-                filter.is_all() || g.peer_map.values().any(|p| filter.matches(p.status))
-            };
-            let mut pins = this.pins();
-            loop {
-                let mut page = Vec::with_capacity(PAGE);
-                for pin in pins.by_ref().take(PAGE) {
-                    match pin {
-                        Ok(p) => page.push(p),
-                        Err(e) => {
-                            let _ = tx.send(Err(e.to_string())).await;
-                            return;
-                        }
+            let mut nodes = this.local_or_all(local);
+            nodes.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+            let state = this.inner.consensus.state().clone();
+            let pages = futures::stream::unfold(Some(PageFrom::start()), move |from| {
+                let state = state.clone();
+                async move {
+                    let f = from?;
+                    let read =
+                        tokio::task::spawn_blocking(move || state.page(&f, tracker::STATUS_PAGE))
+                            .await;
+                    match read {
+                        Ok(Ok((pins, _))) if pins.is_empty() => None,
+                        Ok(Ok((pins, next))) => Some((Ok(pins), next)),
+                        Ok(Err(e)) => Some((Err(e.to_string()), None)),
+                        Err(e) => Some((Err(e.to_string()), None)),
                     }
                 }
-                if page.is_empty() {
-                    break;
-                }
-                let cids: Vec<Cid> = page.iter().map(|p| p.cid).collect();
-                let answers =
-                    futures::future::join_all(nodes.iter().map(|n| this.status_many_on(n, &cids)))
+            });
+            let (this2, nodes2) = (this.clone(), nodes.clone());
+            let chunks = pages
+                .map(move |page| {
+                    let (this, nodes) = (this2.clone(), nodes2.clone());
+                    async move {
+                        let pins = page?;
+                        let cids: Vec<Cid> = pins.iter().map(|p| p.cid).collect();
+                        let answers = futures::future::join_all(
+                            nodes.iter().map(|n| this.status_page_on(n, &pins, &cids)),
+                        )
                         .await;
-                for (i, pin) in page.iter().enumerate() {
-                    let mut g = GlobalPinInfo::new(
-                        pin.cid,
-                        Some((&pin.options, pin.allocations.as_slice(), pin.timestamp)),
-                    );
-                    for (node, answer) in nodes.iter().zip(&answers) {
-                        if let Some(info) = answer.get(i) {
-                            g.peer_map.insert(node.peer_id.clone(), info.clone());
-                        }
+                        let peers = nodes.iter().map(|n| n.peer_id.clone()).zip(answers);
+                        Ok(StatusChunk::Page {
+                            pins,
+                            peers: peers.collect(),
+                        })
                     }
-                    if passes(&g) && tx.send(Ok(g)).await.is_err() {
-                        return;
-                    }
+                })
+                .buffered(2);
+            let mut chunks = std::pin::pin!(chunks);
+            while let Some(chunk) = chunks.next().await {
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    return;
                 }
             }
             // Operations on CIDs no longer in the pinset (unpins) come last.
@@ -541,10 +606,10 @@ impl Cluster {
                         .insert(node.peer_id.clone(), info);
                 }
             }
-            for g in orphans.into_values().filter(|g| passes(g)) {
-                if tx.send(Ok(g)).await.is_err() {
-                    return;
-                }
+            if !orphans.is_empty() {
+                let _ = tx
+                    .send(Ok(StatusChunk::Orphans(orphans.into_values().collect())))
+                    .await;
             }
         });
         rx
@@ -557,10 +622,14 @@ impl Cluster {
         local: bool,
     ) -> Result<Vec<GlobalPinInfo>, ClusterError> {
         let tasks = tokio_util::task::TaskTracker::new();
-        let mut rx = self.status_stream(filter, local, &tasks);
+        let mut rx = self.status_pages(local, &tasks);
         let mut out = Vec::new();
-        while let Some(item) = rx.recv().await {
-            out.push(item.map_err(ClusterError::InvalidArgument)?);
+        while let Some(chunk) = rx.recv().await {
+            out.extend(
+                chunk
+                    .map_err(ClusterError::InvalidArgument)?
+                    .into_infos(filter),
+            );
         }
         tasks.close();
         tasks.wait().await;
@@ -993,6 +1062,9 @@ impl Cluster {
                 Ok((size, max)) => ClusterRpcReply::RepoStat(size, max),
                 Err(e) => ClusterRpcReply::Error(e.to_string()),
             },
+            Ok(ClusterRpc::StatusPage(cids)) => {
+                ClusterRpcReply::StatusPage(self.status_page_local(&cids).await)
+            }
             Ok(ClusterRpc::StatusMany(cids)) => {
                 ClusterRpcReply::Statuses(self.status_many_local(&cids).await)
             }

@@ -2,21 +2,26 @@
 //!
 //! It holds only in-flight and failed operations (CID → operation with a kind, a
 //! phase, attempts and an error); everything else is derived from the pinset and
-//! the daemon. An opposing operation on a CID cancels the one pending or running.
+//! the daemon's `pin/ls`, kept as a compact set while a status walk uses it, as
+//! upstream's stateless tracker. An opposing operation on a CID cancels the one
+//! pending or running. It follows the applied state through a broadcast of
+//! changes that never makes Raft wait: when it falls behind, or after a snapshot
+//! is installed, it reconciles the pinset with the daemon page by page.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::TrackerConfig;
 use crate::ipfs::{DaemonPins, IpfsConnector, IpfsError};
 use crate::raft::StateEvent;
-use crate::state::PinState;
+use crate::state::{PageFrom, PinState};
 use crate::types::{Cid, Pin, PinMode, TrackerStatus};
 
 /// Pin or unpin.
@@ -114,6 +119,19 @@ struct Operation {
     pin: Pin,
     cancel: CancellationToken,
     state: watch::Sender<OpState>,
+    /// Held while a reconciliation's operation is queued or running, so that a
+    /// reconciliation keeps a bounded number of operations in memory.
+    window: Option<OwnedSemaphorePermit>,
+}
+
+/// The daemon's pins as last listed.
+struct DaemonCache {
+    fetched: std::time::Instant,
+    used: std::time::Instant,
+    /// Pins completed when the listing started: a pin missing from it but
+    /// completed since is asked about again.
+    added_before: u64,
+    pins: Arc<DaemonPins>,
 }
 
 type Ticket = (Cid, u64);
@@ -133,7 +151,16 @@ struct Inner {
     peer_id: String,
     processed: watch::Sender<u64>,
     shutdown: CancellationToken,
-    daemon_cache: tokio::sync::Mutex<Option<(std::time::Instant, Arc<DaemonPins>)>>,
+    daemon_cache: tokio::sync::Mutex<Option<DaemonCache>>,
+    /// Where the running reconciliation is: pins from there on are not compared
+    /// yet, and show as queued when missing from the daemon.
+    reconcile_at: Mutex<Option<PageFrom>>,
+    /// One reconciliation at a time.
+    reconcile_lock: tokio::sync::Mutex<()>,
+    /// Set when the tracker missed changes and must reconcile.
+    reconcile_wanted: tokio::sync::Notify,
+    /// Operations a reconciliation may have queued or running at once.
+    window: Arc<Semaphore>,
     /// Pins this peer's daemon completed, and pin attempts that failed.
     pins_added: AtomicU64,
     pin_add_errors: AtomicU64,
@@ -156,6 +183,16 @@ pub struct TrackerCounts {
 
 /// How long a listing of the daemon's pins serves status requests.
 const DAEMON_PINS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3);
+/// A listing in use by a walk (pages asked for one after another) serves it
+/// this long at most.
+const DAEMON_PINS_MAX_USE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How many pins a status page or a reconciliation reads at once.
+pub const STATUS_PAGE: usize = 1000;
+/// Operations a reconciliation keeps queued or running at most.
+const RECONCILE_WINDOW: usize = 4096;
+/// How many state changes may wait for the tracker before it falls behind and
+/// reconciles instead.
+pub const EVENTS_CAPACITY: usize = 16 * 1024;
 
 /// The pin tracker of one peer.
 #[derive(Clone)]
@@ -172,7 +209,7 @@ impl PinTracker {
         ipfs: IpfsConnector,
         state: PinState,
         peer_id: String,
-        events: mpsc::Receiver<StateEvent>,
+        events: broadcast::Receiver<StateEvent>,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
@@ -192,6 +229,12 @@ impl PinTracker {
                 processed: watch::channel(0).0,
                 shutdown,
                 daemon_cache: tokio::sync::Mutex::new(None),
+                reconcile_at: Mutex::new(None),
+                reconcile_lock: tokio::sync::Mutex::new(()),
+                reconcile_wanted: tokio::sync::Notify::new(),
+                window: Arc::new(Semaphore::new(
+                    RECONCILE_WINDOW.min(cfg.max_pin_queue_size).max(1),
+                )),
                 pins_added: AtomicU64::new(0),
                 pin_add_errors: AtomicU64::new(0),
             }),
@@ -207,7 +250,31 @@ impl PinTracker {
         tasks.spawn(async move { t.worker(rx, None).await });
         let t = tracker.clone();
         tasks.spawn(async move { t.event_loop(events).await });
+        let t = tracker.clone();
+        tasks.spawn(async move { t.housekeeping().await });
         tracker
+    }
+
+    /// Reconciles when asked to, and drops the daemon's listing once no walk uses it.
+    async fn housekeeping(&self) {
+        let shutdown = self.inner.shutdown.clone();
+        let mut tick = tokio::time::interval(DAEMON_PINS_MAX_AGE);
+        loop {
+            tokio::select! {
+                _ = self.inner.reconcile_wanted.notified() => {
+                    if let Err(e) = self.reconcile(false).await {
+                        tracing::warn!("resync with the daemon: {e}");
+                    }
+                }
+                _ = tick.tick() => {
+                    let mut cache = self.inner.daemon_cache.lock().await;
+                    if cache.as_ref().is_some_and(|c| c.used.elapsed() > DAEMON_PINS_MAX_AGE) {
+                        *cache = None;
+                    }
+                }
+                _ = shutdown.cancelled() => break,
+            }
+        }
     }
 
     fn ops(&self) -> MutexGuard<'_, HashMap<Cid, Operation>> {
@@ -216,23 +283,24 @@ impl PinTracker {
         self.inner.ops.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn event_loop(&self, mut events: mpsc::Receiver<StateEvent>) {
+    async fn event_loop(&self, mut events: broadcast::Receiver<StateEvent>) {
         let shutdown = self.inner.shutdown.clone();
         loop {
             let ev = tokio::select! {
                 ev = events.recv() => ev,
-                _ = shutdown.cancelled() => None,
+                _ = shutdown.cancelled() => Err(RecvError::Closed),
             };
             match ev {
-                None => break,
-                Some(StateEvent::Pinned(pin)) => self.track(*pin),
-                Some(StateEvent::Unpinned(cid)) => self.untrack(cid),
-                Some(StateEvent::Reset) => {
-                    if let Err(e) = self.recover_all().await {
-                        tracing::warn!("resync after snapshot install: {e}");
-                    }
+                Err(RecvError::Closed) => break,
+                Err(RecvError::Lagged(n)) => {
+                    // The changes missed are in the state: compare it with the daemon.
+                    tracing::info!("tracker missed {n} state changes; reconciling");
+                    self.inner.reconcile_wanted.notify_one();
                 }
-                Some(StateEvent::Applied(index)) => {
+                Ok(StateEvent::Pinned(pin)) => self.track(*pin),
+                Ok(StateEvent::Unpinned(cid)) => self.untrack(cid),
+                Ok(StateEvent::Reset) => self.inner.reconcile_wanted.notify_one(),
+                Ok(StateEvent::Applied(index)) => {
                     self.inner.processed.send_replace(index);
                 }
             }
@@ -247,10 +315,14 @@ impl PinTracker {
     }
 
     fn track_as(&self, pin: Pin, retry: bool) {
+        self.track_with(pin, retry, None);
+    }
+
+    fn track_with(&self, pin: Pin, retry: bool, window: Option<OwnedSemaphorePermit>) {
         if pin.is_allocated_to(&self.inner.peer_id) {
-            self.enqueue(OpKind::Pin, pin, retry);
+            self.enqueue(OpKind::Pin, pin, retry, window);
         } else {
-            self.enqueue(OpKind::Unpin, pin, retry);
+            self.enqueue(OpKind::Unpin, pin, retry, window);
         }
     }
 
@@ -260,10 +332,17 @@ impl PinTracker {
             OpKind::Unpin,
             Pin::new(cid, crate::types::PinOptions::default()),
             false,
+            None,
         );
     }
 
-    fn enqueue(&self, kind: OpKind, pin: Pin, retry: bool) {
+    fn enqueue(
+        &self,
+        kind: OpKind,
+        pin: Pin,
+        retry: bool,
+        mut window: Option<OwnedSemaphorePermit>,
+    ) {
         let cid = pin.cid;
         let mut ops = self.ops();
         if let Some(op) = ops.get(&cid) {
@@ -302,6 +381,7 @@ impl PinTracker {
                 s.phase = Phase::Error;
                 s.error = QUEUE_FULL.into();
             });
+            window = None;
         }
         ops.insert(
             cid,
@@ -310,6 +390,7 @@ impl PinTracker {
                 pin,
                 cancel: self.inner.shutdown.child_token(),
                 state,
+                window,
             },
         );
     }
@@ -374,9 +455,11 @@ impl PinTracker {
 
     fn finish(&self, cid: Cid, id: u64, res: Result<(), IpfsError>) {
         let mut ops = self.ops();
-        let Some(op) = ops.get(&cid).filter(|op| op.id == id) else {
+        let Some(op) = ops.get_mut(&cid).filter(|op| op.id == id) else {
             return;
         };
+        // A failed operation waits for a recovery without holding the window.
+        op.window = None;
         let kind = op.state.borrow().kind;
         let counter = match (&res, kind) {
             (Ok(()), OpKind::Pin) => Some(&self.inner.pins_added),
@@ -473,71 +556,140 @@ impl PinTracker {
             Ok(p) => p,
             Err(e) => return LocalStatus::now(TrackerStatus::ClusterError, e.to_string()),
         };
-        if let Some(op) = self.operation(cid) {
-            return Self::op_status(pin.as_ref(), &op, &self.inner.peer_id);
-        }
-        let Some(pin) = pin else {
-            return LocalStatus::now(TrackerStatus::Unpinned, "");
-        };
-        if !pin.is_allocated_to(&self.inner.peer_id) {
-            return LocalStatus::now(TrackerStatus::Remote, "");
-        }
-        match self.inner.ipfs.pin_ls_cid(cid).await {
-            Ok(mode) => Self::classify(&pin, mode),
-            Err(e) => LocalStatus::now(TrackerStatus::PinError, e.to_string()),
-        }
-    }
-
-    fn classify(pin: &Pin, on_daemon: Option<PinMode>) -> LocalStatus {
-        let pinned = matches!(
-            (pin.mode(), on_daemon),
-            (_, Some(PinMode::Recursive)) | (PinMode::Direct, Some(PinMode::Direct))
-        );
-        if pinned {
-            LocalStatus::now(TrackerStatus::Pinned, "")
+        let op = self.operation(cid);
+        let needs_daemon = op.is_none()
+            && pin
+                .as_ref()
+                .is_some_and(|p| p.is_allocated_to(&self.inner.peer_id));
+        let daemon = if needs_daemon {
+            match self.inner.ipfs.pin_ls_cid(cid).await {
+                Ok(mode) => Ok(mode.map(|m| (*cid, m)).into_iter().collect()),
+                Err(e) => Err(e.to_string()),
+            }
         } else {
-            LocalStatus::now(
-                TrackerStatus::UnexpectedlyUnpinned,
-                "the item should be pinned but it is not",
-            )
-        }
+            Ok(DaemonPins::default())
+        };
+        let at = self.reconcile_at();
+        compare(
+            &self.inner.peer_id,
+            cid,
+            pin.as_ref(),
+            op.as_ref(),
+            daemon.as_ref().map_err(String::as_str),
+            at.as_ref(),
+        )
     }
 
-    /// The daemon's pins, fetched at most every few seconds: a status of every pin
-    /// goes through the pinset page by page and must not list the daemon's pins
-    /// again for each page.
+    fn reconcile_at(&self) -> Option<PageFrom> {
+        self.inner
+            .reconcile_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_reconcile_at(&self, at: Option<PageFrom>) {
+        *self
+            .inner
+            .reconcile_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = at;
+    }
+
+    /// The daemon's pins, listed at most every few seconds, or once for a whole
+    /// walk of the pinset (pages asked for one after another): a status of every
+    /// pin must not list the daemon's pins again for each page. Dropped once unused.
     pub async fn daemon_pins(&self) -> Result<Arc<DaemonPins>, String> {
-        let mut cache = self.inner.daemon_cache.lock().await;
-        if let Some((at, pins)) = cache.as_ref()
-            && at.elapsed() < DAEMON_PINS_MAX_AGE
-        {
-            return Ok(pins.clone());
-        }
-        let pins = Arc::new(self.inner.ipfs.pin_ls().await.map_err(|e| e.to_string())?);
-        *cache = Some((std::time::Instant::now(), pins.clone()));
-        Ok(pins)
+        self.daemon_listing().await.map(|(p, _)| p)
     }
 
-    /// The status of each of `cids` on this peer, in order.
+    /// The daemon's pins, and how many pins this peer had completed before they were listed.
+    async fn daemon_listing(&self) -> Result<(Arc<DaemonPins>, u64), String> {
+        let mut cache = self.inner.daemon_cache.lock().await;
+        if let Some(c) = cache.as_mut() {
+            let fresh = c.fetched.elapsed() < DAEMON_PINS_MAX_AGE;
+            let in_use =
+                c.used.elapsed() < DAEMON_PINS_MAX_AGE && c.fetched.elapsed() < DAEMON_PINS_MAX_USE;
+            if fresh || in_use {
+                c.used = std::time::Instant::now();
+                return Ok((c.pins.clone(), c.added_before));
+            }
+        }
+        *cache = None;
+        let added_before = self.inner.pins_added.load(Ordering::Relaxed);
+        let pins = Arc::new(self.inner.ipfs.pin_ls().await.map_err(|e| e.to_string())?);
+        let now = std::time::Instant::now();
+        *cache = Some(DaemonCache {
+            fetched: now,
+            used: now,
+            added_before,
+            pins: pins.clone(),
+        });
+        Ok((pins, added_before))
+    }
+
+    /// The status of each of `cids` on this peer, in order: the pinset's page
+    /// (one range read when `cids` are sorted as pages are) compared with the
+    /// daemon's pins and the operations in flight.
     pub async fn status_many(&self, cids: &[Cid]) -> Vec<LocalStatus> {
-        let daemon = self.daemon_pins().await;
-        let daemon = daemon.as_deref().map_err(String::as_str);
-        let mut out: Vec<LocalStatus> = cids
+        let state = self.inner.state.clone();
+        let owned = cids.to_vec();
+        let pins = match tokio::task::spawn_blocking(move || state.get_many(&owned)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                return vec![
+                    LocalStatus::now(TrackerStatus::ClusterError, e.to_string());
+                    cids.len()
+                ];
+            }
+            Err(e) => {
+                return vec![
+                    LocalStatus::now(TrackerStatus::ClusterError, e.to_string());
+                    cids.len()
+                ];
+            }
+        };
+        let pins: Vec<Option<&Pin>> = pins.iter().map(Option::as_ref).collect();
+        self.status_of(cids, &pins).await
+    }
+
+    /// The status of each of `cids`, whose pins (`None`: not in the pinset) the
+    /// caller read already.
+    pub async fn status_of(&self, cids: &[Cid], pins: &[Option<&Pin>]) -> Vec<LocalStatus> {
+        let needs_daemon = pins
             .iter()
-            .map(|cid| match self.inner.state.get(cid) {
-                Ok(Some(pin)) => self.status_with(&pin, daemon),
-                Ok(None) => match self.operation(cid) {
-                    Some(op) => LocalStatus::from(&op),
-                    None => LocalStatus::now(TrackerStatus::Unpinned, ""),
-                },
-                Err(e) => LocalStatus::now(TrackerStatus::ClusterError, e.to_string()),
-            })
-            .collect();
-        // The listing may predate a pin that finished since: ask the daemon again
-        // about the few that look missing before calling them so.
-        for (cid, st) in cids.iter().zip(out.iter_mut()) {
-            if st.status == TrackerStatus::UnexpectedlyUnpinned {
-                *st = self.status(cid).await;
+            .flatten()
+            .any(|p| p.is_allocated_to(&self.inner.peer_id));
+        let daemon = if needs_daemon {
+            self.daemon_listing().await
+        } else {
+            Ok((Arc::new(DaemonPins::default()), 0))
+        };
+        let at = self.reconcile_at();
+        let mut out: Vec<LocalStatus> = {
+            let ops = self.ops();
+            let d = match &daemon {
+                Ok((d, _)) => Ok(&**d),
+                Err(e) => Err(e.as_str()),
+            };
+            cids.iter()
+                .zip(pins)
+                .map(|(cid, pin)| {
+                    let op = ops.get(cid).map(|o| o.state.borrow().clone());
+                    compare(&self.inner.peer_id, cid, *pin, op.as_ref(), d, at.as_ref())
+                })
+                .collect()
+        };
+        // A pin completed since the daemon was listed may look missing: ask the
+        // daemon again about those before calling them so.
+        let completed_since = daemon
+            .as_ref()
+            .is_ok_and(|(_, before)| self.inner.pins_added.load(Ordering::Relaxed) > *before);
+        if completed_since {
+            for (cid, st) in cids.iter().zip(out.iter_mut()) {
+                if st.status == TrackerStatus::UnexpectedlyUnpinned {
+                    *st = self.status(cid).await;
+                }
             }
         }
         out
@@ -552,50 +704,39 @@ impl PinTracker {
             .collect()
     }
 
-    /// An operation's status; clearing a pin allocated elsewhere shows as `remote`,
-    /// as upstream (which does it synchronously) reports it.
-    fn op_status(pin: Option<&Pin>, op: &OpState, me: &str) -> LocalStatus {
-        let remote = pin.is_some_and(|p| !p.is_allocated_to(me));
-        if remote && op.kind == OpKind::Unpin && op.phase != Phase::Error {
-            return LocalStatus::now(TrackerStatus::Remote, "");
-        }
-        LocalStatus::from(op)
-    }
-
-    fn status_with(&self, pin: &Pin, daemon: Result<&DaemonPins, &str>) -> LocalStatus {
-        if let Some(op) = self.operation(&pin.cid) {
-            return Self::op_status(Some(pin), &op, &self.inner.peer_id);
-        }
-        if !pin.is_allocated_to(&self.inner.peer_id) {
-            return LocalStatus::now(TrackerStatus::Remote, "");
-        }
-        match daemon {
-            Ok(d) => Self::classify(pin, d.get(&pin.cid).copied()),
-            Err(e) => LocalStatus::now(TrackerStatus::PinError, e),
-        }
-    }
-
     /// Re-queues failed operations and pins that should be on the daemon but are not.
     /// Returns the CIDs re-queued.
     pub async fn recover_all(&self) -> Result<Vec<Cid>, StatusError> {
-        let daemon = self
-            .inner
-            .ipfs
-            .pin_ls()
-            .await
-            .map_err(|e| StatusError(e.to_string()))?;
-        let mut requeued = Vec::new();
-        for pin in self.inner.state.list() {
-            let pin = pin.map_err(|e| StatusError(e.to_string()))?;
-            let st = self.status_with(&pin, Ok(&daemon));
-            if matches!(
-                st.status,
-                TrackerStatus::PinError | TrackerStatus::UnexpectedlyUnpinned
-            ) {
-                requeued.push(pin.cid);
-                self.retry(pin);
-            }
+        self.reconcile(true).await.map(|(_, cids)| cids)
+    }
+
+    /// Compares the pinset, page by page, with a fresh listing of the daemon's pins,
+    /// and re-queues failed operations and pins missing from the daemon, a bounded
+    /// number at a time (pins not reached yet show as queued). Returns how many
+    /// were re-queued, and which when `collect`.
+    pub async fn reconcile(&self, collect: bool) -> Result<(usize, Vec<Cid>), StatusError> {
+        let _one = self.inner.reconcile_lock.lock().await;
+        let added_before = self.inner.pins_added.load(Ordering::Relaxed);
+        let daemon = Arc::new(
+            self.inner
+                .ipfs
+                .pin_ls()
+                .await
+                .map_err(|e| StatusError(e.to_string()))?,
+        );
+        {
+            let now = std::time::Instant::now();
+            *self.inner.daemon_cache.lock().await = Some(DaemonCache {
+                fetched: now,
+                used: now,
+                added_before,
+                pins: daemon.clone(),
+            });
         }
+        self.set_reconcile_at(Some(PageFrom::start()));
+        let res = self.reconcile_pages(&daemon, collect).await;
+        self.set_reconcile_at(None);
+        let (mut n, mut requeued) = res?;
         let failed_unpins: Vec<Cid> = self
             .ops()
             .iter()
@@ -606,11 +747,62 @@ impl PinTracker {
             .map(|(c, _)| *c)
             .collect();
         for cid in failed_unpins {
-            requeued.push(cid);
+            n += 1;
+            if collect {
+                requeued.push(cid);
+            }
             self.ops().remove(&cid);
             self.untrack(cid);
         }
-        Ok(requeued)
+        Ok((n, requeued))
+    }
+
+    async fn reconcile_pages(
+        &self,
+        daemon: &DaemonPins,
+        collect: bool,
+    ) -> Result<(usize, Vec<Cid>), StatusError> {
+        let shutdown = &self.inner.shutdown;
+        let (mut n, mut requeued) = (0, Vec::new());
+        let mut from = Some(PageFrom::start());
+        while let Some(f) = from {
+            let state = self.inner.state.clone();
+            let (pins, next) = tokio::task::spawn_blocking(move || state.page(&f, STATUS_PAGE))
+                .await
+                .map_err(|e| StatusError(e.to_string()))?
+                .map_err(|e| StatusError(e.to_string()))?;
+            for pin in pins {
+                let op = self.operation(&pin.cid);
+                let st = compare(
+                    &self.inner.peer_id,
+                    &pin.cid,
+                    Some(&pin),
+                    op.as_ref(),
+                    Ok(daemon),
+                    None,
+                );
+                if !matches!(
+                    st.status,
+                    TrackerStatus::PinError | TrackerStatus::UnexpectedlyUnpinned
+                ) {
+                    continue;
+                }
+                let permit = tokio::select! {
+                    p = self.inner.window.clone().acquire_owned() => p.ok(),
+                    _ = shutdown.cancelled() => {
+                        return Err(StatusError("the peer is shutting down".into()));
+                    }
+                };
+                n += 1;
+                if collect {
+                    requeued.push(pin.cid);
+                }
+                self.retry(pin, permit);
+            }
+            self.set_reconcile_at(next.clone());
+            from = next;
+        }
+        Ok((n, requeued))
     }
 
     /// Re-queues the operation on `cid` if it failed or the pin went missing;
@@ -618,9 +810,15 @@ impl PinTracker {
     pub async fn recover(&self, cid: &Cid) -> LocalStatus {
         let st = self.status(cid).await;
         match st.status {
-            TrackerStatus::PinError | TrackerStatus::UnexpectedlyUnpinned => {
+            TrackerStatus::PinError
+            | TrackerStatus::UnexpectedlyUnpinned
+            | TrackerStatus::PinQueued
+                if self
+                    .operation(cid)
+                    .is_none_or(|op| op.phase == Phase::Error) =>
+            {
                 match self.inner.state.get(cid) {
-                    Ok(Some(pin)) => self.retry(pin),
+                    Ok(Some(pin)) => self.retry(pin, None),
                     _ => return st,
                 }
             }
@@ -633,7 +831,7 @@ impl PinTracker {
         self.status(cid).await
     }
 
-    fn retry(&self, pin: Pin) {
+    fn retry(&self, pin: Pin, window: Option<OwnedSemaphorePermit>) {
         // A failed operation must not block its own retry, which `enqueue` would
         // otherwise see as "the same operation already queued".
         let attempts = {
@@ -642,14 +840,215 @@ impl PinTracker {
                 .map(|op| op.state.borrow().attempts)
                 .unwrap_or(0)
         };
-        self.track_as(pin.clone(), true);
-        if let Some(op) = self.ops().get(&pin.cid) {
+        let cid = pin.cid;
+        self.track_with(pin, true, window);
+        if let Some(op) = self.ops().get(&cid) {
             op.state.send_modify(|s| s.attempts = attempts);
         }
     }
+}
+
+/// The status of `cid` on a peer, from its pin (if in the pinset), the operation
+/// on it (if any) and the daemon's pins: upstream's stateless tracker, with the
+/// pins a running reconciliation has not reached (from `reconcile_at` on)
+/// showing as queued when missing from the daemon.
+pub fn compare(
+    me: &str,
+    cid: &Cid,
+    pin: Option<&Pin>,
+    op: Option<&OpState>,
+    daemon: Result<&DaemonPins, &str>,
+    reconcile_at: Option<&PageFrom>,
+) -> LocalStatus {
+    let Some(pin) = pin else {
+        return match op {
+            Some(op) => LocalStatus::from(op),
+            None => LocalStatus::now(TrackerStatus::Unpinned, ""),
+        };
+    };
+    if let Some(op) = op {
+        return op_status(Some(pin), op, me);
+    }
+    if !pin.is_allocated_to(me) {
+        return LocalStatus::now(TrackerStatus::Remote, "");
+    }
+    let on_daemon = match daemon {
+        Ok(d) => d.get(cid),
+        Err(e) => return LocalStatus::now(TrackerStatus::PinError, e),
+    };
+    let pinned = matches!(
+        (pin.mode(), on_daemon),
+        (_, Some(PinMode::Recursive)) | (PinMode::Direct, Some(PinMode::Direct))
+    );
+    if pinned {
+        LocalStatus::now(TrackerStatus::Pinned, "")
+    } else if reconcile_at.is_some_and(|at| !at.is_past(cid)) {
+        LocalStatus::now(TrackerStatus::PinQueued, "")
+    } else {
+        LocalStatus::now(
+            TrackerStatus::UnexpectedlyUnpinned,
+            "the item should be pinned but it is not",
+        )
+    }
+}
+
+/// An operation's status; clearing a pin allocated elsewhere shows as `remote`,
+/// as upstream (which does it synchronously) reports it.
+fn op_status(pin: Option<&Pin>, op: &OpState, me: &str) -> LocalStatus {
+    let remote = pin.is_some_and(|p| !p.is_allocated_to(me));
+    if remote && op.kind == OpKind::Unpin && op.phase != Phase::Error {
+        return LocalStatus::now(TrackerStatus::Remote, "");
+    }
+    LocalStatus::from(op)
 }
 
 /// The status could not be computed.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct StatusError(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::PinOptions;
+
+    const ME: &str = "12D3KooWMe";
+    const OTHER: &str = "12D3KooWOther";
+
+    fn cid(n: u8) -> Cid {
+        Cid::from_bytes(&[0x01, 0x55, 0x00, 0x01, n]).unwrap()
+    }
+
+    fn pin(n: u8, mode: PinMode, allocations: &[&str]) -> Pin {
+        let mut p = Pin::new(
+            cid(n),
+            PinOptions {
+                mode,
+                ..Default::default()
+            },
+        );
+        p.allocations = allocations.iter().map(|a| a.to_string()).collect();
+        p
+    }
+
+    fn op(kind: OpKind, phase: Phase, error: &str) -> OpState {
+        OpState {
+            kind,
+            phase,
+            error: error.into(),
+            attempts: 1,
+            timestamp: Utc::now(),
+            progress: 0,
+        }
+    }
+
+    /// A page of the pinset compared with the daemon's listing and the operations
+    /// in flight gives every status of upstream's stateless tracker, in order.
+    #[test]
+    fn a_page_compared_with_the_daemon_gives_each_status() {
+        let daemon: DaemonPins = [
+            (cid(1), PinMode::Recursive),
+            (cid(2), PinMode::Direct),
+            (cid(3), PinMode::Direct),
+            (cid(9), PinMode::Recursive),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(daemon.len(), 4);
+        let page: Vec<(Cid, Option<Pin>, Option<OpState>)> = vec![
+            // On the daemon as asked: pinned (a recursive pin also covers a direct one).
+            (cid(1), Some(pin(1, PinMode::Direct, &[])), None),
+            (cid(2), Some(pin(2, PinMode::Direct, &[ME])), None),
+            // Direct on the daemon but wanted recursive: missing.
+            (cid(3), Some(pin(3, PinMode::Recursive, &[])), None),
+            // Operations in flight and failed.
+            (
+                cid(4),
+                Some(pin(4, PinMode::Recursive, &[])),
+                Some(op(OpKind::Pin, Phase::Queued, "")),
+            ),
+            (
+                cid(5),
+                Some(pin(5, PinMode::Recursive, &[])),
+                Some(op(OpKind::Pin, Phase::InProgress, "")),
+            ),
+            (
+                cid(6),
+                Some(pin(6, PinMode::Recursive, &[])),
+                Some(op(OpKind::Pin, Phase::Error, "boom")),
+            ),
+            // Allocated elsewhere, with or without an unpin clearing it here.
+            (cid(7), Some(pin(7, PinMode::Recursive, &[OTHER])), None),
+            (
+                cid(8),
+                Some(pin(8, PinMode::Recursive, &[OTHER])),
+                Some(op(OpKind::Unpin, Phase::InProgress, "")),
+            ),
+            // Not in the pinset (even if the daemon has it): unpinned, or its unpin.
+            (cid(9), None, None),
+            (cid(10), None, Some(op(OpKind::Unpin, Phase::Error, "nope"))),
+        ];
+        let got: Vec<(TrackerStatus, String)> = page
+            .iter()
+            .map(|(c, p, o)| {
+                let st = compare(ME, c, p.as_ref(), o.as_ref(), Ok(&daemon), None);
+                (st.status, st.error)
+            })
+            .collect();
+        use TrackerStatus::*;
+        let want = [
+            (Pinned, ""),
+            (Pinned, ""),
+            (
+                UnexpectedlyUnpinned,
+                "the item should be pinned but it is not",
+            ),
+            (PinQueued, ""),
+            (Pinning, ""),
+            (PinError, "boom"),
+            (Remote, ""),
+            (Remote, ""),
+            (Unpinned, ""),
+            (UnpinError, "nope"),
+        ];
+        let want: Vec<(TrackerStatus, String)> =
+            want.iter().map(|(s, e)| (*s, e.to_string())).collect();
+        assert_eq!(got, want);
+    }
+
+    /// A daemon that cannot list its pins makes the pins allocated here errors.
+    #[test]
+    fn a_failed_listing_is_a_pin_error_for_pins_allocated_here() {
+        let p = pin(1, PinMode::Recursive, &[]);
+        let st = compare(ME, &p.cid, Some(&p), None, Err("daemon down"), None);
+        assert_eq!(
+            (st.status, st.error.as_str()),
+            (TrackerStatus::PinError, "daemon down")
+        );
+        let remote = pin(2, PinMode::Recursive, &[OTHER]);
+        let st = compare(
+            ME,
+            &remote.cid,
+            Some(&remote),
+            None,
+            Err("daemon down"),
+            None,
+        );
+        assert_eq!(st.status, TrackerStatus::Remote);
+    }
+
+    /// While a reconciliation runs, missing pins it has not reached yet are queued;
+    /// those it passed are reported missing.
+    #[test]
+    fn pins_ahead_of_a_reconciliation_are_queued() {
+        let daemon = DaemonPins::default();
+        let (a, b) = (
+            pin(1, PinMode::Recursive, &[]),
+            pin(2, PinMode::Recursive, &[]),
+        );
+        let at = PageFrom::after(&a.cid);
+        let st = |p: &Pin| compare(ME, &p.cid, Some(p), None, Ok(&daemon), Some(&at)).status;
+        assert_eq!(st(&a), TrackerStatus::UnexpectedlyUnpinned);
+        assert_eq!(st(&b), TrackerStatus::PinQueued);
+    }
+}

@@ -78,8 +78,75 @@ pub struct IpfsConnector {
     auth: Option<(String, String)>,
 }
 
-/// The daemon's pin types of interest to the tracker.
-pub type DaemonPins = HashMap<Cid, PinMode>;
+/// The daemon's recursive and direct pins, as the tracker compares them with the
+/// pinset: sorted 16-byte digests of the CID bytes (16 bytes a pin, instead of a
+/// map of CIDs or of the JSON listing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DaemonPins {
+    recursive: Vec<[u8; 16]>,
+    direct: Vec<[u8; 16]>,
+}
+
+impl DaemonPins {
+    fn digest(cid: &Cid) -> [u8; 16] {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(cid.to_bytes());
+        let mut d = [0u8; 16];
+        d.copy_from_slice(&h[..16]);
+        d
+    }
+
+    /// Adds a pin (call [`DaemonPins::seal`] once done).
+    pub fn insert(&mut self, cid: &Cid, mode: PinMode) {
+        let d = Self::digest(cid);
+        match mode {
+            PinMode::Recursive => self.recursive.push(d),
+            PinMode::Direct => self.direct.push(d),
+        }
+    }
+
+    /// Sorts the set for lookups and frees what it does not use.
+    pub fn seal(&mut self) {
+        for v in [&mut self.recursive, &mut self.direct] {
+            v.sort_unstable();
+            v.dedup();
+            v.shrink_to_fit();
+        }
+    }
+
+    /// How `cid` is pinned (a recursive pin wins over a direct one).
+    pub fn get(&self, cid: &Cid) -> Option<PinMode> {
+        let d = Self::digest(cid);
+        if self.recursive.binary_search(&d).is_ok() {
+            Some(PinMode::Recursive)
+        } else if self.direct.binary_search(&d).is_ok() {
+            Some(PinMode::Direct)
+        } else {
+            None
+        }
+    }
+
+    /// How many pins.
+    pub fn len(&self) -> usize {
+        self.recursive.len() + self.direct.len()
+    }
+
+    /// True when there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl FromIterator<(Cid, PinMode)> for DaemonPins {
+    fn from_iter<I: IntoIterator<Item = (Cid, PinMode)>>(iter: I) -> Self {
+        let mut d = DaemonPins::default();
+        for (c, m) in iter {
+            d.insert(&c, m);
+        }
+        d.seal();
+        d
+    }
+}
 
 impl IpfsConnector {
     /// A connector for the daemon at `cfg.node_multiaddress`.
@@ -394,16 +461,17 @@ impl IpfsConnector {
         }
     }
 
-    /// Every recursive and direct pin on the daemon.
+    /// Every recursive and direct pin on the daemon, streamed and kept as a
+    /// compact set (never the listing itself).
     pub async fn pin_ls(&self) -> Result<DaemonPins, IpfsError> {
         #[derive(Deserialize)]
-        struct Item {
-            #[serde(rename = "Cid")]
-            cid: String,
-            #[serde(rename = "Type")]
-            pin_type: String,
+        struct Item<'a> {
+            #[serde(rename = "Cid", borrow)]
+            cid: std::borrow::Cow<'a, str>,
+            #[serde(rename = "Type", borrow)]
+            pin_type: std::borrow::Cow<'a, str>,
         }
-        let mut pins = DaemonPins::new();
+        let mut pins = DaemonPins::default();
         for t in ["recursive", "direct"] {
             let resp = self
                 .post(
@@ -422,10 +490,11 @@ impl IpfsConnector {
                     .map_err(|e| IpfsError::Protocol(format!("pin/ls: {e}")))?;
                 if let (Ok(cid), Some(mode)) = (item.cid.parse::<Cid>(), mode_of(&item.pin_type)) {
                     // A CIDv1 the daemon prints in another base still names the same pin.
-                    pins.insert(cid, mode);
+                    pins.insert(&cid, mode);
                 }
             }
         }
+        pins.seal();
         Ok(pins)
     }
 }

@@ -351,7 +351,16 @@ impl Proxy {
         };
         let wanted = move |p: &Pin| type_filter == "all" || type_filter == p.mode().as_str();
         let args = q.all("arg");
-        let ls = PinLsWriter { stream, names };
+        let ls = PinLsWriter {
+            stream,
+            names,
+            first: true,
+        };
+        let (head, tail): (&[u8], &[u8]) = if stream {
+            (b"", b"")
+        } else {
+            (b"{\"Keys\":{", b"}}\n")
+        };
         if !args.is_empty() {
             let mut found = Vec::with_capacity(args.len());
             for a in &args {
@@ -367,27 +376,55 @@ impl Proxy {
                     Err(e) => return cluster_error(&e),
                 }
             }
-            return ls.respond(self, found.into_iter().map(Ok));
+            let mut ls = ls;
+            let mut out = head.to_vec();
+            for p in &found {
+                ls.render(p, &mut out);
+            }
+            out.extend_from_slice(tail);
+            let (tx, body) = channel_body();
+            self.tasks.spawn(async move {
+                if tx.send(out).await {
+                    tx.trailers(HeaderMap::new()).await;
+                }
+            });
+            return streaming(body);
         }
-        ls.respond(
-            self,
-            self.cluster
-                .pins()
-                .filter(move |p| p.as_ref().map_or(true, &wanted)),
-        )
+        let state = self.cluster.consensus().state();
+        let (first, next) = match crate::listing::first_page(state).await {
+            Ok(x) => x,
+            Err(e) => return internal(&e),
+        };
+        let mut ls = ls;
+        let body = crate::listing::write_pins(
+            &self.tasks,
+            self.cancel.clone(),
+            crate::listing::pages_from(state, first, next),
+            head,
+            tail,
+            crate::listing::Trailer::OnError,
+            move |p, out| {
+                if wanted(p) {
+                    ls.render(p, out)
+                }
+            },
+        );
+        streaming(body)
     }
 }
 
-/// Writes pins as kubo's `pin/ls` does, streaming from the store.
+/// Renders pins as kubo's `pin/ls` does.
 struct PinLsWriter {
     stream: bool,
     names: bool,
+    /// No entry written yet (the non-stream form separates entries with commas).
+    first: bool,
 }
 
 #[derive(Serialize)]
 struct PinLsObject<'a> {
     #[serde(rename = "Cid")]
-    cid: String,
+    cid: &'a str,
     #[serde(rename = "Name", skip_serializing_if = "str::is_empty")]
     name: &'a str,
     #[serde(rename = "Type")]
@@ -403,70 +440,35 @@ struct PinLsType<'a> {
 }
 
 impl PinLsWriter {
-    fn respond<I>(self, proxy: &Proxy, pins: I) -> Response<Body>
-    where
-        I: Iterator<Item = Result<Pin, crate::state::StateError>> + Send + 'static,
-    {
-        let (tx, body) = channel_body();
-        let (this, cancel) = (self, proxy.cancel.clone());
-        proxy.tasks.spawn(async move {
-            let mut first = true;
-            if !this.stream && !tx.send(&b"{\"Keys\":{"[..]).await {
-                return;
+    /// Appends `pin` as one `pin/ls` entry.
+    fn render(&mut self, pin: &Pin, out: &mut Vec<u8>) {
+        let name = if self.names {
+            pin.options.name.as_str()
+        } else {
+            ""
+        };
+        let pin_type = pin.mode().as_str();
+        let cid = pin.cid.to_string();
+        // Writing into a Vec cannot fail.
+        if self.stream {
+            let _ = serde_json::to_writer(
+                &mut *out,
+                &PinLsObject {
+                    cid: &cid,
+                    name,
+                    pin_type,
+                },
+            );
+            out.push(b'\n');
+        } else {
+            if !self.first {
+                out.push(b',');
             }
-            let mut error = None;
-            // The store iterator is synchronous but cheap per item; it never holds
-            // more than one pin, so listing a huge pinset stays flat in memory.
-            for pin in pins {
-                if cancel.is_cancelled() {
-                    error = Some("the peer is shutting down".to_string());
-                    break;
-                }
-                let pin = match pin {
-                    Ok(p) => p,
-                    Err(e) => {
-                        error = Some(e.to_string());
-                        break;
-                    }
-                };
-                let name = if this.names {
-                    pin.options.name.as_str()
-                } else {
-                    ""
-                };
-                let pin_type = pin.mode().as_str();
-                let ok = if this.stream {
-                    tx.send_json(&PinLsObject {
-                        cid: pin.cid.to_string(),
-                        name,
-                        pin_type,
-                    })
-                    .await
-                } else {
-                    let mut chunk = Vec::with_capacity(96);
-                    if !first {
-                        chunk.push(b',');
-                    }
-                    let key = serde_json::to_vec(&pin.cid.to_string()).unwrap_or_default();
-                    chunk.extend_from_slice(&key);
-                    chunk.push(b':');
-                    let _ = serde_json::to_writer(&mut chunk, &PinLsType { name, pin_type });
-                    tx.send(chunk).await
-                };
-                if !ok {
-                    return;
-                }
-                first = false;
-            }
-            if !this.stream && error.is_none() {
-                tx.send(&b"}}\n"[..]).await;
-            }
-            let t = error
-                .map(|msg| stream_error_trailer(&msg))
-                .unwrap_or_default();
-            tx.trailers(t).await;
-        });
-        streaming(body)
+            let _ = serde_json::to_writer(&mut *out, &cid);
+            out.push(b':');
+            let _ = serde_json::to_writer(&mut *out, &PinLsType { name, pin_type });
+        }
+        self.first = false;
     }
 }
 

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, SnapshotPolicy};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -103,7 +102,7 @@ pub struct ConsensusOptions<'a> {
     /// Peers to join through (`daemon --bootstrap`).
     pub bootstrap: &'a [Multiaddr],
     /// Where pinset changes are announced.
-    pub events: mpsc::Sender<StateEvent>,
+    pub events: tokio::sync::broadcast::Sender<StateEvent>,
 }
 
 /// A peer's consensus component.

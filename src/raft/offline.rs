@@ -12,7 +12,6 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 
 use openraft::{LogId, Membership};
-use tokio::sync::mpsc;
 
 use super::log_store::LogStore;
 use super::state_machine::StateMachine;
@@ -79,7 +78,7 @@ fn open_raft_store(
     backend: Backend,
 ) -> Result<(StateMachine, LogStore), OfflineError> {
     let db = store::open(raft_dir, backend)?;
-    let (events, _) = mpsc::channel(1);
+    let (events, _) = tokio::sync::broadcast::channel(1);
     let sm = StateMachine::new(
         PinState::new(db.tree("state")?),
         db.tree("snapshot")?,

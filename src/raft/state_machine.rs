@@ -21,7 +21,7 @@ use openraft::{
     SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::broadcast;
 
 use super::codec::{decode_meta, encode_meta};
 use super::types::{ApplyResult, ClusterNode, LogOp, NodeId, TypeConfig};
@@ -86,7 +86,7 @@ pub struct StateMachine {
     state: PinState,
     snapshots: Arc<dyn Tree>,
     dir: Arc<PathBuf>,
-    events: mpsc::Sender<StateEvent>,
+    events: broadcast::Sender<StateEvent>,
     /// Held by apply while it writes, and by a snapshot build on a store whose
     /// ranges are not point-in-time views, so that the build's metadata and pins
     /// come from the same moment.
@@ -194,7 +194,7 @@ impl StateMachine {
         state: PinState,
         snapshots: Arc<dyn Tree>,
         dir: PathBuf,
-        events: mpsc::Sender<StateEvent>,
+        events: broadcast::Sender<StateEvent>,
     ) -> Self {
         StateMachine {
             state,
@@ -482,11 +482,9 @@ impl StateMachine {
     }
 
     async fn notify(&self, events: Vec<StateEvent>) {
+        // Never waits: a tracker that lags behind is told so and catches up from the state.
         for e in events {
-            // The tracker is gone only during shutdown; the state is already durable.
-            if self.events.send(e).await.is_err() {
-                break;
-            }
+            let _ = self.events.send(e);
         }
     }
 
@@ -741,8 +739,7 @@ mod tests {
     fn machine(dir: &Path, backend: Backend) -> StateMachine {
         std::fs::create_dir_all(dir.join("db")).unwrap();
         let db = store::open(&dir.join("db"), backend).unwrap();
-        let (tx, mut rx) = mpsc::channel(1024);
-        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let (tx, _) = tokio::sync::broadcast::channel(1024);
         StateMachine::new(
             PinState::new(db.tree("state").unwrap()),
             db.tree("snapshot").unwrap(),

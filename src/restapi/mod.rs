@@ -187,7 +187,7 @@ impl RestApi {
                 Ok(()) => no_content(),
                 Err(e) => cluster_error(e),
             },
-            (&Method::GET, ["allocations"]) => self.allocations(),
+            (&Method::GET, ["allocations"]) => self.allocations().await,
             (&Method::GET, ["allocations", cid]) => match parse_cid(cid) {
                 Ok(c) => match self.cluster.pin_get(&c) {
                     Ok(p) => json(StatusCode::OK, &p),
@@ -288,19 +288,27 @@ impl RestApi {
         }
     }
 
-    fn allocations(&self) -> Response<Body> {
-        let mut pins = self.cluster.pins();
-        let first = match pins.next() {
-            None => return no_content(),
-            Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            Some(Ok(p)) => p,
+    /// `GET /allocations`: the pinset as NDJSON, read in batches and written in
+    /// large frames.
+    async fn allocations(&self) -> Response<Body> {
+        let state = self.cluster.consensus().state();
+        let (first, next) = match crate::listing::first_page(state).await {
+            Ok(x) => x,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
         };
-        stream_ndjson(
+        if first.is_empty() {
+            return no_content();
+        }
+        let body = crate::listing::write_pins(
             &self.tasks,
-            futures::stream::iter(
-                std::iter::once(Ok(first)).chain(pins.map(|r| r.map_err(|e| e.to_string()))),
-            ),
-        )
+            self.cancel.clone(),
+            crate::listing::pages_from(state, first, next),
+            b"",
+            b"",
+            crate::listing::Trailer::Always,
+            crate::listing::json_line,
+        );
+        ndjson_response(body)
     }
 
     async fn status_all(&self, q: &[(String, String)]) -> Response<Body> {
@@ -331,19 +339,43 @@ impl RestApi {
             }
             return stream_ndjson(&self.tasks, futures::stream::iter(out));
         }
-        let mut rx = self.cluster.status_stream(filter, is_local(q), &self.tasks);
-        let first = match rx.recv().await {
-            None => return no_content(),
-            Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-            Some(Ok(g)) => g,
-        };
-        let rest = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
+        // Chunks are rendered as they come; the answer starts with the first line
+        // that passes the filter (none at all: 204).
+        let mut rx = self.cluster.status_pages(is_local(q), &self.tasks);
+        let mut first = Vec::new();
+        while first.is_empty() {
+            match rx.recv().await {
+                None => return no_content(),
+                Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                Some(Ok(chunk)) => chunk.render(filter, &mut first),
+            }
+        }
+        let (tx, body) = channel_body();
+        self.tasks.spawn(async move {
+            let mut buf = first;
+            let mut err = String::new();
+            loop {
+                if buf.len() >= crate::http::FRAME_BYTES {
+                    let frame = std::mem::take(&mut buf);
+                    if !tx.send(frame).await {
+                        return;
+                    }
+                }
+                match rx.recv().await {
+                    None => break,
+                    Some(Ok(chunk)) => chunk.render(filter, &mut buf),
+                    Some(Err(e)) => {
+                        err = e;
+                        break;
+                    }
+                }
+            }
+            if !buf.is_empty() && !tx.send(buf).await {
+                return;
+            }
+            tx.trailers(stream_error_trailer(&err)).await;
         });
-        stream_ndjson(
-            &self.tasks,
-            futures::stream::once(async { Ok(first) }).chain(rest),
-        )
+        ndjson_response(body)
     }
 }
 

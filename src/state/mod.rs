@@ -29,6 +29,37 @@ pub struct PinState {
     tree: Arc<dyn Tree>,
 }
 
+/// How many entries a walk reads under one read view.
+const SCAN_BATCH: usize = 4096;
+
+/// Where a paged read of the pinset starts.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PageFrom(Vec<u8>);
+
+impl PageFrom {
+    /// The first pin.
+    pub fn start() -> Self {
+        PageFrom(PIN_PREFIX.to_vec())
+    }
+
+    /// The pin of `cid`, or the first after it.
+    pub fn at(cid: &Cid) -> Self {
+        PageFrom(key(cid))
+    }
+
+    /// The first pin after `cid`.
+    pub fn after(cid: &Cid) -> Self {
+        let mut k = key(cid);
+        k.push(0);
+        PageFrom(k)
+    }
+
+    /// True when a walk starting here has already passed `cid`.
+    pub fn is_past(&self, cid: &Cid) -> bool {
+        key(cid) < self.0
+    }
+}
+
 /// A batch write to the state tree (`None` deletes).
 pub type BatchEntry = (Vec<u8>, Option<Vec<u8>>);
 
@@ -72,15 +103,144 @@ impl PinState {
             .map(|r| r.map_err(StateError::from).and_then(|(_, v)| decode(&v)))
     }
 
-    /// How many pins there are (a walk over the keys).
+    /// How many pins there are (a walk over the keys, without copying them).
     pub fn count(&self) -> Result<u64, StateError> {
-        let (from, to) = prefix_bounds(PIN_PREFIX);
-        let mut n = 0;
-        for entry in self.tree.range(&from, to.as_deref()) {
-            entry?;
-            n += 1;
+        let mut n = 0u64;
+        let mut from = Some(PageFrom::start());
+        while let Some(f) = from {
+            from = self.scan(&f, SCAN_BATCH, &mut |_, _| {
+                n += 1;
+                true
+            })?;
         }
         Ok(n)
+    }
+
+    /// Visits up to `limit` pins from `from` in key order under one read view,
+    /// handing over the raw CID bytes and the stored value without decoding them;
+    /// `visit` returns `false` to stop. Returns where the next page starts.
+    pub fn scan(
+        &self,
+        from: &PageFrom,
+        limit: usize,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<Option<PageFrom>, StateError> {
+        let (_, to) = prefix_bounds(PIN_PREFIX);
+        let next = self.tree.scan(&from.0, to.as_deref(), limit, &mut |k, v| {
+            visit(&k[PIN_PREFIX.len()..], v)
+        })?;
+        Ok(next.map(PageFrom))
+    }
+
+    /// Up to `limit` pins from `from`, read in one batch; and where the next page starts.
+    pub fn page(
+        &self,
+        from: &PageFrom,
+        limit: usize,
+    ) -> Result<(Vec<Pin>, Option<PageFrom>), StateError> {
+        let mut out = Vec::with_capacity(limit.min(SCAN_BATCH));
+        let mut bad = None;
+        let next = self.scan(from, limit, &mut |_, v| match decode(v) {
+            Ok(p) => {
+                out.push(p);
+                true
+            }
+            Err(e) => {
+                bad = Some(e);
+                false
+            }
+        })?;
+        match bad {
+            Some(e) => Err(e),
+            None => Ok((out, next)),
+        }
+    }
+
+    /// Up to `limit` CIDs from `from`, read from the keys alone (no pin decoded).
+    pub fn cids_page(
+        &self,
+        from: &PageFrom,
+        limit: usize,
+    ) -> Result<(Vec<Cid>, Option<PageFrom>), StateError> {
+        let mut out = Vec::with_capacity(limit.min(SCAN_BATCH));
+        let mut bad = None;
+        let next = self.scan(from, limit, &mut |k, _| match Cid::from_bytes(k) {
+            Ok(c) => {
+                out.push(c);
+                true
+            }
+            Err(e) => {
+                bad = Some(StateError::Corrupt(e.to_string()));
+                false
+            }
+        })?;
+        match bad {
+            Some(e) => Err(e),
+            None => Ok((out, next)),
+        }
+    }
+
+    /// Every pin from `from` on, read in batches of `batch` under one read view each.
+    pub fn pages(
+        &self,
+        from: PageFrom,
+        batch: usize,
+    ) -> impl Iterator<Item = Result<Vec<Pin>, StateError>> + Send + 'static {
+        let this = self.clone();
+        let mut from = Some(from);
+        std::iter::from_fn(move || {
+            let f = from.take()?;
+            match this.page(&f, batch.max(1)) {
+                Ok((pins, next)) => {
+                    from = next;
+                    (!pins.is_empty()).then_some(Ok(pins))
+                }
+                Err(e) => Some(Err(e)),
+            }
+        })
+    }
+
+    /// The pins of `cids`, in the same order. CIDs sorted by their bytes (as pages
+    /// of the pinset are) are read with one range scan; others one by one.
+    pub fn get_many(&self, cids: &[Cid]) -> Result<Vec<Option<Pin>>, StateError> {
+        let keys: Vec<Vec<u8>> = cids.iter().map(key).collect();
+        if keys.len() < 2 || !keys.windows(2).all(|w| w[0] < w[1]) {
+            return cids.iter().map(|c| self.get(c)).collect();
+        }
+        let mut out: Vec<Option<Pin>> = Vec::with_capacity(cids.len());
+        let mut i = 0;
+        let mut bad = None;
+        let last = keys.last().map(|k| k.as_slice()).unwrap_or_default();
+        let mut end = last.to_vec();
+        end.push(0);
+        self.tree
+            .scan(&keys[0], Some(&end), usize::MAX, &mut |k, v| {
+                while i < keys.len() && keys[i].as_slice() < k {
+                    out.push(None);
+                    i += 1;
+                }
+                if i < keys.len() && keys[i].as_slice() == k {
+                    match decode(v) {
+                        Ok(p) => out.push(Some(p)),
+                        Err(e) => {
+                            bad = Some(e);
+                            return false;
+                        }
+                    }
+                    i += 1;
+                }
+                i < keys.len()
+            })?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        out.resize_with(cids.len(), || None);
+        Ok(out)
+    }
+
+    /// Decodes a value handed over by [`PinState::scan`].
+    pub fn decode_value(bytes: &[u8]) -> Result<Pin, StateError> {
+        decode(bytes)
     }
 
     /// The batch entry that stores `pin`.
@@ -100,5 +260,51 @@ impl PinState {
             .range(&from, to.as_deref())
             .map(|r| r.map(|(k, _)| (k, None)).map_err(StateError::from))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::PinOptions;
+
+    fn cid(n: u8) -> Cid {
+        Cid::from_bytes(&[0x01, 0x55, 0x00, 0x01, n]).unwrap()
+    }
+
+    /// Pages, key-only pages and sorted multi-gets agree with the pinset.
+    #[test]
+    fn paged_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(dir.path(), crate::store::Backend::Redb).unwrap();
+        let state = PinState::new(store.tree("state").unwrap());
+        let batch = (0..10)
+            .map(|i| PinState::add_entry(&Pin::new(cid(i * 2), PinOptions::default())).unwrap())
+            .collect();
+        state.tree().apply(batch).unwrap();
+        assert_eq!(state.count().unwrap(), 10);
+        let (pins, next) = state.page(&PageFrom::start(), 4).unwrap();
+        assert_eq!(
+            pins.iter().map(|p| p.cid).collect::<Vec<_>>(),
+            [0, 2, 4, 6].map(cid)
+        );
+        let (cids, next) = state.cids_page(&next.unwrap(), 4).unwrap();
+        assert_eq!(cids, [8, 10, 12, 14].map(cid));
+        let (rest, next) = state.page(&next.unwrap(), 4).unwrap();
+        assert_eq!((rest.len(), next), (2, None));
+        let all: Vec<usize> = state
+            .pages(PageFrom::at(&cid(5)), 3)
+            .map(|p| p.unwrap().len())
+            .collect();
+        assert_eq!(all, [3, 3, 1]);
+        assert!(PageFrom::after(&cid(4)).is_past(&cid(4)));
+        assert!(!PageFrom::at(&cid(4)).is_past(&cid(4)));
+        // Sorted: one range read; unsorted: one read each; same answers.
+        let got = state.get_many(&[1, 2, 3, 4, 18, 19].map(cid)).unwrap();
+        let found: Vec<bool> = got.iter().map(Option::is_some).collect();
+        assert_eq!(found, [false, true, false, true, true, false]);
+        let got = state.get_many(&[4, 1, 2].map(cid)).unwrap();
+        let found: Vec<bool> = got.iter().map(Option::is_some).collect();
+        assert_eq!(found, [true, false, true]);
     }
 }

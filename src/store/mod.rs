@@ -66,6 +66,34 @@ pub trait Tree: Send + Sync {
     fn consistent_ranges(&self) -> bool {
         false
     }
+    /// Visits up to `limit` entries with keys in `[from, to)`, in key order, under
+    /// one read view and without copying them; `visit` returns `false` to stop.
+    /// Returns the key to resume from when entries remain past the last visited.
+    fn scan(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        for (n, entry) in self.range(from, to).enumerate() {
+            let (k, v) = entry?;
+            if n == limit {
+                return Ok(Some(k));
+            }
+            if !visit(&k, &v) {
+                return Ok(next_key(&k));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The smallest key after `key` (to resume a scan past it).
+pub fn next_key(key: &[u8]) -> Option<Vec<u8>> {
+    let mut k = key.to_vec();
+    k.push(0);
+    Some(k)
 }
 
 /// An opened database holding named trees.
@@ -137,6 +165,22 @@ mod tests {
         let all: Vec<_> = t.range(b"a/2", None).map(|r| r.unwrap().0).collect();
         assert_eq!(all, vec![b"a/2".to_vec(), b"b/1".to_vec()]);
         assert_eq!(t.last_with_prefix(b"a/").unwrap().unwrap().1, b"y");
+        // Batched scans: a limit gives the key to resume from; a stop, the key after.
+        let mut seen = Vec::new();
+        let mut visit = |k: &[u8], v: &[u8]| {
+            seen.push((k.to_vec(), v.to_vec()));
+            true
+        };
+        let next = t.scan(b"a/", None, 1, &mut visit).unwrap();
+        assert_eq!(next.as_deref(), Some(&b"a/2"[..]));
+        let next = t
+            .scan(&next.unwrap(), to.as_deref(), 5, &mut visit)
+            .unwrap();
+        assert_eq!(next, None);
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1], (b"a/2".to_vec(), b"y".to_vec()));
+        let next = t.scan(b"", None, 5, &mut |_, _| false).unwrap();
+        assert_eq!(next.as_deref(), Some(&b"a/1\0"[..]));
         t.apply(vec![(b"a/2".to_vec(), None)]).unwrap();
         assert_eq!(t.get(b"a/2").unwrap(), None);
         assert_eq!(t.get(b"b/1").unwrap().unwrap(), b"z");

@@ -8,6 +8,9 @@ use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use super::{KvIter, KvPair, Store, StoreError, Tree};
 
+/// How much of the database file redb keeps in memory.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// A redb database file.
 pub struct RedbStore {
     db: Arc<Database>,
@@ -24,7 +27,11 @@ fn table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
 impl RedbStore {
     /// Opens or creates the database file `file`.
     pub fn open(file: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(file).map_err(err)?;
+        // redb caches up to 1 GiB by default; every walk of a big pinset would fill it.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(file)
+            .map_err(err)?;
         Ok(RedbStore { db: Arc::new(db) })
     }
 }
@@ -128,5 +135,30 @@ impl Tree for RedbTree {
     // A range holds one read transaction (MVCC) until dropped.
     fn consistent_ranges(&self) -> bool {
         true
+    }
+
+    fn scan(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.read()?;
+        let range = match to {
+            Some(to) => t.range::<&[u8]>(from..to),
+            None => t.range::<&[u8]>(from..),
+        }
+        .map_err(err)?;
+        for (n, entry) in range.enumerate() {
+            let (k, v) = entry.map_err(err)?;
+            if n == limit {
+                return Ok(Some(k.value().to_vec()));
+            }
+            if !visit(k.value(), v.value()) {
+                return Ok(super::next_key(k.value()));
+            }
+        }
+        Ok(None)
     }
 }

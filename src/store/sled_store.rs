@@ -69,4 +69,27 @@ impl Tree for SledTree {
     fn flush(&self) -> Result<(), StoreError> {
         self.0.flush().map(|_| ()).map_err(err)
     }
+
+    fn scan(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let iter = match to {
+            Some(to) => self.0.range(from..to),
+            None => self.0.range(from..),
+        };
+        for (n, entry) in iter.enumerate() {
+            let (k, v) = entry.map_err(err)?;
+            if n == limit {
+                return Ok(Some(k.to_vec()));
+            }
+            if !visit(&k, &v) {
+                return Ok(super::next_key(&k));
+            }
+        }
+        Ok(None)
+    }
 }

@@ -1,0 +1,639 @@
+//! The read side at scale (`scripts/bench.sh scale-pinset`): one release peer
+//! loaded with N pins (`state import -f` of an upstream-format export) before a
+//! kubo-shaped fake daemon that holds them all. Prints import and start times,
+//! the listings (`GET /allocations`, proxy `pin/ls` streamed and not, `GET /pins`),
+//! point-read latencies at 10k and at N pins, and RSS per pin, each next to a
+//! floor measured in the same run (a raw scan of the same store, an in-process
+//! render of the same JSON) with the ratio.
+//!
+//! `SCALE_PINS` sets N (default 1,000,000); `SCALE_BASELINE_BIN` runs the same
+//! measurements with another build of `ipfs-cluster-service` as well, for a
+//! before/after (`SCALE_BIN`: that other build alone); `SCALE_DATASTORE`: the
+//! store given to `init --datastore`. Ports: 40400-40599 (`SCALE_PORT_BASE` to move them).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderValue, Response, StatusCode};
+use ipfs_cluster::http::{Body, ServerOptions, channel_body, full, query_pairs};
+use ipfs_cluster::state::{PageFrom, PinState};
+use ipfs_cluster::types::{Cid, Pin, PinOptions};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const SMALL: u64 = 10_000;
+const POINT_READS: usize = 1000;
+
+/// The CID of pin `i`: CIDv1, raw, sha2-256, the digest carrying `i`.
+fn cid_of(i: u64) -> Cid {
+    let mut b = vec![0x01, 0x55, 0x12, 0x20];
+    b.extend_from_slice(&i.to_be_bytes());
+    b.extend_from_slice(&[0xab; 24]);
+    Cid::from_bytes(&b).expect("a valid CID")
+}
+
+/// The index of a CID made by [`cid_of`].
+fn index_of(cid: &Cid) -> Option<u64> {
+    let b = cid.to_bytes();
+    if b.len() != 36 || b[..4] != [0x01, 0x55, 0x12, 0x20] || b[12..] != [0xab; 24] {
+        return None;
+    }
+    Some(u64::from_be_bytes(b[4..12].try_into().ok()?))
+}
+
+fn json_response(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A kubo-shaped daemon holding pins 0..n (recursive), answering at once.
+async fn fake_daemon(
+    n: u64,
+    port: u16,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) -> std::net::SocketAddr {
+    let listeners = ipfs_cluster::http::bind(&[format!("/ip4/127.0.0.1/tcp/{port}")])
+        .await
+        .expect("bind the fake daemon");
+    let spawner = tasks.clone();
+    ipfs_cluster::http::serve(
+        "fake daemon",
+        listeners,
+        move |req, _| {
+            let path = req.uri().path().to_string();
+            let q = query_pairs(req.uri());
+            let spawner = spawner.clone();
+            async move {
+                let get = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+                match path.as_str() {
+                    "/api/v0/id" => json_response(
+                        StatusCode::OK,
+                        r#"{"ID":"12D3KooWScaleFakeDaemon","Addresses":["/ip4/127.0.0.1/tcp/4001"]}"#
+                            .into(),
+                    ),
+                    "/api/v0/version" => {
+                        json_response(StatusCode::OK, r#"{"Version":"0.30.0"}"#.into())
+                    }
+                    "/api/v0/repo/stat" => json_response(
+                        StatusCode::OK,
+                        r#"{"RepoSize":1000000,"StorageMax":100000000000}"#.into(),
+                    ),
+                    "/api/v0/swarm/peers" => json_response(StatusCode::OK, r#"{"Peers":[]}"#.into()),
+                    "/api/v0/pin/add" | "/api/v0/pin/rm" => {
+                        let arg = get("arg").unwrap_or_default();
+                        json_response(StatusCode::OK, format!(r#"{{"Pins":["{arg}"]}}"#))
+                    }
+                    "/api/v0/pin/ls" => {
+                        if let Some(arg) = get("arg") {
+                            let held = arg
+                                .parse::<Cid>()
+                                .ok()
+                                .and_then(|c| index_of(&c))
+                                .is_some_and(|i| i < n);
+                            return if held {
+                                json_response(
+                                    StatusCode::OK,
+                                    format!(r#"{{"Keys":{{"{arg}":{{"Type":"recursive"}}}}}}"#),
+                                )
+                            } else {
+                                json_response(
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    format!(
+                                        r#"{{"Message":"path '{arg}' is not pinned","Code":0,"Type":"error"}}"#
+                                    ),
+                                )
+                            };
+                        }
+                        let count = match get("type").as_deref() {
+                            Some("direct") | Some("indirect") => 0,
+                            _ => n,
+                        };
+                        let (tx, body) = channel_body();
+                        spawner.spawn(async move {
+                            let mut buf = String::with_capacity(70_000);
+                            for i in 0..count {
+                                buf.push_str(r#"{"Cid":""#);
+                                buf.push_str(&cid_of(i).to_string());
+                                buf.push_str("\",\"Type\":\"recursive\"}\n");
+                                if buf.len() > 64 * 1024
+                                    && !tx.send(Bytes::from(std::mem::take(&mut buf))).await
+                                {
+                                    return;
+                                }
+                            }
+                            if !buf.is_empty() {
+                                tx.send(Bytes::from(buf)).await;
+                            }
+                        });
+                        let mut r = Response::new(body);
+                        r.headers_mut()
+                            .insert("content-type", HeaderValue::from_static("application/json"));
+                        r.headers_mut()
+                            .insert("x-chunked-output", HeaderValue::from_static("1"));
+                        r
+                    }
+                    _ => json_response(
+                        StatusCode::NOT_FOUND,
+                        r#"{"Message":"Not Found","Code":3,"Type":"error"}"#.into(),
+                    ),
+                }
+            }
+        },
+        ServerOptions {
+            header_read_timeout: Duration::from_secs(5),
+            max_header_bytes: 16 * 1024,
+        },
+        tasks,
+        cancel,
+    )
+    .pop()
+    .expect("the fake daemon listens")
+}
+
+struct Ports {
+    daemon: u16,
+    p2p: u16,
+    rest: u16,
+    proxy: u16,
+}
+
+fn run(bin: &str, args: &[&str]) -> Duration {
+    let t = Instant::now();
+    let out = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ipfs-cluster-service");
+    assert!(
+        out.status.success(),
+        "{bin} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.elapsed()
+}
+
+/// Writes an upstream-format export (one pin JSON object a line) of pins 0..n.
+fn write_export(file: &Path, n: u64) {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(file).expect("export file"));
+    let ts = chrono::DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")
+        .expect("a date")
+        .with_timezone(&chrono::Utc);
+    for i in 0..n {
+        let mut pin = Pin::new(cid_of(i), PinOptions::default());
+        pin.options.replication_factor_min = -1;
+        pin.options.replication_factor_max = -1;
+        pin.timestamp = ts;
+        serde_json::to_writer(&mut w, &pin).expect("write the export");
+        w.write_all(b"\n").expect("write the export");
+    }
+    w.flush().expect("write the export");
+}
+
+/// The floors, read from the imported store before the peer opens it (CPU time
+/// of this process, second of two passes so that the store is warm).
+#[derive(Clone, Copy)]
+struct Floors {
+    scan: Duration,
+    render_rest: Duration,
+    render_kubo: Duration,
+}
+
+/// CPU time (user + system) of a process so far.
+fn cpu(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    Duration::from_millis(f.iter().sum::<u64>() * 10)
+}
+
+fn floors(dir: &Path) -> Floors {
+    let cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("service.json")).expect("read service.json"),
+    )
+    .expect("parse service.json");
+    let backend = match cfg["consensus"]["raft"]["datastore"].as_str() {
+        Some("redb") => ipfs_cluster::store::Backend::Redb,
+        _ => ipfs_cluster::store::Backend::Sled,
+    };
+    let store = ipfs_cluster::store::open(&dir.join(ipfs_cluster::config::RAFT_DIR), backend)
+        .expect("open the store");
+    let state = PinState::new(store.tree("state").expect("state tree"));
+    let mut floors = Floors {
+        scan: Duration::ZERO,
+        render_rest: Duration::ZERO,
+        render_kubo: Duration::ZERO,
+    };
+    for _ in 0..2 {
+        // A raw scan: every key and value visited under batched read views.
+        let t = cpu("self");
+        let (mut n, mut bytes) = (0u64, 0usize);
+        let mut from = Some(PageFrom::start());
+        while let Some(f) = from {
+            from = state
+                .scan(&f, 4096, &mut |k, v| {
+                    n += 1;
+                    bytes += k.len() + v.len();
+                    true
+                })
+                .expect("scan");
+        }
+        floors.scan = cpu("self") - t;
+        // In-process renders of the same pins: REST NDJSON and kubo's pin/ls stream.
+        let t = cpu("self");
+        let mut out = Vec::with_capacity(1 << 20);
+        let mut total = 0usize;
+        for page in state.pages(PageFrom::start(), 2048) {
+            for p in page.expect("page") {
+                ipfs_cluster::listing::json_line(&p, &mut out);
+            }
+            total += out.len();
+            out.clear();
+        }
+        floors.render_rest = cpu("self") - t;
+        let t = cpu("self");
+        for page in state.pages(PageFrom::start(), 2048) {
+            for p in page.expect("page") {
+                out.extend_from_slice(br#"{"Cid":""#);
+                out.extend_from_slice(p.cid.to_string().as_bytes());
+                out.extend_from_slice(b"\",\"Type\":\"");
+                out.extend_from_slice(p.mode().as_str().as_bytes());
+                out.extend_from_slice(b"\"}\n");
+            }
+            out.clear();
+        }
+        floors.render_kubo = cpu("self") - t;
+        eprintln!("  store: {n} pins, {bytes} bytes; REST rendering {total} bytes");
+    }
+    floors
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A timed request: wall time, the peer's CPU time, bytes, lines.
+struct Timed {
+    wall: Duration,
+    cpu: Duration,
+    bytes: usize,
+    lines: usize,
+    rss_kb: u64,
+}
+
+/// Streams a response to its end.
+async fn fetch(pid: u32, req: reqwest::RequestBuilder) -> Timed {
+    let (t, c) = (Instant::now(), cpu(&pid.to_string()));
+    let resp = req.send().await.expect("request");
+    let mut stream = resp.bytes_stream();
+    let (mut bytes, mut lines) = (0, 0);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.expect("body");
+        bytes += chunk.len();
+        lines += chunk.iter().filter(|b| **b == b'\n').count();
+    }
+    Timed {
+        wall: t.elapsed(),
+        cpu: cpu(&pid.to_string()) - c,
+        bytes,
+        lines,
+        rss_kb: rss_kb(pid),
+    }
+}
+
+/// A started peer before its fake daemon.
+struct Running {
+    child: Child,
+    pid: u32,
+    rest: String,
+    proxy: String,
+    n: u64,
+    started: Instant,
+    import: Duration,
+    ready: Duration,
+    floors: Floors,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+async fn start(bin: &str, n: u64, root: &Path, ports: &Ports, export: &Path) -> Running {
+    let dir = root.join(format!("peer-{n}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_string_lossy().to_string();
+    let mut init = vec!["--config", &d, "init", "--force"];
+    let datastore = std::env::var("SCALE_DATASTORE").unwrap_or_default();
+    if !datastore.is_empty() {
+        init.extend(["--datastore", &datastore]);
+    }
+    run(bin, &init);
+    let export = export.to_string_lossy().to_string();
+    let import = run(bin, &["--config", &d, "state", "import", "-f", &export]);
+    let floors = floors(&dir);
+
+    let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+    fake_daemon(n, ports.daemon, &tasks, cancel.clone()).await;
+    let addr = |p: u16| format!("/ip4/127.0.0.1/tcp/{p}");
+    let started = Instant::now();
+    let child: Child = Command::new(bin)
+        .args(["--config", &d, "daemon"])
+        .env("CLUSTER_LISTENMULTIADDRESS", addr(ports.p2p))
+        .env("CLUSTER_IPFSHTTP_NODEMULTIADDRESS", addr(ports.daemon))
+        .env("CLUSTER_IPFSPROXY_NODEMULTIADDRESS", addr(ports.daemon))
+        .env("CLUSTER_IPFSPROXY_LISTENMULTIADDRESS", addr(ports.proxy))
+        .env("CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS", addr(ports.rest))
+        .env("IPFS_CLUSTER_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the peer");
+    let rest = format!("http://127.0.0.1:{}", ports.rest);
+    let client = reqwest::Client::new();
+    let ready = loop {
+        if let Ok(r) = client.get(format!("{rest}/id")).send().await
+            && r.status().is_success()
+        {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the peer did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    Running {
+        pid: child.id(),
+        child,
+        rest,
+        proxy: format!("http://127.0.0.1:{}/api/v0", ports.proxy),
+        n,
+        started,
+        import,
+        ready,
+        floors,
+        tasks,
+        cancel,
+    }
+}
+
+impl Running {
+    async fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let _ = self.child.wait();
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+struct Figures {
+    import: Duration,
+    ready: Duration,
+    rss_20s_kb: u64,
+    allocations: Timed,
+    pin_ls_stream: Timed,
+    pin_ls: Timed,
+    status: Timed,
+    /// p50 at 10k and at N: GET /allocations/{cid}, then pin/ls?arg=.
+    p50: [(Duration, Duration); 2],
+    floors: Floors,
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// Point reads on both peers, alternating rounds so that both see the same load.
+async fn point_reads(small: &Running, big: &Running) -> [(Duration, Duration); 2] {
+    let client = reqwest::Client::new();
+    let mut out = [(Duration::ZERO, Duration::ZERO); 2];
+    for (k, slot) in out.iter_mut().enumerate() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for round in 0..10u64 {
+            for (peer, times) in [(small, &mut a), (big, &mut b)] {
+                for j in 0..(POINT_READS as u64 / 10) {
+                    // Spread over the whole pinset, in no order.
+                    let i = ((round * 1000 + j).wrapping_mul(2_654_435_761)) % peer.n;
+                    let req = if k == 0 {
+                        client.get(format!("{}/allocations/{}", peer.rest, cid_of(i)))
+                    } else {
+                        client.post(format!("{}/pin/ls?arg={}", peer.proxy, cid_of(i)))
+                    };
+                    let t = Instant::now();
+                    let r = req.send().await.expect("point read");
+                    assert!(r.status().is_success());
+                    r.bytes().await.expect("body");
+                    times.push(t.elapsed());
+                }
+            }
+        }
+        a.sort();
+        b.sort();
+        *slot = (a[a.len() / 2], b[b.len() / 2]);
+    }
+    out
+}
+
+async fn measure(bin: &str, n: u64, root: &Path, exports: (&Path, &Path)) -> Figures {
+    let base: u16 = std::env::var("SCALE_PORT_BASE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40400);
+    let ports = |o: u16| Ports {
+        daemon: base + o + 1,
+        p2p: base + o + 2,
+        rest: base + o + 3,
+        proxy: base + o + 4,
+    };
+    let small = start(bin, SMALL.min(n), root, &ports(0), exports.0).await;
+    let big = start(bin, n, root, &ports(10), exports.1).await;
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(big.started.elapsed())).await;
+    let rss_20s_kb = rss_kb(big.pid);
+    let client = reqwest::Client::new();
+    let (rest, proxy, pid) = (&big.rest, &big.proxy, big.pid);
+    let allocations = fetch(pid, client.get(format!("{rest}/allocations"))).await;
+    assert_eq!(allocations.lines as u64, n, "/allocations");
+    let pin_ls_stream = fetch(
+        pid,
+        client.post(format!("{proxy}/pin/ls?stream=true&type=recursive")),
+    )
+    .await;
+    assert_eq!(pin_ls_stream.lines as u64, n, "pin/ls?stream=true");
+    let pin_ls = fetch(pid, client.post(format!("{proxy}/pin/ls"))).await;
+    assert!(
+        pin_ls.bytes as u64 > n * 40,
+        "pin/ls: {} bytes",
+        pin_ls.bytes
+    );
+    let status = fetch(pid, client.get(format!("{rest}/pins"))).await;
+    assert_eq!(status.lines as u64, n, "GET /pins");
+    let p50 = point_reads(&small, &big).await;
+    let figures = Figures {
+        import: big.import,
+        ready: big.ready,
+        rss_20s_kb,
+        allocations,
+        pin_ls_stream,
+        pin_ls,
+        status,
+        p50,
+        floors: big.floors,
+    };
+    small.stop().await;
+    big.stop().await;
+    figures
+}
+
+fn report(label: &str, n: u64, big: &Figures) {
+    let f = &big.floors;
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    let per_pin = |kb: u64| kb as f64 * 1024.0 / n as f64;
+    println!("== {label}: one peer, {n} pins (wall time; the peer's CPU time; its RSS after) ==");
+    println!("import:               {}", secs(big.import));
+    println!("start to ready:       {}", secs(big.ready));
+    println!(
+        "floors (CPU): raw store scan {} ; REST render {} ; kubo render {}",
+        secs(f.scan),
+        secs(f.render_rest),
+        secs(f.render_kubo)
+    );
+    for (name, t, floor) in [
+        ("GET /allocations", &big.allocations, f.render_rest),
+        ("pin/ls?stream=true", &big.pin_ls_stream, f.render_kubo),
+        ("pin/ls (one object)", &big.pin_ls, f.render_kubo),
+        ("GET /pins (status)", &big.status, f.render_rest),
+    ] {
+        println!(
+            "{name:<21} {} ; CPU {} (x{:.2} its render floor, x{:.2} the scan floor) ; {} lines, {} MB ; RSS {} MiB",
+            secs(t.wall),
+            secs(t.cpu),
+            ratio(t.cpu, floor),
+            ratio(t.cpu, f.scan),
+            t.lines,
+            t.bytes / 1_000_000,
+            t.rss_kb / 1024
+        );
+    }
+    for (name, (a, b)) in ["GET /allocations/{cid}", "pin/ls?arg="]
+        .iter()
+        .zip(big.p50)
+    {
+        println!(
+            "p50 {name:<22} {:.3} ms at {SMALL}, {:.3} ms at {n} (x{:.2})",
+            a.as_secs_f64() * 1e3,
+            b.as_secs_f64() * 1e3,
+            ratio(b, a)
+        );
+    }
+    println!(
+        "RSS 20 s after start: {} MiB = {:.0} B/pin; after the listings {} MiB = {:.0} B/pin",
+        big.rss_20s_kb / 1024,
+        per_pin(big.rss_20s_kb),
+        big.status.rss_kb / 1024,
+        per_pin(big.status.rss_kb),
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n: u64 = std::env::var("SCALE_PINS")
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(1_000_000);
+    let bin = env!("CARGO_BIN_EXE_ipfs-cluster-service").to_string();
+    // SCALE_BIN measures another build alone (e.g. the one before a change).
+    let mut bins = match std::env::var("SCALE_BIN") {
+        Ok(b) => vec![(b.clone(), b)],
+        Err(_) => vec![("this build".to_string(), bin)],
+    };
+    if let Ok(b) = std::env::var("SCALE_BASELINE_BIN") {
+        bins.insert(0, ("baseline".to_string(), b));
+    }
+    let root = tempfile::tempdir().expect("temp dir");
+    let small_export = root.path().join("small.json");
+    let big_export = root.path().join("big.json");
+    let t = Instant::now();
+    write_export(&small_export, SMALL.min(n));
+    write_export(&big_export, n);
+    eprintln!("exports written in {}", secs(t.elapsed()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut results = Vec::new();
+    for (label, bin) in &bins {
+        eprintln!("{label}: {SMALL} and {n} pins");
+        let exports = (small_export.as_path(), big_export.as_path());
+        let big = rt.block_on(measure(bin, n, root.path(), exports));
+        report(label, n, &big);
+        results.push((label.clone(), big));
+    }
+    if let [(_, before), (_, after)] = results.as_slice() {
+        let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+        println!("== before / after ==");
+        for (name, a, b) in [
+            ("import", before.import, after.import),
+            ("start to ready", before.ready, after.ready),
+            (
+                "GET /allocations",
+                before.allocations.wall,
+                after.allocations.wall,
+            ),
+            (
+                "pin/ls?stream=true",
+                before.pin_ls_stream.wall,
+                after.pin_ls_stream.wall,
+            ),
+            ("pin/ls", before.pin_ls.wall, after.pin_ls.wall),
+            ("GET /pins", before.status.wall, after.status.wall),
+            (
+                "GET /allocations, peer CPU",
+                before.allocations.cpu,
+                after.allocations.cpu,
+            ),
+            (
+                "pin/ls?stream=true, peer CPU",
+                before.pin_ls_stream.cpu,
+                after.pin_ls_stream.cpu,
+            ),
+            ("pin/ls, peer CPU", before.pin_ls.cpu, after.pin_ls.cpu),
+            ("GET /pins, peer CPU", before.status.cpu, after.status.cpu),
+        ] {
+            println!(
+                "{name}: {} -> {} (x{:.1} faster)",
+                secs(a),
+                secs(b),
+                r(a, b)
+            );
+        }
+        println!(
+            "RSS 20 s after start: {} MiB -> {} MiB; after the listings {} MiB -> {} MiB",
+            before.rss_20s_kb / 1024,
+            after.rss_20s_kb / 1024,
+            before.status.rss_kb / 1024,
+            after.status.rss_kb / 1024
+        );
+    }
+}
