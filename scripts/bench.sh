@@ -1,26 +1,204 @@
 #!/usr/bin/env bash
 # Benchmarks (not part of the test suite): memory and speed targets measured side
-# by side in one run. With no argument:
-#   - status of 100,000 pins streamed through GET /pins: peer RSS growth (< 64 MiB)
-#   - sled against redb as the Raft store
-#   - a 1 GiB add through the proxy and through the REST API: peer RSS growth (< 32 MiB)
-#   - the proxy against the daemon: a 1 GiB cat and 500 small calls
+# by side in one run.
+#   scripts/bench.sh
+#     - status of 100,000 pins streamed through GET /pins: peer RSS growth (< 64 MiB)
+#     - sled against redb as the Raft store
+#     - a 1 GiB add through the proxy and through the REST API: peer RSS growth (< 32 MiB)
+#     - the proxy against the daemon: a 1 GiB cat and 500 small calls
+#   scripts/bench.sh proxy
+#     - the proxy's pass-through against nginx's proxy_pass and a bare hyper proxy,
+#       all in front of one trivial backend (examples/bench-backend.rs), driven by
+#       wrk: 1, 32 and 128 connections and a 1 GiB stream with the peer's RSS
+#       growth (three interleaved rounds, medians, ratios to direct and to nginx)
+#     - 500 small calls through the proxy against the real daemon directly
+#     PEER_BASE=/path/to/ipfs-cluster-service adds that build's peer as a column
+#     ("base"), for a before/after in one run.
+#   scripts/bench.sh scale-pinset
+#     - one release peer with 1,000,000 imported pins (SCALE_PINS to change;
+#       SCALE_BASELINE_BIN=<another ipfs-cluster-service> for a before/after): import,
+#       start, listings, status, point reads at 10k and 1M, RSS per pin, each next to
+#       a floor measured in the same run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ipfs-cluster-rs/target}"
-
-# `bench.sh scale-pinset`: one release peer with 1,000,000 imported pins (SCALE_PINS
-# to change; SCALE_BASELINE_BIN=<another ipfs-cluster-service> for a before/after):
-# import, start, listings, status, point reads at 10k and 1M, RSS per pin, each
-# next to a floor measured in the same run.
-case "${1:-}" in
+MODE="${1:-all}"
+case "$MODE" in
+  all | proxy) ;;
   scale-pinset)
     cargo bench --bench scale_pinset 2>&1 | grep -vE "^ *(Compiling|Finished|Running)"
     exit
     ;;
-  "") ;;
-  *) echo "usage: $0 [scale-pinset]" >&2; exit 2 ;;
+  *) echo "usage: $0 [proxy|scale-pinset]" >&2; exit 2 ;;
 esac
+
+BIN="$CARGO_TARGET_DIR/release"
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for p in "${PEER:-}" "${PIDS[@]}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  bash scripts/ipfs-daemon.sh stop "$WORK/ipfs" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+kb() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$PEER/status"; }
+wait_http() { for _ in $(seq 1 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
+
+API=$(port); PROXY=$(port); REST=$(port); P2P=$(port)
+# run_peer BIN DIR PROXY_PORT REST_PORT P2P_PORT NODE_PORT: a release peer, its IPFS
+# connector on the real daemon and its proxy in front of 127.0.0.1:NODE_PORT;
+# sets RUN_PID.
+run_peer() {
+  [ -d "$2" ] || "$1" --config "$2" init >/dev/null
+  CLUSTER_LISTENMULTIADDRESS=/ip4/127.0.0.1/tcp/$5 \
+  CLUSTER_IPFSHTTP_NODEMULTIADDRESS=/ip4/127.0.0.1/tcp/$API \
+  CLUSTER_IPFSPROXY_NODEMULTIADDRESS=/ip4/127.0.0.1/tcp/$6 \
+  CLUSTER_IPFSPROXY_LISTENMULTIADDRESS=/ip4/127.0.0.1/tcp/$3 \
+  CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS=/ip4/127.0.0.1/tcp/$4 \
+  IPFS_CLUSTER_LOG_LEVEL=warn "$1" --config "$2" daemon &
+  RUN_PID=$!
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$4/health" >/dev/null && break; sleep 0.1; done
+}
+# start_peer NODE_PORT: this build's peer (PEER) with its proxy on $PROXY.
+start_peer() { run_peer "$BIN/ipfs-cluster-service" "$WORK/c" "$PROXY" "$REST" "$P2P" "$1"; PEER=$RUN_PID; }
+stop_peer() { kill "$PEER"; wait "$PEER" 2>/dev/null || true; PEER=; }
+
+# vs_daemon API_PORT PROXY_PORT [ROOT]: the proxy against the daemon, side by side:
+# reading ROOT back (`cat`, when given) and 500 small calls (`version`) on one
+# kept-alive connection; after a warm-up, three rounds alternate between the two,
+# and the best of each counts.
+vs_daemon() {
+  local root="${3:-}"
+  secs() { curl -s -w '%{time_total}\n' -X POST "$@" | awk '{ t += $1 } END { print t }'; }
+  small_args() { for _ in $(seq 1 500); do printf -- '-o /dev/null http://127.0.0.1:%s/api/v0/version ' "$1"; done; }
+  cat_secs() { if [ -n "$root" ]; then secs -o /dev/null "http://127.0.0.1:$1/api/v0/cat?arg=$root"; else echo 0; fi; }
+  cat_secs "$1" >/dev/null
+  # shellcheck disable=SC2046 # one argument per word
+  secs $(small_args "$2") >/dev/null
+  for _ in 1 2 3; do
+    for target in "direct $1" "proxy $2"; do
+      set -- $target
+      # shellcheck disable=SC2046 # one argument per word
+      echo "$1 $(cat_secs "$2") $(secs $(small_args "$2"))"
+    done
+  done | awk -v cat="$root" '
+    { if (!($1 in c) || $2 < c[$1]) c[$1] = $2; if (!($1 in s) || $3 < s[$1]) s[$1] = $3 }
+    END {
+      if (cat != "") printf "cat of 1 GiB: direct %.2f s, proxy %.2f s (proxy/direct %.2f)\n", c["direct"], c["proxy"], c["proxy"] / c["direct"]
+      printf "500 version calls: direct %.3f s, proxy %.3f s (proxy/direct %.2f)\n", s["direct"], s["proxy"], s["proxy"] / s["direct"]
+    }'
+}
+
+if [ "$MODE" = proxy ]; then
+  cargo build --release --bins --example bench-backend -q
+  BACKEND=$(port); BARE=$(port); NGINX=$(port)
+  "$CARGO_TARGET_DIR/release/examples/bench-backend" serve "127.0.0.1:$BACKEND" & PIDS+=($!)
+  "$CARGO_TARGET_DIR/release/examples/bench-backend" proxy "127.0.0.1:$BARE" "127.0.0.1:$BACKEND" & PIDS+=($!)
+  TARGETS="direct:$BACKEND bare:$BARE"
+  if command -v nginx >/dev/null; then
+    # As the reference figures: 1 worker, a kept-alive upstream, HTTP/1.1, no buffering.
+    mkdir -p "$WORK/nginx"
+    cat >"$WORK/nginx/nginx.conf" <<CONF
+worker_processes 1;
+pid nginx.pid;
+error_log error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path body; proxy_temp_path proxy;
+  upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; proxy_request_buffering off; }
+  }
+}
+CONF
+    nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' 2>/dev/null & PIDS+=($!)
+    TARGETS="direct:$BACKEND nginx:$NGINX bare:$BARE"
+  else
+    echo "nginx is not installed: its column is left out" >&2
+  fi
+  if [ -n "${PEER_BASE:-}" ]; then
+    BASE_PROXY=$(port)
+    run_peer "$PEER_BASE" "$WORK/base" "$BASE_PROXY" "$(port)" "$(port)" "$BACKEND"
+    PIDS+=("$RUN_PID")
+    TARGETS="$TARGETS base:$BASE_PROXY"
+  fi
+  TARGETS="$TARGETS peer:$PROXY"
+  bash scripts/ipfs-daemon.sh start "$WORK/ipfs" "$API" >/dev/null 2>&1
+  start_peer "$BACKEND"
+  for t in $TARGETS; do wait_http "http://127.0.0.1:${t#*:}/api/v0/version"; done
+  echo 'wrk.method = "POST"' >"$WORK/post.lua"
+  echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  # wrk's latency percentiles and req/s, as "target conns req/s p50(µs)"
+  wrk_run() {
+    wrk -t"$3" -c"$2" -d4s --latency -s "$WORK/post.lua" "http://127.0.0.1:$4/api/v0/version" |
+      awk -v t="$1" -v c="$2" '
+        function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; return v * 1000000 }
+        $1 == "50%" { p50 = us($2) } $1 == "Requests/sec:" { rps = $2 }
+        END { print t, c, rps, p50 }'
+  }
+  : >"$WORK/results"
+  for t in $TARGETS; do wrk -t1 -c8 -d1s -s "$WORK/post.lua" "http://127.0.0.1:${t#*:}/api/v0/version" >/dev/null; done
+  for round in 1 2 3; do
+    for load in "1 1" "32 2" "128 2"; do
+      set -- $load
+      for t in $TARGETS; do wrk_run "${t%%:*}" "$1" "$2" "${t#*:}" >>"$WORK/results"; done
+    done
+    for t in $TARGETS; do
+      if [ "${t%%:*}" = peer ]; then echo 5 >"/proc/$PEER/clear_refs"; before=$(kb VmRSS); fi
+      speed=$(curl -s -X POST -o /dev/null -w '%{speed_download}' "http://127.0.0.1:${t#*:}/api/v0/cat/big")
+      echo "${t%%:*} stream $speed 0" >>"$WORK/results"
+      if [ "${t%%:*}" = peer ]; then echo "peer rss $(( ($(kb VmHWM) - before) )) 0" >>"$WORK/results"; fi
+    done
+    echo "round $round done, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  done
+  # median TARGET LOAD FIELD (3 = req/s, B/s or kB; 4 = p50 µs)
+  median() { awk -v t="$1" -v c="$2" -v f="$3" '$1 == t && $2 == c { print $f }' "$WORK/results" |
+    sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+  names=""; for t in $TARGETS; do names="$names ${t%%:*}"; done
+  {
+    printf '| load |'; for n in $names; do printf ' %s |' "$n"; done; printf '\n|---|'
+    for _ in $names; do printf -- '---|'; done; printf '\n'
+    d=$(median direct 1 4); n1=$(median nginx 1 4)
+    printf '| 1 connection, p50 (added over direct) |'
+    for n in $names; do
+      v=$(median "$n" 1 4)
+      if [ "$n" = direct ]; then printf ' %.0f µs |' "$v"; else printf ' %.0f µs (+%.0f) |' "$v" "$(echo "$v - $d" | bc)"; fi
+    done; printf '\n'
+    for c in 32 128; do
+      d=$(median direct "$c" 3); ng=$(median nginx "$c" 3)
+      printf '| %s connections, req/s (× direct) |' "$c"
+      for n in $names; do
+        v=$(median "$n" "$c" 3)
+        if [ "$n" = direct ]; then printf ' %.0f |' "$v"; else printf ' %.0f (%.2f×) |' "$v" "$(echo "$v / $d" | bc -l)"; fi
+      done; printf '\n'
+    done
+    d=$(median direct stream 3)
+    printf '| 1 GiB stream, GiB/s (× direct) |'
+    for n in $names; do
+      v=$(median "$n" stream 3)
+      if [ "$n" = direct ]; then printf ' %.2f |' "$(echo "$v / 1073741824" | bc -l)"
+      else printf ' %.2f (%.2f×) |' "$(echo "$v / 1073741824" | bc -l)" "$(echo "$v / $d" | bc -l)"; fi
+    done; printf '\n'
+  } | sed 's/(+-/(-/g'
+  if [ -n "$(median nginx 32 3)" ]; then
+    printf 'peer/nginx: 32 connections %.2f×, 128 connections %.2f×; 1 connection, p50 added over direct: peer %.0f µs, nginx %.0f µs\n' \
+      "$(echo "$(median peer 32 3) / $(median nginx 32 3)" | bc -l)" "$(echo "$(median peer 128 3) / $(median nginx 128 3)" | bc -l)" \
+      "$(echo "$(median peer 1 4) - $(median direct 1 4)" | bc)" "$(echo "$(median nginx 1 4) - $(median direct 1 4)" | bc)"
+  fi
+  printf 'peer RSS growth over the 1 GiB stream: %s MiB (median of 3; largest %s MiB)\n' \
+    "$(( $(median peer rss 3) / 1024 ))" "$(( $(awk '$1 == "peer" && $2 == "rss" { print $3 }' "$WORK/results" | sort -n | tail -n1) / 1024 ))"
+  echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+  # - the same small calls against the real daemon, through the proxy and directly
+  stop_peer
+  start_peer "$API"
+  vs_daemon "$API" "$PROXY"
+  exit 0
+fi
+
 cargo test --release --lib status_of_100k_pins -- --ignored --nocapture 2>&1 |
   grep -E "pins committed|streamed in|test result|panicked"
 
@@ -30,23 +208,9 @@ cargo bench --bench store 2>&1 | grep -vE "^ *(Compiling|Finished|Running)"
 
 # - a 1 GiB add streamed through the proxy: peer RSS growth (< 32 MiB)
 cargo build --release --bins -q
-BIN="$CARGO_TARGET_DIR/release"
-WORK="$(mktemp -d)"
-trap 'kill "${PEER:-0}" 2>/dev/null || true; bash scripts/ipfs-daemon.sh stop "$WORK/ipfs" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-API=$(port); PROXY=$(port); REST=$(port); P2P=$(port)
 bash scripts/ipfs-daemon.sh start "$WORK/ipfs" "$API" >/dev/null 2>&1
-"$BIN/ipfs-cluster-service" --config "$WORK/c" init >/dev/null
-CLUSTER_LISTENMULTIADDRESS=/ip4/127.0.0.1/tcp/$P2P \
-CLUSTER_IPFSHTTP_NODEMULTIADDRESS=/ip4/127.0.0.1/tcp/$API \
-CLUSTER_IPFSPROXY_NODEMULTIADDRESS=/ip4/127.0.0.1/tcp/$API \
-CLUSTER_IPFSPROXY_LISTENMULTIADDRESS=/ip4/127.0.0.1/tcp/$PROXY \
-CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS=/ip4/127.0.0.1/tcp/$REST \
-IPFS_CLUSTER_LOG_LEVEL=warn "$BIN/ipfs-cluster-service" --config "$WORK/c" daemon &
-PEER=$!
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$REST/health" >/dev/null && break; sleep 0.1; done
+start_peer "$API"
 head -c $((1024 * 1024 * 1024)) /dev/urandom >"$WORK/big.bin"
-kb() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$PEER/status"; }
 # add_1gib LABEL URL FIELD: uploads big.bin to URL, prints the time, whether the
 # root (the last object's FIELD) is cluster-pinned, and the peer's RSS growth.
 add_1gib() {
@@ -68,20 +232,5 @@ ROOT=$(add_1gib "the proxy" "http://127.0.0.1:$PROXY/api/v0/add" Hash)
 add_1gib "the REST API" "http://127.0.0.1:$REST/add?cid-version=1" cid >/dev/null
 
 # - the proxy against the daemon, side by side: reading that 1 GiB back (`cat`)
-#   and 500 small calls (`version`) on one kept-alive connection; after a warm-up
-#   read, three rounds alternate between the two, and the best of each counts
-secs() { curl -s -w '%{time_total}\n' -X POST "$@" | awk '{ t += $1 } END { print t }'; }
-small_args() { for _ in $(seq 1 500); do printf -- '-o /dev/null http://127.0.0.1:%s/api/v0/version ' "$1"; done; }
-secs -o /dev/null "http://127.0.0.1:$API/api/v0/cat?arg=$ROOT" >/dev/null
-for _ in 1 2 3; do
-  for target in "direct $API" "proxy $PROXY"; do
-    set -- $target
-    # shellcheck disable=SC2046 # one argument per word
-    echo "$1 $(secs -o /dev/null "http://127.0.0.1:$2/api/v0/cat?arg=$ROOT") $(secs $(small_args "$2"))"
-  done
-done | awk '
-  { if (!($1 in cat) || $2 < cat[$1]) cat[$1] = $2; if (!($1 in small) || $3 < small[$1]) small[$1] = $3 }
-  END {
-    printf "cat of 1 GiB: direct %.2f s, proxy %.2f s (proxy/direct %.2f)\n", cat["direct"], cat["proxy"], cat["proxy"] / cat["direct"]
-    printf "500 version calls: direct %.3f s, proxy %.3f s (proxy/direct %.2f)\n", small["direct"], small["proxy"], small["proxy"] / small["direct"]
-  }'
+#   and 500 small calls
+vs_daemon "$API" "$PROXY" "$ROOT"

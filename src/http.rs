@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
@@ -196,15 +196,51 @@ where
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let handler = Arc::new(handler);
+    serve_connections(
+        name,
+        listeners,
+        move |remote| {
+            let h = handler.clone();
+            move |req| h(req, remote)
+        },
+        opts,
+        tasks,
+        cancel,
+    )
+}
+
+/// As [`serve`], with a request handler made for each connection (so that it may
+/// keep state between the connection's requests) and any response body type.
+pub fn serve_connections<M, S, F, B>(
+    name: &'static str,
+    listeners: Vec<TcpListener>,
+    make: M,
+    opts: ServerOptions,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) -> Vec<SocketAddr>
+where
+    M: Fn(SocketAddr) -> S + Send + Sync + 'static,
+    S: Fn(http::Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + From<Body> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let make = Arc::new(make);
     let addrs = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
     for listener in listeners {
-        let (handler, opts, cancel, conn_tasks) =
-            (handler.clone(), opts.clone(), cancel.clone(), tasks.clone());
+        let (make, opts, cancel, conn_tasks) =
+            (make.clone(), opts.clone(), cancel.clone(), tasks.clone());
         tasks.spawn(async move {
             let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(opts.header_read_timeout)
+                .max_buf_size(opts.max_header_bytes.max(8192));
             loop {
                 let (stream, remote) = tokio::select! {
                     r = listener.accept() => match r {
@@ -218,29 +254,29 @@ where
                     _ = cancel.cancelled() => break,
                 };
                 let _ = stream.set_nodelay(true);
-                let h = handler.clone();
+                let h = make(remote);
                 let max_header = opts.max_header_bytes;
                 let svc = service_fn(move |req: http::Request<Incoming>| {
                     // As Go's server (and upstream): headers over the limit get a 431.
                     let too_large = header_bytes(&req) > max_header;
-                    let line =
+                    // The access log (upstream's restapilog/ipfsproxylog), when enabled.
+                    let logged =
                         tracing::enabled!(target: "ipfs_cluster::access", tracing::Level::DEBUG)
-                            .then(|| format!("{} {}", req.method(), req.uri()));
-                    let fut = (!too_large).then(|| h(req, remote));
-                    let started = std::time::Instant::now();
+                            .then(|| (format!("{} {}", req.method(), req.uri()), Instant::now()));
+                    let fut = (!too_large).then(|| h(req));
                     async move {
                         let resp = match fut {
                             Some(f) => f.await,
                             None => {
-                                let mut r =
-                                    Response::new(full("431 Request Header Fields Too Large"));
+                                let mut r = Response::new(B::from(full(
+                                    "431 Request Header Fields Too Large",
+                                )));
                                 *r.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
                                 r
                             }
                         };
-                        // The access log (upstream's restapilog/ipfsproxylog): when the
-                        // answer starts, as its body may stream for long.
-                        if let Some(line) = line {
+                        // Logged when the answer starts, as its body may stream for long.
+                        if let Some((line, started)) = logged {
                             tracing::debug!(
                                 target: "ipfs_cluster::access",
                                 "{name}: {remote} \"{line}\" {} {:?}",
@@ -251,11 +287,6 @@ where
                         Ok::<_, Infallible>(resp)
                     }
                 });
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(opts.header_read_timeout)
-                    .max_buf_size(opts.max_header_bytes.max(8192));
                 let conn = builder.serve_connection(TokioIo::new(stream), svc);
                 let conn = graceful.watch(conn);
                 conn_tasks.spawn(async move {
@@ -278,7 +309,12 @@ where
 /// The size of a request's head, counted as Go's `MaxHeaderBytes` does (roughly:
 /// the request line and every header line).
 fn header_bytes(req: &http::Request<Incoming>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let uri = req.uri();
+    // The URI's length as written, without writing it.
+    let uri_len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    let line = req.method().as_str().len() + uri_len + 12;
     req.headers()
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)

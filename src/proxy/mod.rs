@@ -9,6 +9,7 @@ mod pin;
 mod relay;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
@@ -16,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::{ErrorCode, kubo_error};
-pub use passthrough::{Upstream, UpstreamAuth};
+pub use passthrough::{ClientConn, DaemonBody, ProxyBody, Upstream, UpstreamAuth};
 
 use crate::cluster::Cluster;
 use crate::config::{IpfsHttpConfig, ProxyConfig};
-use crate::http::{Body, ServerOptions, query_pairs};
+use crate::http::{ServerOptions, query_pairs};
 use crate::multiaddr::{MultiaddrError, TcpMultiaddr};
 use crate::types::PinOptions;
 use pin::Query;
@@ -46,7 +47,7 @@ pub enum ProxyError {
 #[derive(Clone)]
 pub struct Proxy {
     cluster: Cluster,
-    credentials: Option<std::sync::Arc<std::collections::BTreeMap<String, String>>>,
+    credentials: Option<Arc<std::collections::BTreeMap<String, String>>>,
     upstream: Upstream,
     daemon_headers: headers::DaemonHeaders,
     tasks: TaskTracker,
@@ -76,34 +77,39 @@ enum Hijack {
 
 /// Which calls the cluster answers: POST/GET/PUT on the pin commands, also in the
 /// undocumented `/pin/<cmd>/<arg>` form (whose arg is returned). OPTIONS and HEAD
-/// always reach the daemon, so it answers CORS preflights itself.
+/// always reach the daemon, so it answers CORS preflights itself. Every call
+/// goes through here, so it matches bytes and allocates only for an intercepted
+/// call's path argument.
 fn route(method: &Method, path: &str) -> Option<Hijack> {
     if !matches!(*method, Method::POST | Method::GET | Method::PUT) {
         return None;
     }
-    let cmd = path.strip_prefix("/api/v0/")?;
-    match cmd {
-        "pin/update" => return Some(Hijack::PinUpdate),
-        "add" => return Some(Hijack::Add),
-        "repo/stat" => return Some(Hijack::RepoStat),
-        "repo/gc" => return Some(Hijack::RepoGc),
-        "block/put" => return Some(Hijack::BlockPut),
-        "dag/put" => return Some(Hijack::DagPut),
-        _ => {}
-    }
-    let rest = cmd.strip_prefix("pin/")?;
-    let (cmd, arg) = match rest.split_once('/') {
-        Some((cmd, arg)) if !arg.is_empty() => (cmd, Some(arg.to_string())),
-        Some((cmd, _)) => (cmd, None),
-        None => (rest, None),
+    let cmd = path.as_bytes().strip_prefix(b"/api/v0/")?;
+    let hijack = match cmd {
+        b"pin/update" => Hijack::PinUpdate,
+        b"add" => Hijack::Add,
+        b"repo/stat" => Hijack::RepoStat,
+        b"repo/gc" => Hijack::RepoGc,
+        b"block/put" => Hijack::BlockPut,
+        b"dag/put" => Hijack::DagPut,
+        _ => {
+            let rest = cmd.strip_prefix(b"pin/")?;
+            let (cmd, arg) = match rest.iter().position(|b| *b == b'/') {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &b""[..]),
+            };
+            let c = match cmd {
+                b"add" => PinCommand::Add,
+                b"rm" => PinCommand::Rm,
+                b"ls" => PinCommand::Ls,
+                _ => return None,
+            };
+            // `path` is a str and `arg` follows an ASCII '/': still UTF-8.
+            let arg = (!arg.is_empty()).then(|| String::from_utf8_lossy(arg).into_owned());
+            Hijack::Pin(c, arg)
+        }
     };
-    let c = match cmd {
-        "add" => PinCommand::Add,
-        "rm" => PinCommand::Rm,
-        "ls" => PinCommand::Ls,
-        _ => return None,
-    };
-    Some(Hijack::Pin(c, arg))
+    Some(hijack)
 }
 
 /// `Authorization: Basic …` from the connector's `user:password`, when the
@@ -137,24 +143,24 @@ impl Proxy {
             daemon: daemon_authorization(&node, connector),
             drop_client: cfg.basic_auth_credentials.is_some(),
         };
-        let proxy = Proxy {
+        let proxy = Arc::new(Proxy {
             cluster,
-            credentials: cfg.basic_auth_credentials.clone().map(std::sync::Arc::new),
+            credentials: cfg.basic_auth_credentials.clone().map(Arc::new),
             daemon_headers: headers::DaemonHeaders::new(cfg, &node, auth.daemon.clone()),
             upstream: Upstream::new(node.authority(), node.to_string(), auth),
             tasks: tasks.clone(),
             cancel: cancel.clone(),
-        };
+        });
         let opts = ServerOptions {
             header_read_timeout: cfg.read_header_timeout.0,
             max_header_bytes: cfg.max_header_bytes,
         };
-        let addrs = crate::http::serve(
+        let addrs = crate::http::serve_connections(
             "ipfs proxy",
             listeners,
-            move |req, remote| {
-                let p = proxy.clone();
-                async move { p.handle(req, remote).await }
+            move |remote| {
+                let (proxy, client) = (proxy.clone(), ClientConn::new(&proxy.upstream, remote));
+                move |req| handle(proxy.clone(), client.clone(), req)
             },
             opts,
             tasks,
@@ -163,27 +169,15 @@ impl Proxy {
         Ok(addrs)
     }
 
-    async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
-        // CORS preflights carry no credentials: they reach the daemon as they are.
-        if req.method() != Method::OPTIONS
-            && !crate::http::basic_auth_ok(req.headers(), self.credentials.as_deref())
-        {
-            let mut r = error::kubo_error(
-                http::StatusCode::UNAUTHORIZED,
-                ErrorCode::Normal,
-                "unauthorized: invalid credentials",
-            );
-            r.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"IPFS Cluster proxy\""),
-            );
-            return r;
-        }
-        let Some(hijack) = route(req.method(), req.uri().path()) else {
-            return self.upstream.forward(req, remote).await;
-        };
+    /// An intercepted call: answered by the cluster, with the daemon's headers.
+    async fn intercept(
+        &self,
+        hijack: Hijack,
+        req: Request<Incoming>,
+        client: &Arc<ClientConn>,
+    ) -> Response<ProxyBody> {
         if let Some(refused) = self.daemon_headers.refusal(req.headers()).await {
-            return refused;
+            return refused.map(ProxyBody::Local);
         }
         let mut pairs = query_pairs(req.uri());
         tracing::debug!(?hijack, "intercepted");
@@ -210,10 +204,14 @@ impl Proxy {
                     PinCommand::Rm => self.pin_rm(q).await,
                     PinCommand::Ls => self.pin_ls(q).await,
                 }
+                .map(ProxyBody::Local)
             }
-            Hijack::PinUpdate => self.pin_update(Query::new(pairs)).await,
-            Hijack::RepoStat => self.repo_stat().await,
-            Hijack::RepoGc => self.repo_gc(Query::new(pairs)).await,
+            Hijack::PinUpdate => self
+                .pin_update(Query::new(pairs))
+                .await
+                .map(ProxyBody::Local),
+            Hijack::RepoStat => self.repo_stat().await.map(ProxyBody::Local),
+            Hijack::RepoGc => self.repo_gc(Query::new(pairs)).await.map(ProxyBody::Local),
             Hijack::Add => {
                 // kubo pins by default; `only-hash` stores (and so pins) nothing.
                 let pin = flag(&pairs, "pin").unwrap_or(true)
@@ -225,23 +223,24 @@ impl Proxy {
                             http::StatusCode::BAD_REQUEST,
                             ErrorCode::Client,
                             &e,
-                        );
+                        )
+                        .map(ProxyBody::Local);
                     }
                 };
-                self.relay_and_pin(req, remote, pairs, PinWhat::LastHash, pin.then_some(opts))
+                self.relay_and_pin(req, client, pairs, PinWhat::LastHash, pin.then_some(opts))
                     .await
             }
             Hijack::BlockPut | Hijack::DagPut => {
                 // Without pin=true these are plain daemon calls.
                 if !flag(&pairs, "pin").unwrap_or(false) {
-                    return self.upstream.forward(req, remote).await;
+                    return self.upstream.forward(req, client).await;
                 }
                 let what = if hijack == Hijack::BlockPut {
                     PinWhat::EveryKey
                 } else {
                     PinWhat::EveryCidLink
                 };
-                self.relay_and_pin(req, remote, pairs, what, Some(PinOptions::default()))
+                self.relay_and_pin(req, client, pairs, what, Some(PinOptions::default()))
                     .await
             }
         };
@@ -256,6 +255,36 @@ impl Proxy {
             resp.headers_mut().insert(http::header::SERVER, v);
         }
         resp
+    }
+}
+
+/// One call to the proxy. The pass-through is the hot path: it is checked for
+/// credentials (when configured) and routed, and goes to the daemon with nothing
+/// else done; an intercepted call's larger future lives in a box of its own.
+async fn handle(
+    proxy: Arc<Proxy>,
+    client: Arc<ClientConn>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    // CORS preflights carry no credentials: they reach the daemon as they are.
+    if proxy.credentials.is_some()
+        && req.method() != Method::OPTIONS
+        && !crate::http::basic_auth_ok(req.headers(), proxy.credentials.as_deref())
+    {
+        let mut r = error::kubo_error(
+            http::StatusCode::UNAUTHORIZED,
+            ErrorCode::Normal,
+            "unauthorized: invalid credentials",
+        );
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"IPFS Cluster proxy\""),
+        );
+        return r.map(ProxyBody::Local);
+    }
+    match route(req.method(), req.uri().path()) {
+        None => proxy.upstream.forward(req, &client).await,
+        Some(hijack) => Box::pin(proxy.intercept(hijack, req, &client)).await,
     }
 }
 

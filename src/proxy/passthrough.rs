@@ -1,26 +1,53 @@
 //! The reverse proxy for every call the cluster does not intercept: request and
 //! response bodies stream through untouched, trailers included.
+//!
+//! This is the proxy's hot path, so it carries no general-purpose HTTP client:
+//! each client connection keeps one daemon connection of its own (HTTP/1 has one
+//! call in flight per connection, so one is always enough), and that daemon
+//! connection is driven inline by whoever polls the call — the client
+//! connection's task — instead of by a task of its own. A call then costs no
+//! pool lock, no task spawn and no cross-task wake-up. When the client goes
+//! away its daemon connection goes to a small shared pool for the next client.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use super::error::{ErrorCode, kubo_error};
-use crate::http::Body;
+use crate::http::{Body, BoxError};
 
-/// A pooled HTTP/1 client to the daemon.
+/// Idle daemon connections kept for new clients (as nginx's `keepalive 64`).
+const MAX_IDLE: usize = 64;
+/// How long an idle daemon connection is kept for new clients.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The daemon: where forwarded calls go, and its idle connections.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     authority: String,
+    /// The daemon's socket address when `authority` is an IP (no lookup per connect).
+    addr: Option<SocketAddr>,
+    host: Option<HeaderValue>,
     multiaddr: String,
     auth: UpstreamAuth,
+    builder: http1::Builder,
+    idle: Mutex<Vec<(Instant, Box<DaemonConn>)>>,
 }
 
 /// What `Authorization` the daemon gets on forwarded requests.
@@ -32,6 +59,65 @@ pub struct UpstreamAuth {
     /// The proxy checked the client's credentials itself: they were meant for
     /// the proxy and go no further.
     pub drop_client: bool,
+}
+
+/// One HTTP/1 connection to the daemon: its request handle and the connection
+/// itself, polled by whoever waits on it. Boxed where it is kept, as it moves
+/// between client connections, calls and bodies.
+struct DaemonConn {
+    send: SendRequest<Incoming>,
+    conn: Connection<TokioIo<TcpStream>, Incoming>,
+    /// The connection future completed (it must not be polled again).
+    ended: bool,
+}
+
+/// A client connection's side of the proxy: who it is (for `X-Forwarded-For`)
+/// and the daemon connection it keeps between its calls.
+pub struct ClientConn {
+    remote: SocketAddr,
+    forwarded_for: Option<HeaderValue>,
+    kept: Mutex<Option<Box<DaemonConn>>>,
+    upstream: Upstream,
+}
+
+impl ClientConn {
+    /// The state of a new connection from `remote`.
+    pub fn new(upstream: &Upstream, remote: SocketAddr) -> Arc<Self> {
+        Arc::new(ClientConn {
+            remote,
+            forwarded_for: HeaderValue::from_str(&remote.ip().to_string()).ok(),
+            kept: Mutex::new(None),
+            upstream: upstream.clone(),
+        })
+    }
+
+    /// The client's address.
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+
+    fn take(&self) -> Option<Box<DaemonConn>> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn keep(&self, c: Box<DaemonConn>) {
+        let old = self
+            .kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(c);
+        if let Some(old) = old {
+            self.upstream.inner.release(old);
+        }
+    }
+}
+
+impl Drop for ClientConn {
+    fn drop(&mut self) {
+        if let Some(c) = self.take() {
+            self.upstream.inner.release(c);
+        }
+    }
 }
 
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -46,7 +132,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
+/// Most messages carry none: one pass over the headers finds that out.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -59,103 +149,377 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// Why a daemon connection could not be had.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+impl Inner {
+    /// Returns an idle connection to the shared pool (or closes it when full).
+    fn release(&self, c: Box<DaemonConn>) {
+        if c.ended || c.send.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|(at, _)| at.elapsed() < IDLE_TIMEOUT);
+        if idle.len() < MAX_IDLE {
+            idle.push((Instant::now(), c));
+        }
+    }
+
+    fn pop_idle(&self) -> Option<Box<DaemonConn>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((at, c)) = idle.pop() {
+            if at.elapsed() < IDLE_TIMEOUT {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<Box<DaemonConn>, ConnectError> {
+        let stream = match self.addr {
+            Some(a) => TcpStream::connect(a).await?,
+            None => TcpStream::connect(self.authority.as_str()).await?,
+        };
+        stream.set_nodelay(true)?;
+        let (send, conn) = self.builder.handshake(TokioIo::new(stream)).await?;
+        Ok(Box::new(DaemonConn {
+            send,
+            conn,
+            ended: false,
+        }))
+    }
+
+    /// A daemon connection ready for a request: the client connection's own,
+    /// else an idle one, else a new one.
+    async fn checkout(&self, client: Option<&ClientConn>) -> Result<Box<DaemonConn>, ConnectError> {
+        let mut candidate = client.and_then(ClientConn::take);
+        loop {
+            let Some(mut c) = candidate.or_else(|| self.pop_idle()) else {
+                return self.connect().await;
+            };
+            if c.ready().await {
+                return Ok(c);
+            }
+            candidate = None;
+        }
+    }
+}
+
+impl DaemonConn {
+    /// Drives the connection; true once it has ended.
+    fn poll_conn(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.ended
+            && let Poll::Ready(r) = Pin::new(&mut self.conn).poll(cx)
+        {
+            self.ended = true;
+            if let Err(e) = r {
+                tracing::debug!("daemon connection: {e}");
+            }
+        }
+        self.ended
+    }
+
+    /// Drives the connection until it can take a request; false when it closed
+    /// (the daemon ends idle connections when it likes).
+    async fn ready(&mut self) -> bool {
+        std::future::poll_fn(|cx| {
+            if self.poll_conn(cx) {
+                return Poll::Ready(false);
+            }
+            self.send.poll_ready(cx).map(|r| r.is_ok())
+        })
+        .await
+    }
+
+    /// Waits for the answer to a sent request while driving the connection;
+    /// `None` if the connection ended without settling it.
+    async fn drive<F: Future>(&mut self, sent: F) -> Option<F::Output> {
+        let mut sent = std::pin::pin!(sent);
+        std::future::poll_fn(|cx| {
+            let ended = self.poll_conn(cx);
+            match sent.as_mut().poll(cx) {
+                Poll::Ready(t) => Poll::Ready(Some(t)),
+                // hyper settles every request of a connection before it ends.
+                Poll::Pending if ended => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// A body the proxy answers with: the daemon's streamed through, or the cluster's own.
+pub enum ProxyBody {
+    /// The daemon's answer, streamed through.
+    Daemon(DaemonBody),
+    /// An answer of the cluster's own.
+    Local(Body),
+}
+
+impl From<Body> for ProxyBody {
+    fn from(b: Body) -> Self {
+        ProxyBody::Local(b)
+    }
+}
+
+impl hyper::body::Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Daemon(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Local(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Daemon(b) => b.is_end_stream(),
+            ProxyBody::Local(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Daemon(b) => b.size_hint(),
+            ProxyBody::Local(b) => b.size_hint(),
+        }
+    }
+}
+
+/// The daemon's answer body, which also drives its connection; once read to the
+/// end, the connection goes back to the client connection (or the pool) for the
+/// next call. Dropped before its end, it closes the connection.
+pub struct DaemonBody {
+    body: Incoming,
+    conn: Option<Box<DaemonConn>>,
+    owner: Option<Arc<ClientConn>>,
+    upstream: Upstream,
+}
+
+impl DaemonBody {
+    fn finish(&mut self) {
+        if let Some(c) = self.conn.take() {
+            match &self.owner {
+                Some(owner) => owner.keep(c),
+                None => self.upstream.inner.release(c),
+            }
+        }
+    }
+
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                self.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.conn = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl hyper::body::Body for DaemonBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(f) = this.poll_body(cx) {
+            return Poll::Ready(f);
+        }
+        // The body waits for the connection: drive it, then look again.
+        if let Some(c) = &mut this.conn
+            && c.poll_conn(cx)
+        {
+            // The connection ended: the body now has its end or its error.
+            this.conn = None;
+        }
+        this.poll_body(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for DaemonBody {
+    fn drop(&mut self) {
+        // hyper's server stops reading a body whose announced length is reached.
+        if self.body.is_end_stream() {
+            self.finish();
+        }
+    }
+}
+
 impl Upstream {
-    /// A client of the daemon at `authority` (`host:port`), named `multiaddr` in errors.
+    /// The daemon at `authority` (`host:port`), named `multiaddr` in errors.
     pub fn new(authority: String, multiaddr: String, auth: UpstreamAuth) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .pool_max_idle_per_host(32)
-            .build(connector);
+        let mut builder = http1::Builder::new();
+        // The daemon's answers may be large: read them in large pieces.
+        builder.max_buf_size(1024 * 1024);
         Upstream {
-            client,
-            authority,
-            multiaddr,
-            auth,
+            inner: Arc::new(Inner {
+                addr: authority.parse().ok(),
+                host: HeaderValue::from_str(&authority).ok(),
+                authority,
+                multiaddr,
+                auth,
+                builder,
+                idle: Mutex::new(Vec::new()),
+            }),
         }
     }
 
     /// The daemon's `host:port`.
     pub fn authority(&self) -> &str {
-        &self.authority
+        &self.inner.authority
     }
 
-    /// Forwards `req` to the daemon and streams its answer back.
-    pub async fn forward(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
-        self.forward_with(req, remote, None).await
+    /// Forwards `req` to the daemon and streams its answer back, on the client
+    /// connection's own daemon connection.
+    pub async fn forward(
+        &self,
+        req: Request<Incoming>,
+        client: &Arc<ClientConn>,
+    ) -> Response<ProxyBody> {
+        self.forward_with(req, client, None).await
     }
 
     /// Forwards `req` with its path and query replaced by `pq`, when given.
     pub async fn forward_with(
         &self,
         mut req: Request<Incoming>,
-        remote: SocketAddr,
+        client: &Arc<ClientConn>,
         pq: Option<String>,
-    ) -> Response<Body> {
-        let pq = pq.unwrap_or_else(|| {
-            req.uri()
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/")
-                .to_string()
-        });
-        let uri: Uri = match format!("http://{}{pq}", self.authority).parse() {
-            Ok(u) => u,
-            Err(e) => {
-                return kubo_error(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::Client,
-                    &format!("invalid request URI: {e}"),
-                );
+    ) -> Response<ProxyBody> {
+        let pq = match pq {
+            Some(pq) => Some(PathAndQuery::try_from(pq)),
+            // Requests in absolute form reach the daemon in origin form.
+            None if req.uri().scheme().is_some() || req.uri().authority().is_some() => {
+                Some(Ok(req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"))))
             }
+            None => None,
         };
-        *req.uri_mut() = uri;
+        if let Some(pq) = pq {
+            match pq {
+                Ok(pq) => *req.uri_mut() = Uri::from(pq),
+                Err(e) => {
+                    return local(kubo_error(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::Client,
+                        &format!("invalid request URI: {e}"),
+                    ));
+                }
+            }
+        }
+        let inner = &self.inner;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
-        if let Some(a) = &self.auth.daemon {
+        if let Some(a) = &inner.auth.daemon {
             headers.insert(header::AUTHORIZATION, a.clone());
-        } else if self.auth.drop_client {
+        } else if inner.auth.drop_client {
             headers.remove(header::AUTHORIZATION);
         }
-        if let Ok(v) = HeaderValue::from_str(&self.authority) {
-            headers.insert(header::HOST, v);
+        if let Some(h) = &inner.host {
+            headers.insert(header::HOST, h.clone());
         }
         // Without `TE: trailers` upstream, hyper would drop the daemon's
         // X-Stream-Error trailer when relaying to clients that asked for it.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {}", remote.ip()),
-            None => remote.ip().to_string(),
+        const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+        let xff = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
+            Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", client.remote.ip())).ok(),
+            None => client.forwarded_for.clone(),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        if let Some(v) = xff {
+            headers.insert(XFF, v);
         }
-        match self.client.request(req).await {
-            Ok(resp) => {
-                let (mut parts, body) = resp.into_parts();
-                let trailer_decl = parts.headers.get(header::TRAILER).cloned();
-                strip_hop_by_hop(&mut parts.headers);
-                // The declaration of trailers is end-to-end information for clients
-                // that read `X-Stream-Error`: keep it.
-                if let Some(t) = trailer_decl {
-                    parts.headers.insert(header::TRAILER, t);
-                }
-                Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
-            }
-            Err(e) => {
-                let reason = std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| e.to_string());
-                kubo_error(
-                    StatusCode::BAD_GATEWAY,
-                    ErrorCode::Normal,
-                    &format!(
-                        "cannot reach the IPFS daemon at {}: {reason}",
-                        self.multiaddr
-                    ),
-                )
+        // A kept connection the daemon closed meanwhile gives the request back
+        // unsent: it is sent once more on a new connection.
+        for _ in 0..2 {
+            let mut c = match inner.checkout(Some(client)).await {
+                Ok(c) => c,
+                Err(e) => return self.unreachable(&e),
+            };
+            let sent = c.send.try_send_request(req);
+            match c.drive(sent).await {
+                Some(Ok(resp)) => return self.answer(resp, c, Some(client.clone())),
+                Some(Err(mut e)) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return self.unreachable(&e.into_error()),
+                },
+                None => return self.unreachable(&"the daemon closed the connection"),
             }
         }
+        self.unreachable(&"the daemon closed the connection")
     }
+
+    fn answer(
+        &self,
+        resp: Response<Incoming>,
+        c: Box<DaemonConn>,
+        owner: Option<Arc<ClientConn>>,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = resp.into_parts();
+        if parts.headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+            let trailer_decl = parts.headers.get(header::TRAILER).cloned();
+            strip_hop_by_hop(&mut parts.headers);
+            // The declaration of trailers is end-to-end information for clients
+            // that read `X-Stream-Error`: keep it.
+            if let Some(t) = trailer_decl {
+                parts.headers.insert(header::TRAILER, t);
+            }
+        }
+        let mut body = DaemonBody {
+            body,
+            conn: Some(c),
+            owner,
+            upstream: self.clone(),
+        };
+        if hyper::body::Body::is_end_stream(&body) {
+            body.finish();
+        }
+        Response::from_parts(parts, ProxyBody::Daemon(body))
+    }
+
+    fn unreachable(&self, reason: &dyn std::fmt::Display) -> Response<ProxyBody> {
+        local(kubo_error(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::Normal,
+            &format!(
+                "cannot reach the IPFS daemon at {}: {reason}",
+                self.inner.multiaddr
+            ),
+        ))
+    }
+}
+
+fn local(r: Response<Body>) -> Response<ProxyBody> {
+    r.map(ProxyBody::Local)
 }

@@ -3,7 +3,7 @@
 //! are noted, and once it ends those CIDs are pinned in the cluster. A pin failure
 //! after the answer began goes into the `X-Stream-Error` trailer.
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
@@ -11,8 +11,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use super::Proxy;
-use crate::http::{Body, channel_body, stream_error_value};
+use super::{ClientConn, Proxy, ProxyBody};
+use crate::http::{channel_body, stream_error_value};
 use crate::types::{Cid, PinOptions};
 
 /// Which CIDs of the daemon's answer become cluster pins.
@@ -55,15 +55,15 @@ impl Proxy {
     pub async fn relay_and_pin(
         &self,
         req: Request<Incoming>,
-        remote: SocketAddr,
+        client: &Arc<ClientConn>,
         pairs: Vec<(String, String)>,
         what: PinWhat,
         pin: Option<PinOptions>,
-    ) -> Response<Body> {
+    ) -> Response<ProxyBody> {
         let path = req.uri().path().to_string();
         let resp = self
             .upstream
-            .forward_with(req, remote, Some(without_pin(&path, &pairs)))
+            .forward_with(req, client, Some(without_pin(&path, &pairs)))
             .await;
         let Some(opts) = pin else { return resp };
         if !resp.status().is_success() {
@@ -159,7 +159,7 @@ impl Proxy {
             }
             tx.trailers(trailers).await;
         });
-        Response::from_parts(parts, out)
+        Response::from_parts(parts, ProxyBody::Local(out))
     }
 }
 
