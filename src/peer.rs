@@ -190,7 +190,7 @@ impl Peer {
             path: "service.json".into(),
             reason: r,
         })?;
-        let raft_cfg = &cfg.consensus.raft;
+        let raft_cfg = &init_peerset_resolved(dir, &cfg.consensus.raft).await?;
         let (p2p, mut inbound) = P2p::start(
             P2pConfig {
                 keypair: identity.keypair.clone(),
@@ -232,7 +232,7 @@ impl Peer {
                 addr: advertised(&listen),
                 name: cfg.cluster.peername.clone(),
             },
-            cfg: &cfg.consensus.raft,
+            cfg: raft_cfg,
             bootstrap: &bootstrap,
             events: events_tx,
         })
@@ -314,6 +314,13 @@ impl Peer {
             cancel.child_token(),
         );
         spawn_metric_loops(tasks, &cluster, informer, cfg, cancel.child_token());
+        crate::cluster::swarm::spawn(
+            tasks,
+            cluster.clone(),
+            cfg.ipfs_connector.ipfshttp.connect_swarms_delay.0,
+            cfg.cluster.peer_watch_interval.0,
+            cancel.child_token(),
+        );
         spawn_state_sync(
             tasks,
             cluster.clone(),
@@ -378,6 +385,28 @@ impl Peer {
         self.cluster.consensus().shutdown().await;
         tracing::info!("shutdown complete");
     }
+}
+
+/// The Raft config with `init_peerset` in the multiaddr form, upstream's
+/// peer-ID entries completed from the peerstore file.
+pub async fn init_peerset_resolved(
+    dir: &Path,
+    raft: &crate::config::RaftConfig,
+) -> Result<crate::config::RaftConfig, ConfigError> {
+    let path = dir.join(PEERSTORE_FILE);
+    let text = match tokio::fs::read_to_string(&path).await {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(ConfigError::Io {
+                path: path.display().to_string(),
+                source: e,
+            });
+        }
+    };
+    let mut raft = raft.clone();
+    raft.init_peerset = raft.init_peerset_addrs(&text)?;
+    Ok(raft)
 }
 
 /// Sends this peer's metrics every half TTL and its ping every ping interval, and

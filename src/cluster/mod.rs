@@ -6,6 +6,7 @@ pub mod informer;
 pub mod monitor;
 mod path;
 pub mod rpc;
+pub mod swarm;
 pub mod tracker;
 
 use std::collections::BTreeMap;

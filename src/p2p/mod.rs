@@ -132,8 +132,9 @@ impl P2p {
         let peer_id = cfg.keypair.public().to_peer_id();
         let mut swarm = behaviour::build_swarm(cfg.keypair, cfg.secret, cfg.request_timeout)?;
 
+        let listen = tcp_listen_addrs(&cfg.listen)?;
         let mut pending_listeners = HashSet::new();
-        for addr in &cfg.listen {
+        for addr in &listen {
             let id = swarm
                 .listen_on(addr.clone())
                 .map_err(|e| P2pError::Transport(format!("cannot listen on {addr}: {e}")))?;
@@ -298,6 +299,48 @@ async fn with_deadline<T>(
     tokio::time::timeout(deadline, fut)
         .await
         .unwrap_or_else(|_| Err(P2pError::Timeout(format!("no answer within {deadline:?}"))))
+}
+
+/// The listen addresses this host can serve: TCP ones. Upstream's default
+/// `listen_multiaddress` adds `/udp/9096/quic`; upstream itself serves only TCP
+/// and websockets, since a private network (the cluster secret, always set
+/// here) is a pnet handshake over a stream transport, which QUIC is not. The
+/// others are skipped with one warning; none left is an error.
+fn tcp_listen_addrs(addrs: &[Multiaddr]) -> Result<Vec<Multiaddr>, P2pError> {
+    let is_plain_tcp = |a: &Multiaddr| {
+        a.iter().any(|p| matches!(p, MaProtocol::Tcp(_)))
+            && !a.iter().any(|p| {
+                matches!(
+                    p,
+                    MaProtocol::Udp(_)
+                        | MaProtocol::Quic
+                        | MaProtocol::QuicV1
+                        | MaProtocol::Ws(_)
+                        | MaProtocol::Wss(_)
+                        | MaProtocol::WebTransport
+                        | MaProtocol::WebRTCDirect
+                )
+            })
+    };
+    let (tcp, skipped): (Vec<Multiaddr>, Vec<Multiaddr>) =
+        addrs.iter().cloned().partition(is_plain_tcp);
+    if !skipped.is_empty() {
+        let list: Vec<String> = skipped.iter().map(|a| a.to_string()).collect();
+        tracing::warn!(
+            "not listening on {}: the cluster secret makes a private network (pnet), which \
+             needs a TCP transport (QUIC and websockets cannot carry it); peers reach this one \
+             over TCP",
+            list.join(", ")
+        );
+    }
+    if tcp.is_empty() {
+        return Err(P2pError::Transport(
+            "cluster.listen_multiaddress has no TCP address (/ip4/…/tcp/<port>): a private \
+             network needs TCP"
+                .into(),
+        ));
+    }
+    Ok(tcp)
 }
 
 /// Parses "/ip4/1.2.3.4/tcp/9096/p2p/12D3..." into (peer id, address). The address
