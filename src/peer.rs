@@ -190,7 +190,8 @@ impl Peer {
             path: "service.json".into(),
             reason: r,
         })?;
-        let raft_cfg = &init_peerset_resolved(dir, &cfg.consensus.raft).await?;
+        let raft_cfg =
+            &init_peerset_resolved(dir, &cfg.consensus.raft, &cfg.cluster.peer_addresses).await?;
         let (p2p, mut inbound) = P2p::start(
             P2pConfig {
                 keypair: identity.keypair.clone(),
@@ -388,10 +389,11 @@ impl Peer {
 }
 
 /// The Raft config with `init_peerset` in the multiaddr form, upstream's
-/// peer-ID entries completed from the peerstore file.
-pub async fn init_peerset_resolved(
+/// peer-ID entries completed from the peerstore file or `peer_addresses`.
+async fn init_peerset_resolved(
     dir: &Path,
     raft: &crate::config::RaftConfig,
+    peer_addresses: &[String],
 ) -> Result<crate::config::RaftConfig, ConfigError> {
     let path = dir.join(PEERSTORE_FILE);
     let text = match tokio::fs::read_to_string(&path).await {
@@ -404,6 +406,8 @@ pub async fn init_peerset_resolved(
             });
         }
     };
+    // `cluster.peer_addresses` name peers' addresses too (env-only setups).
+    let text = format!("{text}\n{}", peer_addresses.join("\n"));
     let mut raft = raft.clone();
     raft.init_peerset = raft.init_peerset_addrs(&text)?;
     Ok(raft)

@@ -315,3 +315,78 @@ fn pin_origins_are_dialled_before_pinning() {
         "origins",
     );
 }
+
+/// What `contrib/docker/docker-compose.yml` does: two peers configured only by
+/// upstream's variables — identity (`CLUSTER_ID`, `CLUSTER_PRIVATEKEY`), secret,
+/// `CLUSTER_RAFT_INITPEERSET` of peer IDs and `CLUSTER_PEERADDRESSES` — form one
+/// cluster.
+#[test]
+fn peers_configured_by_environment_only_form_a_cluster() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let idents: Vec<Value> = (0..2)
+        .map(|_| {
+            let d = tempfile::tempdir().unwrap();
+            PeerProc::init(d.path(), "/ip4/127.0.0.1/tcp/1");
+            serde_json::from_str(&std::fs::read_to_string(d.path().join("identity.json")).unwrap())
+                .unwrap()
+        })
+        .collect();
+    let ids: Vec<String> = idents
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    let mut peers: Vec<PeerProc> = dirs
+        .iter()
+        .map(|d| PeerProc::init(d.path(), &format!("/ip4/127.0.0.1/tcp/{}", free_port())))
+        .collect();
+    let secret = "2588b80d5cb05374fa142aed6cbb047d1f4ef8ef15e37eba68c65b9d30df67ed";
+    let mut children = Vec::new();
+    for i in 0..2 {
+        let other = 1 - i;
+        let mut cmd = peers[i].command();
+        cmd.env("CLUSTER_SECRET", secret)
+            .env("CLUSTER_ID", &ids[i])
+            .env(
+                "CLUSTER_PRIVATEKEY",
+                idents[i]["private_key"].as_str().unwrap(),
+            )
+            .env("CLUSTER_RAFT_INITPEERSET", ids.join(","))
+            .env(
+                "CLUSTER_PEERADDRESSES",
+                format!(
+                    "/ip4/127.0.0.1/tcp/{}/p2p/{}",
+                    peers[other].cluster_port, ids[other]
+                ),
+            )
+            .env("CLUSTER_RAFT_HEARTBEATTIMEOUT", "100ms")
+            .env("CLUSTER_RAFT_ELECTIONTIMEOUT", "500ms");
+        children.push(cmd.spawn().unwrap());
+    }
+    let want: Vec<String> = {
+        let mut w = ids.clone();
+        w.sort();
+        w
+    };
+    for p in peers.iter_mut() {
+        wait_until("the peer to serve", Duration::from_secs(60), || {
+            std::net::TcpStream::connect(("127.0.0.1", p.rest_port)).is_ok()
+        });
+        let id: Value = get_json(&format!("{}/id", p.rest()));
+        assert!(ids.contains(&id["id"].as_str().unwrap().to_string()));
+        let mut got: Vec<String> = id["cluster_peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, want);
+    }
+    for mut c in children {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        assert!(c.wait().unwrap().success());
+    }
+}

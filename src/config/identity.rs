@@ -11,7 +11,7 @@ use super::ConfigError;
 /// The file name inside the config folder.
 pub const IDENTITY_FILE: &str = "identity.json";
 
-/// A peer's key pair (ed25519 for new peers; RSA, secp256k1 and ECDSA as found in
+/// A peer's key pair (ed25519 for new peers; RSA and secp256k1 as found in
 /// upstream's identities) and the peer ID derived from it.
 #[derive(Clone, Debug)]
 pub struct Identity {

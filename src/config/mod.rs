@@ -1360,7 +1360,7 @@ mod tests {
     }
 
     #[test]
-    fn secp256k1_and_ecdsa_identities_load() {
+    fn secp256k1_and_ed25519_identities_load() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join(IDENTITY_FILE);
         for keypair in [
