@@ -190,6 +190,13 @@ impl Peer {
             path: "service.json".into(),
             reason: r,
         })?;
+        if secret.is_none() {
+            // Upstream's words for the same choice.
+            tracing::warn!(
+                "Cluster secret is empty, cluster will start on unprotected network: any \
+                 peer that can reach the cluster port can join"
+            );
+        }
         let raft_cfg =
             &init_peerset_resolved(dir, &cfg.consensus.raft, &cfg.cluster.peer_addresses).await?;
         let (p2p, mut inbound) = P2p::start(

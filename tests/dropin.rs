@@ -390,3 +390,73 @@ fn peers_configured_by_environment_only_form_a_cluster() {
         assert!(c.wait().unwrap().success());
     }
 }
+
+/// Without a cluster secret (upstream's empty `secret`: an unprotected network)
+/// QUIC v1 is served: a second peer joins through the first one's QUIC address
+/// only. Upstream's draft-29 `/quic` is skipped with one warning.
+#[test]
+fn without_a_secret_a_peer_joins_over_quic() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dead = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let mut peers: Vec<PeerProc> = dirs
+        .iter()
+        .map(|d| PeerProc::init(d.path(), &dead))
+        .collect();
+    let udp = free_port();
+    let quic = format!("/ip4/127.0.0.1/udp/{udp}/quic-v1");
+    let a_listen = format!(
+        "/ip4/127.0.0.1/tcp/{},{quic},/ip4/127.0.0.1/udp/{udp}/quic",
+        peers[0].cluster_port
+    );
+    let log = dirs[0].path().join("a.log");
+    let mut a = peers[0].command();
+    a.env("CLUSTER_SECRET", "")
+        .env("CLUSTER_LISTENMULTIADDRESS", &a_listen)
+        .env("IPFS_CLUSTER_LOG_LEVEL", "info")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut a = a.spawn().unwrap();
+    wait_until("peer A to serve", Duration::from_secs(60), || {
+        std::net::TcpStream::connect(("127.0.0.1", peers[0].rest_port)).is_ok()
+    });
+    let a_id = peers[0].peer_id();
+    peers[1].extra_args = vec!["--bootstrap".into(), format!("{quic}/p2p/{a_id}")];
+    let mut b = peers[1].command();
+    b.env("CLUSTER_SECRET", "");
+    let mut b = b.spawn().unwrap();
+    wait_until("peer B to join and serve", Duration::from_secs(60), || {
+        std::net::TcpStream::connect(("127.0.0.1", peers[1].rest_port)).is_ok()
+    });
+    let id: Value = get_json(&format!("{}/id", peers[1].rest()));
+    let members: Vec<&str> = id["cluster_peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x.as_str())
+        .collect();
+    assert!(
+        members.contains(&a_id.as_str()) && members.len() == 2,
+        "{id}"
+    );
+    let a_id_json: Value = get_json(&format!("{}/id", peers[0].rest()));
+    assert!(
+        a_id_json["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x.as_str().is_some_and(|s| s.contains("/quic-v1/"))),
+        "{a_id_json}"
+    );
+    for c in [&mut b, &mut a] {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        assert!(c.wait().unwrap().success());
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("not listening on").count(), 1, "{text}");
+    assert!(
+        text.contains("draft-29") && text.contains("unprotected network"),
+        "{text}"
+    );
+}

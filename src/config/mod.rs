@@ -906,11 +906,16 @@ impl Config {
         Ok(())
     }
 
-    /// The 32 secret bytes keying the private network.
-    pub fn secret_bytes(&self) -> Result<[u8; 32], String> {
+    /// The 32 secret bytes keying the private network; `None` for an empty
+    /// secret, which upstream accepts as an unprotected network.
+    pub fn secret_bytes(&self) -> Result<Option<[u8; 32]>, String> {
         let raw =
             hex::decode(self.cluster.secret.trim()).map_err(|e| format!("not hexadecimal: {e}"))?;
+        if raw.is_empty() {
+            return Ok(None);
+        }
         raw.try_into()
+            .map(Some)
             .map_err(|v: Vec<u8>| format!("must be 32 bytes (64 hex digits), got {}", v.len()))
     }
 }
@@ -1394,6 +1399,21 @@ mod tests {
             id.peer_id
         );
         assert!(Identity::load(&p).is_err());
+    }
+
+    #[test]
+    fn an_empty_secret_is_an_unprotected_network() {
+        let mut c = Config::generate();
+        assert!(c.secret_bytes().unwrap().is_some());
+        c.cluster.secret = String::new();
+        c.validate("x").unwrap();
+        assert_eq!(c.secret_bytes().unwrap(), None);
+        c.cluster.secret = "abcd".into();
+        let e = c.validate("x").unwrap_err().to_string();
+        assert!(
+            e.contains("cluster.secret") && e.contains("32 bytes"),
+            "{e}"
+        );
     }
 
     #[test]
