@@ -189,7 +189,15 @@ impl Peer {
             path: "service.json".into(),
             reason: r,
         })?;
-        let raft_cfg = &cfg.consensus.raft;
+        if secret.is_none() {
+            // Upstream's words for the same choice.
+            tracing::warn!(
+                "Cluster secret is empty, cluster will start on unprotected network: any \
+                 peer that can reach the cluster port can join"
+            );
+        }
+        let raft_cfg =
+            &init_peerset_resolved(dir, &cfg.consensus.raft, &cfg.cluster.peer_addresses).await?;
         let (p2p, mut inbound) = P2p::start(
             P2pConfig {
                 keypair: identity.keypair.clone(),
@@ -232,7 +240,7 @@ impl Peer {
                 addr: advertised(&listen),
                 name: cfg.cluster.peername.clone(),
             },
-            cfg: &cfg.consensus.raft,
+            cfg: raft_cfg,
             bootstrap: &bootstrap,
             events: events_tx,
         })
@@ -314,6 +322,13 @@ impl Peer {
             cancel.child_token(),
         );
         spawn_metric_loops(tasks, &cluster, informer, cfg, cancel.child_token());
+        crate::cluster::swarm::spawn(
+            tasks,
+            cluster.clone(),
+            cfg.ipfs_connector.ipfshttp.connect_swarms_delay.0,
+            cfg.cluster.peer_watch_interval.0,
+            cancel.child_token(),
+        );
         spawn_state_sync(
             tasks,
             cluster.clone(),
@@ -378,6 +393,31 @@ impl Peer {
         self.cluster.consensus().shutdown().await;
         tracing::info!("shutdown complete");
     }
+}
+
+/// The Raft config with `init_peerset` in the multiaddr form, upstream's
+/// peer-ID entries completed from the peerstore file or `peer_addresses`.
+async fn init_peerset_resolved(
+    dir: &Path,
+    raft: &crate::config::RaftConfig,
+    peer_addresses: &[String],
+) -> Result<crate::config::RaftConfig, ConfigError> {
+    let path = dir.join(PEERSTORE_FILE);
+    let text = match tokio::fs::read_to_string(&path).await {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(ConfigError::Io {
+                path: path.display().to_string(),
+                source: e,
+            });
+        }
+    };
+    // `cluster.peer_addresses` name peers' addresses too (env-only setups).
+    let text = format!("{text}\n{}", peer_addresses.join("\n"));
+    let mut raft = raft.clone();
+    raft.init_peerset = raft.init_peerset_addrs(&text)?;
+    Ok(raft)
 }
 
 /// Sends this peer's metrics every half TTL and its ping every ping interval, and

@@ -192,12 +192,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.cluster.leave_on_shutdown |= leave;
             cfg.observations.metrics.enable_stats |= stats;
             let backups = cfg.consensus.raft.backups_rotate;
-            let identity = Identity::load(&dir.join(IDENTITY_FILE))?;
+            let identity = load_identity(&dir)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             let removed = rt.block_on(async {
                 let peer = Peer::start(&dir, cfg, identity, StartOptions { bootstrap }).await?;
+                notify_ready();
                 let removed = peer.removed();
                 tokio::select! {
                     r = wait_for_signal() => r?,
@@ -248,7 +249,17 @@ fn state(dir: &std::path::Path, cmd: StateCmd) -> anyhow::Result<()> {
                     "This replaces this peer's pinset with the file's (the old raft folder is kept as raft.old.0).",
                 )?;
             }
-            let identity = Identity::load(&dir.join(IDENTITY_FILE))?;
+            let identity = load_identity(dir)?;
+            // The voters of a peer without Raft data come from init_peerset,
+            // upstream's peer-ID entries completed from the peerstore.
+            let mut cfg = cfg;
+            let peerstore = dir.join(config::PEERSTORE_FILE);
+            let text = match std::fs::read_to_string(&peerstore) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(e).with_context(|| peerstore.display().to_string()),
+            };
+            cfg.consensus.raft.init_peerset = cfg.consensus.raft.init_peerset_addrs(&text)?;
             let overrides = ImportOverrides {
                 replication_min: replication.rmin,
                 replication_max: replication.rmax,
@@ -283,6 +294,41 @@ fn state(dir: &std::path::Path, cmd: StateCmd) -> anyhow::Result<()> {
         }
     }
     std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// `identity.json` with upstream's `CLUSTER_ID`/`CLUSTER_PRIVATEKEY` overrides.
+fn load_identity(dir: &std::path::Path) -> anyhow::Result<Identity> {
+    Ok(Identity::load_with_env(&dir.join(IDENTITY_FILE), |k| {
+        std::env::var(k).ok()
+    })?)
+}
+
+/// Tells systemd (`Type=notify`) that the peer serves: `READY=1` on
+/// `$NOTIFY_SOCKET`, as upstream's daemon does. Without the variable, nothing.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = sd_notify(&path, b"READY=1") {
+        eprintln!("warning: could not notify systemd through NOTIFY_SOCKET: {e}");
+    }
+}
+
+/// One datagram to the notify socket; a leading `@` names an abstract socket.
+fn sd_notify(path: &std::ffi::OsStr, msg: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let sock = UnixDatagram::unbound()?;
+    let bytes = path.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name)?
+        }
+        None => SocketAddr::from_pathname(std::path::Path::new(path))?,
+    };
+    sock.send_to_addr(msg, &addr)?;
     Ok(())
 }
 

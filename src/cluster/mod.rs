@@ -7,6 +7,7 @@ pub mod monitor;
 mod path;
 pub mod rpc;
 pub mod status;
+pub mod swarm;
 pub mod tracker;
 
 use std::collections::BTreeMap;

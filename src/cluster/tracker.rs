@@ -442,9 +442,13 @@ impl PinTracker {
                 OpKind::Pin => {
                     self.inner
                         .ipfs
-                        .pin(&pin.cid, pin.mode(), &cancel, |p| {
-                            state.send_modify(|s| s.progress = p)
-                        })
+                        .pin_with_origins(
+                            &pin.cid,
+                            pin.mode(),
+                            &pin.options.origins,
+                            &cancel,
+                            |p| state.send_modify(|s| s.progress = p),
+                        )
                         .await
                 }
                 OpKind::Unpin => self.inner.ipfs.unpin(&pin.cid, &cancel).await,

@@ -11,7 +11,8 @@ use super::ConfigError;
 /// The file name inside the config folder.
 pub const IDENTITY_FILE: &str = "identity.json";
 
-/// A peer's ed25519 key pair and the peer ID derived from it.
+/// A peer's key pair (ed25519 for new peers; RSA and secp256k1 as found in
+/// upstream's identities) and the peer ID derived from it.
 #[derive(Clone, Debug)]
 pub struct Identity {
     /// The libp2p peer ID.
@@ -38,11 +39,46 @@ impl Identity {
 
     /// Reads `identity.json` and checks that `id` matches the key.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|e| ConfigError::io(path, e))?;
-        let j: IdentityJson = super::from_json_slice(path, &bytes)?;
+        Self::load_with_env(path, |_| None)
+    }
+
+    /// [`Identity::load`] with upstream's overrides `CLUSTER_ID` and
+    /// `CLUSTER_PRIVATEKEY` read through `get`; with both set, the file may be
+    /// missing (as in upstream's container setups).
+    pub fn load_with_env(
+        path: &Path,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let (env_id, env_key) = (get("CLUSTER_ID"), get("CLUSTER_PRIVATEKEY"));
+        let mut j = match std::fs::read(path) {
+            Ok(bytes) => super::from_json_slice::<IdentityJson>(path, &bytes)?,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && env_id.is_some()
+                    && env_key.is_some() =>
+            {
+                IdentityJson {
+                    id: String::new(),
+                    private_key: String::new(),
+                }
+            }
+            Err(e) => return Err(ConfigError::io(path, e)),
+        };
+        let from_env = env_id.is_some() || env_key.is_some();
+        if let Some(id) = env_id {
+            j.id = id;
+        }
+        if let Some(key) = env_key {
+            j.private_key = key;
+        }
+        let shown = if from_env {
+            format!("{} (with CLUSTER_ID/CLUSTER_PRIVATEKEY)", path.display())
+        } else {
+            path.display().to_string()
+        };
         let invalid = |reason: String| ConfigError::Invalid {
             key: "private_key".into(),
-            path: path.display().to_string(),
+            path: shown.clone(),
             reason,
         };
         let raw = base64::engine::general_purpose::STANDARD
@@ -51,10 +87,10 @@ impl Identity {
         let keypair =
             Keypair::from_protobuf_encoding(&raw).map_err(|e| invalid(format!("bad key: {e}")))?;
         let peer_id = keypair.public().to_peer_id();
-        if peer_id.to_string() != j.id {
+        if peer_id.to_string() != j.id.trim() {
             return Err(ConfigError::Invalid {
                 key: "id".into(),
-                path: path.display().to_string(),
+                path: shown,
                 reason: format!("does not match the private key (expected {peer_id})"),
             });
         }

@@ -3,6 +3,7 @@
 //! and the config folder's location and execution lock.
 
 mod duration;
+pub mod env;
 mod identity;
 
 use std::collections::BTreeMap;
@@ -85,6 +86,57 @@ fn from_json_slice<T: serde::de::DeserializeOwned>(
             reason: e.into_inner().to_string(),
         }
     })
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    tree: serde_json::Value,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(tree).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::Parse {
+            path: path.display().to_string(),
+            key: if key == "." { "(root)".into() } else { key },
+            reason: e.into_inner().to_string(),
+        }
+    })
+}
+
+/// Upstream's default consensus, crdt, has no implementation here: a config
+/// holding only its section would start a different, empty cluster, so it is
+/// refused with the way over. Both sections present is refused as upstream does.
+fn check_consensus(tree: &serde_json::Value, path: &Path) -> Result<(), ConfigError> {
+    let Some(consensus) = tree.get("consensus").and_then(|c| c.as_object()) else {
+        return Ok(());
+    };
+    let (raft, crdt) = (
+        consensus.contains_key("raft"),
+        consensus.contains_key("crdt"),
+    );
+    let reason = match (raft, crdt) {
+        (false, true) => {
+            "this peer was configured for the crdt consensus, which this implementation does \
+             not provide (it runs raft). To move the cluster's pinset over: with the Go peer \
+             (stopped), run `ipfs-cluster-service state export -f pins.json`; replace the \
+             `crdt` section of service.json with a `raft` one (`\"consensus\": {\"raft\": {}}` \
+             takes the defaults; set `init_peerset` to the other peers' IDs), then run \
+             `ipfs-cluster-service state import pins.json` here on every peer before starting"
+        }
+        (true, true) => "both raft and crdt sections are present: keep only `raft`",
+        _ => return Ok(()),
+    };
+    Err(ConfigError::Invalid {
+        key: "consensus.crdt".into(),
+        path: path.display().to_string(),
+        reason: reason.into(),
+    })
+}
+
+/// Upstream writes `""` for "no file".
+fn empty_path_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?
+        .filter(|s| !s.trim().is_empty())
+        .map(PathBuf::from))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
@@ -204,7 +256,8 @@ fn default_peername() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RaftConfig {
-    /// Peers (multiaddrs with `/p2p/`) forming the initial peerset.
+    /// Peers forming the initial peerset: peer IDs (upstream's form, addresses in
+    /// the `peerstore` file) or multiaddrs ending in `/p2p/<id>`.
     pub init_peerset: Vec<String>,
     /// How long a write waits for a leader.
     pub wait_for_leader_timeout: GoDuration,
@@ -243,6 +296,54 @@ impl Default for RaftConfig {
             trailing_logs: 10240,
             datastore: crate::store::Backend::default(),
         }
+    }
+}
+
+impl RaftConfig {
+    /// `init_peerset` with every entry as a multiaddr ending in `/p2p/<id>`.
+    /// Upstream's form lists bare peer IDs, their addresses being in the
+    /// `peerstore` file (`peerstore`, its text): such an entry gets the first
+    /// address found there, or stays `/p2p/<id>` (dialled through addresses
+    /// learnt later). The multiaddr form is kept as written.
+    pub fn init_peerset_addrs(&self, peerstore: &str) -> Result<Vec<String>, ConfigError> {
+        use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+        let invalid = |entry: &str, reason: String| ConfigError::Invalid {
+            key: "consensus.raft.init_peerset".into(),
+            path: CONFIG_FILE.into(),
+            reason: format!("{entry:?}: {reason}"),
+        };
+        let known: Vec<(PeerId, Multiaddr)> = peerstore
+            .lines()
+            .filter_map(|l| l.trim().parse::<Multiaddr>().ok())
+            .filter_map(|mut a| match a.pop() {
+                Some(Protocol::P2p(id)) if !a.is_empty() => Some((id, a)),
+                _ => None,
+            })
+            .collect();
+        self.init_peerset
+            .iter()
+            .map(|entry| {
+                let entry = entry.trim();
+                if entry.starts_with('/') {
+                    let mut a: Multiaddr =
+                        entry.parse().map_err(|e| invalid(entry, format!("{e}")))?;
+                    return match a.pop() {
+                        Some(Protocol::P2p(_)) => Ok(entry.to_string()),
+                        _ => Err(invalid(
+                            entry,
+                            "a multiaddr must end in /p2p/<peer id>".into(),
+                        )),
+                    };
+                }
+                let id: PeerId = entry.parse().map_err(|e| {
+                    invalid(entry, format!("neither a peer ID nor a multiaddr: {e}"))
+                })?;
+                Ok(match known.iter().find(|(p, _)| *p == id) {
+                    Some((_, addr)) => format!("{addr}/p2p/{id}"),
+                    None => format!("/p2p/{id}"),
+                })
+            })
+            .collect()
     }
 }
 
@@ -310,6 +411,21 @@ pub struct RestApiConfig {
     pub max_header_bytes: usize,
     /// Users and passwords; `null` disables auth.
     pub basic_auth_credentials: Option<BTreeMap<String, String>>,
+    /// TLS certificate (PEM); relative paths are resolved against the config
+    /// folder when loaded. With `ssl_key_file`, the API serves HTTPS.
+    #[serde(
+        default,
+        deserialize_with = "empty_path_is_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ssl_cert_file: Option<PathBuf>,
+    /// TLS private key (PEM) of `ssl_cert_file`, resolved the same way.
+    #[serde(
+        default,
+        deserialize_with = "empty_path_is_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ssl_key_file: Option<PathBuf>,
     /// Origins browsers may call from (`*`: any).
     pub cors_allowed_origins: Vec<String>,
     /// Methods browsers may use.
@@ -332,6 +448,8 @@ impl Default for RestApiConfig {
             idle_timeout: GoDuration::secs(120),
             max_header_bytes: 4096,
             basic_auth_credentials: None,
+            ssl_cert_file: None,
+            ssl_key_file: None,
             // Upstream's (rs/cors) defaults.
             cors_allowed_origins: vec!["*".into()],
             cors_allowed_methods: vec!["GET".into()],
@@ -409,6 +527,9 @@ impl Default for ApiConfig {
 pub struct IpfsHttpConfig {
     /// The daemon's RPC API address.
     pub node_multiaddress: String,
+    /// How long after start the daemon is connected to the other peers' daemons
+    /// (0: never).
+    pub connect_swarms_delay: GoDuration,
     /// Timeout of ordinary requests.
     pub ipfs_request_timeout: GoDuration,
     /// A pin fails when its progress stalls for this long.
@@ -425,6 +546,7 @@ impl Default for IpfsHttpConfig {
     fn default() -> Self {
         IpfsHttpConfig {
             node_multiaddress: "/ip4/127.0.0.1/tcp/5001".into(),
+            connect_swarms_delay: GoDuration::secs(30),
             ipfs_request_timeout: GoDuration::secs(5 * 60),
             pin_timeout: GoDuration::secs(2 * 60),
             unpin_timeout: GoDuration::secs(3 * 3600),
@@ -622,10 +744,32 @@ impl Config {
     }
 
     /// Reads `service.json`, applies the environment overrides and validates.
+    /// Relative TLS file paths are resolved against the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, |k| std::env::var(k).ok())
+    }
+
+    /// [`Config::load`] with the environment given by `get`.
+    pub fn load_with_env(
+        path: &Path,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let bytes = std::fs::read(path).map_err(|e| ConfigError::io(path, e))?;
-        let mut c: Config = from_json_slice(path, &bytes)?;
-        c.apply_env(|k| std::env::var(k).ok())?;
+        let mut tree: serde_json::Value = from_json_slice(path, &bytes)?;
+        check_consensus(&tree, path)?;
+        env::apply(&mut tree, &get)?;
+        let mut c: Config = from_value(path, tree)?;
+        if let Some(dir) = path.parent()
+            && let Some(r) = c.api.restapi.as_mut()
+        {
+            for f in [&mut r.ssl_cert_file, &mut r.ssl_key_file] {
+                if let Some(p) = f.as_mut()
+                    && p.is_relative()
+                {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
         c.validate(&path.display().to_string())?;
         Ok(c)
     }
@@ -666,62 +810,17 @@ impl Config {
         write_private(path, text.as_bytes())
     }
 
-    /// Upstream's environment overrides for the common keys.
+    /// Upstream's environment overrides (see [`env`]): every key of every
+    /// section, by its `CLUSTER_…` variable.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        if let Some(v) = get("CLUSTER_SECRET") {
-            self.cluster.secret = v;
-        }
-        if let Some(v) = get("CLUSTER_PEERNAME") {
-            self.cluster.peername = v;
-        }
-        if let Some(v) = get("CLUSTER_LEAVEONSHUTDOWN") {
-            self.cluster.leave_on_shutdown = parse_env_bool("CLUSTER_LEAVEONSHUTDOWN", &v)?;
-        }
-        if let Some(v) = get("CLUSTER_LISTENMULTIADDRESS") {
-            self.cluster.listen_multiaddress = env_list(&v);
-        }
-        for (var, slot) in [
-            (
-                "CLUSTER_REPLICATIONFACTORMIN",
-                &mut self.cluster.replication_factor_min,
-            ),
-            (
-                "CLUSTER_REPLICATIONFACTORMAX",
-                &mut self.cluster.replication_factor_max,
-            ),
-        ] {
-            if let Some(v) = get(var) {
-                *slot = v.trim().parse().map_err(|_| ConfigError::Invalid {
-                    key: var.into(),
-                    path: "environment".into(),
-                    reason: format!("not an integer: {v:?}"),
-                })?;
-            }
-        }
-        if let Some(v) = get("CLUSTER_IPFSHTTP_NODEMULTIADDRESS") {
-            self.ipfs_connector.ipfshttp.node_multiaddress = v;
-        }
-        if let Some(v) = get("CLUSTER_IPFSHTTP_BASICAUTHCREDENTIALS") {
-            self.ipfs_connector.ipfshttp.basic_auth_credentials = Some(v);
-        }
-        if let Some(v) = get("CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS") {
-            self.api
-                .restapi
-                .get_or_insert_with(Default::default)
-                .http_listen_multiaddress = env_list(&v);
-        }
-        if let Some(v) = get("CLUSTER_IPFSPROXY_LISTENMULTIADDRESS") {
-            self.api
-                .ipfsproxy
-                .get_or_insert_with(Default::default)
-                .listen_multiaddress = env_list(&v);
-        }
-        if let Some(v) = get("CLUSTER_IPFSPROXY_NODEMULTIADDRESS") {
-            self.api
-                .ipfsproxy
-                .get_or_insert_with(Default::default)
-                .node_multiaddress = v;
-        }
+        let env_path = Path::new("environment");
+        let mut tree = serde_json::to_value(&*self).map_err(|e| ConfigError::Parse {
+            path: "environment".into(),
+            key: "(root)".into(),
+            reason: e.to_string(),
+        })?;
+        env::apply(&mut tree, &get)?;
+        *self = from_value(env_path, tree)?;
         Ok(())
     }
 
@@ -807,11 +906,16 @@ impl Config {
         Ok(())
     }
 
-    /// The 32 secret bytes keying the private network.
-    pub fn secret_bytes(&self) -> Result<[u8; 32], String> {
+    /// The 32 secret bytes keying the private network; `None` for an empty
+    /// secret, which upstream accepts as an unprotected network.
+    pub fn secret_bytes(&self) -> Result<Option<[u8; 32]>, String> {
         let raw =
             hex::decode(self.cluster.secret.trim()).map_err(|e| format!("not hexadecimal: {e}"))?;
+        if raw.is_empty() {
+            return Ok(None);
+        }
         raw.try_into()
+            .map(Some)
             .map_err(|v: Vec<u8>| format!("must be 32 bytes (64 hex digits), got {}", v.len()))
     }
 }
@@ -838,22 +942,6 @@ pub fn comma_list(v: &str) -> Vec<String> {
         .collect()
 }
 
-fn env_list(v: &str) -> Multiaddrs {
-    Multiaddrs(comma_list(v))
-}
-
-fn parse_env_bool(var: &str, v: &str) -> Result<bool, ConfigError> {
-    match v.trim() {
-        "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        _ => Err(ConfigError::Invalid {
-            key: var.into(),
-            path: "environment".into(),
-            reason: format!("not a boolean: {v:?}"),
-        }),
-    }
-}
-
 /// Where the config folder is: `--config`, else `$IPFS_CLUSTER_PATH`, else `~/.ipfs-cluster`.
 pub fn config_dir(flag: Option<&Path>) -> PathBuf {
     if let Some(p) = flag {
@@ -868,7 +956,8 @@ pub fn config_dir(flag: Option<&Path>) -> PathBuf {
 
 /// Writes a new `service.json`, `identity.json` and `peerstore`; refuses to
 /// overwrite unless `force`. `peers` (multiaddrs ending in `/p2p/<id>`) seed the
-/// initial Raft peerset and the peerstore, as upstream's `init --peers`.
+/// initial Raft peerset (their IDs) and the peerstore (their addresses), as
+/// upstream's `init --peers`.
 pub fn init(
     dir: &Path,
     force: bool,
@@ -894,16 +983,24 @@ pub fn init(
     if let Ok(s) = std::env::var("CLUSTER_PEERNAME") {
         cfg.cluster.peername = s;
     }
+    // Upstream's form: the IDs in init_peerset, the addresses in the peerstore.
+    let mut ids = Vec::new();
     for p in peers {
-        if !p.contains("/p2p/") {
-            return Err(ConfigError::Invalid {
+        let id = p
+            .parse::<libp2p::Multiaddr>()
+            .ok()
+            .and_then(|mut a| match a.pop() {
+                Some(libp2p::multiaddr::Protocol::P2p(id)) => Some(id),
+                _ => None,
+            })
+            .ok_or_else(|| ConfigError::Invalid {
                 key: "--peers".into(),
                 path: "command line".into(),
-                reason: format!("{p:?} does not end in /p2p/<peer id>"),
-            });
-        }
+                reason: format!("{p:?} is not a multiaddr ending in /p2p/<peer id>"),
+            })?;
+        ids.push(id.to_string());
     }
-    cfg.consensus.raft.init_peerset = peers.to_vec();
+    cfg.consensus.raft.init_peerset = ids;
     cfg.consensus.raft.datastore = datastore;
     cfg.validate("environment")?;
     let identity = Identity::generate();
@@ -1007,6 +1104,316 @@ mod tests {
         let id = Identity::generate();
         id.save(&p).unwrap();
         assert_eq!(Identity::load(&p).unwrap().peer_id, id.peer_id);
+    }
+
+    /// A sample value of `kind` for the env table test, and its JSON form.
+    fn sample(
+        key: &str,
+        kind: env::Kind,
+        current: Option<&serde_json::Value>,
+    ) -> (String, serde_json::Value) {
+        use env::Kind::*;
+        use serde_json::json;
+        match kind {
+            Str if key == "datastore" => ("redb".into(), json!("redb")),
+            Str => ("x-value".into(), json!("x-value")),
+            Duration => ("1m30s".into(), json!("1m30s")),
+            Bool => {
+                let v = !current.and_then(|v| v.as_bool()).unwrap_or(false);
+                (v.to_string(), json!(v))
+            }
+            Int => ("7".into(), json!(7)),
+            Float => ("0.5".into(), json!(0.5)),
+            List => (
+                "/ip4/127.0.0.1/tcp/1, b".into(),
+                json!(["/ip4/127.0.0.1/tcp/1", "b"]),
+            ),
+            Map => ("u:p,u2:p:2".into(), json!({"u": "p", "u2": "p:2"})),
+            MapList => ("X-A:1".into(), json!({"X-A": ["1"]})),
+        }
+    }
+
+    fn at<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a serde_json::Value> {
+        path.iter().try_fold(v, |v, k| v.get(*k))
+    }
+
+    /// Every key of every typed section, with optional keys filled in.
+    fn full_config() -> Config {
+        let mut c = Config::generate();
+        c.ipfs_connector.ipfshttp.basic_auth_credentials = Some("u:p".into());
+        let p = c.api.ipfsproxy.as_mut().unwrap();
+        p.basic_auth_credentials = Some(BTreeMap::from([("u".into(), "p".into())]));
+        let r = c.api.restapi.as_mut().unwrap();
+        r.ssl_cert_file = Some("c".into());
+        r.ssl_key_file = Some("k".into());
+        c
+    }
+
+    #[test]
+    fn env_table_covers_every_key() {
+        let typed = serde_json::to_value(full_config()).unwrap();
+        let mut applied = 0;
+        for section in env::SECTIONS {
+            // Each typed section's keys all have their variable.
+            if let Some(obj) = at(&typed, section.path).and_then(|v| v.as_object()) {
+                for key in obj.keys() {
+                    let nested = obj[key].is_object()
+                        && env::SECTIONS
+                            .iter()
+                            .any(|s| s.path.last() == Some(&key.as_str()));
+                    assert!(
+                        nested || section.fields.iter().any(|(k, _)| k == key),
+                        "{}.{key} has no environment variable",
+                        section.path.join(".")
+                    );
+                }
+            }
+            for (key, kind) in section.fields {
+                let var = env::var_name(section.prefix, key);
+                let current = at(&typed, section.path).and_then(|s| s.get(*key));
+                let (raw, want) = sample(key, *kind, current);
+                let get = |k: &str| (k == var).then(|| raw.clone());
+                // Upstream's keys land in the tree, also in sections kept as written.
+                let mut tree = typed.clone();
+                let mut parent = &mut tree;
+                for k in section.path {
+                    if parent.get(*k).is_none() {
+                        parent[*k] = serde_json::json!({});
+                    }
+                    parent = &mut parent[*k];
+                }
+                env::apply(&mut tree, &get).unwrap();
+                assert_eq!(at(&tree, section.path).unwrap()[*key], want, "{var}");
+                applied += 1;
+                // Keys this implementation has reach the typed config.
+                if current.is_some() {
+                    let mut c = full_config();
+                    c.apply_env(get).unwrap_or_else(|e| panic!("{var}: {e}"));
+                    let back = serde_json::to_value(&c).unwrap();
+                    assert_eq!(at(&back, section.path).unwrap()[*key], want, "{var}");
+                }
+            }
+        }
+        assert!(applied >= 140, "{applied}");
+        // A few by name, as upstream's docs and docker-compose spell them.
+        let mut c = Config::generate();
+        c.apply_env(|k| match k {
+            "CLUSTER_MONITORPINGINTERVAL" => Some("2s".into()),
+            "CLUSTER_RESTAPI_BASICAUTHCREDENTIALS" => Some("a:b,c:d".into()),
+            "CLUSTER_RAFT_INITPEERSET" => Some("12D3KooWA,12D3KooWB".into()),
+            "CLUSTER_STATELESS_CONCURRENTPINS" => Some("3".into()),
+            "CLUSTER_CRDT_TRUSTEDPEERS" => Some("*".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.cluster.monitor_ping_interval, GoDuration::secs(2));
+        assert_eq!(
+            c.api
+                .restapi
+                .as_ref()
+                .unwrap()
+                .basic_auth_credentials
+                .as_ref()
+                .unwrap()["c"],
+            "d"
+        );
+        assert_eq!(
+            c.consensus.raft.init_peerset,
+            vec!["12D3KooWA", "12D3KooWB"]
+        );
+        assert_eq!(c.pin_tracker.stateless.concurrent_pins, 3);
+        // Bad values name their variable.
+        let e = Config::generate()
+            .apply_env(|k| (k == "CLUSTER_LEAVEONSHUTDOWN").then(|| "maybe".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CLUSTER_LEAVEONSHUTDOWN"), "{e}");
+    }
+
+    #[test]
+    fn env_creates_only_the_sections_run_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("service.json");
+        let mut c = Config::generate();
+        c.api.restapi = None;
+        c.save(&p).unwrap();
+        let c = Config::load_with_env(&p, |k| match k {
+            "CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS" => Some("/ip4/127.0.0.1/tcp/4".into()),
+            "CLUSTER_CRDT_TRUSTEDPEERS" => Some("*".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            c.api.restapi.unwrap().http_listen_multiaddress.0,
+            vec!["/ip4/127.0.0.1/tcp/4"]
+        );
+        assert!(!c.other.contains_key("crdt"));
+    }
+
+    #[test]
+    fn crdt_only_consensus_is_refused_with_the_way_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("service.json");
+        let mut v = serde_json::to_value(Config::generate()).unwrap();
+        v["consensus"] =
+            serde_json::json!({"crdt": {"cluster_name": "ipfs-cluster", "trusted_peers": ["*"]}});
+        std::fs::write(&p, v.to_string()).unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        for part in ["crdt", "state export", "raft", "state import"] {
+            assert!(e.contains(part), "{part} missing in: {e}");
+        }
+        v["consensus"]["raft"] = serde_json::json!({});
+        std::fs::write(&p, v.to_string()).unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("keep only"), "{e}");
+        v["consensus"] = serde_json::json!({"raft": {}});
+        std::fs::write(&p, v.to_string()).unwrap();
+        Config::load(&p).unwrap();
+    }
+
+    #[test]
+    fn init_peerset_of_peer_ids_takes_addresses_from_the_peerstore() {
+        let (a, b, c) = (
+            Identity::generate().peer_id,
+            Identity::generate().peer_id,
+            Identity::generate().peer_id,
+        );
+        let raft = RaftConfig {
+            init_peerset: vec![
+                a.to_string(),
+                format!("/ip4/10.0.0.2/tcp/9096/p2p/{b}"),
+                c.to_string(),
+            ],
+            ..Default::default()
+        };
+        let peerstore = format!(
+            "/ip4/10.0.0.1/tcp/9096/p2p/{a}\n/dns4/x.example/tcp/9096/p2p/{a}\n/ip4/10.0.0.9/tcp/1/p2p/{b}\n"
+        );
+        assert_eq!(
+            raft.init_peerset_addrs(&peerstore).unwrap(),
+            vec![
+                format!("/ip4/10.0.0.1/tcp/9096/p2p/{a}"),
+                format!("/ip4/10.0.0.2/tcp/9096/p2p/{b}"),
+                format!("/p2p/{c}"),
+            ]
+        );
+        for bad in ["not-a-peer", "/ip4/10.0.0.1/tcp/9096"] {
+            let raft = RaftConfig {
+                init_peerset: vec![bad.into()],
+                ..Default::default()
+            };
+            let e = raft.init_peerset_addrs("").unwrap_err().to_string();
+            assert!(e.contains("init_peerset") && e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn init_writes_ids_in_init_peerset_and_addresses_in_the_peerstore() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = Identity::generate().peer_id;
+        let addr = format!("/ip4/127.0.0.1/tcp/9096/p2p/{other}");
+        let (cfg, _) = init(
+            dir.path(),
+            false,
+            std::slice::from_ref(&addr),
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.consensus.raft.init_peerset, vec![other.to_string()]);
+        let saved = Config::load(&dir.path().join(CONFIG_FILE)).unwrap();
+        assert_eq!(saved.consensus.raft.init_peerset, vec![other.to_string()]);
+        let ps = std::fs::read_to_string(dir.path().join(PEERSTORE_FILE)).unwrap();
+        assert_eq!(ps.trim(), addr);
+        assert!(
+            init(
+                dir.path(),
+                true,
+                &["/ip4/127.0.0.1/tcp/1".into()],
+                Default::default()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn upstream_sample_configs_load_with_their_rsa_identity() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/upstream");
+        for name in ["basic_auth", "ssl", "ssl-basic_auth"] {
+            let dir = root.join(name);
+            let c = Config::load_with_env(&dir.join(CONFIG_FILE), |_| None)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let id =
+                Identity::load(&dir.join(IDENTITY_FILE)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                id.peer_id.to_string(),
+                "QmdEtBsfumeH2V6dnx1fgn8zuW7XYjWdgJF4NEYpEBcTsg"
+            );
+            assert_eq!(id.keypair.key_type(), libp2p_identity::KeyType::RSA);
+            assert_eq!(c.ipfs_connector.ipfshttp.pin_timeout, GoDuration::secs(120));
+            let r = c.api.restapi.unwrap();
+            if name.starts_with("ssl") {
+                assert_eq!(r.ssl_cert_file, Some(dir.join("server.crt")), "{name}");
+                assert_eq!(r.ssl_key_file, Some(dir.join("server.key")), "{name}");
+            } else {
+                assert_eq!((r.ssl_cert_file, r.ssl_key_file), (None, None));
+            }
+            assert_eq!(
+                r.basic_auth_credentials.map(|m| m.contains_key("testuser")),
+                (name != "ssl").then_some(true)
+            );
+        }
+    }
+
+    #[test]
+    fn secp256k1_and_ed25519_identities_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(IDENTITY_FILE);
+        for keypair in [
+            libp2p_identity::Keypair::generate_secp256k1(),
+            libp2p_identity::Keypair::generate_ed25519(),
+        ] {
+            let id = Identity {
+                peer_id: keypair.public().to_peer_id(),
+                keypair,
+            };
+            id.save(&p).unwrap();
+            assert_eq!(Identity::load(&p).unwrap().peer_id, id.peer_id);
+        }
+    }
+
+    #[test]
+    fn identity_env_overrides_and_replaces_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(IDENTITY_FILE);
+        let id = Identity::generate();
+        id.save(&p).unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        let env = |k: &str| match k {
+            "CLUSTER_ID" => j["id"].as_str().map(String::from),
+            "CLUSTER_PRIVATEKEY" => j["private_key"].as_str().map(String::from),
+            _ => None,
+        };
+        assert_eq!(
+            Identity::load_with_env(&p, env).unwrap().peer_id,
+            id.peer_id
+        );
+        assert!(Identity::load(&p).is_err());
+    }
+
+    #[test]
+    fn an_empty_secret_is_an_unprotected_network() {
+        let mut c = Config::generate();
+        assert!(c.secret_bytes().unwrap().is_some());
+        c.cluster.secret = String::new();
+        c.validate("x").unwrap();
+        assert_eq!(c.secret_bytes().unwrap(), None);
+        c.cluster.secret = "abcd".into();
+        let e = c.validate("x").unwrap_err().to_string();
+        assert!(
+            e.contains("cluster.secret") && e.contains("32 bytes"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -344,6 +344,45 @@ impl IpfsConnector {
             .collect())
     }
 
+    /// Asks the daemon to connect to `addr` (`swarm/connect`), a multiaddr
+    /// ending in `/p2p/<id>`.
+    pub async fn swarm_connect(&self, addr: &str) -> Result<(), IpfsError> {
+        self.post(
+            "swarm/connect",
+            &[("arg", addr)],
+            Some(self.request_timeout),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// [`Self::pin`], dialling up to 10 of the pin's `origins` meanwhile, as
+    /// upstream's connector does: a daemon that cannot find the content by
+    /// itself (a private network, no DHT) gets it from where it was added. The
+    /// dials are best effort and end with the pin.
+    pub async fn pin_with_origins(
+        &self,
+        cid: &Cid,
+        mode: PinMode,
+        origins: &[String],
+        cancel: &CancellationToken,
+        progress: impl FnMut(u64) + Send,
+    ) -> Result<(), IpfsError> {
+        let dials = futures::future::join_all(origins.iter().take(10).map(|o| async move {
+            match self.swarm_connect(o).await {
+                Ok(()) => tracing::debug!(origin = %o, "connected the daemon to a pin origin"),
+                Err(e) => tracing::debug!(origin = %o, "swarm connect to a pin origin: {e}"),
+            }
+        }));
+        let pin = self.pin(cid, mode, cancel, progress);
+        tokio::pin!(pin);
+        tokio::select! {
+            r = &mut pin => return r,
+            _ = dials => {}
+        }
+        pin.await
+    }
+
     /// The repository's size and capacity (`repo/stat?size-only=true`), in bytes.
     pub async fn repo_stat(&self) -> Result<(u64, u64), IpfsError> {
         #[derive(Deserialize)]

@@ -110,48 +110,74 @@ fn request_response_behaviour(
     )
 }
 
-/// Builds the swarm: TCP, then the private-network layer, then noise and yamux.
-///
-/// pnet wraps the raw TCP stream, before any libp2p protocol negotiation, so a
-/// peer without the cluster secret cannot even complete multistream-select.
-/// `SwarmBuilder::with_tcp` has no hook for that layer, hence `with_other_transport`.
+/// Builds the swarm. In a private network (`secret`): TCP, then the
+/// private-network layer, then noise and yamux. pnet wraps the raw TCP stream,
+/// before any libp2p protocol negotiation, so a peer without the cluster secret
+/// cannot even complete multistream-select; `SwarmBuilder::with_tcp` has no hook
+/// for that layer, hence `with_other_transport`. QUIC has no such layer (its
+/// handshake is TLS), so it is only offered without a secret (upstream's empty
+/// `secret`: an unprotected network), beside TCP with noise and yamux.
 pub(super) fn build_swarm(
     keypair: libp2p::identity::Keypair,
-    secret: [u8; 32],
+    secret: Option<[u8; 32]>,
     request_timeout: Duration,
 ) -> Result<Swarm<Behaviour>, P2pError> {
-    let psk = PreSharedKey::new(secret);
-    tracing::debug!(fingerprint = %psk.fingerprint(), "private network key");
     let agent_version = format!("ipfs-cluster-rs/{}", crate::VERSION);
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_other_transport(
-            |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-                let noise = noise::Config::new(key)?;
-                Ok(tcp::tokio::Transport::new(tcp::Config::new().nodelay(true))
-                    .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
-                    .upgrade(Version::V1Lazy)
-                    .authenticate(noise)
-                    .multiplex(yamux::Config::default()))
-            },
-        )
-        .map_err(|e| P2pError::Transport(e.to_string()))?
-        // DNS wraps the whole stack so /dns4/... addresses resolve before TCP.
-        .with_dns()
-        .map_err(|e| P2pError::Transport(format!("cannot set up DNS resolution: {e}")))?
-        .with_behaviour(|key| Behaviour {
-            raft: request_response_behaviour(Protocol::Raft, request_timeout),
-            rpc: request_response_behaviour(Protocol::Rpc, request_timeout),
-            identify: identify::Behaviour::new(
-                identify::Config::new(IDENTIFY_PROTOCOL_VERSION.into(), key.public())
-                    .with_agent_version(agent_version),
-            ),
-            ping: ping::Behaviour::default(),
-        })
-        .map_err(|e| P2pError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
-        // `build` wraps the whole transport in this timeout (10 s unless set).
-        .with_connection_timeout(HANDSHAKE_TIMEOUT)
-        .build();
+    let behaviour = move |key: &libp2p::identity::Keypair| Behaviour {
+        raft: request_response_behaviour(Protocol::Raft, request_timeout),
+        rpc: request_response_behaviour(Protocol::Rpc, request_timeout),
+        identify: identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL_VERSION.into(), key.public())
+                .with_agent_version(agent_version),
+        ),
+        ping: ping::Behaviour::default(),
+    };
+    let transport_err = |e: &dyn std::fmt::Display| P2pError::Transport(e.to_string());
+    let dns_err = |e: &dyn std::fmt::Display| {
+        P2pError::Transport(format!("cannot set up DNS resolution: {e}"))
+    };
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let swarm = match secret {
+        Some(secret) => {
+            let psk = PreSharedKey::new(secret);
+            tracing::debug!(fingerprint = %psk.fingerprint(), "private network key");
+            builder
+                .with_other_transport(
+                    |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                        let noise = noise::Config::new(key)?;
+                        Ok(tcp::tokio::Transport::new(tcp::Config::new().nodelay(true))
+                            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                            .upgrade(Version::V1Lazy)
+                            .authenticate(noise)
+                            .multiplex(yamux::Config::default()))
+                    },
+                )
+                .map_err(|e| transport_err(&e))?
+                // DNS wraps the whole stack so /dns4/... addresses resolve before TCP.
+                .with_dns()
+                .map_err(|e| dns_err(&e))?
+                .with_behaviour(behaviour)
+                .map_err(|e| transport_err(&e))?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+                // `build` wraps the whole transport in this timeout (10 s unless set).
+                .with_connection_timeout(HANDSHAKE_TIMEOUT)
+                .build()
+        }
+        None => builder
+            .with_tcp(
+                tcp::Config::new().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| transport_err(&e))?
+            .with_quic()
+            .with_dns()
+            .map_err(|e| dns_err(&e))?
+            .with_behaviour(behaviour)
+            .map_err(|e| transport_err(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+            .with_connection_timeout(HANDSHAKE_TIMEOUT)
+            .build(),
+    };
     Ok(swarm)
 }

@@ -1,5 +1,6 @@
-//! The peer's libp2p host: a private network (pnet) over TCP with noise and yamux,
-//! carrying opaque byte payloads on two request-response protocols.
+//! The peer's libp2p host: a private network (pnet) over TCP with noise and yamux
+//! (without a cluster secret: TCP with noise and yamux, and QUIC v1), carrying
+//! opaque byte payloads on two request-response protocols.
 //!
 //! - `/ipfs-cluster-rs/raft/1.0.0`: Raft RPCs; requests and responses up to 64 MiB.
 //! - `/ipfs-cluster-rs/rpc/1.0.0`: cluster RPCs; requests up to 16 MiB, responses
@@ -87,8 +88,9 @@ pub enum P2pError {
 pub struct P2pConfig {
     /// The peer's identity; its public key gives the peer ID.
     pub keypair: libp2p_identity::Keypair,
-    /// The cluster secret: only peers with the same 32 bytes can connect.
-    pub secret: [u8; 32],
+    /// The cluster secret: only peers with the same 32 bytes can connect. `None`
+    /// (upstream's empty secret) is an unprotected network, which may also use QUIC.
+    pub secret: Option<[u8; 32]>,
     /// Addresses to listen on, e.g. `/ip4/127.0.0.1/tcp/0`.
     pub listen: Vec<Multiaddr>,
     /// How long a request may wait for its reply (also the inbound answer deadline).
@@ -132,8 +134,9 @@ impl P2p {
         let peer_id = cfg.keypair.public().to_peer_id();
         let mut swarm = behaviour::build_swarm(cfg.keypair, cfg.secret, cfg.request_timeout)?;
 
+        let listen = usable_listen_addrs(&cfg.listen, cfg.secret.is_some())?;
         let mut pending_listeners = HashSet::new();
-        for addr in &cfg.listen {
+        for addr in &listen {
             let id = swarm
                 .listen_on(addr.clone())
                 .map_err(|e| P2pError::Transport(format!("cannot listen on {addr}: {e}")))?;
@@ -298,6 +301,76 @@ async fn with_deadline<T>(
     tokio::time::timeout(deadline, fut)
         .await
         .unwrap_or_else(|_| Err(P2pError::Timeout(format!("no answer within {deadline:?}"))))
+}
+
+/// The listen addresses this host can serve, the others skipped with one warning
+/// that says why (none left is an error). TCP always. QUIC v1 (`/udp/<port>/quic-v1`)
+/// only without a cluster secret: a private network (pnet) is a handshake over a
+/// stream transport, which QUIC is not — upstream's default `listen_multiaddress`
+/// lists `/udp/9096/quic`, and upstream itself serves only TCP and websockets.
+/// `/quic` (draft-29) is gone from libp2p; websockets are not offered here.
+fn usable_listen_addrs(addrs: &[Multiaddr], private: bool) -> Result<Vec<Multiaddr>, P2pError> {
+    fn protocols(a: &Multiaddr) -> Vec<MaProtocol<'_>> {
+        a.iter().collect()
+    }
+    let is_plain_tcp = |a: &Multiaddr| {
+        let p = protocols(a);
+        p.iter().any(|p| matches!(p, MaProtocol::Tcp(_)))
+            && !p.iter().any(|p| {
+                matches!(
+                    p,
+                    MaProtocol::Udp(_)
+                        | MaProtocol::Quic
+                        | MaProtocol::QuicV1
+                        | MaProtocol::Ws(_)
+                        | MaProtocol::Wss(_)
+                        | MaProtocol::WebTransport
+                        | MaProtocol::WebRTCDirect
+                )
+            })
+    };
+    let is_quic_v1 = |a: &Multiaddr| {
+        let p = protocols(a);
+        matches!(
+            p.as_slice(),
+            [
+                MaProtocol::Ip4(_) | MaProtocol::Ip6(_),
+                MaProtocol::Udp(_),
+                MaProtocol::QuicV1
+            ]
+        )
+    };
+    let (mut usable, mut skipped) = (Vec::new(), Vec::new());
+    for a in addrs {
+        if is_plain_tcp(a) || (!private && is_quic_v1(a)) {
+            usable.push(a.clone());
+        } else {
+            skipped.push(a.to_string());
+        }
+    }
+    if !skipped.is_empty() {
+        let why = if private {
+            "the cluster secret makes a private network (pnet), which needs a TCP transport \
+             (QUIC and websockets cannot carry it); peers reach this one over TCP"
+        } else {
+            "only TCP and QUIC v1 (/udp/<port>/quic-v1) are served; /quic (draft-29) is no \
+             longer supported by libp2p"
+        };
+        tracing::warn!("not listening on {}: {why}", skipped.join(", "));
+    }
+    if !usable.iter().any(is_plain_tcp) && private {
+        return Err(P2pError::Transport(
+            "cluster.listen_multiaddress has no TCP address (/ip4/…/tcp/<port>): a private \
+             network needs TCP"
+                .into(),
+        ));
+    }
+    if usable.is_empty() {
+        return Err(P2pError::Transport(
+            "cluster.listen_multiaddress has no TCP or QUIC v1 address".into(),
+        ));
+    }
+    Ok(usable)
 }
 
 /// Parses "/ip4/1.2.3.4/tcp/9096/p2p/12D3..." into (peer id, address). The address

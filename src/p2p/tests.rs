@@ -7,8 +7,9 @@ use libp2p_identity::Keypair;
 
 use super::*;
 
-/// Bounds every test step: a hang is a failure, not a stuck CI job.
-const STEP: Duration = Duration::from_secs(30);
+/// Bounds every test step: a hang is a failure, not a stuck CI job. Generous: the
+/// 8 MiB request alone takes ~19 s in a debug build on a loaded 2-core machine.
+const STEP: Duration = Duration::from_secs(60);
 
 struct Host {
     p2p: P2p,
@@ -19,22 +20,33 @@ struct Host {
 
 impl Host {
     async fn start(keypair: Keypair, secret: [u8; 32], peerstore: Option<PathBuf>) -> Host {
+        Self::start_on(keypair, Some(secret), &["/ip4/127.0.0.1/tcp/0"], peerstore)
+            .await
+            .unwrap()
+    }
+
+    async fn start_on(
+        keypair: Keypair,
+        secret: Option<[u8; 32]>,
+        listen: &[&str],
+        peerstore: Option<PathBuf>,
+    ) -> Result<Host, P2pError> {
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
         let cfg = P2pConfig {
             keypair,
             secret,
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            request_timeout: Duration::from_secs(20),
+            listen: listen.iter().map(|a| a.parse().unwrap()).collect(),
+            request_timeout: Duration::from_secs(45),
             peerstore,
         };
-        let (p2p, inbound) = P2p::start(cfg, &tasks, cancel.clone()).await.unwrap();
-        Host {
+        let (p2p, inbound) = P2p::start(cfg, &tasks, cancel.clone()).await?;
+        Ok(Host {
             p2p,
             inbound: Some(inbound),
             tasks,
             cancel,
-        }
+        })
     }
 
     async fn addr(&self) -> Multiaddr {
@@ -201,7 +213,7 @@ async fn dropped_reply_is_an_error_not_a_hang() {
     let started = Instant::now();
     let r = within(a.p2p.request(b_id, Protocol::Raft, b"x".to_vec())).await;
     assert!(matches!(r, Err(P2pError::Remote(_))), "{r:?}");
-    // Well under the 20 s request timeout: the closed stream is noticed at once.
+    // Well under the 45 s request timeout: the closed stream is noticed at once.
     assert!(started.elapsed() < Duration::from_secs(10));
 
     a.stop().await;
@@ -240,4 +252,62 @@ fn split_p2p_parses_trailing_peer_id() {
     assert!(split_p2p(&"/ip4/1.2.3.4/tcp/9096".parse().unwrap()).is_none());
     let bare: Multiaddr = format!("/p2p/{id}").parse().unwrap();
     assert_eq!(split_p2p(&bare), Some((id, Multiaddr::empty())));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_secret_quic_v1_carries_requests() {
+    let mut a = Host::start_on(
+        Keypair::generate_ed25519(),
+        None,
+        &["/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.1/udp/0/quic"],
+        None,
+    )
+    .await
+    .unwrap();
+    a.serve_echo();
+    let b = Host::start_on(
+        Keypair::generate_ed25519(),
+        None,
+        &["/ip4/127.0.0.1/tcp/0"],
+        None,
+    )
+    .await
+    .unwrap();
+    // Only the QUIC v1 listener: draft-29 `/quic` is skipped.
+    let a_addr = a.addr().await;
+    assert!(a_addr.to_string().contains("/udp/") && a_addr.to_string().contains("/quic-v1/"));
+    let a_id = within(b.p2p.connect(a_addr)).await.unwrap();
+    let r = within(b.p2p.request(a_id, Protocol::Raft, b"vote".to_vec())).await;
+    assert_eq!(r.unwrap(), b"raft:vote");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_network_serves_tcp_only() {
+    let h = Host::start_on(
+        Keypair::generate_ed25519(),
+        Some(SECRET),
+        &[
+            "/ip4/127.0.0.1/tcp/0",
+            "/ip4/127.0.0.1/udp/0/quic",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    let addr = h.addr().await.to_string();
+    assert!(addr.contains("/tcp/"), "{addr}");
+    h.stop().await;
+    let e = Host::start_on(
+        Keypair::generate_ed25519(),
+        Some(SECRET),
+        &["/ip4/127.0.0.1/udp/0/quic-v1"],
+        None,
+    )
+    .await
+    .err()
+    .expect("no TCP address must be refused");
+    assert!(e.to_string().contains("needs TCP"), "{e}");
 }
