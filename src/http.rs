@@ -96,6 +96,14 @@ pub fn channel_body() -> (BodySender, Body) {
     (BodySender { tx }, StreamBody::new(stream).boxed_unsync())
 }
 
+/// Makes ring the process's rustls crypto provider. reqwest is built without one
+/// (its default, aws-lc-rs, needs a C toolchain) and panics when a client is built
+/// before a provider is installed, even for plain HTTP: call this first.
+pub fn install_crypto_provider() {
+    // An error only says a provider is already installed, which is all we need.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Server limits.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -135,14 +143,37 @@ where
     H: Fn(http::Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    serve_tls(name, listeners, None, handler, opts, tasks, cancel)
+}
+
+/// As [`serve`], over TLS when `tls` is given: each connection's handshake runs in
+/// its own task, so a slow or failed handshake holds up no other client.
+pub fn serve_tls<H, F>(
+    name: &'static str,
+    listeners: Vec<TcpListener>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handler: H,
+    opts: ServerOptions,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) -> Vec<SocketAddr>
+where
+    H: Fn(http::Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let handler = Arc::new(handler);
     let addrs = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
     for listener in listeners {
-        let (handler, opts, cancel, conn_tasks) =
-            (handler.clone(), opts.clone(), cancel.clone(), tasks.clone());
+        let (handler, opts, cancel, conn_tasks, tls) = (
+            handler.clone(),
+            opts.clone(),
+            cancel.clone(),
+            tasks.clone(),
+            tls.clone(),
+        );
         tasks.spawn(async move {
             let graceful = hyper_util::server::graceful::GracefulShutdown::new();
             loop {
@@ -196,9 +227,32 @@ where
                     .timer(TokioTimer::new())
                     .header_read_timeout(opts.header_read_timeout)
                     .max_buf_size(opts.max_header_bytes.max(8192));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
+                let Some(tls) = tls.clone() else {
+                    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+                    conn_tasks.spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!("{name}: connection from {remote}: {e}");
+                        }
+                    });
+                    continue;
+                };
+                let watcher = graceful.watcher();
+                let timeout = opts.header_read_timeout;
                 conn_tasks.spawn(async move {
+                    // The handshake shares the header read timeout: both are what a
+                    // client must send before it is served.
+                    let stream = match tokio::time::timeout(timeout, tls.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!("{name}: TLS handshake with {remote}: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("{name}: TLS handshake with {remote} timed out");
+                            return;
+                        }
+                    };
+                    let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), svc));
                     if let Err(e) = conn.await {
                         tracing::debug!("{name}: connection from {remote}: {e}");
                     }

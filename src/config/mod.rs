@@ -310,6 +310,12 @@ pub struct RestApiConfig {
     pub max_header_bytes: usize,
     /// Users and passwords; `null` disables auth.
     pub basic_auth_credentials: Option<BTreeMap<String, String>>,
+    /// PEM certificate (chain) served over TLS; relative to the config folder.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub ssl_cert_file: String,
+    /// PEM private key of `ssl_cert_file`; relative to the config folder.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub ssl_key_file: String,
     /// Origins browsers may call from (`*`: any).
     pub cors_allowed_origins: Vec<String>,
     /// Methods browsers may use.
@@ -332,6 +338,8 @@ impl Default for RestApiConfig {
             idle_timeout: GoDuration::secs(120),
             max_header_bytes: 4096,
             basic_auth_credentials: None,
+            ssl_cert_file: String::new(),
+            ssl_key_file: String::new(),
             // Upstream's (rs/cors) defaults.
             cors_allowed_origins: vec!["*".into()],
             cors_allowed_methods: vec!["GET".into()],
@@ -784,6 +792,12 @@ impl Config {
                 return Err(invalid(
                     "api.restapi.basic_auth_credentials",
                     "an empty map is not allowed: use null to disable auth".into(),
+                ));
+            }
+            if r.ssl_cert_file.is_empty() != r.ssl_key_file.is_empty() {
+                return Err(invalid(
+                    "api.restapi.ssl_cert_file",
+                    "TLS needs both ssl_cert_file and ssl_key_file".into(),
                 ));
             }
         }

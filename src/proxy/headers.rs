@@ -43,6 +43,7 @@ impl DaemonHeaders {
                 .iter()
                 .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
         );
+        crate::http::install_crypto_provider();
         DaemonHeaders {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))

@@ -5,8 +5,8 @@ use serde::de::DeserializeOwned;
 use crate::multiaddr::TcpMultiaddr;
 pub use crate::restapi::AddedOutput;
 use crate::types::{
-    Alert, ApiError, Cid, ClusterId, ConnectGraph, GlobalPinInfo, GlobalRepoGc, Metric, Pin,
-    PinOptions, Version,
+    Alert, ApiError, BandwidthByProtocol, Cid, ClusterId, ConnectGraph, GlobalPinInfo,
+    GlobalRepoGc, Metric, Pin, PinOptions, Version,
 };
 
 /// Why a REST API call failed.
@@ -29,13 +29,28 @@ pub enum ClientError {
     /// A bad `--host`.
     #[error("{0}")]
     Host(String),
+    /// What was to be sent could not be prepared (e.g. a file to add).
+    #[error("{0}")]
+    Input(String),
 }
 
-/// A REST API client.
+/// How a [`Client`] reaches the API.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Speak HTTPS to multiaddr hosts (URL hosts say their scheme themselves).
+    pub https: bool,
+    /// Accept any server certificate (self-signed ones, as in upstream's samples).
+    pub no_verify_cert: bool,
+    /// Basic-auth user and password.
+    pub auth: Option<(String, String)>,
+}
+
+/// A REST API client. With several hosts, a request that cannot reach one
+/// goes to the next (upstream's failover); an answer, even an error, is final.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    bases: Vec<String>,
     auth: Option<(String, String)>,
 }
 
@@ -63,21 +78,86 @@ fn local_query(local: bool) -> Vec<(String, String)> {
     }
 }
 
+/// The base URL of one `--host`: a multiaddr like `/ip4/127.0.0.1/tcp/9094`, or an
+/// `http(s)://` URL.
+fn base_url(host: &str, https: bool) -> Result<String, ClientError> {
+    let host = host.trim();
+    if host.starts_with("http://") || host.starts_with("https://") {
+        return Ok(host.trim_end_matches('/').to_string());
+    }
+    let m = TcpMultiaddr::parse(host).map_err(|e| ClientError::Host(e.to_string()))?;
+    let scheme = if https { "https" } else { "http" };
+    Ok(format!("{scheme}://{}", m.authority()))
+}
+
+/// The error text of a request that got no answer, with its causes (reqwest's
+/// own text stops at "error sending request").
+fn transport_error(base: &str, e: &reqwest::Error) -> ClientError {
+    let mut msg = format!("{base}: {e}");
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    ClientError::Transport(msg)
+}
+
 impl Client {
-    /// A client of the API at `host` (a multiaddr like `/ip4/127.0.0.1/tcp/9094`
-    /// or an `http://` URL), with optional basic-auth credentials.
+    /// A client of the API at `host` (comma-separated multiaddrs or URLs tried in
+    /// order), over plain HTTP for multiaddrs, with optional basic-auth credentials.
     pub fn new(host: &str, auth: Option<(String, String)>) -> Result<Self, ClientError> {
-        let base = if host.starts_with("http://") || host.starts_with("https://") {
-            host.trim_end_matches('/').to_string()
-        } else {
-            let m = TcpMultiaddr::parse(host).map_err(|e| ClientError::Host(e.to_string()))?;
-            format!("http://{}", m.authority())
-        };
+        Self::with_options(
+            host,
+            ClientOptions {
+                auth,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A client of the API at `host` (comma-separated multiaddrs or URLs tried in
+    /// order) with `opts`.
+    pub fn with_options(host: &str, opts: ClientOptions) -> Result<Self, ClientError> {
+        let bases = host
+            .split(',')
+            .filter(|h| !h.trim().is_empty())
+            .map(|h| base_url(h, opts.https))
+            .collect::<Result<Vec<_>, _>>()?;
+        if bases.is_empty() {
+            return Err(ClientError::Host("no API address given".into()));
+        }
+        crate::http::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(opts.no_verify_cert)
+            .build()
+            .map_err(|e| ClientError::Host(format!("building the HTTP client: {e}")))?;
         Ok(Client {
-            http: reqwest::Client::new(),
-            base,
-            auth,
+            http,
+            bases,
+            auth: opts.auth,
         })
+    }
+
+    /// Runs `call` against each host in turn until one answers: only a request
+    /// that reached no API moves on, as upstream's failover.
+    async fn each_host<'a, T, Fut>(
+        &'a self,
+        mut call: impl FnMut(&'a str) -> Fut,
+    ) -> Result<T, ClientError>
+    where
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let mut last = None;
+        for base in &self.bases {
+            match call(base).await {
+                Err(ClientError::Transport(m)) => {
+                    tracing::debug!("{m}; trying the next host");
+                    last = Some(ClientError::Transport(m));
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Host("no API address given".into())))
     }
 
     async fn send(
@@ -86,25 +166,35 @@ impl Client {
         path: &str,
         query: &[(String, String)],
     ) -> Result<reqwest::Response, ClientError> {
-        let req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .query(query);
-        self.finish(req).await
+        self.each_host(|base| {
+            let req = self
+                .http
+                .request(method.clone(), format!("{base}{path}"))
+                .query(query);
+            self.finish(base, req)
+        })
+        .await
     }
 
-    /// Sends `req` with the credentials; a non-2xx answer is an API error.
+    /// Sends `req` to `base` with the credentials; a non-2xx answer is an API error.
     async fn finish(
         &self,
+        base: &str,
         mut req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
         if let Some((u, p)) = &self.auth {
             req = req.basic_auth(u, Some(p));
         }
-        let resp = req
-            .send()
+        let req = req
+            .build()
+            .map_err(|e| ClientError::Host(format!("{base}: {e}")))?;
+        tracing::debug!("{} {}", req.method(), req.url());
+        let resp = self
+            .http
+            .execute(req)
             .await
-            .map_err(|e| ClientError::Transport(format!("{}: {e}", self.base)))?;
+            .map_err(|e| transport_error(base, &e))?;
+        tracing::debug!("{base}: answered {}", resp.status());
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -213,6 +303,12 @@ impl Client {
         self.get_stream("/allocations", &[]).await
     }
 
+    /// `GET /allocations?filter=…`: the pins of the comma-separated types.
+    pub async fn allocations_filtered(&self, filter: &str) -> Result<Vec<Pin>, ClientError> {
+        let q = [("filter".to_string(), filter.to_string())];
+        self.get_stream("/allocations", &q).await
+    }
+
     /// `GET /allocations/<cid>`.
     pub async fn allocation(&self, cid: &Cid) -> Result<Pin, ClientError> {
         self.get_json(&format!("/allocations/{cid}"), &[]).await
@@ -256,29 +352,70 @@ impl Client {
             .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
-    /// `POST /add`: uploads `form` (kubo's multipart layout) with the add and
-    /// pin options of `query`; the outputs, the root last.
-    pub async fn add(
+    /// `POST /add`: uploads the form `make_form` builds (once per host tried) with
+    /// the add and pin options of `query`, and hands each output to `on_output` as
+    /// it arrives, the root last.
+    pub async fn add<F, Fut>(
         &self,
-        form: reqwest::multipart::Form,
+        make_form: F,
         query: &[(String, String)],
-    ) -> Result<Vec<AddedOutput>, ClientError> {
-        let req = self
-            .http
-            .post(format!("{}/add", self.base))
-            .query(query)
-            .multipart(form);
-        let text = self
-            .finish(req)
-            .await?
-            .text()
+        mut on_output: impl FnMut(AddedOutput),
+    ) -> Result<(), ClientError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<reqwest::multipart::Form, ClientError>>,
+    {
+        let make_form = &make_form;
+        let mut resp = self
+            .each_host(|base| async move {
+                let req = self
+                    .http
+                    .post(format!("{base}/add"))
+                    .query(query)
+                    .multipart(make_form().await?);
+                self.finish(base, req).await
+            })
+            .await?;
+        let mut buf: Vec<u8> = Vec::new();
+        let decode = |line: &[u8]| {
+            serde_json::from_slice::<serde_json::Value>(line)
+                .map_err(|e| ClientError::Decode(e.to_string()))
+        };
+        let mut emit = |v: serde_json::Value| -> Result<(), ClientError> {
+            // `stream-channels=false` answers with one list.
+            let items = match v {
+                serde_json::Value::Array(a) => a,
+                one => vec![one],
+            };
+            for item in items {
+                on_output(
+                    serde_json::from_value(item).map_err(|e| ClientError::Decode(e.to_string()))?,
+                );
+            }
+            Ok(())
+        };
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| ClientError::Decode(e.to_string()))?;
-        // `stream-channels=false` answers with one list.
-        if text.trim_start().starts_with('[') {
-            return serde_json::from_str(&text).map_err(|e| ClientError::Decode(e.to_string()));
+            .map_err(|e| ClientError::Decode(e.to_string()))?
+        {
+            buf.extend_from_slice(&chunk);
+            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                if !line.trim_ascii().is_empty() {
+                    emit(decode(&line)?)?;
+                }
+            }
         }
-        parse_ndjson(&text)
+        if !buf.trim_ascii().is_empty() {
+            emit(decode(&buf)?)?;
+        }
+        Ok(())
+    }
+
+    /// `GET /health/bandwidth`.
+    pub async fn bandwidth(&self) -> Result<BandwidthByProtocol, ClientError> {
+        self.get_json("/health/bandwidth", &[]).await
     }
 
     /// `GET /health/graph`.

@@ -5,6 +5,7 @@ mod add;
 mod auth;
 pub mod client;
 mod cors;
+pub mod tls;
 pub mod upload;
 
 pub use add::AddedOutput;
@@ -27,8 +28,14 @@ use crate::types::{ApiError, Cid, GlobalRepoGc, PinOptions, TrackerStatusFilter,
 
 /// Why the REST API could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("rest api: {0}")]
-pub struct RestApiError(#[from] std::io::Error);
+pub enum RestApiError {
+    /// A listener could not be bound.
+    #[error("rest api: {0}")]
+    Io(#[from] std::io::Error),
+    /// `ssl_cert_file`/`ssl_key_file` could not be used.
+    #[error("rest api: {0}")]
+    Tls(#[from] tls::TlsError),
+}
 
 /// The REST API's request state.
 #[derive(Clone)]
@@ -70,13 +77,24 @@ fn bad_request(message: String) -> Response<Body> {
 }
 
 impl RestApi {
-    /// Binds the listeners and serves until `cancel`.
+    /// Binds the listeners and serves until `cancel`, over TLS when the config
+    /// names a certificate (its files relative to `config_dir`).
     pub async fn start(
         cfg: &RestApiConfig,
+        config_dir: &std::path::Path,
         cluster: Cluster,
         tasks: &TaskTracker,
         cancel: CancellationToken,
     ) -> Result<Vec<SocketAddr>, RestApiError> {
+        let tls = if cfg.ssl_cert_file.is_empty() && cfg.ssl_key_file.is_empty() {
+            None
+        } else {
+            let cert = tls::resolve(config_dir, &cfg.ssl_cert_file);
+            let key = tls::resolve(config_dir, &cfg.ssl_key_file);
+            Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+                &cert, &key,
+            )?))
+        };
         let listeners = crate::http::bind(&cfg.http_listen_multiaddress.0).await?;
         let api = RestApi {
             cluster,
@@ -89,9 +107,10 @@ impl RestApi {
             header_read_timeout: cfg.read_header_timeout.0,
             max_header_bytes: cfg.max_header_bytes,
         };
-        let addrs = crate::http::serve(
+        let addrs = crate::http::serve_tls(
             "rest api",
             listeners,
+            tls,
             move |req, _remote| {
                 let a = api.clone();
                 async move { a.handle(req).await }
@@ -187,7 +206,14 @@ impl RestApi {
                 Ok(()) => no_content(),
                 Err(e) => cluster_error(e),
             },
-            (&Method::GET, ["allocations"]) => self.allocations(),
+            (&Method::GET, ["allocations"]) => match pin_type_filter(&q) {
+                Ok(true) => self.allocations(),
+                Ok(false) => no_content(),
+                Err(m) => bad_request(m),
+            },
+            (&Method::GET, ["health", "bandwidth"]) => {
+                json(StatusCode::OK, &self.cluster.bandwidth())
+            }
             (&Method::GET, ["allocations", cid]) => match parse_cid(cid) {
                 Ok(c) => match self.cluster.pin_get(&c) {
                     Ok(p) => json(StatusCode::OK, &p),
@@ -344,6 +370,27 @@ impl RestApi {
             &self.tasks,
             futures::stream::once(async { Ok(first) }).chain(rest),
         )
+    }
+}
+
+/// Whether `?filter=` (upstream's comma-separated pin types) takes in data pins,
+/// the only type this peer makes; a filter of nothing but unknown names is a 400.
+fn pin_type_filter(q: &[(String, String)]) -> Result<bool, String> {
+    let Some((_, f)) = q.iter().find(|(k, _)| k == "filter") else {
+        return Ok(true);
+    };
+    let (mut data, mut known) = (false, false);
+    for t in f.split(',') {
+        match t {
+            "" | "all" | "pin" => (data, known) = (true, true),
+            "meta-pin" | "clusterdag-pin" | "shard-pin" => known = true,
+            _ => {}
+        }
+    }
+    if known {
+        Ok(data)
+    } else {
+        Err("invalid filter value".into())
     }
 }
 
