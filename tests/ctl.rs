@@ -364,3 +364,87 @@ fn ctl_lists_upstreams_commands_and_keeps_help_narrow() {
         }
     }
 }
+
+#[test]
+fn add_format_car_imports_through_the_daemon_and_pins_the_root() {
+    // A CAR exported by one daemon, added through a peer in front of another:
+    // that daemon is offline, so it can pin the root only if the import worked.
+    let source = Daemon::start();
+    let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    let root = add_bytes(&source.api(), "big.bin", data);
+    let car = http()
+        .post(format!("{}/dag/export?arg={root}", source.api()))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert!(car.len() > 600_000, "{}", car.len());
+    let files = tempfile::tempdir().unwrap();
+    let car_path = files.path().join("big.car");
+    std::fs::write(&car_path, &car).unwrap();
+    let car_arg = car_path.to_string_lossy().to_string();
+
+    let target = Daemon::start();
+    let cfg = tempfile::tempdir().unwrap();
+    let mut peer = PeerProc::init(cfg.path(), &target.multiaddr());
+    peer.start();
+    let host = peer.rest_multiaddr();
+
+    // Wrapping a CAR is refused by ctl, as upstream's.
+    let (code, _, err) = ctl(&["--host", &host, "add", "--format", "car", "-w", &car_arg]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("only a single CAR file can be added"), "{err}");
+    // Not a CAR: the API says why.
+    let not_car = files.path().join("plain.txt");
+    std::fs::write(&not_car, b"hello").unwrap();
+    let (code, out, _) = ctl(&[
+        "--host",
+        &host,
+        "add",
+        "--format",
+        "car",
+        &not_car.to_string_lossy(),
+    ]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("Code: 400") && out.contains("not a CAR file"),
+        "{out}"
+    );
+
+    let (code, out, err) = ctl(&[
+        "--host",
+        &host,
+        "add",
+        "--format",
+        "car",
+        "--name",
+        "from-car",
+        "--wait",
+        "--wait-timeout",
+        "60s",
+        &car_arg,
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    // The root under the root's CID version as the daemon exported it.
+    let cid = out
+        .strip_prefix("added ")
+        .and_then(|l| l.strip_suffix(" big.car\n"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let same = |a: &str, b: &str| {
+        cid::Cid::try_from(a).unwrap().hash() == cid::Cid::try_from(b).unwrap().hash()
+    };
+    assert!(same(cid, &root), "{cid} vs {root}");
+    let pin: Value = get_json(&format!("{}/allocations/{cid}", peer.rest()));
+    assert_eq!(pin["name"], "from-car");
+    let ls: Value = http()
+        .post(format!("{}/pin/ls?arg={cid}&type=recursive", target.api()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        ls["Keys"].as_object().is_some_and(|k| !k.is_empty()),
+        "{ls}"
+    );
+    peer.stop();
+}

@@ -186,6 +186,23 @@ impl IpfsConnector {
         Ok(NdjsonReader::new(self.send(req).await?))
     }
 
+    /// Streams a multipart upload of a CAR file to the daemon's `dag/import`, told
+    /// not to pin its roots (the cluster pins), and reads its answer objects. No
+    /// timeout: an upload takes as long as it takes.
+    pub async fn dag_import(
+        &self,
+        content_type: &str,
+        body: reqwest::Body,
+    ) -> Result<NdjsonReader, IpfsError> {
+        let req = self
+            .client
+            .post(format!("{}/dag/import", self.base))
+            .query(&[("pin-roots", "false"), ("stats", "true")])
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        Ok(NdjsonReader::new(self.send(req).await?))
+    }
+
     /// The daemon's identity.
     pub async fn id(&self) -> Result<IpfsId, IpfsError> {
         #[derive(Deserialize)]

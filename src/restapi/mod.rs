@@ -3,6 +3,7 @@
 
 mod add;
 mod auth;
+mod car;
 pub mod client;
 mod cors;
 pub mod tls;
