@@ -192,7 +192,12 @@ fn three_peers_replicate_pins_everywhere() {
     assert_eq!(dot.matches(" -> I").count(), 3, "{dot}");
     // health bandwidth: the peers have talked Raft and cluster RPC (the graph).
     let out = std::process::Command::new(ctl_bin())
-        .args(["--host", &c.peers[0].rest_multiaddr(), "health", "bandwidth"])
+        .args([
+            "--host",
+            &c.peers[0].rest_multiaddr(),
+            "health",
+            "bandwidth",
+        ])
         .output()
         .unwrap();
     let bw = String::from_utf8_lossy(&out.stdout);

@@ -436,6 +436,27 @@ fn add_format_car_imports_through_the_daemon_and_pins_the_root() {
     assert!(same(cid, &root), "{cid} vs {root}");
     let pin: Value = get_json(&format!("{}/allocations/{cid}", peer.rest()));
     assert_eq!(pin["name"], "from-car");
+
+    // On a terminal, a plain add shows its upload progress on stderr, and the
+    // output line still arrives whole.
+    let big = files.path().join("big.bin");
+    let data: Vec<u8> = (0..20_000_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(&big, data).unwrap();
+    let cmd = format!("{} --host {host} add {}", ctl_bin(), big.display());
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(tty.contains("% ") && tty.contains(" / 20 MB"), "{tty:?}");
+    // The bar is redrawn after a carriage return and an erase-line sequence.
+    assert!(
+        tty.split(['\r', '\n'])
+            .map(|l| l.trim_start_matches("\u{1b}[2K"))
+            .any(|l| l.starts_with("added ") && l.ends_with(" big.bin")),
+        "{tty:?}"
+    );
     let ls: Value = http()
         .post(format!("{}/pin/ls?arg={cid}&type=recursive", target.api()))
         .send()

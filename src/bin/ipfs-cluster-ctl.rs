@@ -814,6 +814,10 @@ fn draw(p: &UploadProgress) {
         p.sent.load(Ordering::Relaxed),
         p.total.load(Ordering::Relaxed),
     );
+    if total == 0 {
+        // The upload is still being put together.
+        return;
+    }
     let done = (sent * WIDTH).checked_div(total).unwrap_or(0).min(WIDTH) as usize;
     let pct = (sent * 100).checked_div(total).unwrap_or(0).min(100);
     eprint!(
