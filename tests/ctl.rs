@@ -264,6 +264,9 @@ fn ctl_answers_and_errors_as_upstreams_ctl() {
     let (code, out, err) = c(&["status", "notacid"]);
     assert_eq!((code, out.as_str()), (Some(1), ""));
     assert!(err.starts_with("error parsing cid"), "{err}");
+    let (code, _, err) = c(&["status", "--filter", "bogus"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(err, "error parsing filter flag: invalid filter name\n");
 
     // health bandwidth: the REST route and ctl agree (one peer: nothing sent).
     let bw: Value = get_json(&format!("{}/health/bandwidth", peer.rest()));

@@ -17,7 +17,7 @@ use ipfs_cluster::ctl::{
 };
 use ipfs_cluster::restapi::client::{AddedOutput, Client, ClientError, ClientOptions};
 use ipfs_cluster::restapi::upload::{self, UploadOptions, UploadProgress};
-use ipfs_cluster::types::{Cid, PinMode, PinOptions};
+use ipfs_cluster::types::{Cid, PinMode, PinOptions, TrackerStatusFilter};
 
 const ABOUT: &str = "CLI for IPFS Cluster";
 
@@ -693,6 +693,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             local,
         } => {
             if cids.is_empty() {
+                if !filter.is_empty() {
+                    filter
+                        .parse::<TrackerStatusFilter>()
+                        .map_err(|_| anyhow::anyhow!("invalid filter name"))
+                        .context("parsing filter flag")?;
+                }
                 for g in client.status_all(&filter, local).await? {
                     print(enc, &g, format_status)?;
                 }
