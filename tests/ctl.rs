@@ -356,6 +356,12 @@ fn ctl_lists_upstreams_commands_and_keeps_help_narrow() {
     let (code, _, err) = ctl(&["help", "nosuchcommand"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("nosuchcommand"), "{err}");
+    // Usage errors exit 1 too: 2 is kept for the API's errors.
+    let (code, _, err) = ctl(&["pin", "add"]);
+    assert_eq!(code, Some(1), "{err}");
+    let (code, out, _) = ctl(&["--help"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("Usage: ipfs-cluster-ctl"), "{out}");
     for line in want.lines().filter(|l| !l.contains(", h")) {
         let path: Vec<&str> = line.split(' ').skip(1).collect();
         let mut args = vec!["help"];

@@ -350,7 +350,18 @@ enum Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            // Usage errors exit 1 as upstream's: 2 means the API answered an error.
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     if cli.debug {
         let _ = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
