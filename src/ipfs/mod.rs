@@ -85,8 +85,7 @@ impl IpfsConnector {
     /// A connector for the daemon at `cfg.node_multiaddress`.
     pub fn new(cfg: &IpfsHttpConfig) -> Result<Self, crate::multiaddr::MultiaddrError> {
         let addr = TcpMultiaddr::parse(&cfg.node_multiaddress)?;
-        crate::http::install_crypto_provider();
-        let client = reqwest::Client::builder()
+        let client = crate::http::plain_http_client_builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()

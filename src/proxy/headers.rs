@@ -43,9 +43,8 @@ impl DaemonHeaders {
                 .iter()
                 .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
         );
-        crate::http::install_crypto_provider();
         DaemonHeaders {
-            client: reqwest::Client::builder()
+            client: crate::http::plain_http_client_builder()
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),

@@ -126,8 +126,15 @@ impl Client {
         if bases.is_empty() {
             return Err(ClientError::Host("no API address given".into()));
         }
-        crate::http::install_crypto_provider();
-        let http = reqwest::Client::builder()
+        // The system's roots only when a certificate is to be checked.
+        let no_roots = opts.no_verify_cert || bases.iter().all(|b| b.starts_with("http://"));
+        let builder = if no_roots {
+            crate::http::plain_http_client_builder()
+        } else {
+            crate::http::install_crypto_provider();
+            reqwest::Client::builder()
+        };
+        let http = builder
             .tls_danger_accept_invalid_certs(opts.no_verify_cert)
             .build()
             .map_err(|e| ClientError::Host(format!("building the HTTP client: {e}")))?;
