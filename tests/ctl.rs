@@ -310,6 +310,14 @@ fn ctl_fails_over_only_when_a_host_does_not_answer() {
         out,
         "An error occurred:\n  Code: 500\n  Message: first says no\n"
     );
+    // A host that is no API address: the command line's error, exit 1.
+    let (code, out, err) = ctl(&["--host", "/ip4/127.0.0.1/udp/9094", "id"]);
+    assert_eq!((code, out.as_str()), (Some(1), ""));
+    assert!(err.starts_with("error creating API client: "), "{err}");
+    // Upstream's libp2p-http endpoint is not spoken: said so, exit 1.
+    let (code, _, err) = ctl(&["--host", &dead, "--secret", "ab", "id"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("libp2p-http"), "{err}");
     let (code, out, _) = ctl(&["--host", &format!("{failing},{dead}"), "version"]);
     assert_eq!(
         (code, out.contains("first says no")),

@@ -53,6 +53,10 @@ struct Cli {
         default_value = "/ip4/127.0.0.1/tcp/9094"
     )]
     host: String,
+    /// Cluster secret for upstream's libp2p-http endpoint, which this ctl does not
+    /// speak: refused with a hint.
+    #[arg(long, hide = true)]
+    secret: Option<String>,
     /// Use https to connect to the API.
     #[arg(long, short = 's')]
     https: bool,
@@ -390,9 +394,14 @@ fn main() -> ExitCode {
     });
     let failure = match outcome {
         Some(Ok(())) => return ExitCode::SUCCESS,
-        Some(Err(e)) => match e.downcast::<ClientError>() {
-            Ok(c) => Failure::Client(c),
-            Err(e) => Failure::Other(e),
+        // What the API said, or that it could not be reached, gets upstream's
+        // block; a bad host or file is the command line's own error.
+        Some(Err(e)) => match e.downcast_ref::<ClientError>() {
+            Some(ClientError::Host(_) | ClientError::Input(_)) | None => Failure::Other(e),
+            Some(_) => match e.downcast::<ClientError>() {
+                Ok(c) => Failure::Client(c),
+                Err(e) => Failure::Other(e),
+            },
         },
         None => {
             eprintln!("error: timed out after {timeout}s");
@@ -405,10 +414,6 @@ fn main() -> ExitCode {
         Failure::Client(e) => {
             let (code, message) = match &e {
                 ClientError::Api { code, message } => (*code, message.clone()),
-                ClientError::Input(m) => {
-                    eprintln!("error {m}");
-                    return ExitCode::FAILURE;
-                }
                 other => (0, other.to_string()),
             };
             match enc {
@@ -479,6 +484,12 @@ fn print_help(path: &[String]) -> anyhow::Result<()> {
 /// The client `cli` asks for: HTTPS with --https, or with --basic-auth unless
 /// --force-http, as upstream.
 fn client(cli: &Cli) -> anyhow::Result<Client> {
+    if cli.secret.is_some() {
+        bail!(
+            "--secret is for upstream's libp2p-http API endpoint, which this ctl does not \
+             speak: give --host the REST API's address (api.restapi.http_listen_multiaddress)"
+        );
+    }
     let auth = cli.basic_auth.as_deref().map(|a| match a.split_once(':') {
         Some((u, p)) => (u.to_string(), p.to_string()),
         None => (a.to_string(), String::new()),
