@@ -531,10 +531,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             format!("{}\n", v.version)
         }),
         Command::Peers(PeersCmd::Ls) => {
-            for id in client.peers().await? {
-                print(enc, &id, format_id)?;
-            }
-            Ok(())
+            let mut shown = Ok(());
+            client
+                .peers(|id| {
+                    if shown.is_ok() {
+                        shown = print(enc, &id, format_id);
+                    }
+                })
+                .await?;
+            shown
         }
         Command::Peers(PeersCmd::Rm { peer }) => {
             peer.parse::<libp2p_identity::PeerId>()
@@ -721,9 +726,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .map_err(|_| anyhow::anyhow!("invalid filter name"))
                         .context("parsing filter flag")?;
                 }
-                for g in client.status_all(&filter, local).await? {
-                    print(enc, &g, format_status)?;
-                }
+                let mut shown = Ok(());
+                client
+                    .status_all(&filter, local, |g| {
+                        if shown.is_ok() {
+                            shown = print(enc, &g, format_status);
+                        }
+                    })
+                    .await?;
+                shown?;
             } else {
                 for c in cids {
                     print(
@@ -744,18 +755,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             format_status,
         ),
         Command::Recover { cid: None, local } => {
-            for g in client.recover_all(local).await? {
-                print(enc, &g, format_status)?;
-            }
-            Ok(())
+            let mut shown = Ok(());
+            client
+                .recover_all(local, |g| {
+                    if shown.is_ok() {
+                        shown = print(enc, &g, format_status);
+                    }
+                })
+                .await?;
+            shown
         }
         Command::Pin(PinCmd::Ls { cid, filter }) => {
             match cid {
                 Some(c) => print(enc, &client.allocation(&parse_cid(&c)?).await?, format_pin)?,
                 None => {
-                    for p in client.allocations_filtered(&filter).await? {
-                        print(enc, &p, format_pin)?;
-                    }
+                    let mut shown = Ok(());
+                    client
+                        .allocations(&filter, |p| {
+                            if shown.is_ok() {
+                                shown = print(enc, &p, format_pin);
+                            }
+                        })
+                        .await?;
+                    shown?;
                 }
             }
             Ok(())

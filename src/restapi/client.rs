@@ -54,20 +54,45 @@ pub struct Client {
     auth: Option<(String, String)>,
 }
 
-/// Reads an NDJSON body (an empty 204 body is an empty list).
-async fn ndjson<T: DeserializeOwned>(resp: reqwest::Response) -> Result<Vec<T>, ClientError> {
-    let text = resp
-        .text()
-        .await
-        .map_err(|e| ClientError::Decode(e.to_string()))?;
-    parse_ndjson(&text)
+fn decode_err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Decode(e.to_string())
 }
 
-fn parse_ndjson<T: DeserializeOwned>(text: &str) -> Result<Vec<T>, ClientError> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).map_err(|e| ClientError::Decode(e.to_string())))
-        .collect()
+/// Hands each non-empty line of `resp`'s body to `f` as it arrives.
+async fn each_line(
+    mut resp: reqwest::Response,
+    mut f: impl FnMut(&[u8]) -> Result<(), ClientError>,
+) -> Result<(), ClientError> {
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(decode_err)? {
+        buf.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(i) = buf[start..].iter().position(|b| *b == b'\n') {
+            let line = &buf[start..start + i];
+            if !line.trim_ascii().is_empty() {
+                f(line)?;
+            }
+            start += i + 1;
+        }
+        buf.drain(..start);
+    }
+    if !buf.trim_ascii().is_empty() {
+        f(&buf)?;
+    }
+    Ok(())
+}
+
+/// Hands each object of an NDJSON body to `f` as it arrives (an empty 204 body
+/// has none).
+async fn each_json<T: DeserializeOwned>(
+    resp: reqwest::Response,
+    mut f: impl FnMut(T),
+) -> Result<(), ClientError> {
+    each_line(resp, |line| {
+        f(serde_json::from_slice(line).map_err(decode_err)?);
+        Ok(())
+    })
+    .await
 }
 
 fn local_query(local: bool) -> Vec<(String, String)> {
@@ -224,13 +249,14 @@ impl Client {
             .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
-    async fn get_stream<T: DeserializeOwned>(
+    async fn get_each<T: DeserializeOwned>(
         &self,
         path: &str,
         query: &[(String, String)],
-    ) -> Result<Vec<T>, ClientError> {
+        f: impl FnMut(T),
+    ) -> Result<(), ClientError> {
         let resp = self.send(reqwest::Method::GET, path, query).await?;
-        ndjson(resp).await
+        each_json(resp, f).await
     }
 
     /// `GET /id`.
@@ -269,9 +295,9 @@ impl Client {
         self.get_json("/health/alerts", &[]).await
     }
 
-    /// `GET /peers`.
-    pub async fn peers(&self) -> Result<Vec<ClusterId>, ClientError> {
-        self.get_stream("/peers", &[]).await
+    /// `GET /peers`: each peer's ID to `f` as it arrives.
+    pub async fn peers(&self, f: impl FnMut(ClusterId)) -> Result<(), ClientError> {
+        self.get_each("/peers", &[], f).await
     }
 
     /// `DELETE /peers/<id>`.
@@ -305,15 +331,11 @@ impl Client {
             .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
-    /// `GET /allocations`.
-    pub async fn allocations(&self) -> Result<Vec<Pin>, ClientError> {
-        self.get_stream("/allocations", &[]).await
-    }
-
-    /// `GET /allocations?filter=…`: the pins of the comma-separated types.
-    pub async fn allocations_filtered(&self, filter: &str) -> Result<Vec<Pin>, ClientError> {
+    /// `GET /allocations?filter=…`: each pin of the comma-separated types to `f`
+    /// as it arrives.
+    pub async fn allocations(&self, filter: &str, f: impl FnMut(Pin)) -> Result<(), ClientError> {
         let q = [("filter".to_string(), filter.to_string())];
-        self.get_stream("/allocations", &q).await
+        self.get_each("/allocations", &q, f).await
     }
 
     /// `GET /allocations/<cid>`.
@@ -332,17 +354,18 @@ impl Client {
             .await
     }
 
-    /// `GET /pins?filter=…[&local=true]`.
+    /// `GET /pins?filter=…[&local=true]`: each status to `f` as it arrives.
     pub async fn status_all(
         &self,
         filter: &str,
         local: bool,
-    ) -> Result<Vec<GlobalPinInfo>, ClientError> {
+        f: impl FnMut(GlobalPinInfo),
+    ) -> Result<(), ClientError> {
         let mut q = local_query(local);
         if !filter.is_empty() {
             q.push(("filter".to_string(), filter.to_string()));
         }
-        self.get_stream("/pins", &q).await
+        self.get_each("/pins", &q, f).await
     }
 
     /// `POST /pins/<cid>/recover[?local=true]`.
@@ -373,7 +396,7 @@ impl Client {
         Fut: std::future::Future<Output = Result<reqwest::multipart::Form, ClientError>>,
     {
         let make_form = &make_form;
-        let mut resp = self
+        let resp = self
             .each_host(|base| async move {
                 let req = self
                     .http
@@ -383,41 +406,19 @@ impl Client {
                 self.finish(base, req).await
             })
             .await?;
-        let mut buf: Vec<u8> = Vec::new();
-        let decode = |line: &[u8]| {
-            serde_json::from_slice::<serde_json::Value>(line)
-                .map_err(|e| ClientError::Decode(e.to_string()))
-        };
-        let mut emit = |v: serde_json::Value| -> Result<(), ClientError> {
-            // `stream-channels=false` answers with one list.
-            let items = match v {
-                serde_json::Value::Array(a) => a,
-                one => vec![one],
-            };
-            for item in items {
-                on_output(
-                    serde_json::from_value(item).map_err(|e| ClientError::Decode(e.to_string()))?,
-                );
+        // `stream-channels=false` answers with one list.
+        each_line(resp, |line| {
+            match serde_json::from_slice(line).map_err(decode_err)? {
+                serde_json::Value::Array(items) => {
+                    for item in items {
+                        on_output(serde_json::from_value(item).map_err(decode_err)?);
+                    }
+                }
+                one => on_output(serde_json::from_value(one).map_err(decode_err)?),
             }
             Ok(())
-        };
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| ClientError::Decode(e.to_string()))?
-        {
-            buf.extend_from_slice(&chunk);
-            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=i).collect();
-                if !line.trim_ascii().is_empty() {
-                    emit(decode(&line)?)?;
-                }
-            }
-        }
-        if !buf.trim_ascii().is_empty() {
-            emit(decode(&buf)?)?;
-        }
-        Ok(())
+        })
+        .await
     }
 
     /// `GET /health/bandwidth`.
@@ -440,11 +441,15 @@ impl Client {
             .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
-    /// `POST /pins/recover[?local=true]`: the items re-queued.
-    pub async fn recover_all(&self, local: bool) -> Result<Vec<GlobalPinInfo>, ClientError> {
+    /// `POST /pins/recover[?local=true]`: each item re-queued to `f`.
+    pub async fn recover_all(
+        &self,
+        local: bool,
+        f: impl FnMut(GlobalPinInfo),
+    ) -> Result<(), ClientError> {
         let resp = self
             .send(reqwest::Method::POST, "/pins/recover", &local_query(local))
             .await?;
-        ndjson(resp).await
+        each_json(resp, f).await
     }
 }
