@@ -85,6 +85,7 @@ pub(super) struct SwarmTask {
     /// The last dial error per peer, to explain a request's `DialFailure`, which
     /// carries no detail of its own.
     pub dial_errors: HashMap<PeerId, String>,
+    /// Bytes per protocol, shared with the handles for `GET /health/bandwidth`.
     pub bandwidth: Arc<super::bandwidth::Bandwidth>,
 }
 
