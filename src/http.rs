@@ -156,6 +156,22 @@ impl FrameWriter {
     }
 }
 
+/// Makes ring the process's rustls crypto provider. reqwest is built without one
+/// (its default, aws-lc-rs, needs a C toolchain) and panics when a client is built
+/// before a provider is installed, even for plain HTTP: call this first.
+pub fn install_crypto_provider() {
+    // An error only says a provider is already installed, which is all we need.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A reqwest client builder for plain-HTTP peers (the daemon's RPC API): the
+/// crypto provider installed, and no TLS roots, which spares loading the system's
+/// certificate store (tens of milliseconds at every start) for nothing.
+pub fn plain_http_client_builder() -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    reqwest::Client::builder().tls_certs_only(std::iter::empty())
+}
+
 /// Server limits.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -195,10 +211,29 @@ where
     H: Fn(http::Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    serve_tls(name, listeners, None, handler, opts, tasks, cancel)
+}
+
+/// As [`serve`], over TLS when `tls` is given: each connection's handshake runs in
+/// its own task, so a slow or failed handshake holds up no other client.
+pub fn serve_tls<H, F>(
+    name: &'static str,
+    listeners: Vec<TcpListener>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handler: H,
+    opts: ServerOptions,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) -> Vec<SocketAddr>
+where
+    H: Fn(http::Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let handler = Arc::new(handler);
-    serve_connections(
+    serve_inner(
         name,
         listeners,
+        tls,
         move |remote| {
             let h = handler.clone();
             move |req| h(req, remote)
@@ -226,14 +261,39 @@ where
     B: hyper::body::Body<Data = Bytes> + From<Body> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    serve_inner(name, listeners, None, make, opts, tasks, cancel)
+}
+
+/// The accept loop behind [`serve_tls`] and [`serve_connections`].
+fn serve_inner<M, S, F, B>(
+    name: &'static str,
+    listeners: Vec<TcpListener>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    make: M,
+    opts: ServerOptions,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) -> Vec<SocketAddr>
+where
+    M: Fn(SocketAddr) -> S + Send + Sync + 'static,
+    S: Fn(http::Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + From<Body> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let make = Arc::new(make);
     let addrs = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
     for listener in listeners {
-        let (make, opts, cancel, conn_tasks) =
-            (make.clone(), opts.clone(), cancel.clone(), tasks.clone());
+        let (make, opts, cancel, conn_tasks, tls) = (
+            make.clone(),
+            opts.clone(),
+            cancel.clone(),
+            tasks.clone(),
+            tls.clone(),
+        );
         tasks.spawn(async move {
             let graceful = hyper_util::server::graceful::GracefulShutdown::new();
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -287,9 +347,33 @@ where
                         Ok::<_, Infallible>(resp)
                     }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
+                let Some(tls) = tls.clone() else {
+                    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+                    conn_tasks.spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!("{name}: connection from {remote}: {e}");
+                        }
+                    });
+                    continue;
+                };
+                let watcher = graceful.watcher();
+                let timeout = opts.header_read_timeout;
+                let builder = builder.clone();
                 conn_tasks.spawn(async move {
+                    // The handshake shares the header read timeout: both are what a
+                    // client must send before it is served.
+                    let stream = match tokio::time::timeout(timeout, tls.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!("{name}: TLS handshake with {remote}: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("{name}: TLS handshake with {remote} timed out");
+                            return;
+                        }
+                    };
+                    let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), svc));
                     if let Err(e) = conn.await {
                         tracing::debug!("{name}: connection from {remote}: {e}");
                     }

@@ -106,7 +106,8 @@ impl Peer {
                 let started = async {
                     let rest_addrs = match &cfg.api.restapi {
                         Some(r) => {
-                            RestApi::start(r, cluster.clone(), &tasks, cancel.child_token()).await?
+                            RestApi::start(r, dir, cluster.clone(), &tasks, cancel.child_token())
+                                .await?
                         }
                         None => Vec::new(),
                     };

@@ -190,6 +190,20 @@ fn three_peers_replicate_pins_everywhere() {
         "{dot}"
     );
     assert_eq!(dot.matches(" -> I").count(), 3, "{dot}");
+    // health bandwidth: the peers have talked Raft and cluster RPC (the graph).
+    let out = std::process::Command::new(ctl_bin())
+        .args([
+            "--host",
+            &c.peers[0].rest_multiaddr(),
+            "health",
+            "bandwidth",
+        ])
+        .output()
+        .unwrap();
+    let bw = String::from_utf8_lossy(&out.stdout);
+    for proto in ["/ipfs-cluster-rs/raft/1.0.0", "/ipfs-cluster-rs/rpc/1.0.0"] {
+        assert!(bw.contains(&format!("{proto}: In: ")), "{bw}");
+    }
     for p in c.peers.iter_mut() {
         p.stop();
     }

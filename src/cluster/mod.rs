@@ -107,6 +107,11 @@ impl Cluster {
         }
     }
 
+    /// Bytes this peer's cluster protocols sent and received, per protocol.
+    pub fn bandwidth(&self) -> crate::types::BandwidthByProtocol {
+        self.inner.p2p.bandwidth()
+    }
+
     /// This peer's ID.
     pub fn peer_id(&self) -> &str {
         &self.inner.peer_id

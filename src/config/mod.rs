@@ -885,6 +885,12 @@ impl Config {
                     "an empty map is not allowed: use null to disable auth".into(),
                 ));
             }
+            if r.ssl_cert_file.is_none() != r.ssl_key_file.is_none() {
+                return Err(invalid(
+                    "api.restapi.ssl_cert_file",
+                    "TLS needs both ssl_cert_file and ssl_key_file".into(),
+                ));
+            }
         }
         check_addrs(
             "ipfs_connector.ipfshttp.node_multiaddress",

@@ -152,7 +152,7 @@ impl IpfsConnector {
     /// A connector for the daemon at `cfg.node_multiaddress`.
     pub fn new(cfg: &IpfsHttpConfig) -> Result<Self, crate::multiaddr::MultiaddrError> {
         let addr = TcpMultiaddr::parse(&cfg.node_multiaddress)?;
-        let client = reqwest::Client::builder()
+        let client = crate::http::plain_http_client_builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
@@ -247,6 +247,23 @@ impl IpfsConnector {
             .client
             .post(format!("{}/add", self.base))
             .query(&pairs)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        Ok(NdjsonReader::new(self.send(req).await?))
+    }
+
+    /// Streams a multipart upload of a CAR file to the daemon's `dag/import`, told
+    /// not to pin its roots (the cluster pins), and reads its answer objects. No
+    /// timeout: an upload takes as long as it takes.
+    pub async fn dag_import(
+        &self,
+        content_type: &str,
+        body: reqwest::Body,
+    ) -> Result<NdjsonReader, IpfsError> {
+        let req = self
+            .client
+            .post(format!("{}/dag/import", self.base))
+            .query(&[("pin-roots", "false"), ("stats", "true")])
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body);
         Ok(NdjsonReader::new(self.send(req).await?))

@@ -12,6 +12,7 @@
 //! addresses from `connect`, [`P2p::add_address`], identify and the peerstore file,
 //! which is loaded at start and written back on shutdown.
 
+mod bandwidth;
 mod behaviour;
 mod peerstore;
 mod task;
@@ -118,6 +119,8 @@ pub struct Inbound {
 #[derive(Clone)]
 pub struct P2p {
     commands: mpsc::Sender<Command>,
+    /// Bytes per protocol, counted by the swarm task.
+    bandwidth: Arc<bandwidth::Bandwidth>,
     peer_id: PeerId,
     /// The libp2p-side bounds, for the caller-side safety nets.
     request_deadline: Duration,
@@ -161,6 +164,7 @@ impl P2p {
         // A child token lets a failed start stop its own task without cancelling
         // the caller's other work.
         let task_cancel = cancel.child_token();
+        let bandwidth = Arc::new(bandwidth::Bandwidth::default());
         let task = SwarmTask {
             swarm,
             commands,
@@ -179,6 +183,7 @@ impl P2p {
             requests: Default::default(),
             dials: Default::default(),
             dial_errors: Default::default(),
+            bandwidth: bandwidth.clone(),
         };
         tasks.spawn(task.run());
 
@@ -196,10 +201,16 @@ impl P2p {
         }
         let handle = P2p {
             commands: command_tx,
+            bandwidth,
             peer_id,
             request_deadline: cfg.request_timeout + behaviour::HANDSHAKE_TIMEOUT + CALLER_SLACK,
         };
         Ok((handle, inbound_rx))
+    }
+
+    /// Bytes sent and received per protocol, with recent rates.
+    pub fn bandwidth(&self) -> crate::types::BandwidthByProtocol {
+        self.bandwidth.snapshot()
     }
 
     /// Our peer ID.

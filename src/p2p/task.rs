@@ -85,6 +85,8 @@ pub(super) struct SwarmTask {
     /// The last dial error per peer, to explain a request's `DialFailure`, which
     /// carries no detail of its own.
     pub dial_errors: HashMap<PeerId, String>,
+    /// Bytes per protocol, shared with the handles for `GET /health/bandwidth`.
+    pub bandwidth: Arc<super::bandwidth::Bandwidth>,
 }
 
 /// The peerstore path and a lock so that concurrent saves don't interleave on the
@@ -176,9 +178,12 @@ impl SwarmTask {
                     Protocol::Raft => &mut b.raft,
                     Protocol::Rpc => &mut b.rpc,
                 };
+                let size = Payload::encoded_len(payload.len());
                 if rr.send_response(channel, Payload::new(payload)).is_err() {
                     // The requester gave up (timeout, closed connection) meanwhile.
                     tracing::debug!(?protocol, "response dropped: the request is gone");
+                } else {
+                    self.bandwidth.sent(protocol, size);
                 }
             }
         }
@@ -257,6 +262,7 @@ impl SwarmTask {
             Protocol::Rpc => &mut b.rpc,
         };
         let id = rr.send_request_with_addresses(&peer, Payload::new(payload), addresses);
+        self.bandwidth.sent(protocol, size);
         self.requests.insert((protocol, id), reply);
     }
 
@@ -368,6 +374,8 @@ impl SwarmTask {
                     },
                 ..
             } => {
+                let size = Payload::encoded_len(response.0.len());
+                self.bandwidth.received(protocol, size);
                 if let Some(reply) = self.requests.remove(&(protocol, request_id)) {
                     let _ = reply.send(Ok(response.into_vec()));
                 }
@@ -397,6 +405,8 @@ impl SwarmTask {
         request: Payload,
         channel: ResponseChannel<Payload>,
     ) {
+        self.bandwidth
+            .received(protocol, Payload::encoded_len(request.0.len()));
         let (reply, answer) = oneshot::channel();
         let inbound = Inbound {
             protocol,

@@ -311,3 +311,24 @@ async fn a_private_network_serves_tcp_only() {
     .expect("no TCP address must be refused");
     assert!(e.to_string().contains("needs TCP"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bandwidth_counts_each_protocols_messages_both_ways() {
+    let a = Host::start(Keypair::generate_ed25519(), SECRET, None).await;
+    let mut b = Host::start(Keypair::generate_ed25519(), SECRET, None).await;
+    b.serve_echo();
+    let b_id = b.p2p.peer_id();
+    within(a.p2p.connect(b.addr().await)).await.unwrap();
+    let r = within(a.p2p.request(b_id, Protocol::Rpc, b"status".to_vec())).await;
+    assert_eq!(r.unwrap(), b"rpc:status");
+
+    // Each message counts with its CBOR header: 6 + 9 out, 10 + 9 back.
+    let rpc = Protocol::Rpc.stream_protocol().to_string();
+    let seen = a.p2p.bandwidth();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!((seen[&rpc].total_out, seen[&rpc].total_in), (15, 19));
+    let seen = b.p2p.bandwidth();
+    assert_eq!((seen[&rpc].total_in, seen[&rpc].total_out), (15, 19));
+    a.stop().await;
+    b.stop().await;
+}

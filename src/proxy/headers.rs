@@ -44,7 +44,7 @@ impl DaemonHeaders {
                 .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
         );
         DaemonHeaders {
-            client: reqwest::Client::builder()
+            client: crate::http::plain_http_client_builder()
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),

@@ -72,8 +72,8 @@ impl KuboAdded {
     }
 }
 
-/// Upstream's add parameters, as kubo's `add` names them. `format=car` and
-/// sharding are refused rather than silently ignored.
+/// Upstream's add parameters, as kubo's `add` names them (`format=car` goes to
+/// `dag/import` instead). Sharding is refused rather than silently ignored.
 fn daemon_query(q: &[(String, String)]) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for (k, v) in q {
@@ -83,7 +83,7 @@ fn daemon_query(q: &[(String, String)]) -> Result<Vec<(String, String)>, String>
                 "trickle" => out.push(("trickle".into(), "true".into())),
                 other => return Err(format!("unknown layout {other:?}")),
             },
-            "format" if !matches!(v.as_str(), "" | "unixfs") => {
+            "format" if !matches!(v.as_str(), "" | "unixfs" | "car") => {
                 return Err(format!("format {v:?} is not supported by this peer"));
             }
             "shard" if parse_bool(v).unwrap_or(false) => {
@@ -147,6 +147,12 @@ impl RestApi {
             .iter()
             .find(|(k, _)| k == "stream-channels")
             .is_none_or(|(_, v)| parse_bool(v).unwrap_or(true));
+        if q.iter().any(|(k, v)| k == "format" && v == "car") {
+            if flag("wrap-with-directory") {
+                return error(StatusCode::BAD_REQUEST, "cannot wrap a CAR file upload");
+            }
+            return self.add_car(req, &content_type, opts, pin, streaming).await;
+        }
         let upload = reqwest::Body::wrap_stream(
             BodyDataStream::new(req.into_body()).map_err(std::io::Error::other),
         );
@@ -266,7 +272,7 @@ mod tests {
                 ("wrap-with-directory", "true"),
             ])
         );
-        assert!(daemon_query(&pairs(&[("format", "car")])).is_err());
+        assert!(daemon_query(&pairs(&[("format", "tar")])).is_err());
         assert!(daemon_query(&pairs(&[("shard", "true")])).is_err());
         assert!(daemon_query(&pairs(&[("layout", "zigzag")])).is_err());
     }

@@ -3,8 +3,10 @@
 
 mod add;
 mod auth;
+mod car;
 pub mod client;
 mod cors;
+pub mod tls;
 pub mod upload;
 
 pub use add::AddedOutput;
@@ -27,8 +29,14 @@ use crate::types::{ApiError, Cid, GlobalRepoGc, PinOptions, TrackerStatusFilter,
 
 /// Why the REST API could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("rest api: {0}")]
-pub struct RestApiError(#[from] std::io::Error);
+pub enum RestApiError {
+    /// A listener could not be bound.
+    #[error("rest api: {0}")]
+    Io(#[from] std::io::Error),
+    /// `ssl_cert_file`/`ssl_key_file` could not be used.
+    #[error("rest api: {0}")]
+    Tls(#[from] tls::TlsError),
+}
 
 /// The REST API's request state.
 #[derive(Clone)]
@@ -70,13 +78,26 @@ fn bad_request(message: String) -> Response<Body> {
 }
 
 impl RestApi {
-    /// Binds the listeners and serves until `cancel`.
+    /// Binds the listeners and serves until `cancel`, over TLS when the config
+    /// names a certificate (its files relative to `config_dir`).
     pub async fn start(
         cfg: &RestApiConfig,
+        config_dir: &std::path::Path,
         cluster: Cluster,
         tasks: &TaskTracker,
         cancel: CancellationToken,
     ) -> Result<Vec<SocketAddr>, RestApiError> {
+        // The config checks that both files or neither are given.
+        let tls = match (&cfg.ssl_cert_file, &cfg.ssl_key_file) {
+            (Some(cert), Some(key)) => {
+                let cert = tls::resolve(config_dir, cert);
+                let key = tls::resolve(config_dir, key);
+                Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+                    &cert, &key,
+                )?))
+            }
+            _ => None,
+        };
         let listeners = crate::http::bind(&cfg.http_listen_multiaddress.0).await?;
         let api = RestApi {
             cluster,
@@ -89,9 +110,10 @@ impl RestApi {
             header_read_timeout: cfg.read_header_timeout.0,
             max_header_bytes: cfg.max_header_bytes,
         };
-        let addrs = crate::http::serve(
+        let addrs = crate::http::serve_tls(
             "rest api",
             listeners,
+            tls,
             move |req, _remote| {
                 let a = api.clone();
                 async move { a.handle(req).await }
@@ -187,7 +209,14 @@ impl RestApi {
                 Ok(()) => no_content(),
                 Err(e) => cluster_error(e),
             },
-            (&Method::GET, ["allocations"]) => self.allocations().await,
+            (&Method::GET, ["allocations"]) => match pin_type_filter(&q) {
+                Ok(true) => self.allocations().await,
+                Ok(false) => no_content(),
+                Err(m) => bad_request(m),
+            },
+            (&Method::GET, ["health", "bandwidth"]) => {
+                json(StatusCode::OK, &self.cluster.bandwidth())
+            }
             (&Method::GET, ["allocations", cid]) => match parse_cid(cid) {
                 Ok(c) => match self.cluster.pin_get(&c) {
                     Ok(p) => json(StatusCode::OK, &p),
@@ -376,6 +405,27 @@ impl RestApi {
             tx.trailers(stream_error_trailer(&err)).await;
         });
         ndjson_response(body)
+    }
+}
+
+/// Whether `?filter=` (upstream's comma-separated pin types) takes in data pins,
+/// the only type this peer makes; a filter of nothing but unknown names is a 400.
+fn pin_type_filter(q: &[(String, String)]) -> Result<bool, String> {
+    let Some((_, f)) = q.iter().find(|(k, _)| k == "filter") else {
+        return Ok(true);
+    };
+    let (mut data, mut known) = (false, false);
+    for t in f.split(',') {
+        match t {
+            "" | "all" | "pin" => (data, known) = (true, true),
+            "meta-pin" | "clusterdag-pin" | "shard-pin" => known = true,
+            _ => {}
+        }
+    }
+    if known {
+        Ok(data)
+    } else {
+        Err("invalid filter value".into())
     }
 }
 

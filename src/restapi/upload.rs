@@ -4,6 +4,10 @@
 //! `application/x-directory` before its contents.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::TryStreamExt;
 
 use reqwest::multipart::{Form, Part};
 
@@ -27,12 +31,23 @@ pub enum UploadError {
 }
 
 /// What goes into the upload.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct UploadOptions {
     /// Folders are added with their contents.
     pub recursive: bool,
     /// Names starting with a dot are included.
     pub hidden: bool,
+    /// Counts the file bytes to send and those sent, for a progress display.
+    pub progress: Option<Arc<UploadProgress>>,
+}
+
+/// File bytes in an upload and how many have gone out so far.
+#[derive(Debug, Default)]
+pub struct UploadProgress {
+    /// The files' total size.
+    pub total: AtomicU64,
+    /// Bytes handed to the connection.
+    pub sent: AtomicU64,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> UploadError + '_ {
@@ -43,7 +58,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> UploadError + '_ {
 }
 
 /// The upload of `paths`, each under its own file name.
-pub async fn form(paths: &[PathBuf], opts: UploadOptions) -> Result<Form, UploadError> {
+pub async fn form(paths: &[PathBuf], opts: &UploadOptions) -> Result<Form, UploadError> {
     let mut form = Form::new();
     for path in paths {
         let name = path
@@ -60,7 +75,7 @@ async fn add_path(
     mut form: Form,
     path: &Path,
     name: String,
-    opts: UploadOptions,
+    opts: &UploadOptions,
 ) -> Result<Form, UploadError> {
     // Iterative, so that deep trees need no recursion of futures.
     let mut todo = vec![(path.to_path_buf(), name)];
@@ -85,7 +100,17 @@ async fn add_path(
         }
         if !meta.is_dir() {
             let file = tokio::fs::File::open(&path).await.map_err(io_err(&path))?;
-            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+            let chunks = tokio_util::io::ReaderStream::new(file);
+            let body = match &opts.progress {
+                Some(p) => {
+                    p.total.fetch_add(meta.len(), Ordering::Relaxed);
+                    let p = p.clone();
+                    reqwest::Body::wrap_stream(chunks.inspect_ok(move |b| {
+                        p.sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    }))
+                }
+                None => reqwest::Body::wrap_stream(chunks),
+            };
             let part = Part::stream_with_length(body, meta.len())
                 .file_name(name)
                 .mime_str("application/octet-stream")

@@ -1,5 +1,6 @@
 //! The API types shared by the REST API, the state and ctl, with upstream's JSON shapes.
 
+mod bandwidth;
 mod graph;
 mod metric;
 mod query;
@@ -13,6 +14,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use bandwidth::{BandwidthByProtocol, BandwidthStats};
 pub use graph::ConnectGraph;
 pub use metric::{Alert, Metric};
 #[cfg(test)]

@@ -345,6 +345,7 @@ impl Drop for PeerProc {
 
 /// A blocking HTTP client for tests.
 pub fn http() -> reqwest::blocking::Client {
+    ipfs_cluster::http::install_crypto_provider();
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()
