@@ -285,7 +285,7 @@ impl Peer {
                 t.spawn(async move {
                     let reply = match req.protocol {
                         Protocol::Raft => c.handle_rpc(&req.payload).await,
-                        Protocol::Rpc => cl.handle_rpc(&req.payload).await,
+                        Protocol::Rpc => cl.handle_rpc(&req.peer, &req.payload).await,
                     };
                     let _ = req.reply.send(reply);
                 });

@@ -12,6 +12,7 @@
 //! which is loaded at start and written back on shutdown.
 
 mod behaviour;
+mod inflight;
 mod peerstore;
 mod task;
 
@@ -176,6 +177,7 @@ impl P2p {
             requests: Default::default(),
             dials: Default::default(),
             dial_errors: Default::default(),
+            inflight: inflight::InflightLimit::new(inflight::MAX_INFLIGHT_PER_PEER),
         };
         tasks.spawn(task.run());
 

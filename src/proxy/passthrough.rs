@@ -59,15 +59,26 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// How long a connection to the daemon may take to open (as the connector's).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The connector to the daemon: no Nagle delay, and a bounded connect, as a
+/// daemon host that drops SYNs would otherwise hold each call for the kernel's
+/// full SYN retry time (minutes).
+fn daemon_connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector
+}
+
 impl Upstream {
     /// A client of the daemon at `authority` (`host:port`), named `multiaddr` in errors.
     pub fn new(authority: String, multiaddr: String, auth: UpstreamAuth) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .pool_max_idle_per_host(32)
-            .build(connector);
+            .build(daemon_connector());
         Upstream {
             client,
             authority,
@@ -157,5 +168,52 @@ impl Upstream {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod connect_timeout_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn a_daemon_that_never_accepts_fails_after_the_connect_timeout() {
+        // A listener whose accept queue is full and never drained: the kernel
+        // drops further SYNs, as a blackholed host does.
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = sock.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        loop {
+            match tokio::time::timeout(
+                Duration::from_millis(300),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            {
+                Ok(Ok(s)) => held.push(s),
+                _ => break,
+            }
+            assert!(held.len() < 64, "the accept queue never filled");
+        }
+        let client = Client::builder(TokioExecutor::new())
+            .build::<_, http_body_util::Empty<bytes::Bytes>>(daemon_connector());
+        let started = Instant::now();
+        let req = Request::post(format!("http://{addr}/api/v0/version"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let r = tokio::time::timeout(CONNECT_TIMEOUT * 4, client.request(req)).await;
+        let elapsed = started.elapsed();
+        let err = r
+            .expect("no answer within 4x the connect timeout")
+            .unwrap_err();
+        assert!(err.is_connect(), "{err:?}");
+        assert!(
+            elapsed >= CONNECT_TIMEOUT - Duration::from_millis(100)
+                && elapsed < CONNECT_TIMEOUT * 2,
+            "{elapsed:?}"
+        );
+        drop(listener);
     }
 }
