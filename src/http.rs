@@ -196,6 +196,12 @@ pub async fn bind(addrs: &[String]) -> Result<Vec<TcpListener>, std::io::Error> 
     Ok(out)
 }
 
+/// Connections each listener serves at once; further clients wait in the
+/// kernel's accept queue until one closes. Go's server (and so upstream) has no
+/// such bound: this keeps a flood of idle or slow connections from using every
+/// file descriptor the peer has (Raft, the daemon and the store need some too).
+pub const MAX_CONNECTIONS_PER_LISTENER: usize = 4096;
+
 /// Serves `handler` on `listeners` until `cancel`, then lets open requests finish
 /// for a short grace period. Every task is spawned on `tasks`. Returns the
 /// addresses served (with the real ports of listeners bound to port 0).
@@ -211,7 +217,45 @@ where
     H: Fn(http::Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    serve_tls(name, listeners, None, handler, opts, tasks, cancel)
+    serve_capped(
+        name,
+        listeners,
+        handler,
+        opts,
+        MAX_CONNECTIONS_PER_LISTENER,
+        tasks,
+        cancel,
+    )
+}
+
+/// Like [`serve`], with at most `max_connections` connections per listener.
+pub fn serve_capped<H, F>(
+    name: &'static str,
+    listeners: Vec<TcpListener>,
+    handler: H,
+    opts: ServerOptions,
+    max_connections: usize,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) -> Vec<SocketAddr>
+where
+    H: Fn(http::Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    serve_inner(
+        name,
+        listeners,
+        None,
+        max_connections,
+        move |remote| {
+            let h = handler.clone();
+            move |req| h(req, remote)
+        },
+        opts,
+        tasks,
+        cancel,
+    )
 }
 
 /// As [`serve`], over TLS when `tls` is given: each connection's handshake runs in
@@ -234,6 +278,7 @@ where
         name,
         listeners,
         tls,
+        MAX_CONNECTIONS_PER_LISTENER,
         move |remote| {
             let h = handler.clone();
             move |req| h(req, remote)
@@ -261,7 +306,16 @@ where
     B: hyper::body::Body<Data = Bytes> + From<Body> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    serve_inner(name, listeners, None, make, opts, tasks, cancel)
+    serve_inner(
+        name,
+        listeners,
+        None,
+        MAX_CONNECTIONS_PER_LISTENER,
+        make,
+        opts,
+        tasks,
+        cancel,
+    )
 }
 
 /// The accept loop behind [`serve_tls`] and [`serve_connections`].
@@ -269,6 +323,7 @@ fn serve_inner<M, S, F, B>(
     name: &'static str,
     listeners: Vec<TcpListener>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    max_connections: usize,
     make: M,
     opts: ServerOptions,
     tasks: &TaskTracker,
@@ -301,7 +356,15 @@ where
                 .timer(TokioTimer::new())
                 .header_read_timeout(opts.header_read_timeout)
                 .max_buf_size(opts.max_header_bytes.max(8192));
+            let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
             loop {
+                let permit = tokio::select! {
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = cancel.cancelled() => break,
+                };
                 let (stream, remote) = tokio::select! {
                     r = listener.accept() => match r {
                         Ok(x) => x,
@@ -350,6 +413,7 @@ where
                 let Some(tls) = tls.clone() else {
                     let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
                     conn_tasks.spawn(async move {
+                        let _permit = permit;
                         if let Err(e) = conn.await {
                             tracing::debug!("{name}: connection from {remote}: {e}");
                         }
@@ -360,6 +424,7 @@ where
                 let timeout = opts.header_read_timeout;
                 let builder = builder.clone();
                 conn_tasks.spawn(async move {
+                    let _permit = permit;
                     // The handshake shares the header read timeout: both are what a
                     // client must send before it is served.
                     let stream = match tokio::time::timeout(timeout, tls.accept(stream)).await {
@@ -478,6 +543,45 @@ pub fn stream_error_trailer(message: &str) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listeners = bind(&["/ip4/127.0.0.1/tcp/0".to_string()]).await.unwrap();
+        let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+        let addr = serve_capped(
+            "capped",
+            listeners,
+            |_req, _remote| async { Response::new(full("ok")) },
+            ServerOptions {
+                header_read_timeout: Duration::from_secs(30),
+                max_header_bytes: 8192,
+            },
+            2,
+            &tasks,
+            cancel.clone(),
+        )[0];
+        let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        async fn answered(s: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+            let mut buf = [0u8; 256];
+            matches!(tokio::time::timeout(wait, s.read(&mut buf)).await, Ok(Ok(n)) if n > 0)
+        }
+        // Two idle keep-alive connections take both slots.
+        let mut a = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut b = tokio::net::TcpStream::connect(addr).await.unwrap();
+        a.write_all(get).await.unwrap();
+        b.write_all(get).await.unwrap();
+        assert!(answered(&mut a, Duration::from_secs(5)).await);
+        assert!(answered(&mut b, Duration::from_secs(5)).await);
+        // A third connects (the kernel queues it) but is not served...
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(get).await.unwrap();
+        assert!(!answered(&mut c, Duration::from_millis(500)).await);
+        // ...until one of the others closes.
+        drop(a);
+        assert!(answered(&mut c, Duration::from_secs(5)).await);
+        cancel.cancel();
+    }
 
     #[test]
     fn stream_error_trailers_carry_the_bare_message_on_one_line() {

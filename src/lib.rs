@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod ctl;
+pub mod fdlimit;
 pub mod http;
 pub mod ipfs;
 pub mod listing;

@@ -293,8 +293,8 @@ impl Peer {
                 let (c, cl) = (c.clone(), cl.clone());
                 t.spawn(async move {
                     let reply = match req.protocol {
-                        Protocol::Raft => c.handle_rpc(&req.payload).await,
-                        Protocol::Rpc => cl.handle_rpc(&req.payload).await,
+                        Protocol::Raft => c.handle_rpc(&req.peer, &req.payload).await,
+                        Protocol::Rpc => cl.handle_rpc(&req.peer, &req.payload).await,
                     };
                     let _ = req.reply.send(reply);
                 });

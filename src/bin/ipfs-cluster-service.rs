@@ -193,6 +193,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.observations.metrics.enable_stats |= stats;
             let backups = cfg.consensus.raft.backups_rotate;
             let identity = load_identity(&dir)?;
+            match ipfs_cluster::fdlimit::raise_nofile_limit() {
+                Ok(n) => ::tracing::debug!("open-files limit: {n}"),
+                Err(e) => ::tracing::warn!("{e}; keeping the current one"),
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

@@ -1037,7 +1037,8 @@ impl Cluster {
     }
 
     /// Answers a cluster RPC from another peer.
-    pub async fn handle_rpc(&self, payload: &[u8]) -> Vec<u8> {
+    /// `sender` is the peer the request came from, as authenticated by libp2p.
+    pub async fn handle_rpc(&self, sender: &PeerId, payload: &[u8]) -> Vec<u8> {
         let reply = match crate::raft::decode_payload::<ClusterRpc>(payload) {
             Err(e) => ClusterRpcReply::Error(e),
             Ok(ClusterRpc::Id) => ClusterRpcReply::Id(Box::new(self.id().await)),
@@ -1045,9 +1046,7 @@ impl Cluster {
                 ClusterRpcReply::Status(Box::new(self.status_local(&cid).await))
             }
             Ok(ClusterRpc::Metrics(metrics)) => {
-                for m in metrics {
-                    self.inner.monitor.record(m);
-                }
+                self.inner.monitor.record_from(&sender.to_string(), metrics);
                 ClusterRpcReply::Ack
             }
             Ok(ClusterRpc::Recover(cid)) => {

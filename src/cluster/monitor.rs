@@ -13,6 +13,9 @@ use crate::types::{Alert, Metric};
 pub const PING: &str = "ping";
 /// Alerts kept for `GET /health/alerts`, as upstream.
 const MAX_ALERTS: usize = 1000;
+/// How long an alert is listed: a peer that stays down is alerted on once, so
+/// without a bound the list (and the set of pings alerted on) only grows.
+pub const ALERT_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 #[derive(Default)]
 struct State {
@@ -40,6 +43,22 @@ impl PeerMonitor {
         self.lock()
             .metrics
             .insert((m.name.clone(), m.peer.clone()), m);
+    }
+
+    /// Stores the metrics `sender` sent about itself; the others are dropped, as
+    /// a peer may only speak for itself. Returns how many were dropped.
+    pub fn record_from(&self, sender: &str, metrics: Vec<Metric>) -> usize {
+        let mut dropped = 0;
+        for m in metrics {
+            if m.peer == sender {
+                self.record(m);
+            } else {
+                tracing::warn!(%sender, claimed = %m.peer, metric = %m.name,
+                    "dropped a metric sent in another peer's name");
+                dropped += 1;
+            }
+        }
+        dropped
     }
 
     /// Forgets the metrics of a peer that left.
@@ -99,6 +118,7 @@ impl PeerMonitor {
     /// Raises an alert for each of `peers` whose ping expired since the last check.
     pub fn check(&self, peers: &[String]) -> Vec<Alert> {
         let mut st = self.lock();
+        st.expire_alerts(Utc::now());
         let mut raised = Vec::new();
         for p in peers {
             let Some(ping) = st.metrics.get(&(PING.to_string(), p.clone())).cloned() else {
@@ -120,9 +140,30 @@ impl PeerMonitor {
         raised
     }
 
-    /// Alerts raised, newest first.
+    /// Alerts raised within [`ALERT_WINDOW`], newest first.
     pub fn alerts(&self) -> Vec<Alert> {
-        self.lock().alerts.iter().cloned().collect()
+        let mut st = self.lock();
+        st.expire_alerts(Utc::now());
+        st.alerts.iter().cloned().collect()
+    }
+}
+
+impl State {
+    /// Drops the alerts raised before `now - ALERT_WINDOW`, and the pings alerted
+    /// on that are no longer a peer's latest (it sent a newer one, or was
+    /// forgotten): at most one entry per known peer stays.
+    fn expire_alerts(&mut self, now: chrono::DateTime<Utc>) {
+        let cutoff = now - ALERT_WINDOW;
+        // Newest first: the old ones are at the back.
+        while self.alerts.back().is_some_and(|a| a.triggered_at < cutoff) {
+            self.alerts.pop_back();
+        }
+        let metrics = &self.metrics;
+        self.alerted.retain(|(peer, expire)| {
+            metrics
+                .get(&(PING.to_string(), peer.clone()))
+                .is_some_and(|m| m.expire == *expire)
+        });
     }
 }
 
@@ -144,6 +185,59 @@ mod tests {
         assert!(mon.check(&["p1".into()]).is_empty(), "alerted twice");
         assert_eq!(mon.alerts().len(), 1);
         assert!(!mon.is_alive("p1"));
+    }
+
+    #[test]
+    fn alerts_expire_after_their_window() {
+        let mon = PeerMonitor::default();
+        let mut ping = Metric::new(PING, "p1", String::new(), 0, Duration::from_secs(60));
+        ping.expire = 1;
+        mon.record(ping.clone());
+        assert_eq!(mon.check(&["p1".into()]).len(), 1);
+        assert_eq!(mon.alerts().len(), 1);
+        // Age the alert past the window, as if raised long ago.
+        {
+            let mut st = mon.lock();
+            let a = st.alerts.front_mut().unwrap();
+            a.triggered_at = Utc::now() - ALERT_WINDOW - chrono::TimeDelta::seconds(1);
+        }
+        assert!(mon.alerts().is_empty(), "an alert outlived its window");
+        // The peer is still down on the same ping: not alerted on again.
+        assert!(mon.check(&["p1".into()]).is_empty());
+        assert_eq!(mon.lock().alerted.len(), 1);
+        // Once it is forgotten, so is the ping alerted on: the set does not grow
+        // with every peer that ever went down.
+        mon.forget("p1");
+        assert!(mon.check(&[]).is_empty());
+        assert!(mon.lock().alerted.is_empty());
+        // A recent alert stays.
+        let mut ping2 = ping;
+        ping2.peer = "p2".into();
+        ping2.expire = Utc::now().timestamp_nanos_opt().unwrap() - 1;
+        mon.record(ping2);
+        assert_eq!(mon.check(&["p2".into()]).len(), 1);
+        assert_eq!(mon.alerts().len(), 1);
+        assert_eq!(mon.lock().alerted.len(), 1);
+    }
+
+    #[test]
+    fn metrics_are_kept_only_under_their_senders_name() {
+        let mon = PeerMonitor::default();
+        let own = Metric::new("freespace", "a", "10".into(), 10, Duration::from_secs(60));
+        let mut spoofed = own.clone();
+        spoofed.peer = "b".into();
+        spoofed.value = "999999".into();
+        assert_eq!(mon.record_from("a", vec![own, spoofed.clone()]), 1);
+        let l = mon.latest("freespace");
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].peer, "a");
+        // A ping in another's name cannot keep a dead peer alive.
+        let mut ping = Metric::new(PING, "b", String::new(), 0, Duration::from_secs(60));
+        assert_eq!(mon.record_from("a", vec![ping.clone()]), 1);
+        assert!(!mon.is_alive("b"));
+        ping.peer = "a".into();
+        assert_eq!(mon.record_from("a", vec![ping]), 0);
+        assert!(mon.is_alive("a"));
     }
 
     #[test]

@@ -20,7 +20,10 @@ impl GoDuration {
     }
 }
 
-/// Parses a Go duration such as `1h2m3.5s`, `300ms` or `0`.
+/// Parses a Go duration such as `1h2m3.5s`, `300ms` or `0`, as Go's
+/// `time.ParseDuration` does: integer parts in integer arithmetic (a float sum
+/// lost nanoseconds on long durations), fractions scaled like Go's, and at most
+/// Go's largest duration (2^63-1 ns).
 pub fn parse(s: &str) -> Result<Duration, String> {
     let bad = || format!("invalid duration {s:?}");
     if s == "0" {
@@ -30,36 +33,74 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     let s_body = s.strip_prefix('+').unwrap_or(s);
-    let mut total_nanos: f64 = 0.0;
+    if s_body.is_empty() {
+        return Err(bad());
+    }
+    const MAX: u64 = i64::MAX as u64;
+    let mut total: u64 = 0;
     let mut rest = s_body;
     while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        if num_len == 0 {
+        let int_len = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let int_digits = &rest[..int_len];
+        rest = &rest[int_len..];
+        let mut frac_digits = "";
+        if let Some(after) = rest.strip_prefix('.') {
+            let n = after
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(after.len());
+            frac_digits = &after[..n];
+            rest = &after[n..];
+        }
+        if int_digits.is_empty() && frac_digits.is_empty() {
             return Err(bad());
         }
-        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
+        let unit: u64 = match &rest[..unit_len] {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             _ => return Err(bad()),
         };
         rest = &rest[unit_len..];
-        total_nanos += value * unit;
+        let mut v: u64 = 0;
+        for d in int_digits.bytes() {
+            v = v
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(u64::from(d - b'0')))
+                .filter(|v| *v <= MAX)
+                .ok_or_else(bad)?;
+        }
+        v = v.checked_mul(unit).filter(|v| *v <= MAX).ok_or_else(bad)?;
+        // Go keeps the fraction digits that fit and scales them in floating point.
+        let (mut f, mut scale): (u64, f64) = (0, 1.0);
+        let mut overflowed = false;
+        for d in frac_digits.bytes() {
+            if overflowed {
+                continue;
+            }
+            match f
+                .checked_mul(10)
+                .and_then(|x| x.checked_add(u64::from(d - b'0')))
+            {
+                Some(x) if x <= MAX => {
+                    f = x;
+                    scale *= 10.0;
+                }
+                _ => overflowed = true,
+            }
+        }
+        let frac = (f as f64 * (unit as f64 / scale)) as u64;
+        v = v.checked_add(frac).filter(|v| *v <= MAX).ok_or_else(bad)?;
+        total = total.checked_add(v).filter(|t| *t <= MAX).ok_or_else(bad)?;
     }
-    if !total_nanos.is_finite() || total_nanos > u64::MAX as f64 {
-        return Err(bad());
-    }
-    Ok(Duration::from_nanos(total_nanos.round() as u64))
+    Ok(Duration::from_nanos(total))
 }
 
 /// Formats like Go's `Duration.String()`: `1h0m0s`, `1m30s`, `1.5s`, `200ms`, `0s`.
@@ -139,8 +180,24 @@ mod tests {
     }
 
     #[test]
+    fn long_durations_keep_every_nanosecond_up_to_gos_maximum() {
+        // Found by tests/fuzz_props.rs: a float sum lost nanoseconds here.
+        let d = Duration::from_nanos(26_267_899_962_710_505);
+        assert_eq!(parse(&format(d)), Ok(d));
+        assert_eq!(
+            parse("2562047h47m16.854775807s"),
+            Ok(Duration::from_nanos(i64::MAX as u64))
+        );
+        assert!(parse("2562047h47m16.854775808s").is_err());
+        assert!(parse("99999999999999999999h").is_err());
+        assert_eq!(parse(".5s"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse("1.s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse("1h1.5m"), Ok(Duration::from_secs(3690)));
+    }
+
+    #[test]
     fn rejects_bad() {
-        for s in ["", "5", "-1s", "1x", "s", "1.2.3s"] {
+        for s in ["", "+", "5", "-1s", "1x", "s", "1.2.3s", ".s", "1h."] {
             assert!(parse(s).is_err(), "{s}");
         }
     }

@@ -184,6 +184,13 @@ impl IpfsConnector {
         }
     }
 
+    fn ndjson_err(&self, e: ndjson::NdjsonError) -> IpfsError {
+        match e {
+            ndjson::NdjsonError::Transport(e) => self.transport_err(e),
+            too_long => IpfsError::Protocol(too_long.to_string()),
+        }
+    }
+
     async fn post(
         &self,
         cmd: &str,
@@ -319,11 +326,7 @@ impl IpfsConnector {
             .await?;
         let mut reader = NdjsonReader::new(resp);
         let (mut keys, mut errors) = (Vec::new(), Vec::new());
-        while let Some(line) = reader
-            .next_line()
-            .await
-            .map_err(|e| self.transport_err(e))?
-        {
+        while let Some(line) = reader.next_line().await.map_err(|e| self.ndjson_err(e))? {
             let l: GcLine = serde_json::from_slice(&line)
                 .map_err(|e| IpfsError::Protocol(format!("repo/gc: {e}")))?;
             if let Some(e) = l.error.filter(|e| !e.is_empty()) {
@@ -464,7 +467,7 @@ impl IpfsConnector {
                 let line = tokio::time::timeout(self.pin_timeout, reader.next_line())
                     .await
                     .map_err(|_| stalled())?
-                    .map_err(|e| self.transport_err(e))?;
+                    .map_err(|e| self.ndjson_err(e))?;
                 let Some(line) = line else {
                     return Err(IpfsError::Protocol(
                         "pin/add ended without reporting the pin".into(),
@@ -537,11 +540,7 @@ impl IpfsConnector {
                 )
                 .await?;
             let mut reader = NdjsonReader::new(resp);
-            while let Some(line) = reader
-                .next_line()
-                .await
-                .map_err(|e| self.transport_err(e))?
-            {
+            while let Some(line) = reader.next_line().await.map_err(|e| self.ndjson_err(e))? {
                 let item: Item = serde_json::from_slice(&line)
                     .map_err(|e| IpfsError::Protocol(format!("pin/ls: {e}")))?;
                 if let (Ok(cid), Some(mode)) = (item.cid.parse::<Cid>(), mode_of(&item.pin_type)) {

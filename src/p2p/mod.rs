@@ -14,6 +14,7 @@
 
 mod bandwidth;
 mod behaviour;
+mod inflight;
 mod peerstore;
 mod task;
 
@@ -184,6 +185,7 @@ impl P2p {
             dials: Default::default(),
             dial_errors: Default::default(),
             bandwidth: bandwidth.clone(),
+            inflight: inflight::InflightLimit::new(inflight::MAX_INFLIGHT_PER_PEER),
         };
         tasks.spawn(task.run());
 

@@ -87,6 +87,8 @@ pub(super) struct SwarmTask {
     pub dial_errors: HashMap<PeerId, String>,
     /// Bytes per protocol, shared with the handles for `GET /health/bandwidth`.
     pub bandwidth: Arc<super::bandwidth::Bandwidth>,
+    /// Each peer's inbound requests not answered yet.
+    pub inflight: super::inflight::InflightLimit,
 }
 
 /// The peerstore path and a lock so that concurrent saves don't interleave on the
@@ -407,6 +409,12 @@ impl SwarmTask {
     ) {
         self.bandwidth
             .received(protocol, Payload::encoded_len(request.0.len()));
+        // A peer over its bound gets this request refused (the stream closes: an
+        // error at the caller, which retries), not a place in the queue.
+        let Some(permit) = self.inflight.try_acquire(peer, protocol) else {
+            tracing::warn!(%peer, ?protocol, "too many requests in flight from this peer; refused");
+            return;
+        };
         let (reply, answer) = oneshot::channel();
         let inbound = Inbound {
             protocol,
@@ -425,6 +433,7 @@ impl SwarmTask {
         // The requester stops waiting after its request timeout; so can we.
         let timeout = self.request_timeout;
         self.tasks.spawn(async move {
+            let _permit = permit;
             let answer = tokio::select! {
                 _ = cancel.cancelled() => return,
                 r = tokio::time::timeout(timeout, answer) => r,

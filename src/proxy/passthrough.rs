@@ -50,6 +50,10 @@ struct Inner {
     idle: Mutex<Vec<(Instant, Box<DaemonConn>)>>,
 }
 
+/// How long a connection to the daemon may take to open: a daemon host that
+/// drops SYNs would otherwise hold each call for the kernel's SYN retries (minutes).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What `Authorization` the daemon gets on forwarded requests.
 #[derive(Clone, Debug, Default)]
 pub struct UpstreamAuth {
@@ -182,10 +186,20 @@ impl Inner {
     }
 
     async fn connect(&self) -> Result<Box<DaemonConn>, ConnectError> {
-        let stream = match self.addr {
-            Some(a) => TcpStream::connect(a).await?,
-            None => TcpStream::connect(self.authority.as_str()).await?,
+        let connecting = async {
+            match self.addr {
+                Some(a) => TcpStream::connect(a).await,
+                None => TcpStream::connect(self.authority.as_str()).await,
+            }
         };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {CONNECT_TIMEOUT:?}"),
+                )
+            })??;
         stream.set_nodelay(true)?;
         let (send, conn) = self.builder.handshake(TokioIo::new(stream)).await?;
         Ok(Box::new(DaemonConn {
@@ -522,4 +536,41 @@ impl Upstream {
 
 fn local(r: Response<Body>) -> Response<ProxyBody> {
     r.map(ProxyBody::Local)
+}
+
+#[cfg(test)]
+mod connect_timeout_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_daemon_that_never_accepts_fails_after_the_connect_timeout() {
+        // A listener whose accept queue is full and never drained: the kernel
+        // drops further SYNs, as a blackholed host does.
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = sock.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        while let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await
+        {
+            held.push(s);
+            assert!(held.len() < 64, "the accept queue never filled");
+        }
+        let upstream = Upstream::new(addr.to_string(), addr.to_string(), UpstreamAuth::default());
+        let started = Instant::now();
+        let r = tokio::time::timeout(CONNECT_TIMEOUT * 4, upstream.inner.connect()).await;
+        let elapsed = started.elapsed();
+        assert!(
+            matches!(r, Ok(Err(ConnectError::Io(_)))),
+            "no error in time"
+        );
+        assert!(
+            elapsed >= CONNECT_TIMEOUT - Duration::from_millis(100)
+                && elapsed < CONNECT_TIMEOUT * 2,
+            "{elapsed:?}"
+        );
+        drop(listener);
+    }
 }

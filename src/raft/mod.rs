@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use network::{
-    ForwardError, ForwardOp, ForwardReply, decode as decode_payload, encode as encode_payload,
+    ForwardError, ForwardOp, ForwardReply, RaftRpc, decode as decode_payload,
+    encode as encode_payload,
 };
 pub use state_machine::StateEvent;
 pub use types::{
@@ -38,7 +39,7 @@ use crate::state::PinState;
 use crate::store::{self, StoreError};
 use batcher::Batcher;
 use log_store::LogStore;
-use network::{P2pNetwork, RaftReply, RaftRpc, decode, encode, node_peer};
+use network::{P2pNetwork, RaftReply, decode, encode, node_peer};
 use state_machine::StateMachine;
 
 /// Why a consensus operation failed.
@@ -567,7 +568,8 @@ impl Consensus {
     }
 
     /// Answers a Raft-protocol request from another peer.
-    pub async fn handle_rpc(&self, payload: &[u8]) -> Vec<u8> {
+    /// `sender` is the peer the request came from, as authenticated by libp2p.
+    pub async fn handle_rpc(&self, sender: &PeerId, payload: &[u8]) -> Vec<u8> {
         let reply = match decode::<RaftRpc>(payload) {
             Err(e) => RaftReply::BadRequest(e),
             Ok(RaftRpc::Append(r)) => RaftReply::Append(self.inner.raft.append_entries(r).await),
@@ -576,8 +578,7 @@ impl Consensus {
                 RaftReply::Snapshot(self.inner.raft.install_snapshot(r).await)
             }
             Ok(RaftRpc::Removed) => {
-                tracing::warn!("the leader removed this peer from the cluster");
-                self.inner.removed.cancel();
+                self.removal_notice(sender);
                 RaftReply::Ack
             }
             Ok(RaftRpc::Forward(op)) => {
@@ -649,13 +650,49 @@ impl Consensus {
         });
     }
 
+    /// Obeys a notice that this peer was removed only when it comes from the
+    /// current leader and this peer's own log has a membership change that
+    /// leaves it out (the leader sends the notice once the change is committed;
+    /// a peer cut off from replication may never see the final entry). Any other notice, from a
+    /// peer that is not the leader or while the membership still holds this peer,
+    /// is logged and ignored: removal follows from the membership, never from a
+    /// message alone.
+    fn removal_notice(&self, sender: &PeerId) {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let leader = m.current_leader.and_then(|l| self.leader_peer(l));
+        // The configuration the membership is moving to: in a joint one (a
+        // change under way, its first step committed) the last set.
+        let held = m
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .last()
+            .is_none_or(|target| target.contains(&self.inner.node_id));
+        if leader.as_ref() != Some(sender) {
+            tracing::warn!(
+                %sender,
+                leader = ?leader.map(|l| l.to_string()),
+                "ignored a removal notice from a peer that is not the leader"
+            );
+        } else if held {
+            tracing::warn!(
+                %sender,
+                "ignored a removal notice: the membership still holds this peer"
+            );
+        } else {
+            tracing::warn!("the leader removed this peer from the cluster");
+            self.inner.removed.cancel();
+        }
+    }
+
     /// Fires once this peer was removed from the cluster.
     pub fn removed(&self) -> CancellationToken {
         self.inner.removed.clone()
     }
 
     /// Fires [`Self::removed`] also when this peer, having been a member, sees
-    /// itself leave the membership in its own log.
+    /// itself leave the membership and that membership is committed (applied
+    /// here): an appended change may still be undone by a new leader.
     pub fn watch_removal(&self, tasks: &TaskTracker, cancel: CancellationToken) {
         let removed = self.inner.removed.clone();
         let mut metrics = self.inner.raft.metrics();
@@ -663,15 +700,20 @@ impl Consensus {
         tasks.spawn(async move {
             let mut was_member = false;
             loop {
-                let member = metrics
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .get_node(&id)
-                    .is_some();
+                let (member, committed) = {
+                    let m = metrics.borrow();
+                    let committed = m.membership_config.log_id().is_none_or(|at| {
+                        m.last_applied
+                            .is_some_and(|applied| applied.index >= at.index)
+                    });
+                    (
+                        m.membership_config.membership().get_node(&id).is_some(),
+                        committed,
+                    )
+                };
                 if member {
                     was_member = true;
-                } else if was_member {
+                } else if was_member && committed {
                     tracing::warn!("this peer was removed from the cluster; shutting down");
                     removed.cancel();
                     return;

@@ -80,7 +80,10 @@ mod tests {
             resolve(dir, Path::new("server.crt")),
             PathBuf::from("/etc/cluster/server.crt")
         );
-        assert_eq!(resolve(dir, Path::new("/tls/k.pem")), PathBuf::from("/tls/k.pem"));
+        assert_eq!(
+            resolve(dir, Path::new("/tls/k.pem")),
+            PathBuf::from("/tls/k.pem")
+        );
     }
 
     #[test]
