@@ -246,8 +246,10 @@ where
     serve_inner(
         name,
         listeners,
-        None,
-        max_connections,
+        Accepting {
+            tls: None,
+            max_connections,
+        },
         move |remote| {
             let h = handler.clone();
             move |req| h(req, remote)
@@ -277,8 +279,10 @@ where
     serve_inner(
         name,
         listeners,
-        tls,
-        MAX_CONNECTIONS_PER_LISTENER,
+        Accepting {
+            tls,
+            max_connections: MAX_CONNECTIONS_PER_LISTENER,
+        },
         move |remote| {
             let h = handler.clone();
             move |req| h(req, remote)
@@ -309,8 +313,10 @@ where
     serve_inner(
         name,
         listeners,
-        None,
-        MAX_CONNECTIONS_PER_LISTENER,
+        Accepting {
+            tls: None,
+            max_connections: MAX_CONNECTIONS_PER_LISTENER,
+        },
         make,
         opts,
         tasks,
@@ -318,12 +324,20 @@ where
     )
 }
 
+/// How a listener takes connections: over TLS or not, and how many at once.
+struct Accepting {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    max_connections: usize,
+}
+
 /// The accept loop behind [`serve_tls`] and [`serve_connections`].
 fn serve_inner<M, S, F, B>(
     name: &'static str,
     listeners: Vec<TcpListener>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    max_connections: usize,
+    Accepting {
+        tls,
+        max_connections,
+    }: Accepting,
     make: M,
     opts: ServerOptions,
     tasks: &TaskTracker,
