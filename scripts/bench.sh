@@ -5,9 +5,18 @@
 #   - sled against redb as the Raft store
 #   - a 1 GiB add through the proxy and through the REST API: peer RSS growth (< 32 MiB)
 #   - the proxy against the daemon: a 1 GiB cat and 500 small calls
+# `scripts/bench.sh scale-ingest [options]` runs only the ingest at scale
+# (benches/scale_ingest.rs): 3 release peers before fake daemons, REST and proxy
+# pins/s and p50 at 1 and 64 connections, `state import` of 1,000,000 pins and
+# start to ready, each next to a raw-store floor measured in the same run.
+# Options: --pins N --secs S --import N --conns 1,64 --before <old service binary>.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ipfs-cluster-rs/target}"
+if [[ "${1:-}" == "scale-ingest" ]]; then
+  shift
+  exec cargo bench --features fake-daemon --bench scale_ingest -- "$@"
+fi
 cargo test --release --lib status_of_100k_pins -- --ignored --nocapture 2>&1 |
   grep -E "pins committed|streamed in|test result|panicked"
 
