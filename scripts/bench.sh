@@ -19,17 +19,32 @@
 #       SCALE_BASELINE_BIN=<another ipfs-cluster-service> for a before/after): import,
 #       start, listings, status, point reads at 10k and 1M, RSS per pin, each next to
 #       a floor measured in the same run.
+#   scripts/bench.sh scale-ingest [--pins N --secs S --import N --conns 1,64 --before BIN]
+#     - 3 release peers before fake daemons (benches/scale_ingest.rs): REST and proxy
+#       pins/s and p50 at 1 and 64 connections, `state import` of 1,000,000 pins and
+#       start to ready, each next to a raw-store floor measured in the same run.
+#   scripts/bench.sh scale
+#     - scale-ingest, then scale-pinset.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ipfs-cluster-rs/target}"
 MODE="${1:-all}"
 case "$MODE" in
   all | proxy) ;;
+  scale-ingest)
+    shift
+    exec cargo bench --features fake-daemon --bench scale_ingest -- "$@"
+    ;;
+  scale)
+    cargo bench --features fake-daemon --bench scale_ingest
+    cargo bench --bench scale_pinset 2>&1 | grep -vE "^ *(Compiling|Finished|Running)"
+    exit
+    ;;
   scale-pinset)
     cargo bench --bench scale_pinset 2>&1 | grep -vE "^ *(Compiling|Finished|Running)"
     exit
     ;;
-  *) echo "usage: $0 [proxy|scale-pinset]" >&2; exit 2 ;;
+  *) echo "usage: $0 [proxy|scale|scale-ingest|scale-pinset]" >&2; exit 2 ;;
 esac
 
 BIN="$CARGO_TARGET_DIR/release"

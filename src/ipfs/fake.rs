@@ -1,6 +1,7 @@
-//! An in-process fake daemon for unit tests: just enough of the kubo RPC API
-//! (`id`, `pin/add`, `pin/rm`, `pin/ls`, and a streaming `trailers` call) to drive
-//! the tracker and the proxy without a real daemon.
+//! An in-process fake daemon for unit tests and the cluster-side benchmarks
+//! (feature `fake-daemon`): just enough of the kubo RPC API (`id`, `version`,
+//! `repo/stat`, `swarm/peers`, `pin/add`, `pin/rm`, `pin/ls`, and a streaming
+//! `trailers` call) to drive the tracker and the proxy without a real daemon.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -101,6 +102,20 @@ async fn handle(st: Arc<Mutex<FakeState>>, path: &str, q: Vec<(String, String)>)
             StatusCode::OK,
             &serde_json::json!({"ID": "12D3KooFakeDaemon", "Addresses": []}),
         ),
+        "/api/v0/version" => json(
+            StatusCode::OK,
+            &serde_json::json!({"Version": "0.30.0", "Commit": "fake", "Repo": "16",
+                "System": "amd64/linux", "Golang": "go1.22"}),
+        ),
+        "/api/v0/repo/stat" => {
+            let n = lock().pins.len() as u64;
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"RepoSize": n * 1024, "StorageMax": 1u64 << 40,
+                    "NumObjects": n, "RepoPath": "/fake", "Version": "fs-repo@16"}),
+            )
+        }
+        "/api/v0/swarm/peers" => json(StatusCode::OK, &serde_json::json!({"Peers": []})),
         "/api/v0/pin/add" => {
             let (delay, fail) = {
                 let s = lock();

@@ -2,7 +2,7 @@
 //! (`/api/v0`), used by the tracker to pin and unpin and by the APIs to resolve
 //! paths and identify the daemon.
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fake-daemon"))]
 pub mod fake;
 mod ndjson;
 

@@ -1,0 +1,500 @@
+//! Ingest at scale, next to floors measured in the same run
+//! (`scripts/bench.sh scale-ingest`, or
+//! `cargo bench --features fake-daemon --bench scale_ingest -- [options]`):
+//!
+//! - 3 release peers before kubo-shaped fake daemons (in this process); unique
+//!   CIDv1 (raw, sha2-256) pinned through REST `POST /pins/{cid}` and the proxy's
+//!   `pin/add` over 1 and 64 keep-alive connections spread over the peers:
+//!   pins/s and p50 latency;
+//! - `state import` of `--import` pins (1,000,000) into a new peer, and its start
+//!   to ready;
+//! - floors: the raw store writing the same pins (durable batches), with ratios.
+//!
+//! `--before <ipfs-cluster-service>` runs the same cases with another build (the
+//! one before a change) and prints its figures and the ratios beside. Each ingest
+//! case runs for `--pins` pins or `--secs` seconds, whichever comes first. Without
+//! `--bench` (`cargo test --all-targets --features fake-daemon`) a smoke pass
+//! with a few hundred pins checks that it still works.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use ipfs_cluster::ipfs::fake::FakeDaemon;
+use ipfs_cluster::state::PinState;
+use ipfs_cluster::store::{self, Backend};
+use ipfs_cluster::types::{Cid, Pin, PinOptions};
+use serde_json::Value;
+use sha2::Digest;
+
+struct Opts {
+    pins: u64,
+    secs: u64,
+    import: u64,
+    before: Option<PathBuf>,
+    after: PathBuf,
+    conns: Vec<usize>,
+    smoke: bool,
+}
+
+fn opts() -> Opts {
+    let args: Vec<String> = std::env::args().collect();
+    let smoke = !args.iter().any(|a| a == "--bench");
+    let val = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let num = |name: &str, default: u64| {
+        val(name)
+            .map(|v| {
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{name} wants a number"))
+            })
+            .unwrap_or(default)
+    };
+    Opts {
+        pins: num("--pins", if smoke { 200 } else { 50_000 }),
+        secs: num("--secs", if smoke { 20 } else { 10 }),
+        import: num("--import", if smoke { 2_000 } else { 1_000_000 }),
+        before: val("--before").map(PathBuf::from),
+        after: PathBuf::from(env!("CARGO_BIN_EXE_ipfs-cluster-service")),
+        conns: val("--conns")
+            .map(|v| {
+                v.split(',')
+                    .map(|c| c.parse().expect("--conns 1,64"))
+                    .collect()
+            })
+            .unwrap_or_else(|| vec![1, 64]),
+        smoke,
+    }
+}
+
+/// A unique CIDv1 (raw, sha2-256) for `n`, salted per run.
+fn cid_of(salt: u64, n: u64) -> Cid {
+    let mut h = sha2::Sha256::new();
+    h.update(salt.to_be_bytes());
+    h.update(n.to_be_bytes());
+    let digest = h.finalize();
+    let mh = cid::multihash::Multihash::<64>::wrap(0x12, &digest).expect("a sha2-256 digest");
+    Cid(cid::Cid::new_v1(0x55, mh))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Peer {
+    bin: PathBuf,
+    dir: PathBuf,
+    node: String,
+    rest: u16,
+    proxy: u16,
+    cluster: u16,
+    child: Option<Child>,
+}
+
+impl Peer {
+    fn init(bin: &Path, dir: &Path, node: &str, extra: &[&str]) -> Peer {
+        let st = Command::new(bin)
+            .args(["--config", &dir.to_string_lossy(), "init", "--force"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .status()
+            .expect("init");
+        assert!(st.success(), "init failed");
+        Peer {
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            node: node.to_string(),
+            rest: free_port(),
+            proxy: free_port(),
+            cluster: free_port(),
+            child: None,
+        }
+    }
+
+    fn config(&self) -> Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(self.dir.join("service.json")).expect("config"),
+        )
+        .expect("config json")
+    }
+
+    fn edit(&self, f: impl FnOnce(&mut Value)) {
+        let mut v = self.config();
+        f(&mut v);
+        std::fs::write(self.dir.join("service.json"), v.to_string()).expect("write config");
+    }
+
+    fn id(&self) -> String {
+        let v: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.dir.join("identity.json")).expect("identity"),
+        )
+        .expect("identity json");
+        v["id"].as_str().expect("id").to_string()
+    }
+
+    fn addr(&self) -> String {
+        format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", self.cluster, self.id())
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.bin)
+            .args(["--config", &self.dir.to_string_lossy(), "daemon"])
+            .env(
+                "CLUSTER_LISTENMULTIADDRESS",
+                format!("/ip4/127.0.0.1/tcp/{}", self.cluster),
+            )
+            .env("CLUSTER_IPFSHTTP_NODEMULTIADDRESS", &self.node)
+            .env("CLUSTER_IPFSPROXY_NODEMULTIADDRESS", &self.node)
+            .env(
+                "CLUSTER_IPFSPROXY_LISTENMULTIADDRESS",
+                format!("/ip4/127.0.0.1/tcp/{}", self.proxy),
+            )
+            .env(
+                "CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS",
+                format!("/ip4/127.0.0.1/tcp/{}", self.rest),
+            )
+            .env("IPFS_CLUSTER_LOG_LEVEL", "error")
+            .spawn()
+            .expect("spawn peer");
+        self.child = Some(child);
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Duration {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("peer exited early: {st}");
+            }
+            if TcpStream::connect(("127.0.0.1", self.rest)).is_ok()
+                && TcpStream::connect(("127.0.0.1", self.proxy)).is_ok()
+            {
+                return t.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("peer not ready after {limit:?}");
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Three peers formed with `init --peers`, as the multi-peer tests do.
+fn start_cluster(bin: &Path, nodes: &[String], root: &Path) -> Vec<Peer> {
+    let dirs: Vec<PathBuf> = (0..nodes.len())
+        .map(|i| root.join(format!("p{i}")))
+        .collect();
+    let mut peers: Vec<Peer> = dirs
+        .iter()
+        .zip(nodes)
+        .map(|(d, n)| Peer::init(bin, d, n, &[]))
+        .collect();
+    let addrs: Vec<String> = peers.iter().map(Peer::addr).collect();
+    let secret = peers[0].config()["cluster"]["secret"].clone();
+    for (i, p) in peers.iter().enumerate() {
+        let others: Vec<String> = addrs
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, a)| a.clone())
+            .collect();
+        let identity = std::fs::read(p.dir.join("identity.json")).expect("identity");
+        let _ = Peer::init(bin, &p.dir, &p.node, &["--peers", &others.join(",")]);
+        std::fs::write(p.dir.join("identity.json"), identity).expect("identity");
+        let secret = secret.clone();
+        p.edit(|v| v["cluster"]["secret"] = secret);
+    }
+    for p in peers.iter_mut() {
+        p.spawn();
+    }
+    for p in peers.iter_mut() {
+        p.wait_ready(Duration::from_secs(60));
+    }
+    peers
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Api {
+    Rest,
+    Proxy,
+}
+
+struct Figures {
+    rate: f64,
+    p50_ms: f64,
+    done: u64,
+}
+
+/// Pins unique CIDs through `api` over `conns` keep-alive connections spread
+/// over `ports`, until `limit` pins or `secs` seconds.
+async fn ingest(
+    api: Api,
+    ports: &[u16],
+    conns: usize,
+    salt: u64,
+    limit: u64,
+    secs: u64,
+) -> Figures {
+    let next = Arc::new(AtomicU64::new(0));
+    let stop_at = Instant::now() + Duration::from_secs(secs);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let port = ports[c % ports.len()];
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            stream.set_nodelay(true).expect("nodelay");
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .expect("handshake");
+            tokio::spawn(conn);
+            let mut lat = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= limit || Instant::now() >= stop_at {
+                    break;
+                }
+                let cid = cid_of(salt, n);
+                let uri = match api {
+                    Api::Rest => format!("/pins/{cid}"),
+                    Api::Proxy => format!("/api/v0/pin/add?arg={cid}"),
+                };
+                let req = http::Request::post(uri)
+                    .header("host", "127.0.0.1")
+                    .body(Empty::<Bytes>::new())
+                    .expect("request");
+                let t = Instant::now();
+                let resp = send.send_request(req).await.expect("send");
+                let status = resp.status();
+                let body = resp.into_body().collect().await.expect("body").to_bytes();
+                assert!(
+                    status.is_success(),
+                    "{status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("connection task"));
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    lat.sort();
+    Figures {
+        rate: lat.len() as f64 / elapsed,
+        p50_ms: lat
+            .get(lat.len() / 2)
+            .map(|d| d.as_secs_f64() * 1e3)
+            .unwrap_or(0.0),
+        done: lat.len() as u64,
+    }
+}
+
+/// The raw store writing `n` pins durably in batches of `batch`: pins/s.
+fn store_floor(backend: Backend, n: u64, batch: u64) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = store::open(dir.path(), backend).expect("open store");
+    let tree = db.tree("state").expect("tree");
+    let t = Instant::now();
+    let mut entries = Vec::with_capacity(batch as usize);
+    for i in 0..n {
+        let pin = Pin::new(cid_of(7, i), PinOptions::default());
+        entries.push(PinState::add_entry(&pin).expect("entry"));
+        if entries.len() as u64 == batch || i + 1 == n {
+            tree.apply(std::mem::take(&mut entries)).expect("apply");
+            tree.flush().expect("flush");
+        }
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+fn default_backend(bin: &Path, root: &Path) -> Backend {
+    let d = root.join("probe");
+    let p = Peer::init(bin, &d, "/ip4/127.0.0.1/tcp/1", &[]);
+    match p.config()["consensus"]["raft"]["datastore"].as_str() {
+        Some("redb") => Backend::Redb,
+        _ => Backend::Sled,
+    }
+}
+
+async fn run_ingest(bin: &Path, o: &Opts, nodes: &[String]) -> Vec<(String, Figures)> {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (bin2, nodes2, rootp) = (bin.to_path_buf(), nodes.to_vec(), root.path().to_path_buf());
+    let peers = tokio::task::spawn_blocking(move || start_cluster(&bin2, &nodes2, &rootp))
+        .await
+        .expect("cluster");
+    let salt: u64 = rand::random();
+    let mut offset = 0u64;
+    let mut out = Vec::new();
+
+    for api in [Api::Rest, Api::Proxy] {
+        for &c in &o.conns {
+            let ports: Vec<u16> = peers
+                .iter()
+                .map(|p| if api == Api::Rest { p.rest } else { p.proxy })
+                .collect();
+            let f = ingest(api, &ports, c, salt + offset, o.pins, o.secs).await;
+            offset += 1;
+            let name = format!(
+                "{} {c} conn",
+                if api == Api::Rest {
+                    "REST POST /pins"
+                } else {
+                    "proxy pin/add"
+                }
+            );
+            out.push((name, f));
+        }
+    }
+    drop(peers);
+    out
+}
+
+/// `state import` of `n` pins into a new single peer, then its start to ready.
+fn run_import(bin: &Path, export: &Path, node: &str) -> (f64, f64) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut p = Peer::init(bin, &root.path().join("p"), node, &[]);
+    let t = Instant::now();
+    let st = Command::new(bin)
+        .args([
+            "--config",
+            &p.dir.to_string_lossy(),
+            "state",
+            "import",
+            "-f",
+        ])
+        .arg(export)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("state import");
+    let import_s = t.elapsed().as_secs_f64();
+    assert!(st.success(), "state import failed");
+    let t = Instant::now();
+    p.spawn();
+    p.wait_ready(Duration::from_secs(300));
+    (import_s, t.elapsed().as_secs_f64())
+}
+
+fn write_export(path: &Path, n: u64) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("export file"));
+    for i in 0..n {
+        let pin = Pin::new(cid_of(99, i), PinOptions::default());
+        serde_json::to_writer(&mut f, &pin).expect("write pin");
+        f.write_all(b"\n").expect("write pin");
+    }
+    f.flush().expect("flush export");
+}
+
+fn main() {
+    let o = opts();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let daemons = vec![
+            FakeDaemon::start().await,
+            FakeDaemon::start().await,
+            FakeDaemon::start().await,
+        ];
+        let nodes: Vec<String> = daemons.iter().map(FakeDaemon::multiaddr).collect();
+        let work = tempfile::tempdir().expect("tempdir");
+        let backend = default_backend(&o.after, work.path());
+        let floor = store_floor(backend, o.pins, 64);
+        println!(
+            "floor: raw {backend} store, {} pins in durable batches of 64: {floor:.0} pins/s",
+            o.pins
+        );
+        let after = run_ingest(&o.after, &o, &nodes).await;
+        let before = match &o.before {
+            Some(b) => Some(run_ingest(b, &o, &nodes).await),
+            None => None,
+        };
+        println!(
+            "{:<26} {:>10} {:>9} {:>8} {:>10}",
+            "ingest (3 peers)", "pins/s", "p50 ms", "pins", "vs floor"
+        );
+        for (i, (name, f)) in after.iter().enumerate() {
+            let mut line = format!(
+                "{name:<26} {:>10.0} {:>9.2} {:>8} {:>9.3}x",
+                f.rate,
+                f.p50_ms,
+                f.done,
+                f.rate / floor
+            );
+            if let Some(b) = &before {
+                let bf = &b[i].1;
+                line.push_str(&format!(
+                    "   before {:>7.0}/s p50 {:>6.2} ms  after/before {:>6.1}x",
+                    bf.rate,
+                    bf.p50_ms,
+                    f.rate / bf.rate
+                ));
+            }
+            println!("{line}");
+        }
+
+        let export = work.path().join("export.jsonl");
+        write_export(&export, o.import);
+        let import_floor = store_floor(backend, o.import, 10_000);
+        let node = nodes[0].clone();
+        let (bin, exp) = (o.after.clone(), export.clone());
+        let (imp, start) = tokio::task::spawn_blocking(move || run_import(&bin, &exp, &node))
+            .await
+            .expect("import");
+        let floor_s = o.import as f64 / import_floor;
+        println!(
+            "state import of {} pins: {imp:.2} s (raw store floor {floor_s:.2} s, {:.1}x); start to ready {start:.2} s",
+            o.import,
+            imp / floor_s
+        );
+        if let Some(b) = &o.before {
+            let (bin, exp, node) = (b.clone(), export.clone(), nodes[0].clone());
+            let (bimp, bstart) = tokio::task::spawn_blocking(move || run_import(&bin, &exp, &node))
+                .await
+                .expect("import");
+            println!(
+                "  before: import {bimp:.2} s, start to ready {bstart:.2} s; after/before import {:.2}x, start {:.2}x",
+                imp / bimp,
+                start / bstart
+            );
+        }
+        if o.smoke {
+            assert!(after.iter().all(|(_, f)| f.done > 0));
+        }
+        for d in daemons {
+            d.stop().await;
+        }
+    });
+}
