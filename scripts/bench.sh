@@ -82,18 +82,18 @@ stop_peer() { kill "$PEER"; wait "$PEER" 2>/dev/null || true; PEER=; }
 
 # vs_daemon API_PORT PROXY_PORT [ROOT]: the proxy against the daemon, side by side:
 # reading ROOT back (`cat`, when given) and 500 small calls (`version`) on one
-# kept-alive connection; after a warm-up, three rounds alternate between the two,
+# kept-alive connection; after a warm-up, five rounds alternate between the two,
 # and the best of each counts.
 vs_daemon() {
-  local root="${3:-}"
+  local api="$1" proxy="$2" root="${3:-}"
   secs() { curl -s -w '%{time_total}\n' -X POST "$@" | awk '{ t += $1 } END { print t }'; }
   small_args() { for _ in $(seq 1 500); do printf -- '-o /dev/null http://127.0.0.1:%s/api/v0/version ' "$1"; done; }
   cat_secs() { if [ -n "$root" ]; then secs -o /dev/null "http://127.0.0.1:$1/api/v0/cat?arg=$root"; else echo 0; fi; }
-  cat_secs "$1" >/dev/null
+  cat_secs "$api" >/dev/null
   # shellcheck disable=SC2046 # one argument per word
-  secs $(small_args "$2") >/dev/null
-  for _ in 1 2 3; do
-    for target in "direct $1" "proxy $2"; do
+  secs $(small_args "$proxy") >/dev/null
+  for _ in 1 2 3 4 5; do
+    for target in "direct $api" "proxy $proxy"; do
       set -- $target
       # shellcheck disable=SC2046 # one argument per word
       echo "$1 $(cat_secs "$2") $(secs $(small_args "$2"))"

@@ -147,7 +147,7 @@ impl Proxy {
             cluster,
             credentials: cfg.basic_auth_credentials.clone().map(Arc::new),
             daemon_headers: headers::DaemonHeaders::new(cfg, &node, auth.daemon.clone()),
-            upstream: Upstream::new(node.authority(), node.to_string(), auth),
+            upstream: Upstream::new(node.authority(), node.to_string(), auth, tasks.clone()),
             tasks: tasks.clone(),
             cancel: cancel.clone(),
         });

@@ -6,8 +6,11 @@
 //! call in flight per connection, so one is always enough), and that daemon
 //! connection is driven inline by whoever polls the call — the client
 //! connection's task — instead of by a task of its own. A call then costs no
-//! pool lock, no task spawn and no cross-task wake-up. When the client goes
-//! away its daemon connection goes to a small shared pool for the next client.
+//! pool lock, no task spawn and no cross-task wake-up. Large transfers are the
+//! exception: there a task of its own drives the daemon connection, so that
+//! reading from one side and writing to the other run on both cores at once.
+//! When the client goes away its daemon connection goes to a small shared pool
+//! for the next client.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +27,7 @@ use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
 
 use super::error::{ErrorCode, kubo_error};
 use crate::http::{Body, BoxError};
@@ -32,6 +36,10 @@ use crate::http::{Body, BoxError};
 const MAX_IDLE: usize = 64;
 /// How long an idle daemon connection is kept for new clients.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bodies up to this size are relayed by the client connection's task alone;
+/// past it (or of unknown length, for requests) the daemon connection gets a
+/// task of its own.
+const INLINE_MAX: u64 = 256 * 1024;
 
 /// The daemon: where forwarded calls go, and its idle connections.
 #[derive(Clone)]
@@ -48,6 +56,7 @@ struct Inner {
     auth: UpstreamAuth,
     builder: http1::Builder,
     idle: Mutex<Vec<(Instant, Box<DaemonConn>)>>,
+    tasks: TaskTracker,
 }
 
 /// How long a connection to the daemon may take to open: a daemon host that
@@ -173,6 +182,25 @@ impl Inner {
         if idle.len() < MAX_IDLE {
             idle.push((Instant::now(), c));
         }
+    }
+
+    /// Gives a connection whose call is over back to `owner`, or to the pool.
+    fn give_back(&self, c: Box<DaemonConn>, owner: Option<&ClientConn>) {
+        match owner {
+            Some(owner) => owner.keep(c),
+            None => self.release(c),
+        }
+    }
+
+    /// Lets a task of its own drive `c` through the rest of its call, then give
+    /// it back.
+    fn drive_apart(self: &Arc<Self>, mut c: Box<DaemonConn>, owner: Option<Arc<ClientConn>>) {
+        let inner = self.clone();
+        self.tasks.spawn(async move {
+            if c.ready().await {
+                inner.give_back(c, owner.as_deref());
+            }
+        });
     }
 
     fn pop_idle(&self) -> Option<Box<DaemonConn>> {
@@ -316,18 +344,18 @@ impl hyper::body::Body for ProxyBody {
 /// next call. Dropped before its end, it closes the connection.
 pub struct DaemonBody {
     body: Incoming,
+    /// The connection, while this body drives it.
     conn: Option<Box<DaemonConn>>,
     owner: Option<Arc<ClientConn>>,
     upstream: Upstream,
+    /// Bytes relayed so far.
+    relayed: u64,
 }
 
 impl DaemonBody {
     fn finish(&mut self) {
         if let Some(c) = self.conn.take() {
-            match &self.owner {
-                Some(owner) => owner.keep(c),
-                None => self.upstream.inner.release(c),
-            }
+            self.upstream.inner.give_back(c, self.owner.as_deref());
         }
     }
 
@@ -341,7 +369,17 @@ impl DaemonBody {
                 self.conn = None;
                 Poll::Ready(Some(Err(e.into())))
             }
-            Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.relayed += d.len() as u64;
+                    if self.relayed > INLINE_MAX
+                        && let Some(c) = self.conn.take()
+                    {
+                        self.upstream.inner.drive_apart(c, self.owner.clone());
+                    }
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -388,8 +426,14 @@ impl Drop for DaemonBody {
 }
 
 impl Upstream {
-    /// The daemon at `authority` (`host:port`), named `multiaddr` in errors.
-    pub fn new(authority: String, multiaddr: String, auth: UpstreamAuth) -> Self {
+    /// The daemon at `authority` (`host:port`), named `multiaddr` in errors; the
+    /// tasks that drive large transfers are spawned on `tasks`.
+    pub fn new(
+        authority: String,
+        multiaddr: String,
+        auth: UpstreamAuth,
+        tasks: TaskTracker,
+    ) -> Self {
         let mut builder = http1::Builder::new();
         // The daemon's answers may be large: read them in large pieces.
         builder.max_buf_size(1024 * 1024);
@@ -402,6 +446,7 @@ impl Upstream {
                 auth,
                 builder,
                 idle: Mutex::new(Vec::new()),
+                tasks,
             }),
         }
     }
@@ -476,13 +521,25 @@ impl Upstream {
         }
         // A kept connection the daemon closed meanwhile gives the request back
         // unsent: it is sent once more on a new connection.
+        let upload = !req.body().is_end_stream()
+            && req
+                .body()
+                .size_hint()
+                .exact()
+                .is_none_or(|n| n > INLINE_MAX);
         for _ in 0..2 {
             let mut c = match inner.checkout(Some(client)).await {
                 Ok(c) => c,
                 Err(e) => return self.unreachable(&e),
             };
             let sent = c.send.try_send_request(req);
-            match c.drive(sent).await {
+            let (answer, c) = if upload {
+                inner.drive_apart(c, Some(client.clone()));
+                (Some(sent.await), None)
+            } else {
+                (c.drive(sent).await, Some(c))
+            };
+            match answer {
                 Some(Ok(resp)) => return self.answer(resp, c, Some(client.clone())),
                 Some(Err(mut e)) => match e.take_message() {
                     Some(r) => req = r,
@@ -497,7 +554,7 @@ impl Upstream {
     fn answer(
         &self,
         resp: Response<Incoming>,
-        c: Box<DaemonConn>,
+        c: Option<Box<DaemonConn>>,
         owner: Option<Arc<ClientConn>>,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
@@ -512,9 +569,10 @@ impl Upstream {
         }
         let mut body = DaemonBody {
             body,
-            conn: Some(c),
+            conn: c,
             owner,
             upstream: self.clone(),
+            relayed: 0,
         };
         if hyper::body::Body::is_end_stream(&body) {
             body.finish();
