@@ -616,7 +616,12 @@ mod connect_timeout_tests {
             held.push(s);
             assert!(held.len() < 64, "the accept queue never filled");
         }
-        let upstream = Upstream::new(addr.to_string(), addr.to_string(), UpstreamAuth::default());
+        let upstream = Upstream::new(
+            addr.to_string(),
+            addr.to_string(),
+            UpstreamAuth::default(),
+            tokio_util::task::TaskTracker::new(),
+        );
         let started = Instant::now();
         let r = tokio::time::timeout(CONNECT_TIMEOUT * 4, upstream.inner.connect()).await;
         let elapsed = started.elapsed();
