@@ -38,7 +38,7 @@ fn curl(args: &[&str]) -> (Option<i32>, String) {
 
 fn fixtures(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/sharness")
+        .join("tests/fixtures/upstream")
         .join(name)
 }
 

@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn upstreams_sample_pair_loads() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sharness/ssl");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/upstream/ssl");
         server_config(&dir.join("server.crt"), &dir.join("server.key")).unwrap();
         // A key that is not the certificate's is refused.
         let other = tempfile::NamedTempFile::new().unwrap();
