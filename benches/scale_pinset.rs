@@ -361,9 +361,10 @@ async fn start(bin: &str, n: u64, root: &Path, ports: &Ports, export: &Path) -> 
         .env("CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS", addr(ports.rest))
         .env("IPFS_CLUSTER_LOG_LEVEL", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("peer.log")).expect("peer log"))
         .spawn()
         .expect("start the peer");
+    let mut child = child;
     let rest = format!("http://127.0.0.1:{}", ports.rest);
     let client = reqwest::Client::new();
     let ready = loop {
@@ -372,10 +373,12 @@ async fn start(bin: &str, n: u64, root: &Path, ports: &Ports, export: &Path) -> 
         {
             break started.elapsed();
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "the peer did not start"
-        );
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || started.elapsed() > Duration::from_secs(600) {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(dir.join("peer.log")).unwrap_or_default();
+            panic!("the peer did not start ({exited:?}):\n{log}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     Running {
@@ -390,6 +393,14 @@ async fn start(bin: &str, n: u64, root: &Path, ports: &Ports, export: &Path) -> 
         floors,
         tasks,
         cancel,
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A failed measurement must not leave the peer behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

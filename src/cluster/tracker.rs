@@ -127,6 +127,7 @@ struct Operation {
 /// The daemon's pins as last listed.
 struct DaemonCache {
     fetched: std::time::Instant,
+    /// When a page of a walk last used it.
     used: std::time::Instant,
     /// Pins completed when the listing started: a pin missing from it but
     /// completed since is asked about again.
@@ -604,18 +605,23 @@ impl PinTracker {
     /// walk of the pinset (pages asked for one after another): a status of every
     /// pin must not list the daemon's pins again for each page. Dropped once unused.
     pub async fn daemon_pins(&self) -> Result<Arc<DaemonPins>, String> {
-        self.daemon_listing().await.map(|(p, _)| p)
+        self.daemon_listing(false).await.map(|(p, _)| p)
     }
 
-    /// The daemon's pins, and how many pins this peer had completed before they were listed.
-    async fn daemon_listing(&self) -> Result<(Arc<DaemonPins>, u64), String> {
+    /// The daemon's pins, and how many pins this peer had completed before they
+    /// were listed. `walk`: for a page of a walk of the pinset, which keeps the
+    /// listing it started with (other callers get one at most a few seconds old).
+    async fn daemon_listing(&self, walk: bool) -> Result<(Arc<DaemonPins>, u64), String> {
         let mut cache = self.inner.daemon_cache.lock().await;
         if let Some(c) = cache.as_mut() {
             let fresh = c.fetched.elapsed() < DAEMON_PINS_MAX_AGE;
-            let in_use =
-                c.used.elapsed() < DAEMON_PINS_MAX_AGE && c.fetched.elapsed() < DAEMON_PINS_MAX_USE;
-            if fresh || in_use {
-                c.used = std::time::Instant::now();
+            let in_walk = walk
+                && c.used.elapsed() < DAEMON_PINS_MAX_AGE
+                && c.fetched.elapsed() < DAEMON_PINS_MAX_USE;
+            if fresh || in_walk {
+                if walk {
+                    c.used = std::time::Instant::now();
+                }
                 return Ok((c.pins.clone(), c.added_before));
             }
         }
@@ -665,7 +671,7 @@ impl PinTracker {
             .flatten()
             .any(|p| p.is_allocated_to(&self.inner.peer_id));
         let daemon = if needs_daemon {
-            self.daemon_listing().await
+            self.daemon_listing(true).await
         } else {
             Ok((Arc::new(DaemonPins::default()), 0))
         };
