@@ -366,7 +366,9 @@ async fn start(bin: &str, n: u64, root: &Path, ports: &Ports, export: &Path) -> 
         .expect("start the peer");
     let mut child = child;
     let rest = format!("http://127.0.0.1:{}", ports.rest);
-    let client = reqwest::Client::new();
+    let client = ipfs_cluster::http::plain_http_client_builder()
+        .build()
+        .expect("HTTP client");
     let ready = loop {
         if let Ok(r) = client.get(format!("{rest}/id")).send().await
             && r.status().is_success()
@@ -435,7 +437,9 @@ fn secs(d: Duration) -> String {
 
 /// Point reads on both peers, alternating rounds so that both see the same load.
 async fn point_reads(small: &Running, big: &Running) -> [(Duration, Duration); 2] {
-    let client = reqwest::Client::new();
+    let client = ipfs_cluster::http::plain_http_client_builder()
+        .build()
+        .expect("HTTP client");
     let mut out = [(Duration::ZERO, Duration::ZERO); 2];
     for (k, slot) in out.iter_mut().enumerate() {
         let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -479,7 +483,9 @@ async fn measure(bin: &str, n: u64, root: &Path, exports: (&Path, &Path)) -> Fig
     let big = start(bin, n, root, &ports(10), exports.1).await;
     tokio::time::sleep(Duration::from_secs(20).saturating_sub(big.started.elapsed())).await;
     let rss_20s_kb = rss_kb(big.pid);
-    let client = reqwest::Client::new();
+    let client = ipfs_cluster::http::plain_http_client_builder()
+        .build()
+        .expect("HTTP client");
     let (rest, proxy, pid) = (&big.rest, &big.proxy, big.pid);
     let allocations = fetch(pid, client.get(format!("{rest}/allocations"))).await;
     assert_eq!(allocations.lines as u64, n, "/allocations");

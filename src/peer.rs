@@ -852,7 +852,11 @@ mod status_memory {
         std::fs::write("/proc/self/clear_refs", "5").unwrap();
         let rss_before = super::proc_kb("VmRSS");
         let t = Instant::now();
-        let resp = reqwest::get(format!("http://{}/pins", peer.rest_addrs()[0]))
+        let resp = crate::http::plain_http_client_builder()
+            .build()
+            .unwrap()
+            .get(format!("http://{}/pins", peer.rest_addrs()[0]))
+            .send()
             .await
             .unwrap();
         let mut stream = resp.bytes_stream();

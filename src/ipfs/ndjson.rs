@@ -118,7 +118,9 @@ mod tests {
 
     async fn reader(body: Vec<u8>, limit: usize) -> NdjsonReader {
         let addr = daemon(body).await;
-        let resp = reqwest::Client::new()
+        let resp = crate::http::plain_http_client_builder()
+            .build()
+            .unwrap()
             .post(format!("http://{addr}/api/v0/pin/ls"))
             .send()
             .await
