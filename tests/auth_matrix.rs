@@ -76,6 +76,12 @@ fn rest_rows() -> Vec<RestRow> {
             Success,
         ),
         row(
+            r#"GET["health","bandwidth"]"#,
+            Method::GET,
+            "/health/bandwidth",
+            Success,
+        ),
+        row(
             r#"GET["health","alerts"]"#,
             Method::GET,
             "/health/alerts",
