@@ -218,8 +218,9 @@ fn proxy_routes_in_source() -> BTreeSet<String> {
     let body = &body[..body.find("\n}\n").expect("end of route")];
     body.lines()
         .filter_map(|l| {
+            // Patterns are byte strings: `b"pin/update" => Hijack::PinUpdate,`.
             let l = l.trim();
-            let name = l.strip_prefix('"')?.split('"').next()?;
+            let name = l.strip_prefix("b\"")?.split('"').next()?;
             if l.contains("Hijack::") {
                 Some(name.to_string())
             } else if l.contains("PinCommand::") {

@@ -201,11 +201,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             let removed = rt.block_on(async {
+                // Handlers first: the APIs accept connections before start returns, and
+                // a SIGTERM in that window must shut down cleanly, not kill the process.
+                let signals = Signals::install()?;
                 let peer = Peer::start(&dir, cfg, identity, StartOptions { bootstrap }).await?;
                 notify_ready();
                 let removed = peer.removed();
                 tokio::select! {
-                    r = wait_for_signal() => r?,
+                    _ = signals.wait() => {}
                     _ = removed.cancelled() => {}
                 }
                 anyhow::Ok(peer.shutdown().await)
@@ -348,13 +351,26 @@ fn confirm(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT handlers, installed before the peer starts.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    /// Returns at the first SIGTERM or SIGINT, also one received before this call.
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
