@@ -57,6 +57,22 @@ fn upstream_sample_configs_start_with_their_rsa_identity() {
             assert_eq!(id["id"], UPSTREAM_ID);
             assert_eq!(id["peername"], "testname");
             assert_eq!(status(http().get(format!("{}/id", peer.rest()))), 401);
+        } else {
+            // Served over TLS with upstream's certificate (self-signed: not verified
+            // here; tests/ctl.rs checks verification).
+            ipfs_cluster::http::install_crypto_provider();
+            let tls = reqwest::blocking::Client::builder()
+                .tls_danger_accept_invalid_certs(true)
+                .build()
+                .unwrap();
+            let url = format!("https://127.0.0.1:{}/id", peer.rest_port);
+            let mut req = tls.get(&url);
+            if name == "ssl-basic_auth" {
+                assert_eq!(status(tls.get(&url)), 401);
+                req = req.basic_auth("testuser", Some("testpass"));
+            }
+            let id: Value = req.send().unwrap().json().unwrap();
+            assert_eq!(id["id"], UPSTREAM_ID, "{name}");
         }
         peer.stop();
     }
