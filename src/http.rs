@@ -242,18 +242,14 @@ where
     H: Fn(http::Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let handler = Arc::new(handler);
-    serve_inner(
+    serve_handler(
         name,
         listeners,
         Accepting {
             tls: None,
             max_connections,
         },
-        move |remote| {
-            let h = handler.clone();
-            move |req| h(req, remote)
-        },
+        handler,
         opts,
         tasks,
         cancel,
@@ -275,14 +271,39 @@ where
     H: Fn(http::Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let handler = Arc::new(handler);
-    serve_inner(
+    serve_handler(
         name,
         listeners,
         Accepting {
             tls,
             max_connections: MAX_CONNECTIONS_PER_LISTENER,
         },
+        handler,
+        opts,
+        tasks,
+        cancel,
+    )
+}
+
+/// [`serve_inner`] with one handler shared by every connection, told the client's address.
+fn serve_handler<H, F>(
+    name: &'static str,
+    listeners: Vec<TcpListener>,
+    accepting: Accepting,
+    handler: H,
+    opts: ServerOptions,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) -> Vec<SocketAddr>
+where
+    H: Fn(http::Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    serve_inner(
+        name,
+        listeners,
+        accepting,
         move |remote| {
             let h = handler.clone();
             move |req| h(req, remote)
