@@ -11,7 +11,11 @@ mod codec;
 mod log_store;
 mod network;
 pub mod offline;
+#[cfg(test)]
+mod sim;
 mod state_machine;
+#[cfg(test)]
+mod suite_tests;
 mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
