@@ -85,13 +85,92 @@ impl Payload {
     }
 }
 
+/// What answers a request: the handler's bytes, or a refusal made before any
+/// handler saw the request.
+///
+/// On the wire the bytes are the CBOR byte string they always were, and a
+/// refusal is a CBOR map ([`Refusal`]): a peer of an earlier version, which
+/// expects a byte string, reads a refusal as an undecodable reply, as it read
+/// the closed stream it used to get.
+#[derive(Debug, Clone)]
+pub(super) enum Response {
+    /// The handler's answer.
+    Data(Payload),
+    /// Refused unanswered.
+    Refused(Refusal),
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Refusal {
+    /// Format version of this message.
+    pub v: u8,
+    /// [`Refusal::BUSY`], or a reason a later version adds.
+    pub refused: String,
+    /// The bound that was met (requests in flight from the caller).
+    #[serde(default)]
+    pub max_in_flight: u32,
+}
+
+impl Refusal {
+    /// The caller already has as many requests in flight here as it may.
+    pub const BUSY: &'static str = "busy";
+
+    /// A "busy" refusal at the bound `max`.
+    pub fn busy(max: usize) -> Self {
+        Refusal {
+            v: 1,
+            refused: Self::BUSY.into(),
+            max_in_flight: u32::try_from(max).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+impl Serialize for Response {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Response::Data(p) => p.serialize(s),
+            Response::Refused(r) => r.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Response {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ResponseVisitor)
+    }
+}
+
+struct ResponseVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ResponseVisitor {
+    type Value = Response;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a reply's bytes, or a refusal")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Response, E> {
+        Ok(Response::Data(Payload::new(v.to_vec())))
+    }
+
+    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Response, E> {
+        Ok(Response::Data(Payload::new(v)))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Response, A::Error> {
+        Refusal::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            .map(Response::Refused)
+    }
+}
+
 /// Everything the swarm speaks. Raft and cluster RPCs are separate protocols so that
 /// each gets its own size limits and a flood of one cannot exhaust the other's
 /// stream budget.
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
-    pub raft: cbor::Behaviour<Payload, Payload>,
-    pub rpc: cbor::Behaviour<Payload, Payload>,
+    pub raft: cbor::Behaviour<Payload, Response>,
+    pub rpc: cbor::Behaviour<Payload, Response>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
 }
@@ -99,7 +178,7 @@ pub(super) struct Behaviour {
 fn request_response_behaviour(
     protocol: Protocol,
     request_timeout: Duration,
-) -> cbor::Behaviour<Payload, Payload> {
+) -> cbor::Behaviour<Payload, Response> {
     let codec = cbor::codec::Codec::default()
         .set_request_size_maximum(protocol.max_request_size())
         .set_response_size_maximum(protocol.max_response_size());

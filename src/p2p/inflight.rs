@@ -50,6 +50,11 @@ impl InflightLimit {
         })
     }
 
+    /// The bound per peer and protocol.
+    pub(super) fn max(&self) -> usize {
+        self.max
+    }
+
     #[cfg(test)]
     fn peers(&self) -> usize {
         self.counts.lock().map(|c| c.len()).unwrap_or(0)

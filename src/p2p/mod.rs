@@ -67,6 +67,11 @@ pub enum P2pError {
     /// The remote handler dropped the reply or sent something undecodable.
     #[error("remote error: {0}")]
     Remote(String),
+    /// The peer refused the request unanswered: this peer already has as many
+    /// requests in flight there as it may (or the peer's queue is full). The
+    /// peer is up; retry once earlier requests are answered.
+    #[error("peer busy: {0}")]
+    Busy(String),
     /// The host has stopped.
     #[error("p2p host is shut down")]
     Shutdown,

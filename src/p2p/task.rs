@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::behaviour::{Behaviour, BehaviourEvent, Payload};
+use super::behaviour::{Behaviour, BehaviourEvent, Payload, Refusal, Response};
 use super::peerstore::{self, AddressBook};
 use super::{Inbound, P2pError, Protocol};
 
@@ -51,7 +51,7 @@ pub(super) enum Command {
     /// The application's answer to an inbound request, relayed by its reply task.
     Respond {
         protocol: Protocol,
-        channel: ResponseChannel<Payload>,
+        channel: ResponseChannel<Response>,
         payload: Vec<u8>,
     },
 }
@@ -181,7 +181,10 @@ impl SwarmTask {
                     Protocol::Rpc => &mut b.rpc,
                 };
                 let size = Payload::encoded_len(payload.len());
-                if rr.send_response(channel, Payload::new(payload)).is_err() {
+                if rr
+                    .send_response(channel, Response::Data(Payload::new(payload)))
+                    .is_err()
+                {
                     // The requester gave up (timeout, closed connection) meanwhile.
                     tracing::debug!(?protocol, "response dropped: the request is gone");
                 } else {
@@ -357,7 +360,7 @@ impl SwarmTask {
         }
     }
 
-    fn on_rr(&mut self, protocol: Protocol, event: request_response::Event<Payload, Payload>) {
+    fn on_rr(&mut self, protocol: Protocol, event: request_response::Event<Payload, Response>) {
         use request_response::{Event, Message};
         match event {
             Event::Message {
@@ -369,6 +372,7 @@ impl SwarmTask {
                 ..
             } => self.on_inbound(protocol, peer, request, channel),
             Event::Message {
+                peer,
                 message:
                     Message::Response {
                         request_id,
@@ -376,10 +380,15 @@ impl SwarmTask {
                     },
                 ..
             } => {
-                let size = Payload::encoded_len(response.0.len());
+                let (size, result) = match response {
+                    Response::Data(p) => (Payload::encoded_len(p.0.len()), Ok(p.into_vec())),
+                    Response::Refused(r) => {
+                        (Payload::CBOR_OVERHEAD, Err(refused(protocol, peer, r)))
+                    }
+                };
                 self.bandwidth.received(protocol, size);
                 if let Some(reply) = self.requests.remove(&(protocol, request_id)) {
-                    let _ = reply.send(Ok(response.into_vec()));
+                    let _ = reply.send(result);
                 }
             }
             Event::OutboundFailure {
@@ -405,14 +414,16 @@ impl SwarmTask {
         protocol: Protocol,
         peer: PeerId,
         request: Payload,
-        channel: ResponseChannel<Payload>,
+        channel: ResponseChannel<Response>,
     ) {
         self.bandwidth
             .received(protocol, Payload::encoded_len(request.0.len()));
-        // A peer over its bound gets this request refused (the stream closes: an
-        // error at the caller, which retries), not a place in the queue.
+        // A peer over its bound gets this request refused with a "busy" answer
+        // (not a place in the queue, nor a closed stream that looks like a
+        // failed peer): it retries once its earlier requests are answered.
         let Some(permit) = self.inflight.try_acquire(peer, protocol) else {
-            tracing::warn!(%peer, ?protocol, "too many requests in flight from this peer; refused");
+            tracing::warn!(%peer, ?protocol, "too many requests in flight from this peer; refused as busy");
+            self.refuse_busy(protocol, channel);
             return;
         };
         let (reply, answer) = oneshot::channel();
@@ -422,11 +433,19 @@ impl SwarmTask {
             payload: request.into_vec(),
             reply,
         };
-        // Never wait for the application here. A full queue means it is far behind;
-        // dropping the channel fails this one request at the caller, which retries.
-        if let Err(e) = self.inbound.try_send(inbound) {
-            tracing::warn!(%peer, ?protocol, error = %e, "inbound request dropped");
-            return;
+        // Never wait for the application here. A full queue means it is far behind:
+        // the caller is told so, and retries.
+        match self.inbound.try_send(inbound) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(%peer, ?protocol, "inbound queue full; request refused as busy");
+                self.refuse_busy(protocol, channel);
+                return;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!(%peer, ?protocol, "inbound request dropped: shutting down");
+                return;
+            }
         }
         let commands = self.command_tx.clone();
         let cancel = self.cancel.clone();
@@ -460,6 +479,18 @@ impl SwarmTask {
         });
     }
 
+    fn refuse_busy(&mut self, protocol: Protocol, channel: ResponseChannel<Response>) {
+        let b = self.swarm.behaviour_mut();
+        let rr = match protocol {
+            Protocol::Raft => &mut b.raft,
+            Protocol::Rpc => &mut b.rpc,
+        };
+        let busy = Response::Refused(Refusal::busy(self.inflight.max()));
+        if rr.send_response(channel, busy).is_ok() {
+            self.bandwidth.sent(protocol, Payload::CBOR_OVERHEAD);
+        }
+    }
+
     fn listener_failed(&mut self, id: ListenerId, reason: String) {
         if self.pending_listeners.remove(&id)
             && let Some(ready) = self.ready.take()
@@ -487,6 +518,19 @@ fn dialable(peer: PeerId, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
         .into_iter()
         .filter_map(|a| a.with_p2p(peer).ok())
         .collect()
+}
+
+/// What a caller sees of a refusal.
+fn refused(protocol: Protocol, peer: PeerId, r: Refusal) -> P2pError {
+    let what = format!("{} request to {peer}", protocol.stream_protocol());
+    if r.refused == Refusal::BUSY {
+        P2pError::Busy(format!(
+            "{what}: refused unanswered (at most {} requests of one peer in flight there); retry",
+            r.max_in_flight
+        ))
+    } else {
+        P2pError::Remote(format!("{what}: refused ({})", r.refused))
+    }
 }
 
 fn outbound_error(

@@ -332,3 +332,6 @@ async fn bandwidth_counts_each_protocols_messages_both_ways() {
     a.stop().await;
     b.stop().await;
 }
+
+#[path = "busy_tests.rs"]
+mod busy;
