@@ -26,5 +26,8 @@ pub mod state;
 pub mod store;
 pub mod types;
 
+#[cfg(test)]
+mod hung_daemon_tests;
+
 /// Version reported by `/version`, `/id` and `version` commands.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

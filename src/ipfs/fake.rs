@@ -24,6 +24,11 @@ pub struct FakeState {
     pub fail_pins: Option<String>,
     /// How long `pin/add` takes.
     pub pin_delay: Duration,
+    /// While set, `pin/add`, `pin/rm` and `pin/ls` never answer: a daemon that
+    /// hangs. Cleared, the calls waiting go on.
+    pub hang_pins: bool,
+    /// Calls that met `hang_pins`.
+    pub hung_calls: u64,
 }
 
 /// A running fake daemon.
@@ -97,6 +102,16 @@ async fn handle(st: Arc<Mutex<FakeState>>, path: &str, q: Vec<(String, String)>)
         .unwrap_or_default();
     let get = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let lock = || st.lock().unwrap_or_else(|p| p.into_inner());
+    if matches!(
+        path,
+        "/api/v0/pin/add" | "/api/v0/pin/rm" | "/api/v0/pin/ls"
+    ) && lock().hang_pins
+    {
+        lock().hung_calls += 1;
+        while lock().hang_pins {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     match path {
         "/api/v0/id" => json(
             StatusCode::OK,
