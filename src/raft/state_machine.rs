@@ -685,17 +685,37 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         use tokio::io::AsyncWriteExt;
         snapshot.flush().await.map_err(snap_err)?;
-        snapshot.sync_all().await.map_err(snap_err)?;
-        drop(snapshot);
+        let mut file = (*snapshot).into_std().await;
         let this = self.clone();
         let owned_meta = meta.clone();
         blocking(move || {
-            let path = this
+            use std::os::unix::fs::MetadataExt;
+            let receiving = this
                 .receiving
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .ok_or_else(|| snap_err(Corrupt("no snapshot was being received".into())))?;
+                .take();
+            let at = |m: std::fs::Metadata| (m.dev(), m.ino());
+            let ours = file.metadata().map(at).ok();
+            // A snapshot received in chunks comes back in the file
+            // begin_receiving_snapshot gave; one handed over whole
+            // (install_full_snapshot, openraft's test suite) is another file,
+            // copied in here rather than ignored.
+            let path = match receiving {
+                Some(p) if ours.is_some() && std::fs::metadata(&p).map(at).ok() == ours => p,
+                other => {
+                    if let Some(p) = other {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    let (tmp, mut out) = this.temp_file("recv")?;
+                    std::io::Seek::rewind(&mut file).map_err(read_snap_err)?;
+                    std::io::copy(&mut file, &mut out).map_err(snap_err)?;
+                    file = out;
+                    tmp
+                }
+            };
+            file.sync_all().map_err(snap_err)?;
+            drop(file);
             let name = this.publish(&path, &owned_meta.snapshot_id)?;
             this.install_file(&owned_meta, &name)
         })
