@@ -1,7 +1,10 @@
 //! Seeded in-process multi-peer tests: 3–5 Raft nodes on the real log store and
 //! state machine (sled and redb mixed), joined by an in-memory network that, from
 //! a seeded RNG, cuts links (partitions, one-way cuts, an isolated leader), delays
-//! messages, drops requests, drops replies and delivers requests twice. Messages
+//! messages, drops requests, drops replies and delivers requests twice, while
+//! nodes (the leader half the time) are stopped and started again from their
+//! stores (a clean stop of the process, not a power cut: what the stores had
+//! written stays, as after kill -9; `scripts/chaos.sh` kills real peers). Messages
 //! cross it in their wire encoding (`RaftRpc`/`RaftReply`, CBOR). Clients pin and
 //! unpin their own CIDs concurrently, retrying each operation until it is
 //! acknowledged (as the peer's write path does), through the same faults.
@@ -65,7 +68,10 @@ struct Net {
     faults: Faults,
     /// Directed links that deliver nothing.
     cut: HashSet<(NodeId, NodeId)>,
-    nodes: HashMap<NodeId, Raft<TypeConfig>>,
+    /// The nodes up now (a restarting node is missing).
+    nodes: HashMap<NodeId, Node>,
+    backends: HashMap<NodeId, Backend>,
+    root: std::path::PathBuf,
     stats: Stats,
 }
 
@@ -77,6 +83,7 @@ struct Stats {
     dropped_replies: u64,
     duplicated: u64,
     partitions: u64,
+    restarts: u64,
     snapshot_chunks: u64,
     acked: u64,
     client_failures: u64,
@@ -181,7 +188,7 @@ impl SimClient {
             let mut net = lock(&self.net);
             net.stats.snapshot_chunks += u64::from(is_snapshot);
             let plan = net.plan(self.from, self.to);
-            (plan, net.nodes.get(&self.to).cloned())
+            (plan, net.nodes.get(&self.to).map(|n| n.raft.clone()))
         };
         let unreachable =
             |m: &str| RPCError::Unreachable(Unreachable::new(&SimError(m.to_string())));
@@ -283,10 +290,26 @@ struct Node {
     state: PinState,
 }
 
-async fn start_node(id: NodeId, backend: Backend, root: &std::path::Path, net: &Shared) -> Node {
-    let dir = root.join(format!("node-{id}"));
+/// Starts node `id` on its folder (again, after a restart) and joins it to the network.
+async fn start_node(id: NodeId, net: &Shared) {
+    let (dir, backend) = {
+        let n = lock(net);
+        (n.root.join(format!("node-{id}")), n.backends[&id])
+    };
     std::fs::create_dir_all(&dir).expect("node folder");
-    let db = store::open(&dir, backend).expect("store");
+    // A node just stopped may still hold its store for a moment (its state
+    // machine task ends after the Raft core).
+    let mut tries = 0;
+    let db = loop {
+        match store::open(&dir, backend) {
+            Ok(db) => break db,
+            Err(e) => {
+                tries += 1;
+                assert!(tries < 200, "node {id}'s store does not reopen: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
     let log = LogStore::new(db.tree("raft_log").expect("tree"));
     let state = PinState::new(db.tree("state").expect("tree"));
     let (events, _) = tokio::sync::broadcast::channel(64);
@@ -323,8 +346,23 @@ async fn start_node(id: NodeId, backend: Backend, root: &std::path::Path, net: &
     )
     .await
     .expect("raft starts");
-    lock(net).nodes.insert(id, raft.clone());
-    Node { raft, state }
+    lock(net).nodes.insert(id, Node { raft, state });
+}
+
+/// Stops node `id` (its Raft, then its store) for `down`, then starts it again
+/// from its folder.
+async fn restart_node(id: NodeId, down: Duration, net: &Shared) {
+    let Some(node) = lock(net).nodes.remove(&id) else {
+        return;
+    };
+    let _ = node.raft.shutdown().await;
+    drop(node);
+    tokio::time::sleep(down).await;
+    start_node(id, net).await;
+}
+
+fn raft_of(net: &Shared, id: NodeId) -> Option<Raft<TypeConfig>> {
+    lock(net).nodes.get(&id).map(|n| n.raft.clone())
 }
 
 /// One client: `ops` operations on its own CIDs, each retried until acknowledged.
@@ -332,13 +370,13 @@ async fn start_node(id: NodeId, backend: Backend, root: &std::path::Path, net: &
 async fn client(
     id: u64,
     ops: usize,
-    nodes: Vec<Raft<TypeConfig>>,
+    nodes: Vec<NodeId>,
     net: Shared,
     seed: u64,
 ) -> BTreeMap<u64, bool> {
     let mut rng = StdRng::seed_from_u64(seed ^ (id << 32));
     let mut expected = BTreeMap::new();
-    let mut target = rng.gen_range(0..nodes.len());
+    let mut target = nodes[rng.gen_range(0..nodes.len())];
     for _ in 0..ops {
         let n = id * 1_000 + rng.gen_range(0..8u64);
         let pin = rng.gen_bool(0.6);
@@ -357,8 +395,14 @@ async fn client(
                     net.rng.gen_range(0..100) < f.duplicate,
                 )
             };
-            let raft = nodes[target].clone();
             let batch = LogBatch(vec![Request::new(op.clone())]);
+            let Some(raft) = raft_of(&net, target) else {
+                // Down: the client's connection is refused.
+                lock(&net).stats.client_failures += 1;
+                target = nodes[rng.gen_range(0..nodes.len())];
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
             if duplicate {
                 let (raft, batch) = (raft.clone(), batch.clone());
                 tokio::spawn(async move {
@@ -381,14 +425,14 @@ async fn client(
                 }
                 Some(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                     target = match f.leader_id {
-                        Some(l) => (l - 1) as usize,
-                        None => rng.gen_range(0..nodes.len()),
+                        Some(l) => l,
+                        None => nodes[rng.gen_range(0..nodes.len())],
                     };
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 _ => {
                     lock(&net).stats.client_failures += 1;
-                    target = rng.gen_range(0..nodes.len());
+                    target = nodes[rng.gen_range(0..nodes.len())];
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -404,14 +448,15 @@ async fn client(
 async fn nemesis(net: Shared, ids: Vec<NodeId>, stop: Arc<std::sync::atomic::AtomicBool>) {
     use std::sync::atomic::Ordering;
     while !stop.load(Ordering::SeqCst) {
-        let wait = {
+        let (wait, restart) = {
             let mut n = lock(&net);
             n.cut.clear();
             let leader = n
                 .nodes
                 .values()
-                .find_map(|r| r.metrics().borrow().current_leader);
-            let choice = n.rng.gen_range(0..5);
+                .find_map(|node| node.raft.metrics().borrow().current_leader);
+            let choice = n.rng.gen_range(0..6);
+            let mut restart = None;
             let mut group: BTreeSet<NodeId> = BTreeSet::new();
             match choice {
                 // Healed.
@@ -428,6 +473,16 @@ async fn nemesis(net: Shared, ids: Vec<NodeId>, stop: Arc<std::sync::atomic::Ato
                     while group.len() < k {
                         group.insert(ids[n.rng.gen_range(0..ids.len())]);
                     }
+                }
+                // A node (the leader half the time) stops and starts again
+                // from its stores, the network otherwise healed.
+                5 => {
+                    let victim = match leader {
+                        Some(l) if n.rng.gen_bool(0.5) => l,
+                        _ => ids[n.rng.gen_range(0..ids.len())],
+                    };
+                    restart = Some(victim);
+                    n.stats.restarts += 1;
                 }
                 // One-way: a node hears nobody (it still sends).
                 _ => {
@@ -450,9 +505,12 @@ async fn nemesis(net: Shared, ids: Vec<NodeId>, stop: Arc<std::sync::atomic::Ato
             if !n.cut.is_empty() {
                 n.stats.partitions += 1;
             }
-            Duration::from_millis(n.rng.gen_range(200..1500))
+            (Duration::from_millis(n.rng.gen_range(200..1500)), restart)
         };
-        tokio::time::sleep(wait).await;
+        match restart {
+            Some(id) => restart_node(id, wait, &net).await,
+            None => tokio::time::sleep(wait).await,
+        }
     }
     lock(&net).cut.clear();
 }
@@ -471,18 +529,23 @@ async fn run(seed: u64, n: u64, clients: u64, ops: usize) {
         faults,
         cut: HashSet::new(),
         nodes: HashMap::new(),
+        // Both stores in one cluster, as peers choose their own.
+        backends: (1..=n)
+            .map(|id| {
+                let b = if (seed + id).is_multiple_of(2) {
+                    Backend::Sled
+                } else {
+                    Backend::Redb
+                };
+                (id, b)
+            })
+            .collect(),
+        root: root.path().to_path_buf(),
         stats: Stats::default(),
     }));
     let ids: Vec<NodeId> = (1..=n).collect();
-    let mut nodes = Vec::new();
     for &id in &ids {
-        // Both stores in one cluster, as peers choose their own.
-        let backend = if (seed + id).is_multiple_of(2) {
-            Backend::Sled
-        } else {
-            Backend::Redb
-        };
-        nodes.push(start_node(id, backend, root.path(), &net).await);
+        start_node(id, &net).await;
     }
     let members: BTreeMap<NodeId, ClusterNode> = ids
         .iter()
@@ -496,20 +559,17 @@ async fn run(seed: u64, n: u64, clients: u64, ops: usize) {
             )
         })
         .collect();
-    nodes[0].raft.initialize(members).await.expect("initialize");
+    raft_of(&net, 1)
+        .expect("node 1 is up")
+        .initialize(members)
+        .await
+        .expect("initialize");
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let chaos = tokio::spawn(nemesis(net.clone(), ids.clone(), stop.clone()));
-    let rafts: Vec<_> = nodes.iter().map(|n| n.raft.clone()).collect();
     let mut handles = Vec::new();
     for c in 1..=clients {
-        handles.push(tokio::spawn(client(
-            c,
-            ops,
-            rafts.clone(),
-            net.clone(),
-            seed,
-        )));
+        handles.push(tokio::spawn(client(c, ops, ids.clone(), net.clone(), seed)));
     }
     let mut expected = BTreeMap::new();
     for h in handles {
@@ -518,6 +578,11 @@ async fn run(seed: u64, n: u64, clients: u64, ops: usize) {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     chaos.await.expect("nemesis task");
     lock(&net).faults = NO_FAULTS;
+    // Every node is up again: the nemesis waits out each restart.
+    let rafts: Vec<Raft<TypeConfig>> = ids
+        .iter()
+        .map(|&id| raft_of(&net, id).expect("every node is up"))
+        .collect();
 
     // Healed and quiet: one more write through the leader commits every entry
     // of earlier terms; then every node must apply up to it.
@@ -561,14 +626,13 @@ async fn run(seed: u64, n: u64, clients: u64, ops: usize) {
         "the nodes did not converge on one applied log ID after {last}: {applied:?}"
     );
 
-    let pinsets: Vec<BTreeSet<Cid>> = nodes
+    let states: Vec<PinState> = ids
         .iter()
-        .map(|n| {
-            n.state
-                .list()
-                .map(|p| p.expect("state readable").cid)
-                .collect()
-        })
+        .map(|id| lock(&net).nodes[id].state.clone())
+        .collect();
+    let pinsets: Vec<BTreeSet<Cid>> = states
+        .iter()
+        .map(|st| st.list().map(|p| p.expect("state readable").cid).collect())
         .collect();
     for (i, p) in pinsets.iter().enumerate().skip(1) {
         assert_eq!(
