@@ -3,8 +3,8 @@
 //! a seeded RNG, cuts links (partitions, one-way cuts, an isolated leader), delays
 //! messages, drops requests, drops replies and delivers requests twice, while
 //! nodes (the leader half the time) are stopped and started again from their
-//! stores (a clean stop of the process, not a power cut: what the stores had
-//! written stays, as after kill -9; `scripts/chaos.sh` kills real peers). Messages
+//! stores (a clean stop, its stores closed: neither kill -9 nor a power cut,
+//! which `scripts/chaos.sh` does to real peers). Messages
 //! cross it in their wire encoding (`RaftRpc`/`RaftReply`, CBOR). Clients pin and
 //! unpin their own CIDs concurrently, retrying each operation until it is
 //! acknowledged (as the peer's write path does), through the same faults.
