@@ -646,9 +646,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             let tree = this.state.tree();
             let _guard = this.lock_apply();
-            // One durable write per call, however many entries openraft handed us.
+            // Atomic, not flushed: the entries are durable in the log already,
+            // and the log's next flush (the store's flush covers every tree,
+            // a purge included) makes this durable too. A crash before it
+            // leaves the state at an earlier applied index, consistent with its
+            // marker, and openraft applies the rest of the log again.
             tree.apply(batch).map_err(sm_err)?;
-            tree.flush().map_err(sm_err)?;
             Ok((results, events))
         })
         .await?;
