@@ -380,9 +380,10 @@ async fn run_ingest(bin: &Path, o: &Opts, nodes: &[String]) -> Vec<(String, Figu
 }
 
 /// `state import` of `n` pins into a new single peer, then its start to ready.
-fn run_import(bin: &Path, export: &Path, node: &str) -> (f64, f64) {
+fn run_import(bin: &Path, export: &Path, node: &str, init_args: &[String]) -> (f64, f64) {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut p = Peer::init(bin, &root.path().join("p"), node, &[]);
+    let args: Vec<&str> = init_args.iter().map(String::as_str).collect();
+    let mut p = Peer::init(bin, &root.path().join("p"), node, &args);
     let t = Instant::now();
     let st = Command::new(bin)
         .args([
@@ -467,28 +468,43 @@ fn main() {
 
         let export = work.path().join("export.jsonl");
         write_export(&export, o.import);
-        let import_floor = store_floor(backend, o.import, 10_000);
-        let node = nodes[0].clone();
-        let (bin, exp) = (o.after.clone(), export.clone());
-        let (imp, start) = tokio::task::spawn_blocking(move || run_import(&bin, &exp, &node))
-            .await
-            .expect("import");
-        let floor_s = o.import as f64 / import_floor;
-        println!(
-            "state import of {} pins: {imp:.2} s (raw store floor {floor_s:.2} s, {:.1}x); start to ready {start:.2} s",
-            o.import,
-            imp / floor_s
-        );
-        if let Some(b) = &o.before {
-            let (bin, exp, node) = (b.clone(), export.clone(), nodes[0].clone());
-            let (bimp, bstart) = tokio::task::spawn_blocking(move || run_import(&bin, &exp, &node))
-                .await
-                .expect("import");
+        // The default store, then redb when it is not the default (the leaner
+        // store for large pinsets, chosen with `init --datastore redb`).
+        let mut stores = vec![backend];
+        if backend != Backend::Redb {
+            stores.push(Backend::Redb);
+        }
+        for store in stores {
+            let import_floor = store_floor(store, o.import, 10_000);
+            let args: Vec<String> = if store == backend {
+                Vec::new()
+            } else {
+                vec!["--datastore".into(), store.to_string()]
+            };
+            let node = nodes[0].clone();
+            let (bin, exp, a) = (o.after.clone(), export.clone(), args.clone());
+            let (imp, start) =
+                tokio::task::spawn_blocking(move || run_import(&bin, &exp, &node, &a))
+                    .await
+                    .expect("import");
+            let floor_s = o.import as f64 / import_floor;
             println!(
-                "  before: import {bimp:.2} s, start to ready {bstart:.2} s; after/before import {:.2}x, start {:.2}x",
-                imp / bimp,
-                start / bstart
+                "state import of {} pins ({store}): {imp:.2} s (raw store floor {floor_s:.2} s, {:.1}x); start to ready {start:.2} s",
+                o.import,
+                imp / floor_s
             );
+            if let Some(b) = &o.before {
+                let (bin, exp, node) = (b.clone(), export.clone(), nodes[0].clone());
+                let (bimp, bstart) =
+                    tokio::task::spawn_blocking(move || run_import(&bin, &exp, &node, &args))
+                        .await
+                        .expect("import");
+                println!(
+                    "  before: import {bimp:.2} s, start to ready {bstart:.2} s; after/before import {:.2}x, start {:.2}x",
+                    imp / bimp,
+                    start / bstart
+                );
+            }
         }
         if o.smoke {
             assert!(after.iter().all(|(_, f)| f.done > 0));

@@ -1110,6 +1110,80 @@ fn basic_auth_on_the_proxy_and_the_connector() {
     }
 }
 
+/// A `state import` killed (kill -9) while it sorts and writes leaves the raft
+/// folder as it was: the peer starts with its old pinset, and the next import
+/// starts over and completes.
+#[test]
+fn a_state_import_killed_midway_changes_nothing() {
+    let mut c = start_cluster(1);
+    let old: Vec<String> = (0..5).map(|n| id_cid(9300 + n)).collect();
+    for cid in &old {
+        let (st, v) = post(&format!("{}/pin/add?arg={cid}", c.peers[0].proxy()));
+        assert_eq!(st, 200, "{v}");
+    }
+    c.peers[0].stop();
+    // Several MiB of pins through a pipe that stays open: the import reads
+    // and sorts them and then waits for more, until it is killed.
+    let mut child = std::process::Command::new(service_bin())
+        .args(["--config", &c.peers[0].dir.to_string_lossy()])
+        .args(["state", "import", "-f"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = String::new();
+    for n in 0..40_000 {
+        input.push_str(&format!(
+            "{{\"cid\": \"{}\", \"name\": \"bulk\"}}\n",
+            id_cid(100_000 + n)
+        ));
+    }
+    {
+        use std::io::Write;
+        let stdin = child.stdin.as_mut().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+    let staging = c.peers[0].dir.join("raft.import");
+    wait_until(
+        "the import to start writing",
+        Duration::from_secs(20),
+        || staging.is_dir(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the import ended early"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!c.peers[0].dir.join("raft.old.0").exists());
+
+    c.peers[0].start();
+    let mut want = old.clone();
+    want.sort();
+    assert_eq!(proxy_pins(&c.peers[0]), want);
+    c.peers[0].stop();
+
+    // A new import replaces the leftovers and the pinset.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pins.json");
+    let half: String = input
+        .lines()
+        .take(20_000)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, half).unwrap();
+    let out = state_cmd(&c.peers[0], &["import", "-f", &file.to_string_lossy()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("imported 20000 pins"));
+    assert!(!staging.exists());
+    c.peers[0].start();
+    assert_eq!(proxy_pins(&c.peers[0]).len(), 20_000);
+    c.peers[0].stop();
+}
+
 /// `ipfs-cluster-service state …` on the peer in `p`'s folder.
 fn state_cmd(p: &PeerProc, args: &[&str]) -> std::process::Output {
     std::process::Command::new(service_bin())

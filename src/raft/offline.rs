@@ -172,6 +172,8 @@ pub fn import(
     drop((sm, log));
     backup_raft_dir(dir, cfg.consensus.raft.backups_rotate)?;
     std::fs::rename(staging.keep(), &raft_dir)?;
+    // The rename made durable: a crash from here on finds the new folder.
+    std::fs::File::open(dir).and_then(|d| d.sync_all())?;
     Ok(n)
 }
 

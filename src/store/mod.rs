@@ -4,12 +4,14 @@
 //! sled is the one shipped. Each [`Tree`] is an ordered map whose batches are atomic
 //! and whose `flush` makes everything written so far durable.
 
+mod bulk;
 mod redb_store;
 mod sled_store;
 
 use std::path::Path;
 use std::sync::Arc;
 
+pub use bulk::SortedLoad;
 pub use redb_store::RedbStore;
 pub use sled_store::SledStore;
 
