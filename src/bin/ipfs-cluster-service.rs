@@ -107,12 +107,6 @@ enum StateCmd {
     },
 }
 
-// mimalloc: the proxy's per-call allocations (hyper's heads, header maps, bodies)
-// are small and short-lived, where it beats glibc's malloc (measured with
-// `scripts/bench.sh proxy`).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = cli.loglevel.clone().unwrap_or_else(|| {
