@@ -111,6 +111,7 @@ if [ "$MODE" = proxy ]; then
   BACKEND=$(port); BARE=$(port); NGINX=$(port)
   "$CARGO_TARGET_DIR/release/examples/bench-backend" serve "127.0.0.1:$BACKEND" & PIDS+=($!)
   "$CARGO_TARGET_DIR/release/examples/bench-backend" proxy "127.0.0.1:$BARE" "127.0.0.1:$BACKEND" & PIDS+=($!)
+  declare -A PID_OF=([bare]=$!)
   TARGETS="direct:$BACKEND bare:$BARE"
   if command -v nginx >/dev/null; then
     # As the reference figures: 1 worker, a kept-alive upstream, HTTP/1.1, no buffering.
@@ -131,6 +132,7 @@ http {
 }
 CONF
     nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' 2>/dev/null & PIDS+=($!)
+    NGINX_MASTER=$!
     TARGETS="direct:$BACKEND nginx:$NGINX bare:$BARE"
   else
     echo "nginx is not installed: its column is left out" >&2
@@ -139,12 +141,17 @@ CONF
     BASE_PROXY=$(port)
     run_peer "$PEER_BASE" "$WORK/base" "$BASE_PROXY" "$(port)" "$(port)" "$BACKEND"
     PIDS+=("$RUN_PID")
+    PID_OF[base]=$RUN_PID
     TARGETS="$TARGETS base:$BASE_PROXY"
   fi
   TARGETS="$TARGETS peer:$PROXY"
   bash scripts/ipfs-daemon.sh start "$WORK/ipfs" "$API" >/dev/null 2>&1
   start_peer "$BACKEND"
   for t in $TARGETS; do wait_http "http://127.0.0.1:${t#*:}/api/v0/version"; done
+  PID_OF[peer]=$PEER
+  [ -n "${NGINX_MASTER:-}" ] && PID_OF[nginx]=$(pgrep -P "$NGINX_MASTER" | head -n1)
+  # CPU time (user + system, clock ticks) a process has used so far.
+  ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
   echo 'wrk.method = "POST"' >"$WORK/post.lua"
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
   # wrk's latency percentiles and req/s, as "target conns req/s p50(µs)"
@@ -160,7 +167,18 @@ CONF
   for round in 1 2 3; do
     for load in "1 1" "32 2" "128 2"; do
       set -- $load
-      for t in $TARGETS; do wrk_run "${t%%:*}" "$1" "$2" "${t#*:}" >>"$WORK/results"; done
+      for t in $TARGETS; do
+        n=${t%%:*} pid=${PID_OF[${t%%:*}]:-}
+        [ -n "$pid" ] && t0=$(ticks "$pid")
+        line=$(wrk_run "$n" "$1" "$2" "${t#*:}")
+        echo "$line" >>"$WORK/results"
+        # CPU per call: the proxy's own CPU time over the calls it relayed, a
+        # figure the machine's other load moves far less than req/s.
+        if [ -n "$pid" ] && [ "$1" = 32 ]; then
+          echo "$line $(( $(ticks "$pid") - t0 ))" | awk -v hz="$(getconf CLK_TCK)" \
+            '{ printf "%s cpu %.2f 0\n", $1, $5 / hz * 1e6 / ($3 * 4) }' >>"$WORK/results"
+        fi
+      done
     done
     for t in $TARGETS; do
       if [ "${t%%:*}" = peer ]; then echo 5 >"/proc/$PEER/clear_refs"; before=$(kb VmRSS); fi
@@ -204,6 +222,12 @@ CONF
       "$(echo "$(median peer 32 3) / $(median nginx 32 3)" | bc -l)" "$(echo "$(median peer 128 3) / $(median nginx 128 3)" | bc -l)" \
       "$(echo "$(median peer 1 4) - $(median direct 1 4)" | bc)" "$(echo "$(median nginx 1 4) - $(median direct 1 4)" | bc)"
   fi
+  printf 'CPU per relayed call at 32 connections (µs, median of 3):'
+  for n in $names; do v=$(median "$n" cpu 3); [ -n "$v" ] && printf ' %s %.1f' "$n" "$v"; done
+  if [ -n "$(median nginx cpu 3)" ]; then
+    printf ' (peer/nginx %.2f×)' "$(echo "$(median peer cpu 3) / $(median nginx cpu 3)" | bc -l)"
+  fi
+  printf '\n'
   printf 'peer RSS growth over the 1 GiB stream: %s MiB (median of 3; largest %s MiB)\n' \
     "$(( $(median peer rss 3) / 1024 ))" "$(( $(awk '$1 == "peer" && $2 == "rss" { print $3 }' "$WORK/results" | sort -n | tail -n1) / 1024 ))"
   echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -248,6 +248,7 @@ where
         Accepting {
             tls: None,
             max_connections,
+            first: None,
         },
         handler,
         opts,
@@ -277,6 +278,7 @@ where
         Accepting {
             tls,
             max_connections: MAX_CONNECTIONS_PER_LISTENER,
+            first: None,
         },
         handler,
         opts,
@@ -315,11 +317,13 @@ where
 }
 
 /// As [`serve`], with a request handler made for each connection (so that it may
-/// keep state between the connection's requests) and any response body type.
+/// keep state between the connection's requests), any response body type, and
+/// an optional first pass over each connection.
 pub fn serve_connections<M, S, F, B>(
     name: &'static str,
     listeners: Vec<TcpListener>,
     make: M,
+    first: Option<FirstPass>,
     opts: ServerOptions,
     tasks: &TaskTracker,
     cancel: CancellationToken,
@@ -337,6 +341,7 @@ where
         Accepting {
             tls: None,
             max_connections: MAX_CONNECTIONS_PER_LISTENER,
+            first,
         },
         make,
         opts,
@@ -345,10 +350,90 @@ where
     )
 }
 
-/// How a listener takes connections: over TLS or not, and how many at once.
+/// How a listener takes connections: over TLS or not, how many at once, and
+/// whether a first pass serves plain connections before hyper.
 struct Accepting {
     tls: Option<tokio_rustls::TlsAcceptor>,
     max_connections: usize,
+    first: Option<FirstPass>,
+}
+
+/// A connection a [`FirstPass`] hands to hyper: the stream and the bytes it
+/// read from it without serving them.
+pub struct Handoff {
+    /// Read from `stream`, not served.
+    pub read: Bytes,
+    /// The client connection.
+    pub stream: tokio::net::TcpStream,
+}
+
+/// Serves a plain connection's calls before hyper does (the proxy's fast path);
+/// returns the connection for hyper at the first call it leaves to it, `None`
+/// once the connection is done. Told the client's address and the server's
+/// shutdown signal.
+pub type FirstPass = Arc<
+    dyn Fn(
+            tokio::net::TcpStream,
+            SocketAddr,
+            CancellationToken,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Option<Handoff>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A handed-over connection: the bytes already read come first.
+struct Prefixed(Handoff);
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let read = &mut self.0.read;
+        if !read.is_empty() {
+            let n = read.len().min(buf.remaining());
+            buf.put_slice(&read.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.0.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0.stream).poll_shutdown(cx)
+    }
 }
 
 /// The accept loop behind [`serve_tls`] and [`serve_connections`].
@@ -358,6 +443,7 @@ fn serve_inner<M, S, F, B>(
     Accepting {
         tls,
         max_connections,
+        first,
     }: Accepting,
     make: M,
     opts: ServerOptions,
@@ -377,12 +463,13 @@ where
         .filter_map(|l| l.local_addr().ok())
         .collect();
     for listener in listeners {
-        let (make, opts, cancel, conn_tasks, tls) = (
+        let (make, opts, cancel, conn_tasks, tls, first) = (
             make.clone(),
             opts.clone(),
             cancel.clone(),
             tasks.clone(),
             tls.clone(),
+            first.clone(),
         );
         tasks.spawn(async move {
             let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -445,6 +532,22 @@ where
                         Ok::<_, Infallible>(resp)
                     }
                 });
+                if let (None, Some(first)) = (&tls, &first) {
+                    let (first, watcher, builder) =
+                        (first.clone(), graceful.watcher(), builder.clone());
+                    let cancel = cancel.clone();
+                    conn_tasks.spawn(async move {
+                        let _permit = permit;
+                        let Some(handoff) = first(stream, remote, cancel).await else {
+                            return;
+                        };
+                        let io = TokioIo::new(Prefixed(handoff));
+                        if let Err(e) = watcher.watch(builder.serve_connection(io, svc)).await {
+                            tracing::debug!("{name}: connection from {remote}: {e}");
+                        }
+                    });
+                    continue;
+                }
                 let Some(tls) = tls.clone() else {
                     let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
                     conn_tasks.spawn(async move {

@@ -36,6 +36,18 @@ pub fn kubo_error(status: StatusCode, code: ErrorCode, message: &str) -> Respons
     )
 }
 
+/// The body of [`kubo_error`], for answers written without hyper.
+pub fn kubo_error_body(code: ErrorCode, message: &str) -> Vec<u8> {
+    let mut b = serde_json::to_vec(&KuboError {
+        message,
+        code: code as u8,
+        kind: "error",
+    })
+    .unwrap_or_default();
+    b.push(b'\n');
+    b
+}
+
 /// kubo's runtime error: HTTP 500, code 0.
 pub fn internal(message: &str) -> Response<Body> {
     kubo_error(

@@ -3,6 +3,7 @@
 //! daemon untouched.
 
 mod error;
+mod fastpath;
 mod headers;
 mod passthrough;
 mod pin;
@@ -143,6 +144,11 @@ impl Proxy {
             daemon: daemon_authorization(&node, connector),
             drop_client: cfg.basic_auth_credentials.is_some(),
         };
+        let fast_auth = auth
+            .daemon
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let proxy = Arc::new(Proxy {
             cluster,
             credentials: cfg.basic_auth_credentials.clone().map(Arc::new),
@@ -155,6 +161,26 @@ impl Proxy {
             header_read_timeout: cfg.read_header_timeout.0,
             max_header_bytes: cfg.max_header_bytes,
         };
+        // The fast path relays plain calls at the byte level. Calls with
+        // credentials to check, and daemons named by host name, take the general
+        // path only.
+        let daemon_addr = node.authority().parse::<SocketAddr>().ok();
+        let first = match daemon_addr {
+            Some(addr) if proxy.credentials.is_none() => {
+                let fast = Arc::new(fastpath::FastPath::new(
+                    addr,
+                    fast_auth,
+                    (cfg.read_header_timeout.0, cfg.idle_timeout.0),
+                    cfg.max_header_bytes,
+                    |m, p| route(m, p).is_some(),
+                ));
+                let first: crate::http::FirstPass = Arc::new(move |stream, remote, cancel| {
+                    Box::pin(fast.clone().serve(stream, remote, cancel))
+                });
+                Some(first)
+            }
+            _ => None,
+        };
         let addrs = crate::http::serve_connections(
             "ipfs proxy",
             listeners,
@@ -162,6 +188,7 @@ impl Proxy {
                 let (proxy, client) = (proxy.clone(), ClientConn::new(&proxy.upstream, remote));
                 move |req| handle(proxy.clone(), client.clone(), req)
             },
+            first,
             opts,
             tasks,
             cancel,
