@@ -25,12 +25,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use network::{
-    ForwardError, ForwardOp, ForwardReply, RaftRpc, decode as decode_payload,
+    CommittedV1, ForwardError, ForwardOp, ForwardReply, RaftRpc, decode as decode_payload,
     encode as encode_payload,
 };
 pub use state_machine::StateEvent;
 pub use types::{
-    ApplyResult, ClusterNode, LogBatch, LogOp, NodeId, Request, RequestId, TypeConfig, node_id_of,
+    ApplyResult, ClusterNode, Committed, Expect, LogBatch, LogOp, NodeId, Outcome, Prior, Request,
+    RequestId, TypeConfig, node_id_of,
 };
 
 use crate::config::RaftConfig;
@@ -62,15 +63,17 @@ pub enum ConsensusError {
     /// The peer is shutting down; the write may or may not have been committed.
     #[error("consensus is shutting down")]
     ShuttingDown,
-}
-
-/// The outcome of a committed [`LogOp`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Committed {
-    /// Whether the CID was in the pinset before the operation.
-    pub existed: bool,
-    /// The log index of the operation (events about it carry the same index).
-    pub index: u64,
+    /// The leader did not answer within the wait: the operation may still take
+    /// effect (a retry carrying the same request ID would learn its outcome).
+    #[error(
+        "no answer from the leader within {wait:?} ({last}): the operation may or may not take effect"
+    )]
+    Unanswered {
+        /// How long it was retried.
+        wait: Duration,
+        /// The last failure.
+        last: String,
+    },
 }
 
 /// This peer's view of Raft (`GET /raft`, an addition to upstream's API).
@@ -121,6 +124,10 @@ struct Inner {
     wait_for_leader: Duration,
     removed: CancellationToken,
     batcher: Batcher,
+    /// Test hook: replies to forwarded commits to drop (the leader applied them,
+    /// this peer hears nothing), as a lost reply on the network would.
+    #[cfg(test)]
+    drop_commit_replies: std::sync::atomic::AtomicUsize,
 }
 
 /// The folder of snapshot files inside the raft folder.
@@ -203,6 +210,8 @@ impl Consensus {
                 wait_for_leader: cfg.wait_for_leader_timeout.0,
                 removed: CancellationToken::new(),
                 batcher: Batcher::start(submit, BATCHES_IN_FLIGHT, MAX_BATCH),
+                #[cfg(test)]
+                drop_commit_replies: Default::default(),
             }
         });
         let c = Consensus { inner };
@@ -392,7 +401,10 @@ impl Consensus {
     async fn submit_batch(&self, ops: Vec<Request>) -> Result<Vec<Committed>, ConsensusError> {
         let n = ops.len();
         match self.submit(ForwardOp::Commit(LogBatch(ops))).await? {
-            ForwardReply::Committed(c) if c.len() == n => Ok(c),
+            ForwardReply::Outcomes(c) if c.len() == n => Ok(c),
+            ForwardReply::Committed(c) if c.len() == n => {
+                Ok(c.into_iter().map(Into::into).collect())
+            }
             other => Err(ConsensusError::Raft(format!(
                 "unexpected reply to a batch of {n}: {other:?}"
             ))),
@@ -442,10 +454,17 @@ impl Consensus {
             match res {
                 Ok(r) => return Ok(r),
                 Err(ForwardError::Failed(m)) => return Err(ConsensusError::Raft(m)),
-                Err(ForwardError::NotLeader) if Instant::now() < deadline => {
+                // The same op again: its requests keep their IDs, so a write
+                // whose first attempt was applied is answered, not applied twice.
+                Err(ForwardError::NotLeader | ForwardError::Unreachable(_))
+                    if Instant::now() < deadline =>
+                {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(ForwardError::NotLeader) => return Err(ConsensusError::NoLeader(wait)),
+                Err(ForwardError::Unreachable(last)) => {
+                    return Err(ConsensusError::Unanswered { wait, last });
+                }
             }
         }
     }
@@ -459,13 +478,28 @@ impl Consensus {
     }
 
     async fn forward_to(&self, peer: PeerId, op: ForwardOp) -> Result<ForwardReply, ForwardError> {
+        #[cfg(test)]
+        let is_commit = matches!(op, ForwardOp::Commit(_));
         let bytes = self
             .inner
             .p2p
             .request(peer, Protocol::Raft, encode(&RaftRpc::Forward(op)))
             .await
-            // A leader we cannot reach is as good as no leader: wait for another.
-            .map_err(|_| ForwardError::NotLeader)?;
+            .map_err(|e| ForwardError::Unreachable(format!("{peer}: {e}")))?;
+        #[cfg(test)]
+        if is_commit
+            && self
+                .inner
+                .drop_commit_replies
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok()
+        {
+            return Err(ForwardError::Unreachable("reply dropped by a test".into()));
+        }
         match decode::<RaftReply>(&bytes) {
             Ok(RaftReply::Forward(r)) => r,
             Ok(other) => Err(ForwardError::Failed(format!("unexpected reply {other:?}"))),
@@ -483,20 +517,13 @@ impl Consensus {
             .client_write(batch)
             .await
             .map_err(write_error)?;
-        let index = resp.log_id.index;
-        if resp.data.existed.len() != n {
+        if resp.data.outcomes.len() != n {
             return Err(ForwardError::Failed(format!(
                 "applying a batch of {n} gave {} results",
-                resp.data.existed.len()
+                resp.data.outcomes.len()
             )));
         }
-        Ok(ForwardReply::Committed(
-            resp.data
-                .existed
-                .into_iter()
-                .map(|existed| Committed { existed, index })
-                .collect(),
-        ))
+        Ok(ForwardReply::Outcomes(resp.data.outcomes))
     }
 
     /// Runs `op` here, as the leader.
@@ -590,12 +617,15 @@ impl Consensus {
                         .batcher
                         .commit(batch.0)
                         .await
-                        .map(ForwardReply::Committed),
+                        .map(ForwardReply::Outcomes),
                     // A peer that is joining does not know the leader yet: pass it on.
                     op => self.submit(op).await,
                 };
                 RaftReply::Forward(res.map_err(|e| match e {
-                    ConsensusError::NoLeader(_) => ForwardError::NotLeader,
+                    // The sender asks the (next) leader again, with the same IDs.
+                    ConsensusError::NoLeader(_)
+                    | ConsensusError::ShuttingDown
+                    | ConsensusError::Unanswered { .. } => ForwardError::NotLeader,
                     other => ForwardError::Failed(other.to_string()),
                 }))
             }

@@ -45,25 +45,57 @@ pub enum ForwardOp {
 }
 
 /// The leader's answer to a [`ForwardOp`].
+///
+/// Versioned by variant: a peer reads every variant an earlier version sends,
+/// and answers with the newest; a peer of an earlier version fails to decode a
+/// newer variant (a clear error, never a misread), so the protocol name stays.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardReply {
-    /// The committed operations, in order.
-    Committed(Vec<super::Committed>),
+    /// The committed operations, in order, as peers of the previous version
+    /// answer (no conditional requests there: each took effect).
+    Committed(Vec<CommittedV1>),
     /// Done.
     Done,
     /// The read index.
     ReadIndex(u64),
+    /// The outcome of each request, in order.
+    Outcomes(Vec<super::Committed>),
 }
 
-/// Why a forwarded operation failed.
+/// A committed operation as peers of the previous version report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedV1 {
+    /// Whether the CID was in the pinset before the operation.
+    pub existed: bool,
+    /// The log index of the operation.
+    pub index: u64,
+}
+
+impl From<CommittedV1> for super::Committed {
+    fn from(c: CommittedV1) -> Self {
+        super::Committed {
+            outcome: super::Outcome::Applied { existed: c.existed },
+            index: c.index,
+        }
+    }
+}
+
+/// Why a forwarded operation failed, by what the sender may do about it.
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
 pub enum ForwardError {
-    /// The receiver is not (or no longer) the leader: ask again.
+    /// The receiver is not (or no longer) the leader, or is shutting down: ask
+    /// the leader again.
     #[error("not the leader")]
     NotLeader,
     /// It failed for good.
     #[error("{0}")]
     Failed(String),
+    /// No answer: the leader could not be reached, or its reply was lost. The
+    /// operation may have taken effect; it is sent again (with the same request
+    /// IDs, so that it takes effect at most once) until the wait ends. Never
+    /// sent by a leader.
+    #[error("no answer from the leader: {0}")]
+    Unreachable(String),
 }
 
 /// The answer to a [`RaftRpc`].
