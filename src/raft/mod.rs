@@ -814,3 +814,174 @@ fn initial_members(
     }
     Ok(members)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::GoDuration;
+    use crate::p2p::P2pConfig;
+    use crate::types::{Cid, Pin, PinOptions};
+    use std::sync::atomic::Ordering;
+
+    /// One in-process peer: its host, its consensus, and what it owns.
+    struct Node {
+        consensus: Consensus,
+        events: tokio::sync::broadcast::Receiver<StateEvent>,
+        tasks: TaskTracker,
+        cancel: CancellationToken,
+        _dir: tempfile::TempDir,
+    }
+
+    /// `n` peers over libp2p on 127.0.0.1, bootstrapped together.
+    async fn start_peers(n: usize) -> Vec<Node> {
+        let mut hosts = Vec::new();
+        for _ in 0..n {
+            let tasks = TaskTracker::new();
+            let cancel = CancellationToken::new();
+            let (p2p, inbound) = P2p::start(
+                P2pConfig {
+                    keypair: libp2p_identity::Keypair::generate_ed25519(),
+                    secret: Some([7; 32]),
+                    listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                    request_timeout: Duration::from_secs(10),
+                    peerstore: None,
+                },
+                &tasks,
+                cancel.clone(),
+            )
+            .await
+            .unwrap();
+            let addr = p2p.listen_addrs().await[0].to_string();
+            hosts.push((p2p, inbound, tasks, cancel, addr));
+        }
+        let full: Vec<String> = hosts
+            .iter()
+            .map(|(p, _, _, _, a)| format!("{a}/p2p/{}", p.peer_id()))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (p2p, mut inbound, tasks, cancel, addr)) in hosts.into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = RaftConfig {
+                init_peerset: full.clone(),
+                heartbeat_timeout: GoDuration(Duration::from_millis(100)),
+                election_timeout: GoDuration(Duration::from_millis(500)),
+                wait_for_leader_timeout: GoDuration(Duration::from_secs(10)),
+                network_timeout: GoDuration(Duration::from_secs(2)),
+                ..Default::default()
+            };
+            for (j, a) in full.iter().enumerate() {
+                if let (true, Some((peer, addr))) = (j != i, split_p2p(&a.parse().unwrap())) {
+                    p2p.add_address(peer, addr).await;
+                }
+            }
+            let (tx, events) = tokio::sync::broadcast::channel(1024);
+            let consensus = Consensus::start(ConsensusOptions {
+                dir: &dir.path().join("raft"),
+                p2p: p2p.clone(),
+                node: ClusterNode {
+                    peer_id: p2p.peer_id().to_string(),
+                    addr,
+                    name: format!("peer{i}"),
+                },
+                cfg: &cfg,
+                bootstrap: &[],
+                events: tx,
+            })
+            .await
+            .unwrap();
+            let (c, stop, t) = (consensus.clone(), cancel.clone(), tasks.clone());
+            tasks.spawn(async move {
+                loop {
+                    let req = tokio::select! {
+                        r = inbound.recv() => r,
+                        _ = stop.cancelled() => None,
+                    };
+                    let Some(req) = req else { break };
+                    let c = c.clone();
+                    t.spawn(async move {
+                        let _ = req.reply.send(c.handle_rpc(&req.peer, &req.payload).await);
+                    });
+                }
+            });
+            nodes.push(Node {
+                consensus,
+                events,
+                tasks,
+                cancel,
+                _dir: dir,
+            });
+        }
+        nodes
+    }
+
+    async fn stop(nodes: Vec<Node>) {
+        for n in nodes {
+            n.consensus.shutdown().await;
+            n.cancel.cancel();
+            n.tasks.close();
+            let _ = tokio::time::timeout(Duration::from_secs(10), n.tasks.wait()).await;
+        }
+    }
+
+    fn cid(n: u64) -> Cid {
+        Cid(cid::Cid::new_v1(
+            0x55,
+            cid::multihash::Multihash::wrap(0x00, &n.to_be_bytes()).unwrap(),
+        ))
+    }
+
+    /// The duplicate-reply test: a follower's forwarded write is committed by
+    /// the leader, its reply is lost, and the follower sends it again with the
+    /// same request ID. It is applied once and the retry gets the first result.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_forwarded_write_whose_reply_is_lost_is_applied_once() {
+        let mut nodes = start_peers(3).await;
+        let leader = nodes[0].consensus.wait_for_leader().await.unwrap();
+        for n in &nodes {
+            n.consensus.wait_ready().await.unwrap();
+        }
+        let f = nodes
+            .iter()
+            .position(|n| n.consensus.node_id() != leader)
+            .unwrap();
+        let follower = nodes[f].consensus.clone();
+        let drops = &follower.inner.drop_commit_replies;
+
+        // A pin whose reply is lost: the retry answers "did not exist" (the
+        // first application's result), not "existed" (its own).
+        drops.store(1, Ordering::SeqCst);
+        let pin = Pin::new(cid(1), PinOptions::default());
+        let c = follower.commit(LogOp::Pin(Box::new(pin))).await.unwrap();
+        assert_eq!(drops.load(Ordering::SeqCst), 0, "no reply was dropped");
+        assert_eq!(c.outcome, Outcome::Applied { existed: false }, "{c:?}");
+        let first_pin = c.index;
+
+        // An unpin whose reply is lost: the retry answers "existed".
+        drops.store(1, Ordering::SeqCst);
+        let c = follower.commit(LogOp::Unpin(cid(1))).await.unwrap();
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        assert_eq!(c.outcome, Outcome::Applied { existed: true }, "{c:?}");
+
+        // Both retries made entries of their own after the first ones, and
+        // every peer applied them: each change is seen once, on every peer.
+        follower.wait_ready().await.unwrap();
+        let applied = follower.info().applied_index;
+        assert!(applied > c.index, "the retries were not committed");
+        for n in nodes.iter_mut() {
+            n.consensus.wait_applied(applied).await.unwrap();
+            assert!(!n.consensus.state().has(&cid(1)).unwrap());
+            let mut pinned = 0;
+            let mut unpinned = 0;
+            while let Ok(e) = n.events.try_recv() {
+                match e {
+                    StateEvent::Pinned(p) if p.cid == cid(1) => pinned += 1,
+                    StateEvent::Unpinned(c) if c == cid(1) => unpinned += 1,
+                    _ => {}
+                }
+            }
+            assert_eq!((pinned, unpinned), (1, 1), "changes seen on a peer");
+        }
+        assert!(first_pin < c.index);
+        stop(nodes).await;
+    }
+}
