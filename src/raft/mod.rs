@@ -815,6 +815,97 @@ fn initial_members(
     Ok(members)
 }
 
+/// The state machine's apply, timed outside the daemon (`benches/apply.rs`).
+#[cfg(feature = "fake-daemon")]
+#[doc(hidden)]
+pub mod bench {
+    use super::*;
+    use crate::types::{Cid, Pin, PinOptions};
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    /// What the requests of a run carry.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Kind {
+        /// No request ID: nothing recorded (the cost before request IDs counted).
+        NoId,
+        /// A request ID, recorded and looked up.
+        Id,
+        /// A request ID and a condition on the pin (absent), as the cluster sends.
+        IdAndCondition,
+    }
+
+    /// Applies `calls` apply calls of `entries` entries of `per_entry` new pins
+    /// each to a new state machine in `dir`, keeping request records for
+    /// `window` requests; returns the time the calls took.
+    pub async fn apply(
+        dir: &Path,
+        backend: store::Backend,
+        kind: Kind,
+        window: u64,
+        calls: u64,
+        entries: u64,
+        per_entry: u64,
+    ) -> Result<Duration, String> {
+        let db = store::open(dir, backend).map_err(|e| e.to_string())?;
+        let (tx, _) = tokio::sync::broadcast::channel(16);
+        let mut sm = StateMachine::new(
+            PinState::new(db.tree("state").map_err(|e| e.to_string())?),
+            db.tree("snapshot").map_err(|e| e.to_string())?,
+            dir.join("snapshots"),
+            tx,
+        );
+        sm.set_window(window);
+        let mut n = 0u64;
+        let mut index = 0u64;
+        let mut total = Duration::ZERO;
+        for _ in 0..calls {
+            let mut batch = Vec::with_capacity(entries as usize);
+            for _ in 0..entries {
+                index += 1;
+                let reqs = (0..per_entry)
+                    .map(|_| {
+                        n += 1;
+                        let cid = Cid(cid::Cid::new_v1(
+                            0x55,
+                            // Random keys, as real CIDs are.
+                            cid::multihash::Multihash::wrap(
+                                0x12,
+                                &<sha2::Sha256 as sha2::Digest>::digest(n.to_be_bytes()),
+                            )
+                            .map_err(|e| e.to_string())?,
+                        ));
+                        let op = LogOp::Pin(Box::new(Pin::new(cid, PinOptions::default())));
+                        Ok(match kind {
+                            Kind::NoId => Request {
+                                id: None,
+                                op,
+                                expect: Vec::new(),
+                            },
+                            Kind::Id => Request::new(op),
+                            Kind::IdAndCondition => Request::conditional(
+                                op,
+                                vec![Expect {
+                                    cid,
+                                    prior: Prior::Absent,
+                                }],
+                            ),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                batch.push(Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                    payload: EntryPayload::Normal(LogBatch(reqs)),
+                });
+            }
+            let t = Instant::now();
+            sm.apply(batch).await.map_err(|e| e.to_string())?;
+            total += t.elapsed();
+        }
+        Ok(total)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
