@@ -260,3 +260,49 @@ impl RaftNetwork<TypeConfig> for P2pClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{Committed, Outcome};
+
+    /// A reply of a peer of the previous version still reads, as outcomes; the
+    /// new reply round-trips.
+    #[test]
+    fn forward_replies_of_both_versions_decode() {
+        let old = encode(&RaftReply::Forward(Ok(ForwardReply::Committed(vec![
+            CommittedV1 {
+                existed: true,
+                index: 5,
+            },
+        ]))));
+        match decode::<RaftReply>(&old) {
+            Ok(RaftReply::Forward(Ok(ForwardReply::Committed(c)))) => {
+                let c: Vec<Committed> = c.into_iter().map(Into::into).collect();
+                assert_eq!(
+                    c,
+                    vec![Committed {
+                        outcome: Outcome::Applied { existed: true },
+                        index: 5
+                    }]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let new = vec![
+            Committed {
+                outcome: Outcome::Conflict,
+                index: 9,
+            },
+            Committed {
+                outcome: Outcome::Applied { existed: false },
+                index: 9,
+            },
+        ];
+        let b = encode(&RaftReply::Forward(Ok(ForwardReply::Outcomes(new.clone()))));
+        match decode::<RaftReply>(&b) {
+            Ok(RaftReply::Forward(Ok(ForwardReply::Outcomes(c)))) => assert_eq!(c, new),
+            other => panic!("{other:?}"),
+        }
+    }
+}
