@@ -23,6 +23,9 @@
 #     - 3 release peers before fake daemons (benches/scale_ingest.rs): REST and proxy
 #       pins/s and p50 at 1 and 64 connections, `state import` of 1,000,000 pins and
 #       start to ready, each next to a raw-store floor measured in the same run.
+#   scripts/bench.sh apply
+#     - the Raft state machine's apply of new pins without request IDs, with IDs
+#       (exactly-once records) and with IDs and conditions (benches/apply.rs).
 #   scripts/bench.sh scale
 #     - scale-ingest, then scale-pinset.
 set -euo pipefail
@@ -31,6 +34,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ipfs-cluster-rs/target
 MODE="${1:-all}"
 case "$MODE" in
   all | proxy) ;;
+  apply)
+    exec cargo bench --features fake-daemon --bench apply
+    ;;
   scale-ingest)
     shift
     exec cargo bench --features fake-daemon --bench scale_ingest -- "$@"
@@ -44,7 +50,7 @@ case "$MODE" in
     cargo bench --bench scale_pinset 2>&1 | grep -vE "^ *(Compiling|Finished|Running)"
     exit
     ;;
-  *) echo "usage: $0 [proxy|scale|scale-ingest|scale-pinset]" >&2; exit 2 ;;
+  *) echo "usage: $0 [proxy|apply|scale|scale-ingest|scale-pinset]" >&2; exit 2 ;;
 esac
 
 BIN="$CARGO_TARGET_DIR/release"

@@ -1317,3 +1317,81 @@ fn state_export_import_and_cleanup_on_a_stopped_cluster() {
     assert!(out.status.success());
     assert!(out.stdout.is_empty());
 }
+
+/// Runs `n` requests made by `make(i)` at once (threads released together) and
+/// returns their status codes in order.
+fn at_once(n: usize, make: impl Fn(usize) -> reqwest::blocking::RequestBuilder) -> Vec<u16> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let req = make(i);
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                req.send().expect("request").status().as_u16()
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// The pin of `cid` once every peer reads the same one (`None`: unpinned everywhere).
+fn agreed_pin(c: &Cluster, cid: &str) -> Option<Value> {
+    let mut last = None;
+    wait_until("peers to agree on a pin", Duration::from_secs(10), || {
+        let seen: Vec<Option<Value>> = c
+            .peers
+            .iter()
+            .map(|p| {
+                let r = http()
+                    .get(format!("{}/allocations/{cid}", p.rest()))
+                    .send()
+                    .unwrap();
+                (r.status().as_u16() == 200).then(|| r.json().unwrap())
+            })
+            .collect();
+        let same = seen.windows(2).all(|w| w[0] == w[1]);
+        last = seen.into_iter().next().flatten();
+        same
+    });
+    last
+}
+
+/// Concurrent clients on different peers writing the same pin get answers and
+/// leave a state that one serial order of their writes explains: a direct pin
+/// never replaces a recursive one (it is refused once the recursive pin is
+/// there), and of several unpins of one pin exactly one succeeds.
+#[test]
+fn concurrent_conflicting_writers_see_a_serial_order() {
+    let c = start_cluster(3);
+    let rest: Vec<String> = c.peers.iter().map(|p| p.rest()).collect();
+    for round in 0..6 {
+        let cid = id_cid(9000 + round);
+        // One recursive pin and four direct ones, on every peer at once.
+        let codes = at_once(5, |i| {
+            let mode = if i == 0 { "recursive" } else { "direct" };
+            http().post(format!("{}/pins/{cid}?mode={mode}", rest[(i + round) % 3]))
+        });
+        assert_eq!(codes[0], 200, "round {round}: {codes:?}");
+        assert!(
+            codes[1..].iter().all(|s| *s == 200 || *s == 400),
+            "round {round}: {codes:?}"
+        );
+        // Every write answered: wait until each peer applied them all.
+        std::thread::sleep(Duration::from_millis(300));
+        let pin = agreed_pin(&c, &cid).expect("pinned");
+        assert_eq!(pin["mode"], "recursive", "round {round}: {codes:?} {pin}");
+
+        // Six unpins of it at once: one succeeds, the others find it gone.
+        let codes = at_once(6, |i| {
+            http().delete(format!("{}/pins/{cid}", rest[(i + round) % 3]))
+        });
+        let ok = codes.iter().filter(|s| **s == 200).count();
+        assert!(
+            ok == 1 && codes.iter().all(|s| *s == 200 || *s == 404),
+            "round {round}: {codes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(agreed_pin(&c, &cid), None, "round {round}");
+    }
+}

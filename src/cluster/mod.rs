@@ -24,7 +24,9 @@ pub use tracker::{LocalStatus, OpKind, OpState, Phase, PinTracker, TrackerCounts
 use crate::config::{ClusterConfig, check_replication};
 use crate::ipfs::{IpfsConnector, IpfsError};
 use crate::p2p::{P2p, PeerId, Protocol};
-use crate::raft::{ClusterNode, Committed, Consensus, ConsensusError, LogOp};
+use crate::raft::{
+    ClusterNode, Committed, Consensus, ConsensusError, Expect, LogOp, Outcome, Prior, Request,
+};
 use crate::state::PageFrom;
 use crate::state::StateError;
 use crate::types::TrackerStatus;
@@ -62,7 +64,24 @@ pub enum ClusterError {
     /// The state could not be read.
     #[error(transparent)]
     State(#[from] StateError),
+    /// Other writes to the same pins kept changing them between this write's
+    /// decision and its commit; nothing was changed by it.
+    #[error("{cid} changed under {attempts} attempts to write it: try again")]
+    Conflict {
+        /// The pin written.
+        cid: Cid,
+        /// How many times the write was decided and committed.
+        attempts: usize,
+    },
 }
+
+/// How many times a conditional write is decided again after a conflict (another
+/// write to the same pin committed first) before the caller is told.
+const CONFLICT_ATTEMPTS: usize = 10;
+
+/// What a pin write decides on the pin as it is: its options and any further
+/// conditions, or `None` to write nothing.
+type PinDecision = Option<(PinOptions, Vec<Expect>)>;
 
 /// A peer's cluster component.
 #[derive(Clone)]
@@ -163,11 +182,12 @@ impl Cluster {
         }
     }
 
-    /// The allocations for `cid` within `min..=max`, never new ones on `exclude`;
-    /// with `evict`, excluded peers also lose the allocations they have.
+    /// The allocations within `min..=max` of a pin allocated to `current`, never
+    /// new ones on `exclude`; with `evict`, excluded peers also lose the
+    /// allocations they have.
     fn allocations(
         &self,
-        cid: &Cid,
+        current: &[String],
         options: &PinOptions,
         (min, max): (i32, i32),
         exclude: &[String],
@@ -176,13 +196,7 @@ impl Cluster {
         if min == -1 {
             return Ok(Vec::new());
         }
-        let current = self
-            .inner
-            .consensus
-            .state()
-            .get(cid)?
-            .map(|p| p.allocations)
-            .unwrap_or_default();
+        let current = current.to_vec();
         let peers: Vec<String> = self
             .inner
             .consensus
@@ -221,6 +235,78 @@ impl Cluster {
         exclude: &[String],
         evict: bool,
     ) -> Result<(Pin, Committed), ClusterError> {
+        self.pin_decided(cid, exclude, evict, |_| {
+            Ok(Some((options.clone(), Vec::new())))
+        })
+        .await?
+        .ok_or(ClusterError::NotFound)
+    }
+
+    /// Re-places the pin of `cid` as it is now, with its own options; `None`
+    /// when it is no longer pinned.
+    async fn repin_current(
+        &self,
+        cid: Cid,
+        exclude: &[String],
+        evict: bool,
+    ) -> Result<Option<(Pin, Committed)>, ClusterError> {
+        self.pin_decided(cid, exclude, evict, |cur| {
+            Ok(cur.map(|p| (p.options.clone(), Vec::new())))
+        })
+        .await
+    }
+
+    /// Pins `cid` as `decide` says from the pin as it is, conditional on the
+    /// pin (and whatever `decide` adds) being unchanged when the entry is
+    /// applied; decided again on the newer state after a conflict.
+    async fn pin_decided(
+        &self,
+        cid: Cid,
+        exclude: &[String],
+        evict: bool,
+        mut decide: impl FnMut(Option<&Pin>) -> Result<PinDecision, ClusterError>,
+    ) -> Result<Option<(Pin, Committed)>, ClusterError> {
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let current = self.inner.consensus.state().get_with_digest(&cid)?;
+            let existing = current.as_ref().map(|(p, _)| p);
+            let Some((options, mut expect)) = decide(existing)? else {
+                return Ok(None);
+            };
+            let pin = self.prepare_pin(cid, options, existing, exclude, evict)?;
+            expect.push(Expect {
+                cid,
+                prior: current.map_or(Prior::Absent, |(_, d)| Prior::Digest(d)),
+            });
+            let committed = self
+                .inner
+                .consensus
+                .commit_request(Request::conditional(
+                    LogOp::Pin(Box::new(pin.clone())),
+                    expect,
+                ))
+                .await?;
+            match committed.outcome {
+                Outcome::Applied { .. } => return Ok(Some((pin, committed))),
+                // The commit returned once the conflicting entry was applied
+                // here: the next read sees what changed.
+                Outcome::Conflict => {}
+            }
+        }
+        Err(ClusterError::Conflict {
+            cid,
+            attempts: CONFLICT_ATTEMPTS,
+        })
+    }
+
+    /// The pin to write for `cid` with `options`, over the pin `existing`.
+    fn prepare_pin(
+        &self,
+        cid: Cid,
+        options: PinOptions,
+        existing: Option<&Pin>,
+        exclude: &[String],
+        evict: bool,
+    ) -> Result<Pin, ClusterError> {
         let (mut min, mut max) = (
             options.replication_factor_min,
             options.replication_factor_max,
@@ -242,7 +328,7 @@ impl Cluster {
         let mut pin = Pin::new(cid, options);
         pin.options.replication_factor_min = min;
         pin.options.replication_factor_max = max;
-        if let Some(existing) = self.inner.consensus.state().get(&cid)?
+        if let Some(existing) = existing
             && existing.mode() == crate::types::PinMode::Recursive
             && pin.mode() == crate::types::PinMode::Direct
         {
@@ -250,33 +336,56 @@ impl Cluster {
                 "cannot pin {cid} as direct: it is already pinned recursively"
             )));
         }
+        let current = existing.map(|p| p.allocations.as_slice()).unwrap_or(&[]);
         // An empty allocation list means "everywhere", as upstream encodes -1/-1.
-        pin.allocations = self.allocations(&cid, &pin.options, (min, max), exclude, evict)?;
+        pin.allocations = self.allocations(current, &pin.options, (min, max), exclude, evict)?;
         // User allocations are a preference for this allocation only (upstream does
         // not persist them).
         pin.options.user_allocations.clear();
-        let committed = self
-            .inner
-            .consensus
-            .commit(LogOp::Pin(Box::new(pin.clone())))
-            .await?;
-        Ok((pin, committed))
+        Ok(pin)
     }
 
-    /// Unpins `cid`; fails with [`ClusterError::NotFound`] when it is not in the pinset.
+    /// Unpins `cid`; fails with [`ClusterError::NotFound`] when it is not in the
+    /// pinset. Linearizable: the unpin applies only to the pin this peer read
+    /// (else it is decided again), and "not found" is answered from a state at
+    /// least as recent as the leader's commit index when the call began.
     pub async fn unpin(&self, cid: Cid) -> Result<(Pin, Committed), ClusterError> {
-        let pin = self
-            .inner
-            .consensus
-            .state()
-            .get(&cid)?
-            .ok_or(ClusterError::NotFound)?;
-        let committed = self.inner.consensus.commit(LogOp::Unpin(cid)).await?;
-        if !committed.existed {
-            // Someone else unpinned it between our read and our write.
-            return Err(ClusterError::NotFound);
+        // Whether the local state is known to be as recent as a commit made
+        // during this call.
+        let mut fresh = false;
+        for _ in 0..CONFLICT_ATTEMPTS {
+            match self.inner.consensus.state().get_with_digest(&cid)? {
+                Some((pin, digest)) => {
+                    let committed = self
+                        .inner
+                        .consensus
+                        .commit_request(Request::conditional(
+                            LogOp::Unpin(cid),
+                            vec![Expect {
+                                cid,
+                                prior: Prior::Digest(digest),
+                            }],
+                        ))
+                        .await?;
+                    match committed.outcome {
+                        Outcome::Applied { .. } => return Ok((pin, committed)),
+                        // Changed or removed by another write, applied here now.
+                        Outcome::Conflict => fresh = true,
+                    }
+                }
+                None if fresh => return Err(ClusterError::NotFound),
+                // This peer may lag behind: read again once it applied what the
+                // leader had committed.
+                None => {
+                    self.inner.consensus.wait_ready().await?;
+                    fresh = true;
+                }
+            }
         }
-        Ok((pin, committed))
+        Err(ClusterError::Conflict {
+            cid,
+            attempts: CONFLICT_ATTEMPTS,
+        })
     }
 
     /// The pin for `cid`.
@@ -678,10 +787,7 @@ impl Cluster {
             .filter(|p| p.allocations.iter().any(|a| a == peer_id))
             .collect();
         for pin in allocated {
-            if let Err(e) = self
-                .pin_excluding(pin.cid, pin.options.clone(), &exclude, true)
-                .await
-            {
+            if let Err(e) = self.repin_current(pin.cid, &exclude, true).await {
                 tracing::warn!(cid = %pin.cid, "moving a pin off {peer_id}: {e}");
             }
         }
@@ -712,7 +818,7 @@ impl Cluster {
                 pin.options.replication_factor_min,
                 pin.options.replication_factor_max,
             );
-            match self.allocations(&pin.cid, &pin.options, (min, max), &exclude, false) {
+            match self.allocations(&pin.allocations, &pin.options, (min, max), &exclude, false) {
                 Ok(a) if a == pin.allocations => continue,
                 Ok(_) => {}
                 Err(e) => {
@@ -720,11 +826,10 @@ impl Cluster {
                     continue;
                 }
             }
-            match self
-                .pin_excluding(pin.cid, pin.options.clone(), &exclude, false)
-                .await
-            {
-                Ok(_) => repinned.push(pin.cid),
+            match self.repin_current(pin.cid, &exclude, false).await {
+                Ok(Some(_)) => repinned.push(pin.cid),
+                // Unpinned meanwhile.
+                Ok(None) => {}
                 Err(e) => tracing::warn!(cid = %pin.cid, "re-pin failed: {e}"),
             }
         }
@@ -1016,20 +1121,34 @@ impl Cluster {
         overrides: PinOptions,
         unpin: bool,
     ) -> Result<(Pin, Committed), ClusterError> {
-        let existing = self.inner.consensus.state().get(&from)?.ok_or_else(|| {
-            ClusterError::InvalidArgument("'from' cid was not recursively pinned already".into())
-        })?;
-        let mut options = existing.options.clone();
-        options.pin_update = Some(from);
-        if !overrides.name.is_empty() {
-            options.name = overrides.name;
-        }
-        if let Some(at) = overrides.expire_at.filter(|at| *at > chrono::Utc::now()) {
-            options.expire_at = Some(at);
-        }
-        // The allocations move with the pin: they are the first choice for `to`.
-        options.user_allocations = existing.allocations.clone();
-        let pinned = self.pin_excluding(to, options, &[], false).await?;
+        let state = self.inner.consensus.state().clone();
+        // Decided on `from` as it is, and applied only if it still is.
+        let decide = |_: Option<&Pin>| {
+            let (existing, digest) = state.get_with_digest(&from)?.ok_or_else(|| {
+                ClusterError::InvalidArgument(
+                    "'from' cid was not recursively pinned already".into(),
+                )
+            })?;
+            let mut options = existing.options.clone();
+            options.pin_update = Some(from);
+            if !overrides.name.is_empty() {
+                options.name = overrides.name.clone();
+            }
+            if let Some(at) = overrides.expire_at.filter(|at| *at > chrono::Utc::now()) {
+                options.expire_at = Some(at);
+            }
+            // The allocations move with the pin: they are the first choice for `to`.
+            options.user_allocations = existing.allocations.clone();
+            let expect = vec![Expect {
+                cid: from,
+                prior: Prior::Digest(digest),
+            }];
+            Ok(Some((options, expect)))
+        };
+        let pinned = self
+            .pin_decided(to, &[], false, decide)
+            .await?
+            .ok_or(ClusterError::NotFound)?;
         if unpin && from != to {
             self.unpin(from).await?;
         }

@@ -143,7 +143,7 @@ impl Drop for Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::LogOp;
+    use crate::raft::{LogOp, Outcome};
     use crate::types::Cid;
     use std::sync::Mutex;
     use std::time::Duration;
@@ -180,11 +180,13 @@ mod tests {
                     .iter()
                     .map(|r| match &r.op {
                         LogOp::Unpin(c) => Committed {
-                            existed: c.0.hash().digest()[3] % 2 == 1,
+                            outcome: Outcome::Applied {
+                                existed: c.0.hash().digest()[3] % 2 == 1,
+                            },
                             index: i,
                         },
                         LogOp::Pin(_) => Committed {
-                            existed: false,
+                            outcome: Outcome::Applied { existed: false },
                             index: i,
                         },
                     })
@@ -209,7 +211,11 @@ mod tests {
         for w in writers {
             let (n, r) = w.await.unwrap();
             assert_eq!(r.len(), 1);
-            assert_eq!(r[0].existed, n % 2 == 1, "writer {n} got another's result");
+            assert_eq!(
+                r[0].existed(),
+                n % 2 == 1,
+                "writer {n} got another's result"
+            );
         }
         let sizes = sizes.lock().unwrap().clone();
         assert_eq!(sizes.iter().sum::<usize>(), 200);
@@ -218,7 +224,7 @@ mod tests {
         // A group of several requests gets its answers in order.
         let r = b.commit(vec![unpin(1), unpin(2), unpin(3)]).await.unwrap();
         assert_eq!(
-            r.iter().map(|c| c.existed).collect::<Vec<_>>(),
+            r.iter().map(|c| c.existed()).collect::<Vec<_>>(),
             vec![true, false, true]
         );
     }

@@ -84,7 +84,7 @@ pub fn decode_meta<T: DeserializeOwned>(b: &[u8]) -> Result<T, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::{ClusterNode, LogOp, Request};
+    use crate::raft::{ClusterNode, Expect, LogOp, Prior, Request};
     use crate::types::{Cid, Pin, PinOptions};
     use openraft::{Membership, StoredMembership, Vote};
     use std::collections::{BTreeMap, BTreeSet};
@@ -117,7 +117,28 @@ mod tests {
                     Request {
                         id: None,
                         op: LogOp::Unpin(cid()),
+                        expect: Vec::new(),
                     },
+                ])),
+            },
+            // Format 2: conditions on the request's own and on another pin.
+            Entry {
+                log_id: id(4),
+                payload: EntryPayload::Normal(LogBatch(vec![
+                    Request::new(LogOp::Unpin(cid())),
+                    Request::conditional(
+                        LogOp::Unpin(cid()),
+                        vec![
+                            Expect {
+                                cid: cid(),
+                                prior: Prior::Digest([7; 16]),
+                            },
+                            Expect {
+                                cid: cid(),
+                                prior: Prior::Absent,
+                            },
+                        ],
+                    ),
                 ])),
             },
         ]
@@ -136,6 +157,13 @@ mod tests {
                 assert!(decode_entry(&bin[..n]).is_err(), "prefix {n} of {e:?}");
             }
         }
+        // Batches without conditions keep format 1, which the previous version reads.
+        let batch_format = |e: &Entry<TypeConfig>| match &e.payload {
+            EntryPayload::Normal(b) => b.encode()[0],
+            _ => 0,
+        };
+        let all = entries();
+        assert_eq!((batch_format(&all[2]), batch_format(&all[3])), (1, 2));
         // An entry as the previous version stored it: JSON, one LogOp.
         let old = format!(
             r#"{{"log_id":{{"leader_id":{{"term":2,"node_id":5}},"index":9}},"payload":{{"Normal":{{"Unpin":"{}"}}}}}}"#,

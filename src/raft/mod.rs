@@ -29,12 +29,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use network::{
-    ForwardError, ForwardOp, ForwardReply, RaftRpc, decode as decode_payload,
+    CommittedV1, ForwardError, ForwardOp, ForwardReply, RaftRpc, decode as decode_payload,
     encode as encode_payload,
 };
 pub use state_machine::StateEvent;
 pub use types::{
-    ApplyResult, ClusterNode, LogBatch, LogOp, NodeId, Request, RequestId, TypeConfig, node_id_of,
+    ApplyResult, ClusterNode, Committed, Expect, LogBatch, LogOp, NodeId, Outcome, Prior, Request,
+    RequestId, TypeConfig, node_id_of,
 };
 
 use crate::config::RaftConfig;
@@ -66,15 +67,17 @@ pub enum ConsensusError {
     /// The peer is shutting down; the write may or may not have been committed.
     #[error("consensus is shutting down")]
     ShuttingDown,
-}
-
-/// The outcome of a committed [`LogOp`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Committed {
-    /// Whether the CID was in the pinset before the operation.
-    pub existed: bool,
-    /// The log index of the operation (events about it carry the same index).
-    pub index: u64,
+    /// The leader did not answer within the wait: the operation may still take
+    /// effect (a retry carrying the same request ID would learn its outcome).
+    #[error(
+        "no answer from the leader within {wait:?} ({last}): the operation may or may not take effect"
+    )]
+    Unanswered {
+        /// How long it was retried.
+        wait: Duration,
+        /// The last failure.
+        last: String,
+    },
 }
 
 /// This peer's view of Raft (`GET /raft`, an addition to upstream's API).
@@ -125,6 +128,10 @@ struct Inner {
     wait_for_leader: Duration,
     removed: CancellationToken,
     batcher: Batcher,
+    /// Test hook: replies to forwarded commits to drop (the leader applied them,
+    /// this peer hears nothing), as a lost reply on the network would.
+    #[cfg(test)]
+    drop_commit_replies: std::sync::atomic::AtomicUsize,
 }
 
 /// The folder of snapshot files inside the raft folder.
@@ -207,6 +214,8 @@ impl Consensus {
                 wait_for_leader: cfg.wait_for_leader_timeout.0,
                 removed: CancellationToken::new(),
                 batcher: Batcher::start(submit, BATCHES_IN_FLIGHT, MAX_BATCH),
+                #[cfg(test)]
+                drop_commit_replies: Default::default(),
             }
         });
         let c = Consensus { inner };
@@ -396,7 +405,10 @@ impl Consensus {
     async fn submit_batch(&self, ops: Vec<Request>) -> Result<Vec<Committed>, ConsensusError> {
         let n = ops.len();
         match self.submit(ForwardOp::Commit(LogBatch(ops))).await? {
-            ForwardReply::Committed(c) if c.len() == n => Ok(c),
+            ForwardReply::Outcomes(c) if c.len() == n => Ok(c),
+            ForwardReply::Committed(c) if c.len() == n => {
+                Ok(c.into_iter().map(Into::into).collect())
+            }
             other => Err(ConsensusError::Raft(format!(
                 "unexpected reply to a batch of {n}: {other:?}"
             ))),
@@ -446,10 +458,17 @@ impl Consensus {
             match res {
                 Ok(r) => return Ok(r),
                 Err(ForwardError::Failed(m)) => return Err(ConsensusError::Raft(m)),
-                Err(ForwardError::NotLeader) if Instant::now() < deadline => {
+                // The same op again: its requests keep their IDs, so a write
+                // whose first attempt was applied is answered, not applied twice.
+                Err(ForwardError::NotLeader | ForwardError::Unreachable(_))
+                    if Instant::now() < deadline =>
+                {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(ForwardError::NotLeader) => return Err(ConsensusError::NoLeader(wait)),
+                Err(ForwardError::Unreachable(last)) => {
+                    return Err(ConsensusError::Unanswered { wait, last });
+                }
             }
         }
     }
@@ -463,13 +482,28 @@ impl Consensus {
     }
 
     async fn forward_to(&self, peer: PeerId, op: ForwardOp) -> Result<ForwardReply, ForwardError> {
+        #[cfg(test)]
+        let is_commit = matches!(op, ForwardOp::Commit(_));
         let bytes = self
             .inner
             .p2p
             .request(peer, Protocol::Raft, encode(&RaftRpc::Forward(op)))
             .await
-            // A leader we cannot reach is as good as no leader: wait for another.
-            .map_err(|_| ForwardError::NotLeader)?;
+            .map_err(|e| ForwardError::Unreachable(format!("{peer}: {e}")))?;
+        #[cfg(test)]
+        if is_commit
+            && self
+                .inner
+                .drop_commit_replies
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok()
+        {
+            return Err(ForwardError::Unreachable("reply dropped by a test".into()));
+        }
         match decode::<RaftReply>(&bytes) {
             Ok(RaftReply::Forward(r)) => r,
             Ok(other) => Err(ForwardError::Failed(format!("unexpected reply {other:?}"))),
@@ -487,20 +521,13 @@ impl Consensus {
             .client_write(batch)
             .await
             .map_err(write_error)?;
-        let index = resp.log_id.index;
-        if resp.data.existed.len() != n {
+        if resp.data.outcomes.len() != n {
             return Err(ForwardError::Failed(format!(
                 "applying a batch of {n} gave {} results",
-                resp.data.existed.len()
+                resp.data.outcomes.len()
             )));
         }
-        Ok(ForwardReply::Committed(
-            resp.data
-                .existed
-                .into_iter()
-                .map(|existed| Committed { existed, index })
-                .collect(),
-        ))
+        Ok(ForwardReply::Outcomes(resp.data.outcomes))
     }
 
     /// Runs `op` here, as the leader.
@@ -594,12 +621,15 @@ impl Consensus {
                         .batcher
                         .commit(batch.0)
                         .await
-                        .map(ForwardReply::Committed),
+                        .map(ForwardReply::Outcomes),
                     // A peer that is joining does not know the leader yet: pass it on.
                     op => self.submit(op).await,
                 };
                 RaftReply::Forward(res.map_err(|e| match e {
-                    ConsensusError::NoLeader(_) => ForwardError::NotLeader,
+                    // The sender asks the (next) leader again, with the same IDs.
+                    ConsensusError::NoLeader(_)
+                    | ConsensusError::ShuttingDown
+                    | ConsensusError::Unanswered { .. } => ForwardError::NotLeader,
                     other => ForwardError::Failed(other.to_string()),
                 }))
             }
@@ -787,4 +817,266 @@ fn initial_members(
         );
     }
     Ok(members)
+}
+
+/// The state machine's apply, timed outside the daemon (`benches/apply.rs`).
+#[cfg(feature = "fake-daemon")]
+#[doc(hidden)]
+pub mod bench {
+    use super::*;
+    use crate::types::{Cid, Pin, PinOptions};
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    /// What the requests of a run carry.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Kind {
+        /// No request ID: nothing recorded (the cost before request IDs counted).
+        NoId,
+        /// A request ID, recorded and looked up.
+        Id,
+        /// A request ID and a condition on the pin (absent), as the cluster sends.
+        IdAndCondition,
+    }
+
+    /// Applies `calls` apply calls of `entries` entries of `per_entry` new pins
+    /// each to a new state machine in `dir`, keeping request records for
+    /// `window` requests; returns the time the calls took.
+    pub async fn apply(
+        dir: &Path,
+        backend: store::Backend,
+        kind: Kind,
+        window: u64,
+        calls: u64,
+        entries: u64,
+        per_entry: u64,
+    ) -> Result<Duration, String> {
+        let db = store::open(dir, backend).map_err(|e| e.to_string())?;
+        let (tx, _) = tokio::sync::broadcast::channel(16);
+        let mut sm = StateMachine::new(
+            PinState::new(db.tree("state").map_err(|e| e.to_string())?),
+            db.tree("snapshot").map_err(|e| e.to_string())?,
+            dir.join("snapshots"),
+            tx,
+        );
+        sm.set_window(window);
+        let mut n = 0u64;
+        let mut index = 0u64;
+        let mut total = Duration::ZERO;
+        for _ in 0..calls {
+            let mut batch = Vec::with_capacity(entries as usize);
+            for _ in 0..entries {
+                index += 1;
+                let reqs = (0..per_entry)
+                    .map(|_| {
+                        n += 1;
+                        let cid = Cid(cid::Cid::new_v1(
+                            0x55,
+                            // Random keys, as real CIDs are.
+                            cid::multihash::Multihash::wrap(
+                                0x12,
+                                &<sha2::Sha256 as sha2::Digest>::digest(n.to_be_bytes()),
+                            )
+                            .map_err(|e| e.to_string())?,
+                        ));
+                        let op = LogOp::Pin(Box::new(Pin::new(cid, PinOptions::default())));
+                        Ok(match kind {
+                            Kind::NoId => Request {
+                                id: None,
+                                op,
+                                expect: Vec::new(),
+                            },
+                            Kind::Id => Request::new(op),
+                            Kind::IdAndCondition => Request::conditional(
+                                op,
+                                vec![Expect {
+                                    cid,
+                                    prior: Prior::Absent,
+                                }],
+                            ),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                batch.push(Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                    payload: EntryPayload::Normal(LogBatch(reqs)),
+                });
+            }
+            let t = Instant::now();
+            sm.apply(batch).await.map_err(|e| e.to_string())?;
+            total += t.elapsed();
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::GoDuration;
+    use crate::p2p::P2pConfig;
+    use crate::types::{Cid, Pin, PinOptions};
+    use std::sync::atomic::Ordering;
+
+    /// One in-process peer: its host, its consensus, and what it owns.
+    struct Node {
+        consensus: Consensus,
+        events: tokio::sync::broadcast::Receiver<StateEvent>,
+        tasks: TaskTracker,
+        cancel: CancellationToken,
+        _dir: tempfile::TempDir,
+    }
+
+    /// `n` peers over libp2p on 127.0.0.1, bootstrapped together.
+    async fn start_peers(n: usize) -> Vec<Node> {
+        let mut hosts = Vec::new();
+        for _ in 0..n {
+            let tasks = TaskTracker::new();
+            let cancel = CancellationToken::new();
+            let (p2p, inbound) = P2p::start(
+                P2pConfig {
+                    keypair: libp2p_identity::Keypair::generate_ed25519(),
+                    secret: Some([7; 32]),
+                    listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                    request_timeout: Duration::from_secs(10),
+                    peerstore: None,
+                },
+                &tasks,
+                cancel.clone(),
+            )
+            .await
+            .unwrap();
+            let addr = p2p.listen_addrs().await[0].to_string();
+            hosts.push((p2p, inbound, tasks, cancel, addr));
+        }
+        let full: Vec<String> = hosts
+            .iter()
+            .map(|(p, _, _, _, a)| format!("{a}/p2p/{}", p.peer_id()))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (p2p, mut inbound, tasks, cancel, addr)) in hosts.into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = RaftConfig {
+                init_peerset: full.clone(),
+                heartbeat_timeout: GoDuration(Duration::from_millis(100)),
+                election_timeout: GoDuration(Duration::from_millis(500)),
+                wait_for_leader_timeout: GoDuration(Duration::from_secs(10)),
+                network_timeout: GoDuration(Duration::from_secs(2)),
+                ..Default::default()
+            };
+            for (j, a) in full.iter().enumerate() {
+                if let (true, Some((peer, addr))) = (j != i, split_p2p(&a.parse().unwrap())) {
+                    p2p.add_address(peer, addr).await;
+                }
+            }
+            let (tx, events) = tokio::sync::broadcast::channel(1024);
+            let consensus = Consensus::start(ConsensusOptions {
+                dir: &dir.path().join("raft"),
+                p2p: p2p.clone(),
+                node: ClusterNode {
+                    peer_id: p2p.peer_id().to_string(),
+                    addr,
+                    name: format!("peer{i}"),
+                },
+                cfg: &cfg,
+                bootstrap: &[],
+                events: tx,
+            })
+            .await
+            .unwrap();
+            let (c, stop, t) = (consensus.clone(), cancel.clone(), tasks.clone());
+            tasks.spawn(async move {
+                loop {
+                    let req = tokio::select! {
+                        r = inbound.recv() => r,
+                        _ = stop.cancelled() => None,
+                    };
+                    let Some(req) = req else { break };
+                    let c = c.clone();
+                    t.spawn(async move {
+                        let _ = req.reply.send(c.handle_rpc(&req.peer, &req.payload).await);
+                    });
+                }
+            });
+            nodes.push(Node {
+                consensus,
+                events,
+                tasks,
+                cancel,
+                _dir: dir,
+            });
+        }
+        nodes
+    }
+
+    async fn stop(nodes: Vec<Node>) {
+        for n in nodes {
+            n.consensus.shutdown().await;
+            n.cancel.cancel();
+            n.tasks.close();
+            let _ = tokio::time::timeout(Duration::from_secs(10), n.tasks.wait()).await;
+        }
+    }
+
+    fn cid(n: u64) -> Cid {
+        Cid(cid::Cid::new_v1(
+            0x55,
+            cid::multihash::Multihash::wrap(0x00, &n.to_be_bytes()).unwrap(),
+        ))
+    }
+
+    /// The duplicate-reply test: a follower's forwarded write is committed by
+    /// the leader, its reply is lost, and the follower sends it again with the
+    /// same request ID. It is applied once and the retry gets the first result.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_forwarded_write_whose_reply_is_lost_is_applied_once() {
+        let mut nodes = start_peers(3).await;
+        let leader = nodes[0].consensus.wait_for_leader().await.unwrap();
+        for n in &nodes {
+            n.consensus.wait_ready().await.unwrap();
+        }
+        let f = nodes
+            .iter()
+            .position(|n| n.consensus.node_id() != leader)
+            .unwrap();
+        let follower = nodes[f].consensus.clone();
+        let drops = &follower.inner.drop_commit_replies;
+
+        // A pin whose reply is lost: the retry answers "did not exist" (the
+        // first application's result), not "existed" (its own).
+        drops.store(1, Ordering::SeqCst);
+        let pin = Pin::new(cid(1), PinOptions::default());
+        let c = follower.commit(LogOp::Pin(Box::new(pin))).await.unwrap();
+        assert_eq!(drops.load(Ordering::SeqCst), 0, "no reply was dropped");
+        assert_eq!(c.outcome, Outcome::Applied { existed: false }, "{c:?}");
+        let first_pin = c.index;
+
+        // An unpin whose reply is lost: the retry answers "existed".
+        drops.store(1, Ordering::SeqCst);
+        let c = follower.commit(LogOp::Unpin(cid(1))).await.unwrap();
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        assert_eq!(c.outcome, Outcome::Applied { existed: true }, "{c:?}");
+
+        // Both retries made entries of their own after the first ones, and
+        // every peer applied them: each change is seen once, on every peer.
+        follower.wait_ready().await.unwrap();
+        let applied = follower.info().applied_index;
+        assert!(applied > c.index, "the retries were not committed");
+        for n in nodes.iter_mut() {
+            n.consensus.wait_applied(applied).await.unwrap();
+            assert!(!n.consensus.state().has(&cid(1)).unwrap());
+            let mut pinned = 0;
+            let mut unpinned = 0;
+            while let Ok(e) = n.events.try_recv() {
+                match e {
+                    StateEvent::Pinned(p) if p.cid == cid(1) => pinned += 1,
+                    StateEvent::Unpinned(c) if c == cid(1) => unpinned += 1,
+                    _ => {}
+                }
+            }
+            assert_eq!((pinned, unpinned), (1, 1), "changes seen on a peer");
+        }
+        assert!(first_pin < c.index);
+        stop(nodes).await;
+    }
 }

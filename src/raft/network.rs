@@ -45,25 +45,57 @@ pub enum ForwardOp {
 }
 
 /// The leader's answer to a [`ForwardOp`].
+///
+/// Versioned by variant: a peer reads every variant an earlier version sends,
+/// and answers with the newest; a peer of an earlier version fails to decode a
+/// newer variant (a clear error, never a misread), so the protocol name stays.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardReply {
-    /// The committed operations, in order.
-    Committed(Vec<super::Committed>),
+    /// The committed operations, in order, as peers of the previous version
+    /// answer (no conditional requests there: each took effect).
+    Committed(Vec<CommittedV1>),
     /// Done.
     Done,
     /// The read index.
     ReadIndex(u64),
+    /// The outcome of each request, in order.
+    Outcomes(Vec<super::Committed>),
 }
 
-/// Why a forwarded operation failed.
+/// A committed operation as peers of the previous version report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedV1 {
+    /// Whether the CID was in the pinset before the operation.
+    pub existed: bool,
+    /// The log index of the operation.
+    pub index: u64,
+}
+
+impl From<CommittedV1> for super::Committed {
+    fn from(c: CommittedV1) -> Self {
+        super::Committed {
+            outcome: super::Outcome::Applied { existed: c.existed },
+            index: c.index,
+        }
+    }
+}
+
+/// Why a forwarded operation failed, by what the sender may do about it.
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
 pub enum ForwardError {
-    /// The receiver is not (or no longer) the leader: ask again.
+    /// The receiver is not (or no longer) the leader, or is shutting down: ask
+    /// the leader again.
     #[error("not the leader")]
     NotLeader,
     /// It failed for good.
     #[error("{0}")]
     Failed(String),
+    /// No answer: the leader could not be reached, or its reply was lost. The
+    /// operation may have taken effect; it is sent again (with the same request
+    /// IDs, so that it takes effect at most once) until the wait ends. Never
+    /// sent by a leader.
+    #[error("no answer from the leader: {0}")]
+    Unreachable(String),
 }
 
 /// The answer to a [`RaftRpc`].
@@ -225,6 +257,52 @@ impl RaftNetwork<TypeConfig> for P2pClient {
             RaftReply::Vote(Ok(r)) => Ok(r),
             RaftReply::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             other => Err(self.unexpected(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{Committed, Outcome};
+
+    /// A reply of a peer of the previous version still reads, as outcomes; the
+    /// new reply round-trips.
+    #[test]
+    fn forward_replies_of_both_versions_decode() {
+        let old = encode(&RaftReply::Forward(Ok(ForwardReply::Committed(vec![
+            CommittedV1 {
+                existed: true,
+                index: 5,
+            },
+        ]))));
+        match decode::<RaftReply>(&old) {
+            Ok(RaftReply::Forward(Ok(ForwardReply::Committed(c)))) => {
+                let c: Vec<Committed> = c.into_iter().map(Into::into).collect();
+                assert_eq!(
+                    c,
+                    vec![Committed {
+                        outcome: Outcome::Applied { existed: true },
+                        index: 5
+                    }]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let new = vec![
+            Committed {
+                outcome: Outcome::Conflict,
+                index: 9,
+            },
+            Committed {
+                outcome: Outcome::Applied { existed: false },
+                index: 9,
+            },
+        ];
+        let b = encode(&RaftReply::Forward(Ok(ForwardReply::Outcomes(new.clone()))));
+        match decode::<RaftReply>(&b) {
+            Ok(RaftReply::Forward(Ok(ForwardReply::Outcomes(c)))) => assert_eq!(c, new),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -7,10 +7,19 @@
 //! by openraft in chunks, installed into the state tree in batches. Memory stays
 //! independent of the pinset's size.
 //!
-//! File format 1: the format byte, then each pin's stored value (its own format
-//! byte and the pin) behind its length as a varint. Snapshots of earlier
-//! versions (JSON lines, kept in the snapshot tree) still install.
+//! File format 2: the format byte, then records behind their length as a varint:
+//! each pin's stored value (its own format byte and the pin), the request-ID
+//! records (tag [`REC_REQUEST`]) and the request counter (tag [`REC_SEQ`]).
+//! Format 1 (pins only, written by earlier versions and by `state import`) and
+//! the JSON lines of older versions (kept in the snapshot tree) still install.
+//!
+//! Exactly-once: every request ID applied is recorded in the same store write
+//! as its effect, with its outcome; a request whose ID is recorded changes
+//! nothing and gets the recorded outcome. The records of the last
+//! [`DEDUP_WINDOW`] recorded requests are kept (pruned by their sequence number
+//! in apply, so every replica keeps the same ones) and travel in snapshots.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,9 +33,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::codec::{decode_meta, encode_meta};
-use super::types::{ApplyResult, ClusterNode, LogOp, NodeId, TypeConfig};
+use super::types::{
+    ApplyResult, ClusterNode, Committed, LogOp, NodeId, Outcome, Prior, RequestId, TypeConfig,
+};
 use crate::state::codec::{self as pin_codec, FORMAT_V1};
-use crate::state::{BatchEntry, PIN_PREFIX, PinState};
+use crate::state::{BatchEntry, PIN_PREFIX, PinState, digest_of_stored};
 use crate::store::{SortedLoad, StoreError, Tree, prefix_bounds};
 use crate::types::{Cid, Pin};
 
@@ -42,6 +53,96 @@ const LEGACY_SNAPSHOT_DATA_KEY: &[u8] = b"snapshot/data";
 const INSTALL_BATCH: usize = 10_000;
 /// Bytes of pins sorted in memory at once by an import (twice that at most).
 const SEED_RUN_BYTES: usize = 64 << 20;
+/// Request-ID records: `r/` + ID (16 bytes) → [`ReqRecord`].
+const REQ_PREFIX: &[u8] = b"r/";
+/// The pruning order of request records: `s/` + sequence number (u64 BE) → ID.
+const SEQ_PREFIX: &[u8] = b"s/";
+/// How many requests were recorded so far (u64 BE): the next sequence number.
+const REQ_SEQ_KEY: &[u8] = b"m/reqseq";
+/// How many recorded requests keep their record. A retry reuses its request ID
+/// only while `submit` retries it, within `wait_for_leader_timeout` (15 s by
+/// default) plus an election: at 10,000 writes/s that is 150,000 requests, and
+/// 2^19 covers 52 s of such a load (3.5 times the default wait). It is a
+/// constant, not a setting: replicas must prune alike. About 60 bytes per record
+/// (30 MiB at most) in the store and half of that in snapshots.
+pub const DEDUP_WINDOW: u64 = 1 << 19;
+/// Snapshot file format with request records.
+const SNAPSHOT_V2: u8 = 2;
+/// Snapshot record tag: a request record (ID, then the stored [`ReqRecord`]).
+/// Pin values start with their format byte (1) or `{`, never with a tag.
+const REC_REQUEST: u8 = 0xD1;
+/// Snapshot record tag: the request counter (u64 BE).
+const REC_SEQ: u8 = 0xD0;
+/// Format of a stored [`ReqRecord`].
+const REQ_RECORD_V1: u8 = 1;
+
+/// What is kept of an applied request ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReqRecord {
+    /// The log index of the entry that applied it first.
+    index: u64,
+    outcome: Outcome,
+    /// Its sequence number among recorded requests.
+    seq: u64,
+}
+
+impl ReqRecord {
+    const LEN: usize = 18;
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::LEN);
+        v.push(REQ_RECORD_V1);
+        v.extend_from_slice(&self.index.to_be_bytes());
+        v.push(match self.outcome {
+            Outcome::Applied { existed: false } => 0,
+            Outcome::Applied { existed: true } => 1,
+            Outcome::Conflict => 2,
+        });
+        v.extend_from_slice(&self.seq.to_be_bytes());
+        v
+    }
+
+    fn decode(v: &[u8]) -> Result<Self, Corrupt> {
+        if v.len() != Self::LEN || v[0] != REQ_RECORD_V1 {
+            return Err(Corrupt(format!("request record of {} bytes", v.len())));
+        }
+        let outcome = match v[9] {
+            0 => Outcome::Applied { existed: false },
+            1 => Outcome::Applied { existed: true },
+            2 => Outcome::Conflict,
+            o => return Err(Corrupt(format!("request record with outcome {o}"))),
+        };
+        Ok(ReqRecord {
+            index: u64_at(&v[1..9]),
+            outcome,
+            seq: u64_at(&v[10..18]),
+        })
+    }
+
+    /// Whether the record still counts for the request numbered `next`: the
+    /// same rule on every replica, however apply calls group entries.
+    fn live_at(&self, next: u64, window: u64) -> bool {
+        self.seq.saturating_add(window) >= next
+    }
+}
+
+fn u64_at(b: &[u8]) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(x)
+}
+
+fn req_key(id: RequestId) -> Vec<u8> {
+    let mut k = REQ_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn seq_key(seq: u64) -> Vec<u8> {
+    let mut k = SEQ_PREFIX.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
 
 /// A change of the pinset, as the tracker needs to hear of it.
 #[derive(Debug, Clone)]
@@ -95,6 +196,8 @@ pub struct StateMachine {
     apply_lock: Arc<Mutex<()>>,
     /// The file a snapshot is being received into.
     receiving: Arc<Mutex<Option<PathBuf>>>,
+    /// [`DEDUP_WINDOW`]; smaller in tests, to see records leave it.
+    window: u64,
 }
 
 /// The current snapshot's metadata, and its file in the snapshot folder.
@@ -114,28 +217,52 @@ fn write_record(out: &mut impl Write, v: &[u8]) -> std::io::Result<()> {
     out.write_all(v)
 }
 
-/// Reads a snapshot file's pins, one stored value at a time.
+/// One record of a snapshot file.
+#[derive(Debug)]
+enum Record {
+    Pin(Box<Pin>),
+    Request(RequestId, ReqRecord),
+    Seq(u64),
+}
+
+/// Reads a snapshot file's records, one at a time.
 struct Records<R: BufRead> {
     r: R,
     json: bool,
+    /// Format 2: records may be request records.
+    tagged: bool,
     buf: Vec<u8>,
 }
 
 impl<R: BufRead> Records<R> {
     fn new(mut r: R) -> std::io::Result<Self> {
-        let json = match r.fill_buf()?.first() {
-            Some(&FORMAT_V1) => {
-                r.consume(1);
-                false
-            }
+        let (json, tagged) = match r.fill_buf()?.first() {
+            Some(&FORMAT_V1) => (false, false),
+            Some(&SNAPSHOT_V2) => (false, true),
             // An empty snapshot, or JSON lines of an earlier version.
-            _ => true,
+            _ => (true, false),
         };
+        if !json {
+            r.consume(1);
+        }
         Ok(Records {
             r,
             json,
+            tagged,
             buf: Vec::new(),
         })
+    }
+
+    /// The next pin, skipping other records.
+    #[cfg(test)]
+    fn next_pin(&mut self) -> std::io::Result<Option<Pin>> {
+        loop {
+            match self.next()? {
+                Some(Record::Pin(p)) => return Ok(Some(*p)),
+                Some(_) => continue,
+                None => return Ok(None),
+            }
+        }
     }
 
     fn uvarint(&mut self) -> std::io::Result<Option<u64>> {
@@ -156,8 +283,8 @@ impl<R: BufRead> Records<R> {
         Err(std::io::Error::other(Corrupt("bad record length".into())))
     }
 
-    /// The next pin.
-    fn next_pin(&mut self) -> std::io::Result<Option<Pin>> {
+    /// The next record.
+    fn next(&mut self) -> std::io::Result<Option<Record>> {
         let bad = |e: pin_codec::DecodeError| std::io::Error::other(Corrupt(e.0));
         if self.json {
             loop {
@@ -169,7 +296,7 @@ impl<R: BufRead> Records<R> {
                     continue;
                 }
                 return pin_codec::decode_pin(self.buf.trim_ascii())
-                    .map(Some)
+                    .map(|p| Some(Record::Pin(Box::new(p))))
                     .map_err(bad);
             }
         }
@@ -185,7 +312,23 @@ impl<R: BufRead> Records<R> {
         }
         self.buf.resize(len as usize, 0);
         self.r.read_exact(&mut self.buf)?;
-        pin_codec::decode_pin(&self.buf).map(Some).map_err(bad)
+        match self.buf.first() {
+            Some(&REC_REQUEST) if self.tagged && self.buf.len() == 17 + ReqRecord::LEN => {
+                let mut id = [0u8; 16];
+                id.copy_from_slice(&self.buf[1..17]);
+                let rec = ReqRecord::decode(&self.buf[17..]).map_err(std::io::Error::other)?;
+                Ok(Some(Record::Request(u128::from_be_bytes(id), rec)))
+            }
+            Some(&REC_SEQ) if self.tagged && self.buf.len() == 9 => {
+                Ok(Some(Record::Seq(u64_at(&self.buf[1..]))))
+            }
+            Some(&(REC_REQUEST | REC_SEQ)) if self.tagged => Err(std::io::Error::other(Corrupt(
+                format!("snapshot record of {} bytes", self.buf.len()),
+            ))),
+            _ => pin_codec::decode_pin(&self.buf)
+                .map(|p| Some(Record::Pin(Box::new(p))))
+                .map_err(bad),
+        }
     }
 }
 
@@ -204,8 +347,16 @@ impl StateMachine {
             dir: Arc::new(dir),
             events,
             apply_lock: Arc::new(Mutex::new(())),
+            window: DEDUP_WINDOW,
             receiving: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Keeps request records for `window` requests instead of [`DEDUP_WINDOW`]
+    /// (benchmarks: to reach the pruning steady state sooner).
+    #[cfg(feature = "fake-daemon")]
+    pub fn set_window(&mut self, window: u64) {
+        self.window = window.max(1);
     }
 
     fn lock_apply(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -321,14 +472,27 @@ impl StateMachine {
         let _guard = (!tree.consistent_ranges()).then(|| self.lock_apply());
         let (tmp, file) = self.temp_file("build")?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&[FORMAT_V1]).map_err(snap_err)?;
-        let (_, pins_end) = prefix_bounds(PIN_PREFIX);
+        out.write_all(&[SNAPSHOT_V2]).map_err(snap_err)?;
+        // `m/`, `p/`, `r/`, `s/`: the metadata, the pins and the request records.
+        let (_, end) = prefix_bounds(SEQ_PREFIX);
         let mut applied: Option<LogId<NodeId>> = None;
         let mut membership = StoredMembership::default();
-        for kv in tree.range(b"m/", pins_end.as_deref()) {
+        let mut rec = Vec::with_capacity(64);
+        for kv in tree.range(b"m/", end.as_deref()) {
             let (k, v) = kv.map_err(read_sm_err)?;
             if k.starts_with(PIN_PREFIX) {
                 write_record(&mut out, &v).map_err(snap_err)?;
+            } else if let Some(id) = k.strip_prefix(REQ_PREFIX) {
+                rec.clear();
+                rec.push(REC_REQUEST);
+                rec.extend_from_slice(id);
+                rec.extend_from_slice(&v);
+                write_record(&mut out, &rec).map_err(snap_err)?;
+            } else if k == REQ_SEQ_KEY {
+                rec.clear();
+                rec.push(REC_SEQ);
+                rec.extend_from_slice(&v);
+                write_record(&mut out, &rec).map_err(snap_err)?;
             } else if k == APPLIED_KEY {
                 applied = decode_meta(&v).map_err(read_sm_err)?;
             } else if k == MEMBERSHIP_KEY {
@@ -376,30 +540,43 @@ impl StateMachine {
             .map_err(sm_err)?;
         tree.flush().map_err(sm_err)?;
         self.set_current(meta, name)?;
-        // Remove the old pins in batches, never listing them all at once.
-        let (from, to) = prefix_bounds(PIN_PREFIX);
-        loop {
-            let keys: Vec<BatchEntry> = tree
-                .range(&from, to.as_deref())
-                .take(INSTALL_BATCH)
-                .map(|r| r.map(|(k, _)| (k, None)))
-                .collect::<Result<_, _>>()
-                .map_err(read_sm_err)?;
-            if keys.is_empty() {
-                break;
+        // Remove the old pins and request records in batches, never listing
+        // them all at once.
+        for prefix in [PIN_PREFIX, REQ_PREFIX, SEQ_PREFIX] {
+            let (from, to) = prefix_bounds(prefix);
+            loop {
+                let keys: Vec<BatchEntry> = tree
+                    .range(&from, to.as_deref())
+                    .take(INSTALL_BATCH)
+                    .map(|r| r.map(|(k, _)| (k, None)))
+                    .collect::<Result<_, _>>()
+                    .map_err(read_sm_err)?;
+                if keys.is_empty() {
+                    break;
+                }
+                tree.apply(keys).map_err(sm_err)?;
             }
-            tree.apply(keys).map_err(sm_err)?;
         }
         let f = std::fs::File::open(self.dir.join(name)).map_err(read_snap_err)?;
         let mut records =
             Records::new(BufReader::with_capacity(1 << 20, f)).map_err(read_snap_err)?;
         let mut batch = Vec::with_capacity(INSTALL_BATCH);
-        while let Some(pin) = records.next_pin().map_err(read_snap_err)? {
-            batch.push(PinState::add_entry(&pin).map_err(sm_err)?);
-            if batch.len() == INSTALL_BATCH {
+        // A snapshot without a counter (format 1) had no request records.
+        let mut seq = None;
+        while let Some(r) = records.next().map_err(read_snap_err)? {
+            match r {
+                Record::Pin(pin) => batch.push(PinState::add_entry(&pin).map_err(sm_err)?),
+                Record::Request(id, rec) => {
+                    batch.push((req_key(id), Some(rec.encode())));
+                    batch.push((seq_key(rec.seq), Some(id.to_be_bytes().to_vec())));
+                }
+                Record::Seq(n) => seq = Some(n),
+            }
+            if batch.len() >= INSTALL_BATCH {
                 tree.apply(std::mem::take(&mut batch)).map_err(sm_err)?;
             }
         }
+        batch.push((REQ_SEQ_KEY.to_vec(), seq.map(|n| n.to_be_bytes().to_vec())));
         batch.push((
             APPLIED_KEY.to_vec(),
             Some(encode_meta(&meta.last_log_id).map_err(sm_err)?),
@@ -485,6 +662,181 @@ impl StateMachine {
         Ok(pins_written)
     }
 
+    /// Applies `entries` in one durable store write; returns one result per
+    /// entry and the events to announce.
+    fn apply_entries(
+        &self,
+        entries: Vec<Entry<TypeConfig>>,
+    ) -> Result<(Vec<ApplyResult>, Vec<StateEvent>), StorageError<NodeId>> {
+        let tree = self.state.tree();
+        let mut results = Vec::with_capacity(entries.len());
+        let mut events = Vec::new();
+        let mut batch = Vec::new();
+        // Requests of one call may touch the same CID or repeat an ID: what
+        // earlier ones did is read from here, so that outcomes follow the log
+        // order, not the store. `None`: not in the pinset.
+        let mut pins: HashMap<Cid, Option<Vec<u8>>> = HashMap::new();
+        let mut recorded: HashMap<RequestId, ReqRecord> = HashMap::new();
+        // Everything the requests will look up, read at once (sorted pins: fewer
+        // pages). Nothing else writes the tree meanwhile (apply is serial).
+        let mut ids = Vec::new();
+        let mut cids = Vec::new();
+        for e in &entries {
+            if let EntryPayload::Normal(b) = &e.payload {
+                for r in &b.0 {
+                    ids.extend(r.id);
+                    cids.push(r.cid());
+                    cids.extend(r.expect.iter().map(|x| x.cid));
+                }
+            }
+        }
+        cids.sort_unstable();
+        cids.dedup();
+        let keys: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|id| req_key(*id))
+            .chain(cids.iter().map(PinState::key))
+            .collect();
+        let mut values = tree.get_many(&keys).map_err(read_sm_err)?.into_iter();
+        let mut stored: HashMap<RequestId, ReqRecord> = HashMap::new();
+        for (id, v) in ids.iter().zip(values.by_ref()) {
+            if let Some(v) = v {
+                stored.insert(*id, ReqRecord::decode(&v).map_err(read_sm_err)?);
+            }
+        }
+        pins.extend(cids.into_iter().zip(values));
+        let mut new_records: Vec<(RequestId, ReqRecord)> = Vec::new();
+        let seq_start = match tree.get(REQ_SEQ_KEY).map_err(read_sm_err)? {
+            Some(v) if v.len() == 8 => u64_at(&v),
+            Some(v) => return Err(read_sm_err(Corrupt(format!("request counter {v:?}")))),
+            None => 0,
+        };
+        let mut seq = seq_start;
+        let mut last = None;
+        let mut membership = None;
+        for entry in entries {
+            last = Some(entry.log_id);
+            let index = entry.log_id.index;
+            match entry.payload {
+                EntryPayload::Blank => results.push(ApplyResult::default()),
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                    results.push(ApplyResult::default());
+                }
+                EntryPayload::Normal(ops) => {
+                    let mut outcomes = Vec::with_capacity(ops.0.len());
+                    for req in ops.0 {
+                        if let Some(id) = req.id {
+                            let prior = recorded.get(&id).or_else(|| stored.get(&id)).copied();
+                            // Seen: answered as the first time, nothing changes. A
+                            // record past the window (pruned at the end of this
+                            // call) no longer counts.
+                            if let Some(r) = prior.filter(|r| r.live_at(seq, self.window)) {
+                                outcomes.push(Committed {
+                                    outcome: r.outcome,
+                                    index: r.index,
+                                });
+                                continue;
+                            }
+                        }
+                        let mut holds = true;
+                        for e in &req.expect {
+                            let cur = current(&self.state, &mut pins, &e.cid)?;
+                            holds &= match (e.prior, cur) {
+                                (Prior::Absent, None) => true,
+                                (Prior::Digest(d), Some(v)) => {
+                                    digest_of_stored(v).map_err(read_sm_err)? == d
+                                }
+                                _ => false,
+                            };
+                            if !holds {
+                                break;
+                            }
+                        }
+                        let outcome = if holds {
+                            let cid = req.cid();
+                            let existed = current(&self.state, &mut pins, &cid)?.is_some();
+                            match req.op {
+                                LogOp::Pin(pin) => {
+                                    let entry = PinState::add_entry(&pin).map_err(sm_err)?;
+                                    pins.insert(cid, entry.1.clone());
+                                    batch.push(entry);
+                                    events.push(StateEvent::Pinned(pin));
+                                }
+                                LogOp::Unpin(cid) => {
+                                    pins.insert(cid, None);
+                                    batch.push(PinState::rm_entry(&cid));
+                                    if existed {
+                                        events.push(StateEvent::Unpinned(cid));
+                                    }
+                                }
+                            }
+                            Outcome::Applied { existed }
+                        } else {
+                            Outcome::Conflict
+                        };
+                        if let Some(id) = req.id {
+                            let r = ReqRecord {
+                                index,
+                                outcome,
+                                seq,
+                            };
+                            recorded.insert(id, r);
+                            new_records.push((id, r));
+                            seq += 1;
+                        }
+                        outcomes.push(Committed { outcome, index });
+                    }
+                    results.push(ApplyResult { outcomes });
+                }
+            }
+        }
+        if seq != seq_start {
+            // Records that left the window: the earliest first, in key order,
+            // deleted before this call's records are written (an ID seen again
+            // after its record expired is recorded anew).
+            let keep_from = seq.saturating_sub(self.window);
+            if keep_from > 0 {
+                let (from, _) = prefix_bounds(SEQ_PREFIX);
+                for kv in tree.range(&from, Some(&seq_key(keep_from))) {
+                    let (k, id) = kv.map_err(read_sm_err)?;
+                    let mut key = REQ_PREFIX.to_vec();
+                    key.extend_from_slice(&id);
+                    batch.push((key, None));
+                    batch.push((k, None));
+                }
+            }
+            for (id, r) in new_records {
+                if r.seq >= keep_from {
+                    batch.push((req_key(id), Some(r.encode())));
+                    batch.push((seq_key(r.seq), Some(id.to_be_bytes().to_vec())));
+                }
+            }
+            batch.push((REQ_SEQ_KEY.to_vec(), Some(seq.to_be_bytes().to_vec())));
+        }
+        batch.push((
+            APPLIED_KEY.to_vec(),
+            Some(encode_meta(&last).map_err(sm_err)?),
+        ));
+        if let Some(m) = membership {
+            batch.push((
+                MEMBERSHIP_KEY.to_vec(),
+                Some(encode_meta(&m).map_err(sm_err)?),
+            ));
+        }
+        if let Some(l) = last {
+            events.push(StateEvent::Applied(l.index));
+        }
+        let _guard = self.lock_apply();
+        // Atomic, not flushed: the entries are durable in the log already, and
+        // the log's next flush (the store's flush covers every tree, a purge
+        // included) makes this durable too. A crash before it leaves the state
+        // (request records included) at an earlier applied index, consistent
+        // with its marker, and openraft applies the rest of the log again.
+        tree.apply(batch).map_err(sm_err)?;
+        Ok((results, events))
+    }
+
     async fn notify(&self, events: Vec<StateEvent>) {
         // Never waits: a tracker that lags behind is told so and catches up from the state.
         for e in events {
@@ -516,6 +868,19 @@ impl StateMachine {
         self.set_current(&cur.meta, &name)?;
         Ok(Some((cur.meta, self.dir.join(name))))
     }
+}
+
+/// The stored value of `cid`'s pin as the requests applied so far left it.
+fn current<'a>(
+    state: &PinState,
+    pins: &'a mut HashMap<Cid, Option<Vec<u8>>>,
+    cid: &Cid,
+) -> Result<Option<&'a [u8]>, StorageError<NodeId>> {
+    if !pins.contains_key(cid) {
+        let v = state.tree().get(&PinState::key(cid)).map_err(read_sm_err)?;
+        pins.insert(*cid, v);
+    }
+    Ok(pins.get(cid).and_then(|v| v.as_deref()))
 }
 
 /// A snapshot ID as a file name.
@@ -581,80 +946,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<_> = entries.into_iter().collect();
         let this = self.clone();
-        let (results, events) = blocking(move || {
-            let mut results = Vec::with_capacity(entries.len());
-            let mut events = Vec::new();
-            let mut batch = Vec::new();
-            // Requests of one call may touch the same CID: track what earlier
-            // ones did so `existed` reflects the log order, not the store.
-            let mut pending: std::collections::HashMap<Cid, bool> = Default::default();
-            let mut last = None;
-            let mut membership = None;
-            for entry in entries {
-                last = Some(entry.log_id);
-                match entry.payload {
-                    EntryPayload::Blank => results.push(ApplyResult::default()),
-                    EntryPayload::Membership(m) => {
-                        membership = Some(StoredMembership::new(Some(entry.log_id), m));
-                        results.push(ApplyResult::default());
-                    }
-                    EntryPayload::Normal(ops) => {
-                        let mut existed_each = Vec::with_capacity(ops.0.len());
-                        for req in ops.0 {
-                            let cid = match &req.op {
-                                LogOp::Pin(p) => p.cid,
-                                LogOp::Unpin(c) => *c,
-                            };
-                            let existed = match pending.get(&cid) {
-                                Some(e) => *e,
-                                None => this.state.has(&cid).map_err(read_sm_err)?,
-                            };
-                            existed_each.push(existed);
-                            match req.op {
-                                LogOp::Pin(pin) => {
-                                    pending.insert(cid, true);
-                                    batch.push(PinState::add_entry(&pin).map_err(sm_err)?);
-                                    events.push(StateEvent::Pinned(pin));
-                                }
-                                LogOp::Unpin(cid) => {
-                                    pending.insert(cid, false);
-                                    batch.push(PinState::rm_entry(&cid));
-                                    if existed {
-                                        events.push(StateEvent::Unpinned(cid));
-                                    }
-                                }
-                            }
-                        }
-                        results.push(ApplyResult {
-                            existed: existed_each,
-                        });
-                    }
-                }
-            }
-            batch.push((
-                APPLIED_KEY.to_vec(),
-                Some(encode_meta(&last).map_err(sm_err)?),
-            ));
-            if let Some(m) = membership {
-                batch.push((
-                    MEMBERSHIP_KEY.to_vec(),
-                    Some(encode_meta(&m).map_err(sm_err)?),
-                ));
-            }
-            if let Some(l) = last {
-                events.push(StateEvent::Applied(l.index));
-            }
-            let tree = this.state.tree();
-            let _guard = this.lock_apply();
-            // Atomic, not flushed: the entries are durable in the log already,
-            // and the log's next flush (the store's flush covers every tree,
-            // a purge included) makes this durable too. A crash before it
-            // leaves the state at an earlier applied index, consistent with its
-            // marker, and openraft applies the rest of the log again.
-            tree.apply(batch).map_err(sm_err)?;
-            Ok((results, events))
-        })
-        .await?;
+        let (results, events) = blocking(move || this.apply_entries(entries)).await?;
         self.notify(events).await;
         Ok(results)
     }
@@ -750,7 +1042,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::{LogBatch, Request};
+    use crate::raft::{Expect, LogBatch, Request};
     use crate::store::{self, Backend};
     use crate::types::PinOptions;
     use openraft::CommittedLeaderId;
@@ -959,5 +1251,250 @@ mod tests {
         assert_eq!(sm.state.count().unwrap(), 100);
         assert!(!sm.state.has(&cid(777)).unwrap());
         assert!(tree.get(INSTALLING_KEY).unwrap().is_none());
+    }
+
+    fn at(index: u64, reqs: Vec<Request>) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(LogBatch(reqs)),
+        }
+    }
+
+    fn pin_req(id: RequestId, n: u64) -> Request {
+        Request {
+            id: Some(id),
+            op: LogOp::Pin(Box::new(Pin::new(cid(n), PinOptions::default()))),
+            expect: Vec::new(),
+        }
+    }
+
+    fn unpin_req(id: RequestId, n: u64) -> Request {
+        Request {
+            id: Some(id),
+            op: LogOp::Unpin(cid(n)),
+            expect: Vec::new(),
+        }
+    }
+
+    fn outcomes(r: &[ApplyResult]) -> Vec<(Outcome, u64)> {
+        r.iter()
+            .flat_map(|a| a.outcomes.iter().map(|c| (c.outcome, c.index)))
+            .collect()
+    }
+
+    const PINNED: Outcome = Outcome::Applied { existed: false };
+    const REMOVED: Outcome = Outcome::Applied { existed: true };
+
+    /// Sends `from`'s current snapshot to `to` as openraft does, in chunks.
+    async fn transfer(from: &mut StateMachine, to: &mut StateMachine) {
+        let snap = from
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut rx = to.begin_receiving_snapshot().await.unwrap();
+        let mut src = (*snap.snapshot).into_std().await;
+        let mut data = Vec::new();
+        src.read_to_end(&mut data).unwrap();
+        for chunk in data.chunks(100) {
+            tokio::io::AsyncWriteExt::write_all(&mut *rx, chunk)
+                .await
+                .unwrap();
+        }
+        to.install_snapshot(&snap.meta, rx).await.unwrap();
+    }
+
+    /// Pin 1 (request 10) and unpin 2 (absent, request 11) at index 1; unpin 1
+    /// (request 12) at index 2.
+    fn first_entries() -> Vec<Entry<TypeConfig>> {
+        vec![
+            at(1, vec![pin_req(10, 1), unpin_req(11, 2)]),
+            at(2, vec![unpin_req(12, 1)]),
+        ]
+    }
+
+    /// The retries of every request of [`first_entries`], in one later entry.
+    fn retried(index: u64) -> Entry<TypeConfig> {
+        at(
+            index,
+            vec![pin_req(10, 1), unpin_req(11, 2), unpin_req(12, 1)],
+        )
+    }
+
+    /// The retried requests change nothing (pin 1 is not pinned again, no
+    /// event) and get the first outcomes and indexes.
+    async fn check_retry_answered(sm: &mut StateMachine, index: u64) {
+        let mut events = sm.events.subscribe();
+        let r = sm.apply(vec![retried(index)]).await.unwrap();
+        assert_eq!(outcomes(&r), vec![(PINNED, 1), (PINNED, 1), (REMOVED, 2)]);
+        assert!(
+            !sm.state.has(&cid(1)).unwrap(),
+            "a retried pin was applied again"
+        );
+        assert_eq!(sm.state.count().unwrap(), 0);
+        let mut changes = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            if !matches!(e, StateEvent::Applied(_)) {
+                changes.push(format!("{e:?}"));
+            }
+        }
+        assert!(changes.is_empty(), "{changes:?}");
+        assert_eq!(sm.read_meta().unwrap().0.map(|l| l.index), Some(index));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_repeated_request_id_is_answered_with_the_first_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine(&dir.path().join("a"), Backend::Redb);
+        let r = sm.apply(first_entries()).await.unwrap();
+        assert_eq!(outcomes(&r), vec![(PINNED, 1), (PINNED, 1), (REMOVED, 2)]);
+        check_retry_answered(&mut sm, 3).await;
+
+        // The same, with the retry in the same apply call as the first attempt.
+        let mut sm = machine(&dir.path().join("b"), Backend::Sled);
+        let mut all = first_entries();
+        all.push(retried(3));
+        let r = sm.apply(all).await.unwrap();
+        assert_eq!(outcomes(&r)[3..], [(PINNED, 1), (PINNED, 1), (REMOVED, 2)]);
+        assert_eq!(sm.state.count().unwrap(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn request_ids_survive_a_restart() {
+        for backend in [Backend::Redb, Backend::Sled] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut sm = machine(dir.path(), backend);
+            sm.apply(first_entries()).await.unwrap();
+            drop(sm);
+            let mut sm = machine(dir.path(), backend);
+            check_retry_answered(&mut sm, 3).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn request_ids_travel_in_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut leader = machine(&dir.path().join("a"), Backend::Redb);
+        leader.apply(first_entries()).await.unwrap();
+        // A follower that had other requests: the snapshot replaces them.
+        let mut follower = machine(&dir.path().join("b"), Backend::Sled);
+        follower
+            .apply(vec![at(1, vec![pin_req(99, 5)])])
+            .await
+            .unwrap();
+        transfer(&mut leader, &mut follower).await;
+        check_retry_answered(&mut follower, 3).await;
+        // Request 99 is not the snapshot's: applied as new.
+        let r = follower
+            .apply(vec![at(4, vec![pin_req(99, 5)])])
+            .await
+            .unwrap();
+        assert_eq!(outcomes(&r), vec![(PINNED, 4)]);
+        // A snapshot of the follower carries them on again.
+        let mut third = machine(&dir.path().join("c"), Backend::Redb);
+        transfer(&mut follower, &mut third).await;
+        let r = third
+            .apply(vec![at(5, vec![pin_req(99, 5), unpin_req(12, 1)])])
+            .await
+            .unwrap();
+        assert_eq!(outcomes(&r), vec![(PINNED, 4), (REMOVED, 2)]);
+    }
+
+    /// Every replica keeps the same records whatever the grouping of entries
+    /// into apply calls, and a request past the window is applied anew.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn request_records_are_pruned_alike_on_every_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        // Requests 1..=12, entry i pins CID i; then request 3 again (past a
+        // window of 4) and request 11 again (inside it).
+        let mut log: Vec<Entry<TypeConfig>> = (1..=12u64)
+            .map(|i| at(i, vec![pin_req(u128::from(i), i)]))
+            .collect();
+        log.push(at(13, vec![unpin_req(3, 3), unpin_req(11, 11)]));
+        let mut seen = Vec::new();
+        for (name, group) in [("one", 13), ("each", 1), ("threes", 3)] {
+            let mut sm = machine(&dir.path().join(name), Backend::Redb);
+            sm.window = 4;
+            let mut r = Vec::new();
+            for chunk in log.chunks(group) {
+                r.extend(sm.apply(chunk.to_vec()).await.unwrap());
+            }
+            let got = outcomes(&r);
+            // Request 3's record expired: its unpin is applied; 11's is not.
+            assert_eq!(got[12..], [(REMOVED, 13), (PINNED, 11)], "{name}");
+            assert!(!sm.state.has(&cid(3)).unwrap() && sm.state.has(&cid(11)).unwrap());
+            let tree = sm.state.tree().clone();
+            let keys: Vec<Vec<u8>> = tree
+                .range(REQ_PREFIX, None)
+                .map(|kv| kv.unwrap().0)
+                .collect();
+            // 4 records (the window), each with its order key.
+            assert_eq!(keys.len(), 8, "{name}");
+            seen.push((got, keys));
+        }
+        assert!(seen.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conditional_requests_apply_only_on_the_state_they_were_decided_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine(dir.path(), Backend::Redb);
+        sm.apply(vec![at(1, vec![pin_req(1, 1)])]).await.unwrap();
+        let (_, d1) = sm.state.get_with_digest(&cid(1)).unwrap().unwrap();
+        let expect = |n: u64, prior| Expect { cid: cid(n), prior };
+        let cond = |id: RequestId, op: LogOp, e: Vec<Expect>| Request {
+            id: Some(id),
+            op,
+            expect: e,
+        };
+        let pin_op = |n: u64| LogOp::Pin(Box::new(Pin::new(cid(n), PinOptions::default())));
+        let r = sm
+            .apply(vec![at(
+                2,
+                vec![
+                    // Decided on "1 is absent": it is not.
+                    cond(2, pin_op(1), vec![expect(1, Prior::Absent)]),
+                    // A pin update from 1 (as it is) to 2 (absent): applies.
+                    cond(
+                        3,
+                        pin_op(2),
+                        vec![expect(1, Prior::Digest(d1)), expect(2, Prior::Absent)],
+                    ),
+                    // Decided on 2 absent, but request 3 pinned it just before.
+                    cond(4, LogOp::Unpin(cid(2)), vec![expect(2, Prior::Absent)]),
+                    // Unpin 1 as it is: applies; the same again finds it gone.
+                    cond(5, LogOp::Unpin(cid(1)), vec![expect(1, Prior::Digest(d1))]),
+                    cond(6, LogOp::Unpin(cid(1)), vec![expect(1, Prior::Digest(d1))]),
+                ],
+            )])
+            .await
+            .unwrap();
+        assert_eq!(
+            outcomes(&r),
+            vec![
+                (Outcome::Conflict, 2),
+                (PINNED, 2),
+                (Outcome::Conflict, 2),
+                (REMOVED, 2),
+                (Outcome::Conflict, 2),
+            ]
+        );
+        assert!(!sm.state.has(&cid(1)).unwrap() && sm.state.has(&cid(2)).unwrap());
+        // A conflict is an outcome too: its retry gets it again.
+        let r = sm
+            .apply(vec![at(3, vec![cond(2, pin_op(1), vec![])])])
+            .await
+            .unwrap();
+        assert_eq!(outcomes(&r), vec![(Outcome::Conflict, 2)]);
+        assert!(!sm.state.has(&cid(1)).unwrap());
+        // A pin stored as JSON by an earlier version has the digest of its
+        // binary form.
+        let pin = Pin::new(cid(7), PinOptions::default());
+        let json = serde_json::to_vec(&pin).unwrap();
+        assert_eq!(
+            crate::state::digest_of_stored(&json).unwrap(),
+            crate::state::digest_of_stored(&pin_codec::encode_pin(&pin)).unwrap()
+        );
     }
 }

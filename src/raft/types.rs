@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::state::PinDigest;
 use crate::state::codec::{self, DecodeError, Reader};
 use crate::types::{Cid, Pin};
 
@@ -41,21 +42,77 @@ pub enum LogOp {
 /// across forwarding and retries (so that a retried write can be recognised).
 pub type RequestId = u128;
 
-/// A [`LogOp`] with the ID of the client request that asked for it.
+/// What a pin must be, when a conditional request is applied, for the request
+/// to take effect: the value the client decided on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prior {
+    /// Not in the pinset.
+    Absent,
+    /// In the pinset, stored as the pin with this digest
+    /// ([`crate::state::digest_of_stored`]).
+    Digest(PinDigest),
+}
+
+/// One condition of a request: `cid` must be as `prior` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expect {
+    /// The pin the condition is about (not necessarily the request's own CID).
+    pub cid: Cid,
+    /// What it must be.
+    pub prior: Prior,
+}
+
+/// A [`LogOp`] with the ID of the client request that asked for it, and the
+/// state it was decided on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
-    /// The client request, when known.
+    /// The client request, when known: a repeated ID is answered with the first
+    /// application's outcome and changes nothing.
     pub id: Option<RequestId>,
     /// The change.
     pub op: LogOp,
+    /// Conditions checked when the entry is applied: if any fails, the request
+    /// changes nothing and its outcome is [`Outcome::Conflict`].
+    pub expect: Vec<Expect>,
+}
+
+/// A new request ID: the time in milliseconds in the high 48 bits, 80 random
+/// bits below. IDs made at about the same time sort near each other, so the
+/// state machine records them (and prunes the oldest) on few store pages
+/// instead of one random page each.
+pub fn new_request_id() -> RequestId {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+        & ((1 << 48) - 1);
+    (u128::from(ms) << 80) | (rand::random::<u128>() >> 48)
 }
 
 impl Request {
-    /// `op` for a new client request, with a fresh random ID.
+    /// `op` for a new client request, with a fresh ID.
     pub fn new(op: LogOp) -> Self {
         Request {
-            id: Some(rand::random()),
+            id: Some(new_request_id()),
             op,
+            expect: Vec::new(),
+        }
+    }
+
+    /// `op` for a new client request that applies only if the pins in `expect`
+    /// are still as the client saw them.
+    pub fn conditional(op: LogOp, expect: Vec<Expect>) -> Self {
+        Request {
+            expect,
+            ..Request::new(op)
+        }
+    }
+
+    /// The CID the request changes.
+    pub fn cid(&self) -> Cid {
+        match &self.op {
+            LogOp::Pin(p) => p.cid,
+            LogOp::Unpin(c) => *c,
         }
     }
 }
@@ -63,28 +120,51 @@ impl Request {
 /// The payload of a Raft log entry: pinset changes committed together (group
 /// commit), applied in order.
 ///
-/// Encoded as bytes in [`codec`](crate::state::codec)'s format 1 (below); entries
-/// that earlier versions wrote as one JSON `LogOp` still decode.
+/// Encoded as bytes (below): format 1 when no request carries a condition (so
+/// that peers of the previous version still read it), format 2 otherwise (format
+/// 1 plus a flag bit and the conditions). Entries that earlier versions wrote as
+/// one JSON `LogOp` still decode.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LogBatch(pub Vec<Request>);
 
 const OP_PIN: u8 = 0;
 const OP_UNPIN: u8 = 1;
 const HAS_ID: u8 = 1;
+/// Format 2: the request carries conditions (after its ID).
+const HAS_EXPECT: u8 = 2;
+/// The batch format with conditions.
+const FORMAT_V2: u8 = 2;
+const PRIOR_ABSENT: u8 = 0;
+const PRIOR_DIGEST: u8 = 1;
+/// Conditions per request: a request is decided on a pin or two.
+const MAX_EXPECT: u64 = 16;
 
 impl LogBatch {
-    /// The format-1 encoding: the format byte, the count, then each request.
+    /// The encoding: the format byte, the count, then each request.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + self.0.len() * 128);
-        out.push(codec::FORMAT_V1);
+        let v2 = self.0.iter().any(|r| !r.expect.is_empty());
+        out.push(if v2 { FORMAT_V2 } else { codec::FORMAT_V1 });
         codec::put_uvarint(&mut out, self.0.len() as u64);
         for r in &self.0 {
-            match r.id {
-                Some(id) => {
-                    out.push(HAS_ID);
-                    out.extend_from_slice(&id.to_be_bytes());
+            let flags = if r.id.is_some() { HAS_ID } else { 0 }
+                | if r.expect.is_empty() { 0 } else { HAS_EXPECT };
+            out.push(flags);
+            if let Some(id) = r.id {
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            if !r.expect.is_empty() {
+                codec::put_uvarint(&mut out, r.expect.len() as u64);
+                for e in &r.expect {
+                    codec::put_bytes(&mut out, &e.cid.to_bytes());
+                    match e.prior {
+                        Prior::Absent => out.push(PRIOR_ABSENT),
+                        Prior::Digest(d) => {
+                            out.push(PRIOR_DIGEST);
+                            out.extend_from_slice(&d);
+                        }
+                    }
                 }
-                None => out.push(0),
             }
             match &r.op {
                 LogOp::Pin(p) => {
@@ -103,35 +183,58 @@ impl LogBatch {
     /// Decodes [`Self::encode`]'s output.
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(b);
-        match r.u8()? {
-            codec::FORMAT_V1 => {}
+        let flags_known = match r.u8()? {
+            codec::FORMAT_V1 => HAS_ID,
+            FORMAT_V2 => HAS_ID | HAS_EXPECT,
             v => {
                 return Err(DecodeError(format!(
                     "unknown log entry format {v}: written by a newer version of this peer?"
                 )));
             }
-        }
+        };
         let n = r.uvarint()?;
         if n > r.rest().len() as u64 {
             return Err(DecodeError("batch count beyond its value".into()));
         }
         let mut ops = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            let id = match r.u8()? {
-                0 => None,
-                HAS_ID => {
-                    let mut id = [0u8; 16];
-                    id.copy_from_slice(r.take(16)?);
-                    Some(u128::from_be_bytes(id))
-                }
-                f => return Err(DecodeError(format!("unknown request flags {f}"))),
+            let flags = r.u8()?;
+            if flags & !flags_known != 0 {
+                return Err(DecodeError(format!("unknown request flags {flags}")));
+            }
+            let id = if flags & HAS_ID != 0 {
+                let mut id = [0u8; 16];
+                id.copy_from_slice(r.take(16)?);
+                Some(u128::from_be_bytes(id))
+            } else {
+                None
             };
+            let mut expect = Vec::new();
+            if flags & HAS_EXPECT != 0 {
+                let k = r.uvarint()?;
+                if k == 0 || k > MAX_EXPECT {
+                    return Err(DecodeError(format!("{k} conditions on one request")));
+                }
+                for _ in 0..k {
+                    let cid = r.cid()?;
+                    let prior = match r.u8()? {
+                        PRIOR_ABSENT => Prior::Absent,
+                        PRIOR_DIGEST => {
+                            let mut d = PinDigest::default();
+                            d.copy_from_slice(r.take(16)?);
+                            Prior::Digest(d)
+                        }
+                        p => return Err(DecodeError(format!("unknown condition kind {p}"))),
+                    };
+                    expect.push(Expect { cid, prior });
+                }
+            }
             let op = match r.u8()? {
                 OP_PIN => LogOp::Pin(Box::new(codec::read_pin(&mut r)?)),
                 OP_UNPIN => LogOp::Unpin(r.cid()?),
                 k => return Err(DecodeError(format!("unknown log operation {k}"))),
             };
-            ops.push(Request { id, op });
+            ops.push(Request { id, op, expect });
         }
         if !r.is_empty() {
             return Err(DecodeError("trailing bytes after a log entry".into()));
@@ -178,15 +281,55 @@ impl<'de> serde::de::Visitor<'de> for LogBatchVisitor {
     // Entries written by earlier versions: one externally tagged `LogOp`.
     fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<LogBatch, A::Error> {
         let op = LogOp::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-        Ok(LogBatch(vec![Request { id: None, op }]))
+        Ok(LogBatch(vec![Request {
+            id: None,
+            op,
+            expect: Vec::new(),
+        }]))
     }
 }
 
-/// What applying a [`LogBatch`] found, one answer per request in order.
+/// What became of one request when its entry was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// It took effect (or a request with the same ID did, earlier: this is that
+    /// first outcome). `existed`: its CID was in the pinset before it.
+    Applied {
+        /// Whether the CID was in the pinset before the request.
+        existed: bool,
+    },
+    /// A condition did not hold: nothing changed. Decide again on the state as
+    /// of the entry (applied locally once the commit returns) and retry.
+    Conflict,
+}
+
+/// The outcome of a committed [`Request`], and where it was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    /// What became of it.
+    pub outcome: Outcome,
+    /// The log index of the entry that first applied the request ID (events
+    /// about it carry the same index).
+    pub index: u64,
+}
+
+impl Committed {
+    /// Whether the request took effect on a CID that was in the pinset.
+    pub fn existed(&self) -> bool {
+        matches!(self.outcome, Outcome::Applied { existed: true })
+    }
+
+    /// Whether a condition failed (nothing changed).
+    pub fn conflict(&self) -> bool {
+        self.outcome == Outcome::Conflict
+    }
+}
+
+/// What applying an entry found, one answer per request in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyResult {
-    /// For each request, whether its CID was in the pinset before it.
-    pub existed: Vec<bool>,
+    /// For each request, its outcome.
+    pub outcomes: Vec<Committed>,
 }
 
 openraft::declare_raft_types!(

@@ -62,6 +62,7 @@ fn cluster_error(e: ClusterError) -> Response<Body> {
     let status = match &e {
         ClusterError::NotFound => StatusCode::NOT_FOUND,
         ClusterError::InvalidArgument(_) | ClusterError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+        ClusterError::Conflict { .. } => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e.to_string())

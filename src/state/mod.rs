@@ -69,6 +69,27 @@ fn key(cid: &Cid) -> Vec<u8> {
     k
 }
 
+/// Identifies one stored version of a pin: the first 16 bytes of the SHA-256 of
+/// its format-1 encoding. Conditional writes name the version they were decided
+/// on; every replica computes the same digest for the same pin, whichever
+/// encoding it stores.
+pub type PinDigest = [u8; 16];
+
+/// The digest of a stored pin value. Format-1 values are canonical (the
+/// encoding is deterministic) and hashed as they are; JSON values of earlier
+/// versions are re-encoded first.
+pub fn digest_of_stored(v: &[u8]) -> Result<PinDigest, StateError> {
+    use sha2::Digest;
+    let h = if v.first() == Some(&codec::FORMAT_V1) {
+        sha2::Sha256::digest(v)
+    } else {
+        sha2::Sha256::digest(codec::encode_pin(&decode(v)?))
+    };
+    let mut d = PinDigest::default();
+    d.copy_from_slice(&h[..16]);
+    Ok(d)
+}
+
 /// A stored pin: the binary format, or the JSON that earlier versions stored.
 fn decode(bytes: &[u8]) -> Result<Pin, StateError> {
     codec::decode_pin(bytes).map_err(|e| StateError::Corrupt(e.to_string()))
@@ -88,6 +109,19 @@ impl PinState {
     /// The pin for `cid`, if any.
     pub fn get(&self, cid: &Cid) -> Result<Option<Pin>, StateError> {
         self.tree.get(&key(cid))?.map(|b| decode(&b)).transpose()
+    }
+
+    /// The pin for `cid` and the digest of its stored version, if any.
+    pub fn get_with_digest(&self, cid: &Cid) -> Result<Option<(Pin, PinDigest)>, StateError> {
+        match self.tree.get(&key(cid))? {
+            Some(b) => Ok(Some((decode(&b)?, digest_of_stored(&b)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// The store key of `cid`'s pin.
+    pub fn key(cid: &Cid) -> Vec<u8> {
+        key(cid)
     }
 
     /// True when `cid` is in the pinset.

@@ -57,6 +57,10 @@ pub trait Tree: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Entries with keys in `[from, to)` (`to = None`: to the end), in key order.
     fn range(&self, from: &[u8], to: Option<&[u8]>) -> KvIter;
+    /// The values under `keys`, in order; one read view where the store has them.
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
     /// The last entry whose key starts with `prefix`.
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<KvPair>, StoreError>;
     /// Applies all writes (`None` deletes) atomically.

@@ -70,6 +70,19 @@ impl Tree for RedbTree {
             .map(|v| v.value().to_vec()))
     }
 
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        // One read transaction for all: a transaction per key costs more than
+        // the lookup.
+        let t = self.read()?;
+        keys.iter()
+            .map(|k| {
+                Ok(t.get(k.as_slice())
+                    .map_err(err)?
+                    .map(|v| v.value().to_vec()))
+            })
+            .collect()
+    }
+
     fn range(&self, from: &[u8], to: Option<&[u8]>) -> KvIter {
         let range = self.read().and_then(|t| {
             match to {
