@@ -252,27 +252,38 @@ fn floors(dir: &Path) -> Floors {
                 .expect("scan");
         }
         floors.scan = cpu("self") - t;
-        // In-process renders of the same pins: REST NDJSON and kubo's pin/ls stream.
+        // In-process renders of the same pins, REST NDJSON and kubo's pin/ls
+        // stream, with the peer's own decoding and JSON writers.
         let t = cpu("self");
         let mut out = Vec::with_capacity(1 << 20);
         let mut total = 0usize;
-        for page in state.pages(PageFrom::start(), 2048) {
-            for p in page.expect("page") {
-                ipfs_cluster::listing::json_line(&p, &mut out);
-            }
+        let mut from = Some(PageFrom::start());
+        while let Some(f) = from {
+            from = state
+                .scan(&f, 2048, &mut |k, v| {
+                    ipfs_cluster::listing::pin_line(k, v, &mut out).expect("render");
+                    true
+                })
+                .expect("scan");
             total += out.len();
             out.clear();
         }
         floors.render_rest = cpu("self") - t;
         let t = cpu("self");
-        for page in state.pages(PageFrom::start(), 2048) {
-            for p in page.expect("page") {
-                out.extend_from_slice(br#"{"Cid":""#);
-                out.extend_from_slice(p.cid.to_string().as_bytes());
-                out.extend_from_slice(b"\",\"Type\":\"");
-                out.extend_from_slice(p.mode().as_str().as_bytes());
-                out.extend_from_slice(b"\"}\n");
-            }
+        let mut from = Some(PageFrom::start());
+        while let Some(f) = from {
+            from = state
+                .scan(&f, 2048, &mut |k, v| {
+                    let (depth, _) =
+                        ipfs_cluster::state::codec::read_depth_and_name(v).expect("decode");
+                    out.extend_from_slice(br#"{"Cid":""#);
+                    ipfs_cluster::listing::json::cid_text(&mut out, k).expect("a CID");
+                    out.extend_from_slice(b"\",\"Type\":\"");
+                    out.extend_from_slice(if depth == 0 { b"direct" } else { b"recursive" });
+                    out.extend_from_slice(b"\"}\n");
+                    true
+                })
+                .expect("scan");
             out.clear();
         }
         floors.render_kubo = cpu("self") - t;

@@ -6,6 +6,8 @@ use http::HeaderMap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod json;
+
 use crate::http::{Body, FrameWriter, channel_body, stream_error_trailer};
 use crate::state::{PageFrom, PinState, StateError};
 use crate::types::Pin;
@@ -96,6 +98,97 @@ where
     body
 }
 
+/// True when the pinset holds at least one pin, read off the async threads
+/// (to tell an empty pinset, or a failing store, before answering).
+pub async fn any_pin(state: &PinState) -> Result<bool, String> {
+    let s = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut any = false;
+        s.scan(&PageFrom::start(), 1, &mut |_, _| {
+            any = true;
+            false
+        })
+        .map(|_| any)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+}
+
+/// Streams the whole pinset as a body, rendered straight from the stored key
+/// (the CID's bytes) and value by `render`, batch by batch under one read view
+/// each: no page of decoded pins in between. `head`, then every pin, then `tail`
+/// when all were read; a read or render failure stops the listing and goes into
+/// the `X-Stream-Error` trailer.
+pub fn write_scan<F>(
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+    state: &PinState,
+    head: &'static [u8],
+    tail: &'static [u8],
+    trailer: Trailer,
+    mut render: F,
+) -> Body
+where
+    F: FnMut(&[u8], &[u8], &mut Vec<u8>) -> Result<(), StateError> + Send + 'static,
+{
+    let (tx, body) = channel_body();
+    let state = state.clone();
+    tasks.spawn_blocking(move || {
+        let mut w = FrameWriter::new(tx);
+        w.buf().extend_from_slice(head);
+        let mut error = None;
+        let mut gone = false;
+        let mut from = Some(PageFrom::start());
+        while let Some(f) = from.take() {
+            if cancel.is_cancelled() {
+                error = Some("the peer is shutting down".to_string());
+                break;
+            }
+            let mut failed = None;
+            let read = state.scan(&f, LIST_BATCH, &mut |k, v| {
+                if let Err(e) = render(k, v, w.buf()) {
+                    failed = Some(e);
+                    return false;
+                }
+                if !w.flush_if_full() {
+                    gone = true;
+                    return false;
+                }
+                true
+            });
+            if gone {
+                return;
+            }
+            match (read, failed) {
+                (_, Some(e)) | (Err(e), None) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+                (Ok(next), None) => from = next,
+            }
+        }
+        if error.is_none() {
+            w.buf().extend_from_slice(tail);
+        }
+        let t = match (trailer, error) {
+            (_, Some(e)) => stream_error_trailer(&e),
+            (Trailer::Always, None) => stream_error_trailer(""),
+            (Trailer::OnError, None) => HeaderMap::new(),
+        };
+        w.finish(t);
+    });
+    body
+}
+
+/// Appends a stored pin as one line of `GET /allocations` (upstream's `Pin` JSON).
+pub fn pin_line(_key: &[u8], value: &[u8], out: &mut Vec<u8>) -> Result<(), StateError> {
+    let p = PinState::decode_value(value)?;
+    json::pin(out, &p);
+    out.push(b'\n');
+    Ok(())
+}
+
 /// Appends `v` as one JSON line.
 pub fn json_line<T: serde::Serialize>(v: &T, out: &mut Vec<u8>) {
     // Serialising our own types into a Vec cannot fail.
@@ -177,6 +270,72 @@ mod tests {
         }
         let t = trailers.expect("trailers");
         assert_eq!(t.get("x-stream-error").unwrap(), "");
+    }
+
+    /// A listing rendered straight from the store writes what serde_json wrote
+    /// for each decoded pin, in large frames.
+    #[tokio::test]
+    async fn scanned_listing_is_byte_identical_in_large_frames() {
+        let (_dir, state) = pinset(5000);
+        let mut old = b"[".to_vec();
+        for p in state.list() {
+            old.extend_from_slice(&serde_json::to_vec(&p.unwrap()).unwrap());
+            old.push(b'\n');
+        }
+        old.push(b']');
+        assert!(any_pin(&state).await.unwrap());
+        let tasks = TaskTracker::new();
+        let body = write_scan(
+            &tasks,
+            CancellationToken::new(),
+            &state,
+            b"[",
+            b"]",
+            Trailer::Always,
+            pin_line,
+        );
+        let (data, trailers) = frames(body).await;
+        let all: Vec<u8> = data.iter().flat_map(|d| d.iter().copied()).collect();
+        assert_eq!(
+            String::from_utf8(all).unwrap(),
+            String::from_utf8(old).unwrap()
+        );
+        assert!(data.len() < 5000 / 100, "{} frames", data.len());
+        assert_eq!(
+            trailers.expect("trailers").get("x-stream-error").unwrap(),
+            ""
+        );
+        // A value that does not decode stops the listing, its error in the trailer.
+        state
+            .tree()
+            .apply(vec![(b"p/\x01\x55\x00\x00".to_vec(), Some(vec![9]))])
+            .unwrap();
+        let body = write_scan(
+            &tasks,
+            CancellationToken::new(),
+            &state,
+            b"",
+            b"END",
+            Trailer::OnError,
+            pin_line,
+        );
+        let (data, trailers) = frames(body).await;
+        assert!(data.iter().all(|d| !d.ends_with(b"END")));
+        let t = trailers.expect("trailers");
+        assert!(
+            t.get("x-stream-error")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains("unknown pin format 9"),
+            "{t:?}"
+        );
+        let empty = {
+            let dir = tempfile::tempdir().unwrap();
+            let store = crate::store::open(dir.path(), crate::store::Backend::Redb).unwrap();
+            PinState::new(store.tree("state").unwrap())
+        };
+        assert!(!any_pin(&empty).await.unwrap());
     }
 
     /// A read failure ends the listing without its tail, the error in the trailer.

@@ -10,7 +10,7 @@ pub mod status;
 pub mod swarm;
 pub mod tracker;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -617,31 +617,34 @@ impl Cluster {
         }
     }
 
+    /// `node`'s status of a page; an error when it did not answer.
     async fn status_page_on(
         &self,
         node: &ClusterNode,
         pins: &[Pin],
         cids: &[Cid],
-    ) -> PeerStatusPage {
+    ) -> Result<PeerStatusPage, String> {
         if node.peer_id == self.inner.peer_id {
             // The page was just read here: no second read of the same pins.
             let at = Utc::now();
             let found: Vec<Option<&Pin>> = pins.iter().map(Some).collect();
             let statuses = self.inner.tracker.status_of(cids, &found).await;
-            return self.page_of(at, statuses).await;
+            return Ok(self.page_of(at, statuses).await);
         }
         let req = ClusterRpc::StatusPage(cids.to_vec());
-        let page = self
-            .rpc_as(&node.peer_id, &req, |r| match r {
-                ClusterRpcReply::StatusPage(p) if p.items.len() == cids.len() => Ok(p),
-                other => Err(other),
-            })
-            .await;
-        match page {
-            Ok(p) => p,
-            // A peer without compact pages answers the full form.
-            Err(_) => PeerStatusPage::from_infos(self.status_many_on(node, cids).await),
+        match self.rpc(&node.peer_id, &req).await {
+            Ok(ClusterRpcReply::StatusPage(p)) if p.items.len() == cids.len() => Ok(p),
+            // A peer that answered, but not with a compact page (an older peer),
+            // is asked for the full form; one that did not answer is not asked again.
+            Ok(_) => Ok(PeerStatusPage::from_infos(
+                self.status_many_on(node, cids).await,
+            )),
+            Err(e) => Err(e),
         }
+    }
+
+    fn unreachable_page(node: &ClusterNode, error: String, n: usize) -> PeerStatusPage {
+        PeerStatusPage::from_infos(vec![Self::unreachable(node, error); n])
     }
 
     /// The status of every CID on every peer (or only here), as chunks in order:
@@ -677,15 +680,38 @@ impl Cluster {
                 }
             });
             let (this2, nodes2) = (this.clone(), nodes.clone());
+            // Peers that did not answer a page, and why: later pages are not asked
+            // of them (one timeout per listing, not one per page), as upstream's
+            // one stream per peer fails once.
+            let down: Arc<std::sync::Mutex<HashMap<String, String>>> = Arc::default();
             let chunks = pages
                 .map(move |page| {
-                    let (this, nodes) = (this2.clone(), nodes2.clone());
+                    let (this, nodes, down) = (this2.clone(), nodes2.clone(), down.clone());
                     async move {
                         let pins = page?;
                         let cids: Vec<Cid> = pins.iter().map(|p| p.cid).collect();
-                        let answers = futures::future::join_all(
-                            nodes.iter().map(|n| this.status_page_on(n, &pins, &cids)),
-                        )
+                        let answers = futures::future::join_all(nodes.iter().map(|n| {
+                            let known = down
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get(&n.peer_id)
+                                .cloned();
+                            let (this, pins, cids, down) = (&this, &pins, &cids, &down);
+                            async move {
+                                if let Some(e) = known {
+                                    return Self::unreachable_page(n, e, cids.len());
+                                }
+                                match this.status_page_on(n, pins, cids).await {
+                                    Ok(page) => page,
+                                    Err(e) => {
+                                        down.lock()
+                                            .unwrap_or_else(|p| p.into_inner())
+                                            .insert(n.peer_id.clone(), e.clone());
+                                        Self::unreachable_page(n, e, cids.len())
+                                    }
+                                }
+                            }
+                        }))
                         .await;
                         let peers = nodes.iter().map(|n| n.peer_id.clone()).zip(answers);
                         Ok(StatusChunk::Page {

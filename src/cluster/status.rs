@@ -2,14 +2,8 @@
 //! every peer's compact answer about it, and is written straight into NDJSON in
 //! upstream's `GlobalPinInfo` shape (or turned into those values).
 
-use std::collections::BTreeMap;
-
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde::ser::{SerializeMap, Serializer};
-
-use super::rpc::PeerStatusPage;
-use crate::types::{Cid, GlobalPinInfo, Pin, TrackerStatus, TrackerStatusFilter};
+use super::rpc::{PageItem, PeerStatusPage};
+use crate::types::{GlobalPinInfo, Pin, TrackerStatusFilter};
 
 /// A part of the global status, in order.
 #[derive(Debug, Clone)]
@@ -25,58 +19,6 @@ pub enum StatusChunk {
     Orphans(Vec<GlobalPinInfo>),
 }
 
-#[derive(Serialize)]
-struct InfoRef<'a> {
-    peername: &'a str,
-    ipfs_peer_id: &'a str,
-    ipfs_peer_addresses: &'a [String],
-    status: TrackerStatus,
-    timestamp: &'a DateTime<Utc>,
-    error: &'a str,
-    attempt_count: u32,
-    priority_pin: bool,
-}
-
-struct PeerMapRef<'a> {
-    peers: &'a [(String, PeerStatusPage)],
-    i: usize,
-}
-
-impl Serialize for PeerMapRef<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.peers.len()))?;
-        for (id, page) in self.peers {
-            if let Some(item) = page.items.get(self.i) {
-                m.serialize_entry(
-                    id,
-                    &InfoRef {
-                        peername: &page.peername,
-                        ipfs_peer_id: &page.ipfs_peer_id,
-                        ipfs_peer_addresses: &page.ipfs_peer_addresses,
-                        status: item.0,
-                        timestamp: item.2.as_ref().unwrap_or(&page.at),
-                        error: &item.3,
-                        attempt_count: item.1,
-                        priority_pin: false,
-                    },
-                )?;
-            }
-        }
-        m.end()
-    }
-}
-
-#[derive(Serialize)]
-struct GlobalRef<'a> {
-    cid: &'a Cid,
-    name: &'a str,
-    allocations: &'a [String],
-    origins: &'a [String],
-    created: &'a DateTime<Utc>,
-    metadata: Option<&'a BTreeMap<String, String>>,
-    peer_map: PeerMapRef<'a>,
-}
-
 impl StatusChunk {
     fn passes(peers: &[(String, PeerStatusPage)], i: usize, filter: TrackerStatusFilter) -> bool {
         filter.is_all()
@@ -86,27 +28,77 @@ impl StatusChunk {
     }
 
     /// Appends the items passing `filter` as NDJSON lines, each exactly as
-    /// `serde_json` writes the [`GlobalPinInfo`] it stands for.
+    /// `serde_json` writes the [`GlobalPinInfo`] it stands for. What a peer's
+    /// entries share on a page (its ID, name, daemon, the page's time) is
+    /// rendered once per page, not once per pin.
     pub fn render(&self, filter: TrackerStatusFilter, out: &mut Vec<u8>) {
+        use crate::listing::json;
         match self {
             StatusChunk::Page { pins, peers } => {
+                // `"<peer>":{"peername":…,"ipfs_peer_id":…,"ipfs_peer_addresses":[…],"status":"`
+                // and the page's time, per peer.
+                let shared: Vec<(Vec<u8>, Vec<u8>)> = peers
+                    .iter()
+                    .map(|(id, page)| {
+                        let mut head = Vec::with_capacity(256);
+                        json::str(&mut head, id);
+                        head.extend_from_slice(b":{\"peername\":");
+                        json::str(&mut head, &page.peername);
+                        head.extend_from_slice(b",\"ipfs_peer_id\":");
+                        json::str(&mut head, &page.ipfs_peer_id);
+                        head.extend_from_slice(b",\"ipfs_peer_addresses\":");
+                        json::strs(&mut head, &page.ipfs_peer_addresses);
+                        head.extend_from_slice(b",\"status\":\"");
+                        let mut at = Vec::with_capacity(40);
+                        json::time(&mut at, &page.at);
+                        (head, at)
+                    })
+                    .collect();
                 for (i, pin) in pins.iter().enumerate() {
                     if !Self::passes(peers, i, filter) {
                         continue;
                     }
                     let o = &pin.options;
-                    let g = GlobalRef {
-                        cid: &pin.cid,
-                        name: &o.name,
-                        allocations: &pin.allocations,
-                        origins: &o.origins,
-                        created: &pin.timestamp,
-                        metadata: (!o.metadata.is_empty()).then_some(&o.metadata),
-                        peer_map: PeerMapRef { peers, i },
-                    };
-                    // Writing into a Vec cannot fail.
-                    let _ = serde_json::to_writer(&mut *out, &g);
-                    out.push(b'\n');
+                    out.extend_from_slice(b"{\"cid\":");
+                    json::cid(out, &pin.cid);
+                    out.extend_from_slice(b",\"name\":");
+                    json::str(out, &o.name);
+                    out.extend_from_slice(b",\"allocations\":");
+                    json::strs(out, &pin.allocations);
+                    out.extend_from_slice(b",\"origins\":");
+                    json::strs(out, &o.origins);
+                    out.extend_from_slice(b",\"created\":");
+                    json::time(out, &pin.timestamp);
+                    out.extend_from_slice(b",\"metadata\":");
+                    if o.metadata.is_empty() {
+                        out.extend_from_slice(b"null");
+                    } else {
+                        json::map(out, &o.metadata);
+                    }
+                    out.extend_from_slice(b",\"peer_map\":{");
+                    let mut first = true;
+                    for ((_, page), (head, at)) in peers.iter().zip(&shared) {
+                        let Some(PageItem(status, attempts, ts, error)) = page.items.get(i) else {
+                            continue;
+                        };
+                        if !first {
+                            out.push(b',');
+                        }
+                        first = false;
+                        out.extend_from_slice(head);
+                        out.extend_from_slice(status.as_str().as_bytes());
+                        out.extend_from_slice(b"\",\"timestamp\":");
+                        match ts {
+                            Some(t) => json::time(out, t),
+                            None => out.extend_from_slice(at),
+                        }
+                        out.extend_from_slice(b",\"error\":");
+                        json::str(out, error);
+                        out.extend_from_slice(b",\"attempt_count\":");
+                        json::uint(out, u64::from(*attempts));
+                        out.extend_from_slice(b",\"priority_pin\":false}");
+                    }
+                    out.extend_from_slice(b"}}\n");
                 }
             }
             StatusChunk::Orphans(items) => {
@@ -152,9 +144,10 @@ impl StatusChunk {
 
 #[cfg(test)]
 mod tests {
+    use chrono::Utc;
+
     use super::*;
-    use crate::cluster::rpc::PageItem;
-    use crate::types::PinOptions;
+    use crate::types::{Cid, PinOptions, TrackerStatus};
 
     fn page(peer: &str, items: Vec<PageItem>) -> PeerStatusPage {
         PeerStatusPage {

@@ -85,6 +85,9 @@ pub struct IpfsConnector {
 pub struct DaemonPins {
     recursive: Vec<[u8; 16]>,
     direct: Vec<[u8; 16]>,
+    /// Where the recursive digests whose first two bytes are `i` start (the
+    /// digests are uniform: a lookup searches a few entries, not all of them).
+    index: Vec<u32>,
 }
 
 impl DaemonPins {
@@ -112,12 +115,39 @@ impl DaemonPins {
             v.dedup();
             v.shrink_to_fit();
         }
+        // Only worth its 256 KiB beside many pins.
+        self.index.clear();
+        if self.recursive.len() >= 1 << 16 {
+            let mut index = Vec::with_capacity((1 << 16) + 1);
+            let mut at = 0usize;
+            for b in 0..(1usize << 16) {
+                while at < self.recursive.len() && Self::bucket(&self.recursive[at]) < b {
+                    at += 1;
+                }
+                index.push(at as u32);
+            }
+            index.push(self.recursive.len() as u32);
+            self.index = index;
+        }
+    }
+
+    fn bucket(d: &[u8; 16]) -> usize {
+        usize::from(u16::from_be_bytes([d[0], d[1]]))
+    }
+
+    fn has_recursive(&self, d: &[u8; 16]) -> bool {
+        if self.index.is_empty() {
+            return self.recursive.binary_search(d).is_ok();
+        }
+        let b = Self::bucket(d);
+        let (from, to) = (self.index[b] as usize, self.index[b + 1] as usize);
+        self.recursive[from..to].binary_search(d).is_ok()
     }
 
     /// How `cid` is pinned (a recursive pin wins over a direct one).
     pub fn get(&self, cid: &Cid) -> Option<PinMode> {
         let d = Self::digest(cid);
-        if self.recursive.binary_search(&d).is_ok() {
+        if self.has_recursive(&d) {
             Some(PinMode::Recursive)
         } else if self.direct.binary_search(&d).is_ok() {
             Some(PinMode::Direct)
@@ -595,4 +625,43 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod daemon_pins_tests {
+    use super::*;
+
+    /// Large sets look pins up through the bucket index, small ones by a plain
+    /// search; both find exactly what was inserted.
+    #[test]
+    fn lookups_with_and_without_the_index() {
+        let cid = |i: u32| {
+            let mut b = vec![0x01, 0x55, 0x00, 0x04];
+            b.extend_from_slice(&i.to_be_bytes());
+            Cid::from_bytes(&b).unwrap()
+        };
+        for n in [10u32, 70_000] {
+            let pins: DaemonPins = (0..n)
+                .map(|i| {
+                    let mode = if i % 50 == 0 {
+                        PinMode::Direct
+                    } else {
+                        PinMode::Recursive
+                    };
+                    (cid(i * 2), mode)
+                })
+                .collect();
+            assert_eq!(pins.index.is_empty(), n < 1 << 16);
+            for i in (0..n).step_by(1 + n as usize / 3000) {
+                let want = if i % 50 == 0 {
+                    PinMode::Direct
+                } else {
+                    PinMode::Recursive
+                };
+                assert_eq!(pins.get(&cid(i * 2)), Some(want), "{i}");
+                assert_eq!(pins.get(&cid(i * 2 + 1)), None, "{i}");
+            }
+            assert_eq!(pins.len(), n as usize);
+        }
+    }
 }

@@ -349,6 +349,7 @@ impl Proxy {
             (Ok(s), Ok(n)) => (s, n),
             (Err(e), _) | (_, Err(e)) => return e.response(),
         };
+        let scan_filter = type_filter.clone();
         let wanted = move |p: &Pin| type_filter == "all" || type_filter == p.mode().as_str();
         let args = q.all("arg");
         let ls = PinLsWriter {
@@ -391,22 +392,30 @@ impl Proxy {
             return streaming(body);
         }
         let state = self.cluster.consensus().state();
-        let (first, next) = match crate::listing::first_page(state).await {
-            Ok(x) => x,
-            Err(e) => return internal(&e),
-        };
+        if let Err(e) = crate::listing::any_pin(state).await {
+            return internal(&e);
+        }
         let mut ls = ls;
-        let body = crate::listing::write_pins(
+        let body = crate::listing::write_scan(
             &self.tasks,
             self.cancel.clone(),
-            crate::listing::pages_from(state, first, next),
+            state,
             head,
             tail,
             crate::listing::Trailer::OnError,
-            move |p, out| {
-                if wanted(p) {
-                    ls.render(p, out)
+            move |cid, value, out| {
+                let (depth, name) = crate::state::codec::read_depth_and_name(value)
+                    .map_err(|e| crate::state::StateError::Corrupt(e.to_string()))?;
+                let mode = if depth == 0 {
+                    PinMode::Direct
+                } else {
+                    PinMode::Recursive
+                };
+                if scan_filter == "all" || scan_filter == mode.as_str() {
+                    ls.render_raw(cid, &name, mode, out)
+                        .map_err(|e| crate::state::StateError::Corrupt(e.to_string()))?;
                 }
+                Ok(())
             },
         );
         streaming(body)
@@ -421,54 +430,46 @@ struct PinLsWriter {
     first: bool,
 }
 
-#[derive(Serialize)]
-struct PinLsObject<'a> {
-    #[serde(rename = "Cid")]
-    cid: &'a str,
-    #[serde(rename = "Name", skip_serializing_if = "str::is_empty")]
-    name: &'a str,
-    #[serde(rename = "Type")]
-    pin_type: &'static str,
-}
-
-#[derive(Serialize)]
-struct PinLsType<'a> {
-    #[serde(rename = "Name", skip_serializing_if = "str::is_empty")]
-    name: &'a str,
-    #[serde(rename = "Type")]
-    pin_type: &'static str,
-}
-
 impl PinLsWriter {
     /// Appends `pin` as one `pin/ls` entry.
     fn render(&mut self, pin: &Pin, out: &mut Vec<u8>) {
-        let name = if self.names {
-            pin.options.name.as_str()
-        } else {
-            ""
-        };
-        let pin_type = pin.mode().as_str();
-        let cid = pin.cid.to_string();
-        // Writing into a Vec cannot fail.
+        // A CID's own bytes always print.
+        let _ = self.render_raw(&pin.cid.to_bytes(), &pin.options.name, pin.mode(), out);
+    }
+
+    /// Appends one `pin/ls` entry from the CID's binary form: `{"Cid":…,"Name":…,
+    /// "Type":…}` a line when streaming, else `"cid":{"Name":…,"Type":…}` entries
+    /// of one object, commas between (Name only with `names` and when not empty).
+    fn render_raw(
+        &mut self,
+        cid: &[u8],
+        name: &str,
+        mode: PinMode,
+        out: &mut Vec<u8>,
+    ) -> Result<(), crate::types::CidError> {
+        use crate::listing::json;
         if self.stream {
-            let _ = serde_json::to_writer(
-                &mut *out,
-                &PinLsObject {
-                    cid: &cid,
-                    name,
-                    pin_type,
-                },
-            );
-            out.push(b'\n');
+            out.extend_from_slice(b"{\"Cid\":\"");
+            json::cid_text(out, cid)?;
+            out.extend_from_slice(b"\",");
         } else {
             if !self.first {
                 out.push(b',');
             }
-            let _ = serde_json::to_writer(&mut *out, &cid);
-            out.push(b':');
-            let _ = serde_json::to_writer(&mut *out, &PinLsType { name, pin_type });
+            out.push(b'"');
+            json::cid_text(out, cid)?;
+            out.extend_from_slice(b"\":{");
         }
+        if self.names && !name.is_empty() {
+            out.extend_from_slice(b"\"Name\":");
+            json::str(out, name);
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"Type\":\"");
+        out.extend_from_slice(mode.as_str().as_bytes());
+        out.extend_from_slice(if self.stream { b"\"}\n" } else { b"\"}" });
         self.first = false;
+        Ok(())
     }
 }
 
@@ -480,4 +481,68 @@ fn streaming(body: Body) -> Response<Body> {
     h.insert("x-chunked-output", HeaderValue::from_static("1"));
     h.insert("trailer", HeaderValue::from_static("X-Stream-Error"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `pin/ls` entries are kubo's shapes, as serde_json writes them: one object a
+    /// line when streaming, one `Keys` object otherwise; Name only when asked for
+    /// and set (escaped); CIDv0 and CIDv1 printed as `cid` prints them.
+    #[test]
+    fn pin_ls_entries_have_kubos_shapes() {
+        let v0: Cid = "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"
+            .parse()
+            .unwrap();
+        let v1: Cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+            .parse()
+            .unwrap();
+        let mut a = Pin::new(v0, PinOptions::default());
+        a.options.name = "a \"name\"\n".into();
+        let mut b = Pin::new(v1, PinOptions::default());
+        b.max_depth = 0;
+        for (stream, names) in [(true, true), (true, false), (false, true), (false, false)] {
+            let mut ls = PinLsWriter {
+                stream,
+                names,
+                first: true,
+            };
+            let mut out = Vec::new();
+            for p in [&a, &b] {
+                ls.render(p, &mut out);
+            }
+            let entry = |p: &Pin| {
+                let mut m = serde_json::Map::new();
+                if names && !p.options.name.is_empty() {
+                    m.insert("Name".into(), p.options.name.clone().into());
+                }
+                m.insert("Type".into(), p.mode().as_str().into());
+                m
+            };
+            let want = if stream {
+                let mut s = String::new();
+                for p in [&a, &b] {
+                    let mut m = serde_json::Map::new();
+                    m.insert("Cid".into(), p.cid.to_string().into());
+                    m.extend(entry(p));
+                    s.push_str(&serde_json::to_string(&m).unwrap());
+                    s.push('\n');
+                }
+                s
+            } else {
+                let mut s = String::new();
+                for (i, p) in [&a, &b].iter().enumerate() {
+                    if i > 0 {
+                        s.push(',');
+                    }
+                    s.push_str(&serde_json::to_string(&p.cid.to_string()).unwrap());
+                    s.push(':');
+                    s.push_str(&serde_json::to_string(&entry(p)).unwrap());
+                }
+                s
+            };
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{stream} {names}");
+        }
+    }
 }

@@ -322,21 +322,19 @@ impl RestApi {
     /// large frames.
     async fn allocations(&self) -> Response<Body> {
         let state = self.cluster.consensus().state();
-        let (first, next) = match crate::listing::first_page(state).await {
-            Ok(x) => x,
+        match crate::listing::any_pin(state).await {
+            Ok(true) => {}
+            Ok(false) => return no_content(),
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        };
-        if first.is_empty() {
-            return no_content();
         }
-        let body = crate::listing::write_pins(
+        let body = crate::listing::write_scan(
             &self.tasks,
             self.cancel.clone(),
-            crate::listing::pages_from(state, first, next),
+            state,
             b"",
             b"",
             crate::listing::Trailer::Always,
-            crate::listing::json_line,
+            crate::listing::pin_line,
         );
         ndjson_response(body)
     }

@@ -312,6 +312,37 @@ pub fn decode_pin(b: &[u8]) -> Result<Pin, DecodeError> {
     }
 }
 
+/// What `pin/ls` prints of a stored pin: its depth (hence its mode) and its
+/// name, read without decoding the rest of the value (no allocation for this
+/// format; the JSON earlier versions stored is decoded whole).
+pub fn read_depth_and_name(b: &[u8]) -> Result<(i32, std::borrow::Cow<'_, str>), DecodeError> {
+    match b.first() {
+        Some(&FORMAT_V1) => {
+            let mut r = Reader::new(&b[1..]);
+            r.bytes()?; // cid
+            r.u8()?; // type
+            let max_depth = r.i32()?;
+            if r.u8()? == 1 {
+                r.bytes()?; // reference
+            }
+            r.ivarint()?; // timestamp
+            r.uvarint()?;
+            for _ in 0..r.uvarint()? {
+                r.bytes()?; // allocations
+            }
+            r.ivarint()?; // replication factors
+            r.ivarint()?;
+            let name = std::str::from_utf8(r.bytes()?)
+                .map_err(|_| DecodeError::new("string is not UTF-8"))?;
+            Ok((max_depth, std::borrow::Cow::Borrowed(name)))
+        }
+        _ => {
+            let p = decode_pin(b)?;
+            Ok((p.max_depth, std::borrow::Cow::Owned(p.options.name)))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,10 +390,38 @@ mod tests {
     }
 
     #[test]
+    fn depth_and_name_read_alone() {
+        let mut p = full_pin();
+        for depth in [0, -1, 7] {
+            p.max_depth = depth;
+            let bin = encode_pin(&p);
+            let (d, name) = read_depth_and_name(&bin).unwrap();
+            assert_eq!((d, name.as_ref()), (depth, p.options.name.as_str()));
+            let json = serde_json::to_vec(&p).unwrap();
+            let (d, name) = read_depth_and_name(&json).unwrap();
+            assert_eq!((d, name.as_ref()), (depth, p.options.name.as_str()));
+        }
+        let plain = Pin::new(p.cid, PinOptions::default());
+        let bin = encode_pin(&plain);
+        let (d, name) = read_depth_and_name(&bin).unwrap();
+        assert_eq!((d, name.as_ref()), (-1, ""));
+    }
+
+    #[test]
     fn corrupt_values_are_errors_not_panics() {
         let bin = encode_pin(&full_pin());
         for n in 0..bin.len() {
             assert!(decode_pin(&bin[..n]).is_err(), "prefix of {n} bytes");
+        }
+        // Only what comes before the name is read: prefixes that end before it fail.
+        for n in 0..40 {
+            assert!(
+                read_depth_and_name(&bin[..n]).is_err(),
+                "prefix of {n} bytes"
+            );
+        }
+        for n in 40..bin.len() {
+            let _ = read_depth_and_name(&bin[..n]);
         }
         assert!(
             decode_pin(&[9, 1, 2])
