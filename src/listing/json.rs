@@ -107,9 +107,9 @@ pub fn time(out: &mut Vec<u8>, t: &DateTime<Utc>) {
     two(out, s);
     if nano != 0 {
         out.push(b'.');
-        if nano % 1_000_000 == 0 {
+        if nano.is_multiple_of(1_000_000) {
             digits(out, nano / 1_000_000, 3);
-        } else if nano % 1000 == 0 {
+        } else if nano.is_multiple_of(1000) {
             digits(out, nano / 1000, 6);
         } else {
             digits(out, nano, 9);
