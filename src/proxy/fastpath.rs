@@ -300,11 +300,10 @@ impl FastPath {
                 seen_length = true;
                 body_len = n;
             } else if name.eq_ignore_ascii_case(b"connection") {
-                for token in h.value.split(|b| *b == b',') {
-                    let t = token.trim_ascii();
+                for t in connection_options(h.value) {
                     if t.eq_ignore_ascii_case(b"close") {
                         close = true;
-                    } else if !t.eq_ignore_ascii_case(b"keep-alive") && !t.is_empty() {
+                    } else {
                         // Headers named hop-by-hop by the client: the general path.
                         return Err(Failed::Handoff);
                     }
@@ -439,6 +438,14 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
+/// A `Connection` header's options other than `keep-alive` (which HTTP/1.1
+/// implies): `close`, or names of headers made hop-by-hop.
+fn connection_options(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive"))
+}
+
 fn parse_length(v: &[u8]) -> Option<usize> {
     if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
         return None;
@@ -509,11 +516,10 @@ async fn relay_answer(
         for h in resp.headers.iter() {
             let name = h.name.as_bytes();
             if name.eq_ignore_ascii_case(b"connection") {
-                for t in h.value.split(|b| *b == b',') {
-                    let t = t.trim_ascii();
+                for t in connection_options(h.value) {
                     if t.eq_ignore_ascii_case(b"close") {
                         daemon_close = true;
-                    } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
+                    } else {
                         named.push(t);
                     }
                 }
