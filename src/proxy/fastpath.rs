@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::kubo_error_body;
 use super::passthrough::CONNECT_TIMEOUT;
+use super::splice::Pipe;
 use crate::http::Handoff;
 
 /// Request bodies up to this size are relayed here (read whole first, so that a
@@ -35,6 +36,15 @@ const MAX_HEADERS: usize = 64;
 const RESPONSE_HEAD_MAX: usize = 64 * 1024;
 /// Read size for answers being relayed.
 const COPY_BUF: usize = 64 * 1024;
+/// Body runs this long are spliced rather than copied (a pipe costs a few
+/// system calls; below this, copying through `COPY_BUF` is as cheap).
+const SPLICE_MIN: u64 = 64 * 1024;
+/// Read size at chunk boundaries once a body's chunks have been spliced.
+const BOUNDARY_READ: usize = 4 * 1024;
+/// Room for an answer's head (and a small body with it); a connection keeps
+/// no larger answer buffer between calls, so thousands of kept-alive clients
+/// that once fetched something large do not each hold `COPY_BUF`.
+const HEAD_BUF: usize = 16 * 1024;
 /// Idle daemon connections kept for new clients.
 const MAX_IDLE: usize = 64;
 /// How long an idle daemon connection is kept.
@@ -248,6 +258,9 @@ impl FastPath {
         };
         c.rbuf.advance(total);
         let status = relay_answer(c, &mut daemon, head_end, &plan).await?;
+        if c.dbuf.capacity() > HEAD_BUF {
+            c.dbuf = Vec::new();
+        }
         if tracing::enabled!(target: "ipfs_cluster::access", tracing::Level::DEBUG) {
             tracing::debug!(
                 target: "ipfs_cluster::access",
@@ -467,7 +480,7 @@ async fn read_response_head(d: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Re
                 "the daemon's answer head is too large",
             ));
         }
-        buf.reserve(COPY_BUF);
+        buf.reserve(HEAD_BUF);
         if d.read_buf(buf).await? == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -622,7 +635,10 @@ async fn relay_answer(
 }
 
 /// Copies the rest of a body from the daemon to the client; false when the
-/// daemon sent more than the message (its connection is not reused).
+/// daemon sent more than the message (its connection is not reused). Runs of
+/// at least `SPLICE_MIN` body bytes go through a pipe (see `splice`); once one
+/// has, reads at chunk boundaries are kept small so that little of the next
+/// chunk's data comes through memory.
 async fn copy_body(
     c: &mut Conn,
     daemon: &mut TcpStream,
@@ -631,8 +647,38 @@ async fn copy_body(
     let buf = &mut c.dbuf;
     buf.clear();
     buf.resize(COPY_BUF, 0);
+    let mut pipe: Option<Pipe> = None;
     loop {
-        let n = match daemon.read(buf).await {
+        let run = match framing {
+            Framing::Length(left) => *left,
+            Framing::Chunked(s) => s.data_left(),
+            Framing::None | Framing::UntilClose => 0,
+        };
+        if run >= SPLICE_MIN {
+            if pipe.is_none() {
+                pipe = Pipe::new().ok();
+            }
+            if let Some(p) = pipe.as_mut() {
+                if p.relay(daemon, &c.client, run).await.is_err() {
+                    return Err(Failed::Close);
+                }
+                match framing {
+                    Framing::Length(left) => {
+                        *left = 0;
+                        return Ok(true);
+                    }
+                    Framing::Chunked(s) => s.skip_data(run),
+                    Framing::None | Framing::UntilClose => {}
+                }
+                continue;
+            }
+        }
+        let read_len = if pipe.is_some() {
+            BOUNDARY_READ
+        } else {
+            COPY_BUF
+        };
+        let n = match daemon.read(&mut buf[..read_len]).await {
             Ok(0) if matches!(framing, Framing::UntilClose) => return Ok(false),
             Ok(0) | Err(_) => return Err(Failed::Close),
             Ok(n) => n,
@@ -751,6 +797,23 @@ impl ChunkScanner {
 
     fn done(&self) -> bool {
         self.state == ChunkState::Done
+    }
+
+    /// Bytes of the current chunk's data still to come (0 outside data).
+    fn data_left(&self) -> u64 {
+        if self.state == ChunkState::Data {
+            self.size
+        } else {
+            0
+        }
+    }
+
+    /// Accounts for `n` data bytes relayed without being scanned.
+    fn skip_data(&mut self, n: u64) {
+        self.size -= n.min(self.size);
+        if self.size == 0 && self.state == ChunkState::Data {
+            self.state = ChunkState::DataCr;
+        }
     }
 }
 
@@ -956,6 +1019,144 @@ mod tests {
         );
         c.write_all(big.as_bytes()).await.unwrap();
         assert!(served.await.unwrap().is_some());
+    }
+
+    /// Bytes that show a misplaced or lost run (no period that a shift hides).
+    fn pattern(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A daemon with large answers: `/length` a Content-Length body of 3 MiB,
+    /// `/chunks` chunks of mixed sizes (large ones spliced, small ones copied)
+    /// with a trailer, `/cut` a body the daemon stops halfway; every body is
+    /// `pattern(.., seed)` with the seed in the path's query.
+    async fn large_answer_daemon() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let n = loop {
+                            if let Some(n) = head_end(&buf) {
+                                break n;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                        buf.drain(..n);
+                        let seed: u64 = head
+                            .split(['=', ' '])
+                            .nth(2)
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        let mut out = Vec::new();
+                        if head.starts_with("POST /chunks") {
+                            let body = pattern(300 * 1024 + 10 + 70 * 1024 + (1 << 20) + 3, seed);
+                            out.extend_from_slice(
+                                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                            );
+                            let mut at = 0;
+                            for size in [300 * 1024, 10, 70 * 1024, (1 << 20) + 3] {
+                                out.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+                                out.extend_from_slice(&body[at..at + size]);
+                                out.extend_from_slice(b"\r\n");
+                                at += size;
+                            }
+                            out.extend_from_slice(b"0\r\nX-Stream-Error: boom\r\n\r\n");
+                        } else {
+                            let len = 3 << 20;
+                            out.extend_from_slice(
+                                format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n")
+                                    .as_bytes(),
+                            );
+                            let body = pattern(len, seed);
+                            let cut = head.starts_with("POST /cut");
+                            out.extend_from_slice(if cut { &body[..len / 2] } else { &body });
+                            if cut {
+                                let _ = s.write_all(&out).await;
+                                return;
+                            }
+                        }
+                        if s.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Reads from `c` until `want` bytes came, or the connection closes.
+    async fn read_exactly(c: &mut TcpStream, want: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        while got.len() < want {
+            match c.read(&mut chunk).await.unwrap() {
+                0 => break,
+                k => got.extend_from_slice(&chunk[..k]),
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn relays_large_bodies_byte_for_byte_and_the_connection_goes_on() {
+        let daemon = large_answer_daemon().await;
+        let (mut c, _served) = fast_conn(daemon).await;
+        for (path, seed) in [("/length", 7u64), ("/chunks", 8), ("/length", 9)] {
+            c.write_all(format!("POST {path}?seed={seed} HTTP/1.1\r\nHost: p\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let expected_body = if path == "/chunks" {
+                let body = pattern(300 * 1024 + 10 + 70 * 1024 + (1 << 20) + 3, seed);
+                let mut framed = Vec::new();
+                let mut at = 0;
+                for size in [300 * 1024, 10, 70 * 1024, (1 << 20) + 3] {
+                    framed.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+                    framed.extend_from_slice(&body[at..at + size]);
+                    framed.extend_from_slice(b"\r\n");
+                    at += size;
+                }
+                framed.extend_from_slice(b"0\r\nX-Stream-Error: boom\r\n\r\n");
+                framed
+            } else {
+                pattern(3 << 20, seed)
+            };
+            let mut head = Vec::new();
+            while head_end(&head).is_none() {
+                head.extend(read_exactly(&mut c, 1).await);
+            }
+            let n = head_end(&head).unwrap();
+            let mut body = head[n..].to_vec();
+            let rest = expected_body.len() - body.len();
+            body.extend(read_exactly(&mut c, rest).await);
+            assert_eq!(body.len(), expected_body.len(), "{path}: body length");
+            assert!(body == expected_body, "{path}: body bytes differ");
+        }
+        // A body cut short by the daemon ends the client's connection too,
+        // rather than leaving it waiting or out of step.
+        c.write_all(b"POST /cut?seed=1 HTTP/1.1\r\nHost: p\r\n\r\n")
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), read_exactly(&mut c, 4 << 20))
+            .await
+            .expect("the connection closes");
+        assert!(got.len() < 3 << 20, "{}", got.len());
     }
 
     #[test]

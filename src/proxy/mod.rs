@@ -8,6 +8,7 @@ mod headers;
 mod passthrough;
 mod pin;
 mod relay;
+mod splice;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
