@@ -12,6 +12,7 @@
 //! already read, to the hyper server for the rest of its life, where every
 //! behaviour lives. So this path only ever does less than the general one.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,6 +61,10 @@ pub struct FastPath {
     pub host: String,
     /// The daemon's own `Authorization`, sent in place of the client's.
     pub daemon_auth: Option<String>,
+    /// With proxy credentials configured: the `Authorization` values that pass
+    /// here (`Basic` and each user's encoded pair, byte for byte). Anything
+    /// else goes to the general path, which checks it in full and answers 401.
+    accepted_auth: Option<Vec<Vec<u8>>>,
     /// The server's header read timeout.
     pub header_read_timeout: Duration,
     /// How long a kept-alive connection may wait for its next call.
@@ -95,18 +100,34 @@ struct Conn {
 }
 
 impl FastPath {
-    /// A fast path to the daemon at `daemon`.
+    /// A fast path to the daemon at `daemon`; `credentials` are the proxy's own
+    /// users and passwords, when it has any.
     pub fn new(
         daemon: SocketAddr,
         daemon_auth: Option<String>,
+        credentials: Option<&BTreeMap<String, String>>,
         (header_read_timeout, idle_timeout): (Duration, Duration),
         max_header_bytes: usize,
         intercepted: fn(&Method, &str) -> bool,
     ) -> Self {
+        use base64::Engine;
+        // A user name with a colon could never pass the general check (the pair
+        // splits at the first colon), so it is not accepted here either.
+        let accepted_auth = credentials.map(|c| {
+            c.iter()
+                .filter(|(user, _)| !user.contains(':'))
+                .map(|(user, pass)| {
+                    let pair =
+                        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+                    format!("Basic {pair}").into_bytes()
+                })
+                .collect()
+        });
         FastPath {
             daemon,
             host: daemon.to_string(),
             daemon_auth,
+            accepted_auth,
             header_read_timeout,
             idle_timeout,
             max_header_bytes,
@@ -302,6 +323,7 @@ impl FastPath {
         let mut seen_length = false;
         let mut close = false;
         let mut xff: Option<&[u8]> = None;
+        let mut authorization: Option<&[u8]> = None;
         for h in req.headers.iter() {
             go_size += h.name.len() + h.value.len() + 4;
             let name = h.name.as_bytes();
@@ -326,6 +348,11 @@ impl FastPath {
                     return Err(Failed::Handoff);
                 }
                 xff = Some(h.value);
+            } else if name.eq_ignore_ascii_case(b"authorization") {
+                if authorization.is_some() {
+                    return Err(Failed::Handoff);
+                }
+                authorization = Some(h.value);
             } else if [
                 &b"transfer-encoding"[..],
                 b"te",
@@ -344,6 +371,20 @@ impl FastPath {
         if go_size > self.max_header_bytes {
             return Err(Failed::Handoff);
         }
+        if let Some(accepted) = &self.accepted_auth {
+            let given = authorization.unwrap_or(b"");
+            // Every value compared in full, so the time taken does not tell how
+            // much of a guess was right.
+            let ok = accepted
+                .iter()
+                .fold(false, |ok, a| ok | constant_time_eq(a, given));
+            if !ok {
+                return Err(Failed::Handoff);
+            }
+        }
+        // The proxy's own credentials, or the daemon's in place of the client's,
+        // never the client's to the daemon when either is configured.
+        let drop_client_auth = self.daemon_auth.is_some() || self.accepted_auth.is_some();
         let out = &mut c.out;
         out.clear();
         out.extend_from_slice(method.as_str().as_bytes());
@@ -358,7 +399,7 @@ impl FastPath {
                 || name.eq_ignore_ascii_case(b"connection")
                 || name.eq_ignore_ascii_case(b"keep-alive")
                 || name.eq_ignore_ascii_case(b"x-forwarded-for")
-                || (name.eq_ignore_ascii_case(b"authorization") && self.daemon_auth.is_some())
+                || (name.eq_ignore_ascii_case(b"authorization") && drop_client_auth)
             {
                 continue;
             }
@@ -488,6 +529,14 @@ async fn read_response_head(d: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Re
             ));
         }
     }
+}
+
+/// Whether `a` and `b` are equal, in a time that depends on their lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// How an answer's body is framed.
@@ -875,9 +924,18 @@ mod tests {
     async fn fast_conn(
         daemon: SocketAddr,
     ) -> (TcpStream, tokio::task::JoinHandle<Option<Handoff>>) {
+        fast_conn_with(daemon, None).await
+    }
+
+    /// As `fast_conn`, for a proxy with `credentials`.
+    async fn fast_conn_with(
+        daemon: SocketAddr,
+        credentials: Option<&BTreeMap<String, String>>,
+    ) -> (TcpStream, tokio::task::JoinHandle<Option<Handoff>>) {
         let fast = Arc::new(FastPath::new(
             daemon,
             None,
+            credentials,
             (Duration::from_secs(5), Duration::from_secs(60)),
             8192,
             |_, p| p == "/api/v0/pin/ls",
@@ -1019,6 +1077,59 @@ mod tests {
         );
         c.write_all(big.as_bytes()).await.unwrap();
         assert!(served.await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn with_proxy_credentials_relays_only_calls_that_carry_one_exactly() {
+        use base64::Engine;
+        let daemon = scripted_daemon().await;
+        let creds: BTreeMap<String, String> = [
+            ("alice".to_string(), "s3cret".to_string()),
+            ("bo:b".to_string(), "x".to_string()),
+        ]
+        .into();
+        let basic = |pair: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+        };
+        // Twice on one connection (the second on a new daemon connection:
+        // `scripted_daemon` closes its first after one answer).
+        let (mut c, _served) = fast_conn_with(daemon, Some(&creds)).await;
+        let mut buf = Vec::new();
+        for _ in 0..2 {
+            let call = format!(
+                "POST /api/v0/id HTTP/1.1\r\nHost: p\r\nAuthorization: {}\r\n\r\n",
+                basic("alice:s3cret")
+            );
+            c.write_all(call.as_bytes()).await.unwrap();
+            let (head, body) = read_answer(&mut c, &mut buf).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert!(
+                !body.to_ascii_lowercase().contains("authorization"),
+                "the client's credentials reached the daemon: {body}"
+            );
+        }
+        // Anything else is for the general path to judge (and refuse).
+        for auth in [
+            None,
+            Some(basic("alice:wrong")),
+            Some(basic("alice:s3cretX")),
+            Some(basic("bo:b:x")),
+            Some(format!("basic {}", &basic("alice:s3cret")[6..])),
+        ] {
+            let (mut c, served) = fast_conn_with(daemon, Some(&creds)).await;
+            let call = match &auth {
+                Some(a) => {
+                    format!("POST /api/v0/id HTTP/1.1\r\nHost: p\r\nAuthorization: {a}\r\n\r\n")
+                }
+                None => "POST /api/v0/id HTTP/1.1\r\nHost: p\r\n\r\n".to_string(),
+            };
+            c.write_all(call.as_bytes()).await.unwrap();
+            let handoff = served.await.unwrap().expect("a handoff");
+            assert_eq!(&handoff.read[..], call.as_bytes(), "{auth:?}");
+        }
     }
 
     /// Bytes that show a misplaced or lost run (no period that a shift hides).

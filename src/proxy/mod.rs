@@ -162,15 +162,16 @@ impl Proxy {
             header_read_timeout: cfg.read_header_timeout.0,
             max_header_bytes: cfg.max_header_bytes,
         };
-        // The fast path relays plain calls at the byte level. Calls with
-        // credentials to check, and daemons named by host name, take the general
-        // path only.
+        // The fast path relays plain calls at the byte level (with the
+        // proxy's credentials, those that carry one exactly). Daemons named by
+        // host name take the general path only.
         let daemon_addr = node.authority().parse::<SocketAddr>().ok();
         let first = match daemon_addr {
-            Some(addr) if proxy.credentials.is_none() => {
+            Some(addr) => {
                 let fast = Arc::new(fastpath::FastPath::new(
                     addr,
                     fast_auth,
+                    proxy.credentials.as_deref(),
                     (cfg.read_header_timeout.0, cfg.idle_timeout.0),
                     cfg.max_header_bytes,
                     |m, p| route(m, p).is_some(),
