@@ -153,18 +153,20 @@ impl FastPath {
             dbuf: Vec::new(),
             ip: remote.ip().to_string(),
         };
+        // One wait for shutdown for the connection's life, not one per call.
+        let mut cancelled = std::pin::pin!(cancel.cancelled());
         loop {
             // Between calls: the next head, unless the proxy is shutting down.
             let head = tokio::select! {
                 h = self.read_head(&mut c) => h,
-                _ = cancel.cancelled() => None,
+                _ = &mut cancelled => None,
             };
             let Some(head_len) = head else {
                 self.release(c.daemon.take());
                 return None;
             };
             let grace = async {
-                cancel.cancelled().await;
+                (&mut cancelled).await;
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
             };
             let r = tokio::select! {
@@ -219,7 +221,7 @@ impl FastPath {
     /// Relays the call whose head is the first `head_len` bytes of `rbuf`; true
     /// when the connection may serve another.
     async fn relay(&self, c: &mut Conn, head_len: usize) -> Result<bool, Failed> {
-        let started = Instant::now();
+        let started = access_log_enabled().then(Instant::now);
         let plan = self.plan(c, head_len)?;
         // The whole body first (small, see BODY_MAX): the call can then be sent
         // again on a new connection when a kept one turns out closed.
@@ -282,7 +284,7 @@ impl FastPath {
         if c.dbuf.capacity() > HEAD_BUF {
             c.dbuf = Vec::new();
         }
-        if tracing::enabled!(target: "ipfs_cluster::access", tracing::Level::DEBUG) {
+        if let Some(started) = started {
             tracing::debug!(
                 target: "ipfs_cluster::access",
                 "ipfs proxy: {} \"{}\" {status} {:?}",
@@ -421,7 +423,7 @@ impl FastPath {
         }
         out.extend_from_slice(c.ip.as_bytes());
         out.extend_from_slice(b"\r\n\r\n");
-        let line = if tracing::enabled!(target: "ipfs_cluster::access", tracing::Level::DEBUG) {
+        let line = if access_log_enabled() {
             format!("{method} {target}")
         } else {
             String::new()
@@ -529,6 +531,11 @@ async fn read_response_head(d: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Re
             ));
         }
     }
+}
+
+/// Whether calls are logged (and so timed and named).
+fn access_log_enabled() -> bool {
+    tracing::enabled!(target: "ipfs_cluster::access", tracing::Level::DEBUG)
 }
 
 /// Whether `a` and `b` are equal, in a time that depends on their lengths only.
@@ -1130,6 +1137,35 @@ mod tests {
             let handoff = served.await.unwrap().expect("a handoff");
             assert_eq!(&handoff.read[..], call.as_bytes(), "{auth:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_closes_at_shutdown() {
+        let daemon = scripted_daemon().await;
+        let fast = Arc::new(FastPath::new(
+            daemon,
+            None,
+            None,
+            (Duration::from_secs(5), Duration::from_secs(60)),
+            8192,
+            |_, _| false,
+        ));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, remote) = l.accept().await.unwrap();
+        let cancel = CancellationToken::new();
+        let served = tokio::spawn(fast.serve(server, remote, cancel.clone()));
+        // A call first, so that the connection waits between calls.
+        client
+            .write_all(b"POST /api/v0/id HTTP/1.1\r\nHost: p\r\n\r\n")
+            .await
+            .unwrap();
+        read_answer(&mut client, &mut Vec::new()).await;
+        cancel.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(2), served)
+            .await
+            .expect("the connection closes at once");
+        assert!(r.unwrap().is_none());
     }
 
     /// Bytes that show a misplaced or lost run (no period that a shift hides).
