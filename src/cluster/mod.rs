@@ -389,11 +389,12 @@ impl Cluster {
     }
 
     /// The pin for `cid`.
-    pub fn pin_get(&self, cid: &Cid) -> Result<Pin, ClusterError> {
+    pub async fn pin_get(&self, cid: &Cid) -> Result<Pin, ClusterError> {
         self.inner
             .consensus
             .state()
-            .get(cid)?
+            .get_blocking(cid)
+            .await?
             .ok_or(ClusterError::NotFound)
     }
 
@@ -532,7 +533,7 @@ impl Cluster {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = PinInfoShort> + 'a,
     {
-        let pin = self.inner.consensus.state().get(cid)?;
+        let pin = self.inner.consensus.state().get_blocking(cid).await?;
         let mut g = GlobalPinInfo::new(
             *cid,
             pin.as_ref()

@@ -369,7 +369,7 @@ impl Proxy {
                     Ok(c) => c,
                     Err(e) => return cluster_error(&e),
                 };
-                match self.cluster.pin_get(&cid) {
+                match self.cluster.pin_get(&cid).await {
                     Ok(p) if wanted(&p) => found.push(p),
                     Ok(_) | Err(ClusterError::NotFound) => {
                         return internal(&format!("path '{a}' is not pinned"));

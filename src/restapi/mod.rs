@@ -219,7 +219,7 @@ impl RestApi {
                 json(StatusCode::OK, &self.cluster.bandwidth())
             }
             (&Method::GET, ["allocations", cid]) => match parse_cid(cid) {
-                Ok(c) => match self.cluster.pin_get(&c) {
+                Ok(c) => match self.cluster.pin_get(&c).await {
                     Ok(p) => json(StatusCode::OK, &p),
                     Err(e) => cluster_error(e),
                 },

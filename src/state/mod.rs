@@ -21,6 +21,9 @@ pub enum StateError {
     /// A stored pin does not decode.
     #[error("corrupt pin in state: {0}")]
     Corrupt(String),
+    /// A read on a blocking thread did not finish (the runtime is stopping).
+    #[error("the pinset read did not finish: {0}")]
+    Unfinished(#[source] tokio::task::JoinError),
 }
 
 /// Read access to the pinset, plus the batch entries that change it.
@@ -109,6 +112,14 @@ impl PinState {
     /// The pin for `cid`, if any.
     pub fn get(&self, cid: &Cid) -> Result<Option<Pin>, StateError> {
         self.tree.get(&key(cid))?.map(|b| decode(&b)).transpose()
+    }
+
+    /// `get` on a blocking thread, for async callers: a read may wait on the disk.
+    pub async fn get_blocking(&self, cid: &Cid) -> Result<Option<Pin>, StateError> {
+        let (state, cid) = (self.clone(), *cid);
+        tokio::task::spawn_blocking(move || state.get(&cid))
+            .await
+            .map_err(StateError::Unfinished)?
     }
 
     /// The pin for `cid` and the digest of its stored version, if any.
