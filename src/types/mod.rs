@@ -36,6 +36,15 @@ impl Cid {
     pub fn to_bytes(&self) -> Vec<u8> {
         self.0.to_bytes()
     }
+    /// Appends the raw CID bytes to `out` (no allocation of their own: this
+    /// runs once per pin when a large pinset is loaded).
+    pub fn write_bytes_to(&self, out: &mut Vec<u8>) {
+        out.reserve(self.0.encoded_len());
+        if self.0.write_bytes(&mut *out).is_err() {
+            // Writing into a Vec does not fail; kept correct all the same.
+            out.extend_from_slice(&self.0.to_bytes());
+        }
+    }
     /// Parses raw CID bytes.
     pub fn from_bytes(b: &[u8]) -> Result<Self, CidError> {
         cid::Cid::try_from(b)
