@@ -23,6 +23,13 @@
 #     - 3 release peers before fake daemons (benches/scale_ingest.rs): REST and proxy
 #       pins/s and p50 at 1 and 64 connections, `state import` of 1,000,000 pins and
 #       start to ready, each next to a raw-store floor measured in the same run.
+#   scripts/bench.sh scale-join
+#     - 3 release peers importing the same 1,000,000-pin export, started together
+#       SCALE_ROUNDS times (3), then a 4th joining with --bootstrap: time until it
+#       holds the whole pinset and its peak RSS against 300 B/pin + 64 MiB, then
+#       global status (GET /pins) over the 4 (benches/scale_join.rs; SCALE_PINS,
+#       SCALE_DATASTORE (redb), SCALE_BASELINE_BIN for a before column,
+#       JOIN_PORT_BASE for fixed ports).
 #   scripts/bench.sh apply
 #     - the Raft state machine's apply of new pins without request IDs, with IDs
 #       (exactly-once records) and with IDs and conditions (benches/apply.rs).
@@ -50,7 +57,11 @@ case "$MODE" in
     cargo bench --bench scale_pinset 2>&1 | grep -vE "^ *(Compiling|Finished|Running)"
     exit
     ;;
-  *) echo "usage: $0 [proxy|apply|scale|scale-ingest|scale-pinset]" >&2; exit 2 ;;
+  scale-join)
+    cargo bench --bench scale_join 2>&1 | grep -vE "^ *(Compiling|Finished|Running)"
+    exit
+    ;;
+  *) echo "usage: $0 [proxy|apply|scale|scale-ingest|scale-pinset|scale-join]" >&2; exit 2 ;;
 esac
 
 BIN="$CARGO_TARGET_DIR/release"

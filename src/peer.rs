@@ -307,7 +307,7 @@ impl Peer {
             if !bootstrap.is_empty() && !is_member {
                 consensus.join(&bootstrap).await?;
             }
-            consensus.wait_ready().await
+            consensus.wait_ready_at_start().await
         };
         if let Err(e) = ready.await {
             consensus.shutdown().await;

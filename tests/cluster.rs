@@ -1184,6 +1184,107 @@ fn a_state_import_killed_midway_changes_nothing() {
     c.peers[0].stop();
 }
 
+/// A peer killed (kill -9) while it installs the snapshot it joins with redoes
+/// the install at its next start and ends with the cluster's whole pinset.
+#[test]
+fn a_snapshot_install_killed_midway_is_redone_at_restart() {
+    let mut c = start_cluster(1);
+    c.peers[0].stop();
+    // Enough pins for the install to take a while, allocated to a peer that is
+    // not in the cluster so that no daemon has to pin them.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let absent = PeerProc::init(elsewhere.path(), "/ip4/127.0.0.1/tcp/1").peer_id();
+    let n = 30_000;
+    let mut input = String::new();
+    for i in 0..n {
+        input.push_str(&format!("{{\"cid\": \"{}\"}}\n", id_cid(400_000 + i)));
+    }
+    let file = elsewhere.path().join("pins.json");
+    std::fs::write(&file, input).unwrap();
+    let out = state_cmd(
+        &c.peers[0],
+        &[
+            "import",
+            "-f",
+            "--allocations",
+            &absent,
+            &file.to_string_lossy(),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    c.peers[0].start();
+    let secret = secret_of(&c.peers[0]);
+    let daemon = start_daemons(1).pop().unwrap();
+    let mut interrupted = false;
+    for attempt in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut newcomer = PeerProc::init(dir.path(), &daemon.multiaddr());
+        newcomer.edit_config(|v| {
+            v["cluster"]["secret"] = secret.clone();
+            fast_raft(v);
+            // A debug build moves a snapshot slowly: time to receive it.
+            v["consensus"]["raft"]["wait_for_leader_timeout"] = "60s".into();
+        });
+        newcomer.extra_args = vec!["--bootstrap".into(), c.peers[0].cluster_multiaddr()];
+        let log = dir.path().join("peer.log");
+        newcomer.spawn_logging_to("info,openraft=off", &log);
+        // A received snapshot is published as a `.snap` file, then installed.
+        let snaps = newcomer.dir.join("raft/snapshots");
+        wait_until("the snapshot to arrive", Duration::from_secs(60), || {
+            if !newcomer.is_running() {
+                panic!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            std::fs::read_dir(&snaps).is_ok_and(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+            })
+        });
+        newcomer.kill9();
+        let log = dir.path().join("restart.log");
+        newcomer.spawn_logging_to("info,openraft=off", &log);
+        wait_until("the newcomer to restart", Duration::from_secs(120), || {
+            if !newcomer.is_running() {
+                panic!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            std::net::TcpStream::connect(("127.0.0.1", newcomer.rest_port)).is_ok()
+        });
+        wait_until(
+            "the newcomer to hold the whole pinset",
+            Duration::from_secs(60),
+            || {
+                http()
+                    .get(format!("{}/allocations", newcomer.rest()))
+                    .send()
+                    .ok()
+                    .and_then(|r| r.text().ok())
+                    .is_some_and(|t| t.lines().filter(|l| l.contains("\"cid\"")).count() == n)
+            },
+        );
+        interrupted = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("a snapshot install was interrupted");
+        if interrupted {
+            newcomer.stop();
+            break;
+        }
+        eprintln!("attempt {attempt}: the kill came outside the install; again");
+        // Out of the peerset (it stops itself) before the next one joins.
+        let r = http()
+            .delete(format!(
+                "{}/peers/{}",
+                c.peers[0].rest(),
+                newcomer.peer_id()
+            ))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success());
+        newcomer.wait_exit(Duration::from_secs(15));
+        newcomer.stop();
+    }
+    assert!(interrupted, "no kill landed during an install");
+    c.peers[0].stop();
+}
+
 /// `ipfs-cluster-service state …` on the peer in `p`'s folder.
 fn state_cmd(p: &PeerProc, args: &[&str]) -> std::process::Output {
     std::process::Command::new(service_bin())

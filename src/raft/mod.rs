@@ -128,6 +128,7 @@ struct Inner {
     wait_for_leader: Duration,
     removed: CancellationToken,
     batcher: Batcher,
+    snapshot_progress: state_machine::SnapshotProgress,
     /// Test hook: replies to forwarded commits to drop (the leader applied them,
     /// this peer hears nothing), as a lost reply on the network would.
     #[cfg(test)]
@@ -140,6 +141,9 @@ pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
 /// Batches in flight at once per peer: enough to keep the leader's append,
 /// replication and apply stages busy while the next batch fills.
 const BATCHES_IN_FLIGHT: usize = 4;
+/// The least time a snapshot chunk (the last one: received and installed) may
+/// take before the leader gives up and sends the snapshot again.
+const MIN_INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Requests per batch (about 100 bytes each): bounds an entry to a few hundred KiB.
 const MAX_BATCH: usize = 4096;
 
@@ -165,6 +169,7 @@ impl Consensus {
             dir.join(SNAPSHOT_DIR),
             events,
         );
+        let snapshot_progress = sm.progress();
 
         let heartbeat = cfg.heartbeat_timeout.0.as_millis().max(10) as u64;
         let election = cfg
@@ -179,7 +184,14 @@ impl Consensus {
             election_timeout_max: election * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_threshold.max(1)),
             max_in_snapshot_log_to_keep: cfg.trailing_logs,
-            install_snapshot_timeout: cfg.network_timeout.0.as_millis() as u64,
+            // The last chunk's answer waits for the whole install: a pinset of
+            // millions takes far longer than one network exchange, and a
+            // timeout would send the snapshot again from the start, forever.
+            install_snapshot_timeout: cfg
+                .network_timeout
+                .0
+                .max(MIN_INSTALL_SNAPSHOT_TIMEOUT)
+                .as_millis() as u64,
             ..Default::default()
         }
         .validate()
@@ -214,6 +226,7 @@ impl Consensus {
                 wait_for_leader: cfg.wait_for_leader_timeout.0,
                 removed: CancellationToken::new(),
                 batcher: Batcher::start(submit, BATCHES_IN_FLIGHT, MAX_BATCH),
+                snapshot_progress,
                 #[cfg(test)]
                 drop_commit_replies: Default::default(),
             }
@@ -365,6 +378,26 @@ impl Consensus {
             other => return Err(ConsensusError::Raft(format!("unexpected reply {other:?}"))),
         };
         self.wait_applied(index).await
+    }
+
+    /// [`Self::wait_ready`] at start: a peer that is still receiving or
+    /// installing a snapshot (a new peer catching up with a large pinset) hears
+    /// nothing from the leader meanwhile; it waits on while the transfer makes
+    /// progress, and fails only after `wait_for_leader_timeout` without any.
+    pub async fn wait_ready_at_start(&self) -> Result<(), ConsensusError> {
+        let mut seen = self.inner.snapshot_progress.value();
+        loop {
+            let err = match self.wait_ready().await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let now = self.inner.snapshot_progress.value();
+            if now == seen {
+                return Err(err);
+            }
+            tracing::info!("a snapshot is still arriving or being installed; waiting on ({err})");
+            seen = now;
+        }
     }
 
     /// Waits until this peer has applied the log up to `index`.

@@ -34,10 +34,14 @@ pub enum OfflineError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
     /// A pin of the input does not decode.
-    #[error("pin {index} of the input: {reason}")]
+    #[error("pin {index} of the input (line {line}, column {column}): {reason}")]
     BadPin {
         /// 1-based position in the input.
         index: u64,
+        /// 1-based line of the input where decoding stopped.
+        line: u64,
+        /// 1-based column (byte) of that line.
+        column: u64,
         /// What is wrong with it.
         reason: String,
     },
@@ -187,6 +191,10 @@ struct PinStream<'a> {
     pos: usize,
     eof: bool,
     index: u64,
+    /// The 1-based line of the input at `pos`.
+    line: u64,
+    /// Bytes from the start of that line to `pos`.
+    column: u64,
     /// Set after an error: the input cannot be resynchronised.
     failed: bool,
 }
@@ -202,7 +210,41 @@ impl<'a> PinStream<'a> {
             pos: 0,
             eof: false,
             index: 0,
+            line: 1,
+            column: 0,
             failed: false,
+        }
+    }
+
+    /// Moves past a parsed pin to `end`, keeping count of lines.
+    fn advance(&mut self, end: usize) {
+        let parsed = &self.buf[self.pos..end];
+        match parsed.iter().rposition(|&b| b == b'\n') {
+            Some(last) => {
+                self.line += parsed.iter().filter(|&&b| b == b'\n').count() as u64;
+                self.column = (parsed.len() - last - 1) as u64;
+            }
+            None => self.column += parsed.len() as u64,
+        }
+        self.pos = end;
+    }
+
+    /// The error for the pin after `pos`, placed in the whole input (serde_json
+    /// places it in the slice it was given).
+    fn bad_pin(&self, e: &serde_json::Error) -> OfflineError {
+        let (line, column) = match e.line() {
+            0 => (self.line, self.column + 1),
+            1 => (self.line, self.column + e.column() as u64),
+            l => (self.line + l as u64 - 1, e.column() as u64),
+        };
+        let full = e.to_string();
+        let suffix = format!(" at line {} column {}", e.line(), e.column());
+        let reason = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
+        OfflineError::BadPin {
+            index: self.index + 1,
+            line,
+            column,
+            reason,
         }
     }
 
@@ -244,17 +286,15 @@ impl Iterator for PinStream<'_> {
                 serde_json::Deserializer::from_slice(&self.buf[self.pos..]).into_iter::<Pin>();
             let incomplete = match values.next() {
                 Some(Ok(pin)) => {
-                    self.pos += values.byte_offset();
+                    let end = self.pos + values.byte_offset();
+                    self.advance(end);
                     self.index += 1;
                     return Some(Ok(pin));
                 }
                 Some(Err(e)) if e.is_eof() && !self.eof => true,
                 Some(Err(e)) => {
                     self.failed = true;
-                    return Some(Err(OfflineError::BadPin {
-                        index: self.index + 1,
-                        reason: e.to_string(),
-                    }));
+                    return Some(Err(self.bad_pin(&e)));
                 }
                 None => !self.eof,
             };
@@ -380,8 +420,35 @@ mod tests {
         assert_eq!(pins.len(), 3);
         assert!(matches!(
             pins[2],
-            Err(OfflineError::BadPin { index: 3, .. })
+            Err(OfflineError::BadPin {
+                index: 3,
+                line: 3,
+                column: 9,
+                ..
+            })
         ));
+        let msg = pins[2].as_ref().err().unwrap().to_string();
+        assert_eq!(
+            msg,
+            "pin 3 of the input (line 3, column 9): invalid type: integer `5`, \
+             expected a CID string or a {\"/\": \"<cid>\"} link"
+        );
+        // Pretty-printed: the line of the bad value, deep in the input.
+        let pretty =
+            serde_json::to_string_pretty(&Pin::new(cid(1), PinOptions::default())).unwrap();
+        let lines = pretty.lines().count() as u64;
+        let input = format!(
+            "{pretty}\n{pretty}\n{}",
+            pretty.replace("\"name\": \"\"", "\"name\": 7")
+        );
+        let name_line = pretty.lines().position(|l| l.contains("\"name\"")).unwrap() as u64 + 1;
+        let pins = read_all(input.as_bytes());
+        match &pins[2] {
+            Err(OfflineError::BadPin { index, line, .. }) => {
+                assert_eq!((*index, *line), (3, 2 * lines + name_line));
+            }
+            other => panic!("{other:?}"),
+        }
         let truncated = format!("{good}\n{}", &good[..good.len() / 2]);
         let pins = read_all(truncated.as_bytes());
         assert!(matches!(

@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -183,6 +184,38 @@ type Meta = SnapshotMeta<NodeId, ClusterNode>;
 /// The last applied log ID and membership.
 type AppliedState = (Option<LogId<NodeId>>, StoredMembership<NodeId, ClusterNode>);
 
+/// Whether a snapshot is arriving or being installed: a value that changes
+/// while one is (receives begun, bytes received, batches installed). Raft does not hear from
+/// the leader meanwhile, so that a peer waiting for it at start can tell a slow
+/// transfer from a missing leader.
+#[derive(Clone)]
+pub struct SnapshotProgress {
+    receiving: Arc<Mutex<Option<PathBuf>>>,
+    installed_batches: Arc<AtomicU64>,
+    receives: Arc<AtomicU64>,
+}
+
+impl SnapshotProgress {
+    /// Changes while a snapshot is received or installed: (receives begun,
+    /// bytes of the current one, batches installed).
+    pub fn value(&self) -> (u64, u64, u64) {
+        let receiving = self
+            .receiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let received = receiving
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .unwrap_or(0);
+        (
+            self.receives.load(Ordering::Relaxed),
+            received,
+            self.installed_batches.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// The pinset state machine of one peer.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -196,6 +229,10 @@ pub struct StateMachine {
     apply_lock: Arc<Mutex<()>>,
     /// The file a snapshot is being received into.
     receiving: Arc<Mutex<Option<PathBuf>>>,
+    /// Batches written by snapshot installs (see [`SnapshotProgress`]).
+    installed_batches: Arc<AtomicU64>,
+    /// Snapshot receives begun (see [`SnapshotProgress`]).
+    receives: Arc<AtomicU64>,
     /// [`DEDUP_WINDOW`]; smaller in tests, to see records leave it.
     window: u64,
 }
@@ -341,7 +378,7 @@ impl StateMachine {
         dir: PathBuf,
         events: broadcast::Sender<StateEvent>,
     ) -> Self {
-        StateMachine {
+        let sm = StateMachine {
             state,
             snapshots,
             dir: Arc::new(dir),
@@ -349,6 +386,44 @@ impl StateMachine {
             apply_lock: Arc::new(Mutex::new(())),
             window: DEDUP_WINDOW,
             receiving: Arc::new(Mutex::new(None)),
+            installed_batches: Arc::new(AtomicU64::new(0)),
+            receives: Arc::new(AtomicU64::new(0)),
+        };
+        sm.remove_leftovers();
+        sm
+    }
+
+    /// A view of the snapshot transfers to this peer, kept after the state
+    /// machine is handed to Raft.
+    pub fn progress(&self) -> SnapshotProgress {
+        SnapshotProgress {
+            receiving: self.receiving.clone(),
+            installed_batches: self.installed_batches.clone(),
+            receives: self.receives.clone(),
+        }
+    }
+
+    /// Deletes the snapshot files a crash left behind (a build or a receive cut
+    /// short, a file published but never made current): nothing is building or
+    /// receiving before the state machine exists, and each can be as large as
+    /// the pinset.
+    fn remove_leftovers(&self) {
+        let current = match self.current() {
+            Ok(c) => c.and_then(|c| c.file),
+            // Unreadable metadata: keep every file, the start reports it.
+            Err(_) => return,
+        };
+        let Ok(rd) = std::fs::read_dir(self.dir.as_path()) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let stale = name.ends_with(".tmp")
+                || (name.ends_with(".snap") && Some(&name) != current.as_ref());
+            if stale && e.path().is_file() {
+                tracing::info!("removing {name}, left by an interrupted snapshot");
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
 
@@ -555,6 +630,7 @@ impl StateMachine {
                     break;
                 }
                 tree.apply(keys).map_err(sm_err)?;
+                self.installed_batches.fetch_add(1, Ordering::Relaxed);
             }
         }
         let f = std::fs::File::open(self.dir.join(name)).map_err(read_snap_err)?;
@@ -574,6 +650,7 @@ impl StateMachine {
             }
             if batch.len() >= INSTALL_BATCH {
                 tree.apply(std::mem::take(&mut batch)).map_err(sm_err)?;
+                self.installed_batches.fetch_add(1, Ordering::Relaxed);
             }
         }
         batch.push((REQ_SEQ_KEY.to_vec(), seq.map(|n| n.to_be_bytes().to_vec())));
@@ -961,6 +1038,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let this = self.clone();
         let (path, f) = blocking(move || {
             let (path, f) = this.temp_file("recv")?;
+            this.receives.fetch_add(1, Ordering::Relaxed);
             let old = this
                 .receiving
                 .lock()
@@ -1221,6 +1299,45 @@ mod tests {
             .unwrap();
         fresh.install_snapshot(&snap.meta, rx).await.unwrap();
         assert_eq!(fresh.state.count().unwrap(), 10);
+    }
+
+    /// A crash while compacting (a build cut short, a file published but not
+    /// yet current) or receiving leaves files that the next start removes; the
+    /// current snapshot and the pinset are as they were.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_of_an_interrupted_compaction_are_removed_at_start() {
+        for backend in [Backend::Sled, Backend::Redb] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut sm = machine(dir.path(), backend);
+            sm.apply(vec![entry(5, 0..100)]).await.unwrap();
+            let snap = sm
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            let name = sm.current().unwrap().unwrap().file.unwrap();
+            let snaps = dir.path().join("snapshots");
+            for f in [
+                "build-00000000000000aa.tmp",
+                "recv-00000000000000bb.tmp",
+                "1-9-0000abcd.snap",
+            ] {
+                std::fs::write(snaps.join(f), b"partial").unwrap();
+            }
+            drop(sm);
+            let mut sm = machine(dir.path(), backend);
+            let left: Vec<String> = std::fs::read_dir(&snaps)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                .collect();
+            assert_eq!(left, vec![name], "{backend}");
+            let (applied, _) = sm.applied_state().await.unwrap();
+            assert_eq!(applied, snap.meta.last_log_id);
+            assert_eq!(sm.state.count().unwrap(), 100);
+            let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+            assert_eq!(cur.meta.snapshot_id, snap.meta.snapshot_id);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -191,7 +191,8 @@ fn pin_type_byte(t: PinType) -> u8 {
 
 /// Appends `pin` (without a format byte).
 pub fn put_pin(out: &mut Vec<u8>, pin: &Pin) {
-    put_bytes(out, &pin.cid.to_bytes());
+    put_uvarint(out, pin.cid.0.encoded_len() as u64);
+    pin.cid.write_bytes_to(out);
     out.push(pin_type_byte(pin.pin_type));
     put_ivarint(out, i64::from(pin.max_depth));
     put_opt_cid(out, &pin.reference);

@@ -67,8 +67,9 @@ impl PageFrom {
 pub type BatchEntry = (Vec<u8>, Option<Vec<u8>>);
 
 fn key(cid: &Cid) -> Vec<u8> {
-    let mut k = PIN_PREFIX.to_vec();
-    k.extend_from_slice(&cid.to_bytes());
+    let mut k = Vec::with_capacity(PIN_PREFIX.len() + cid.0.encoded_len());
+    k.extend_from_slice(PIN_PREFIX);
+    cid.write_bytes_to(&mut k);
     k
 }
 

@@ -131,20 +131,23 @@ impl SortedLoad {
         }
         let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(WRITE_BATCH);
         let mut written = 0u64;
+        // The last key written before the current batch (the batch's own last
+        // key otherwise): a copy per batch, not per entry.
         let mut last_key: Option<Vec<u8>> = None;
         while let Some(Reverse((k, Reverse(i), v))) = heap.pop() {
             if let Some(e) = sources[i].next() {
                 let (nk, nv) = e?;
                 heap.push(Reverse((nk, Reverse(i), nv)));
             }
-            if last_key.as_ref() == Some(&k) {
+            let last = batch.last().map(|(k, _)| k).or(last_key.as_ref());
+            if last == Some(&k) {
                 continue;
             }
             visit(&k, &v)?;
-            last_key = Some(k.clone());
             batch.push((k, Some(v)));
             written += 1;
             if batch.len() == WRITE_BATCH {
+                last_key = batch.last().map(|(k, _)| k.clone());
                 tree.apply(std::mem::replace(
                     &mut batch,
                     Vec::with_capacity(WRITE_BATCH),

@@ -36,6 +36,15 @@ impl Cid {
     pub fn to_bytes(&self) -> Vec<u8> {
         self.0.to_bytes()
     }
+    /// Appends the raw CID bytes to `out` (no allocation of their own: this
+    /// runs once per pin when a large pinset is loaded).
+    pub fn write_bytes_to(&self, out: &mut Vec<u8>) {
+        out.reserve(self.0.encoded_len());
+        if self.0.write_bytes(&mut *out).is_err() {
+            // Writing into a Vec does not fail; kept correct all the same.
+            out.extend_from_slice(&self.0.to_bytes());
+        }
+    }
     /// Parses raw CID bytes.
     pub fn from_bytes(b: &[u8]) -> Result<Self, CidError> {
         cid::Cid::try_from(b)
@@ -77,21 +86,32 @@ impl Serialize for Cid {
 
 impl<'de> Deserialize<'de> for Cid {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Accept both upstream's plain string and the `{"/": "..."}` link form.
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Form {
-            Plain(String),
-            Link {
-                #[serde(rename = "/")]
-                link: String,
-            },
+        // Accept both upstream's plain string and the `{"/": "..."}` link form,
+        // read straight from the input: an untagged enum would buffer every
+        // value first, which dominated parsing a large export.
+        struct CidVisitor;
+        impl<'de> serde::de::Visitor<'de> for CidVisitor {
+            type Value = Cid;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a CID string or a {\"/\": \"<cid>\"} link")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Cid, E> {
+                s.parse().map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Cid, A::Error> {
+                let mut link: Option<String> = None;
+                while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if k == "/" {
+                        link = Some(m.next_value()?);
+                    } else {
+                        m.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                let link = link.ok_or_else(|| serde::de::Error::missing_field("/"))?;
+                link.parse().map_err(serde::de::Error::custom)
+            }
         }
-        let s = match Form::deserialize(d)? {
-            Form::Plain(s) => s,
-            Form::Link { link } => link,
-        };
-        s.parse().map_err(serde::de::Error::custom)
+        d.deserialize_any(CidVisitor)
     }
 }
 
@@ -233,7 +253,7 @@ impl Default for PinOptions {
 }
 
 /// Upstream's `Pin`: an item of the shared pinset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Pin {
     /// Options the pin was made with.
     #[serde(flatten)]
@@ -241,20 +261,151 @@ pub struct Pin {
     /// What to pin.
     pub cid: Cid,
     /// Pin type.
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type")]
     pub pin_type: PinType,
     /// Peers that should pin it; empty means every peer.
-    #[serde(default, deserialize_with = "null_as_default")]
     pub allocations: Vec<String>,
     /// -1 recursive, 0 direct.
-    #[serde(default = "recursive_depth")]
     pub max_depth: i32,
     /// For sharded pins: the related pin.
-    #[serde(default)]
     pub reference: Option<Cid>,
     /// When the pin was (last) made.
-    #[serde(default = "Utc::now")]
     pub timestamp: DateTime<Utc>,
+}
+
+/// The keys of a pin object (its options' and its own, flattened as upstream).
+enum PinKey {
+    ReplicationFactorMin,
+    ReplicationFactorMax,
+    Name,
+    Mode,
+    ShardSize,
+    UserAllocations,
+    ExpireAt,
+    Metadata,
+    PinUpdate,
+    Origins,
+    Cid,
+    Type,
+    Allocations,
+    MaxDepth,
+    Reference,
+    Timestamp,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for PinKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = PinKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a pin field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, k: &str) -> Result<PinKey, E> {
+                Ok(match k {
+                    "replication_factor_min" => PinKey::ReplicationFactorMin,
+                    "replication_factor_max" => PinKey::ReplicationFactorMax,
+                    "name" => PinKey::Name,
+                    "mode" => PinKey::Mode,
+                    "shard_size" => PinKey::ShardSize,
+                    "user_allocations" => PinKey::UserAllocations,
+                    "expire_at" => PinKey::ExpireAt,
+                    "metadata" => PinKey::Metadata,
+                    "pin_update" => PinKey::PinUpdate,
+                    "origins" => PinKey::Origins,
+                    "cid" => PinKey::Cid,
+                    "type" => PinKey::Type,
+                    "allocations" => PinKey::Allocations,
+                    "max_depth" => PinKey::MaxDepth,
+                    "reference" => PinKey::Reference,
+                    "timestamp" => PinKey::Timestamp,
+                    _ => PinKey::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// `expire_at` read as [`opt_time`] does, as a value of its own.
+struct OptTime(Option<DateTime<Utc>>);
+
+impl<'de> Deserialize<'de> for OptTime {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        opt_time::deserialize(d).map(OptTime)
+    }
+}
+
+impl<'de> Deserialize<'de> for Pin {
+    /// The same fields, defaults and nulls as a derive with the options
+    /// flattened would take, read in one pass: serde's `flatten` buffers every
+    /// value before deserialising it, several times slower on a large export.
+    /// Unknown keys are ignored; of a key given twice the last counts (as Go's
+    /// encoding/json).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct PinVisitor;
+        impl<'de> serde::de::Visitor<'de> for PinVisitor {
+            type Value = Pin;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a pin object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Pin, A::Error> {
+                let mut o = PinOptions::default();
+                let mut cid: Option<Cid> = None;
+                let mut pin_type = PinType::default();
+                let mut allocations = Vec::new();
+                let mut max_depth = recursive_depth();
+                let mut reference = None;
+                let mut timestamp = None;
+                while let Some(k) = m.next_key::<PinKey>()? {
+                    match k {
+                        PinKey::ReplicationFactorMin => {
+                            o.replication_factor_min = m.next_value()?
+                        }
+                        PinKey::ReplicationFactorMax => {
+                            o.replication_factor_max = m.next_value()?
+                        }
+                        PinKey::Name => o.name = m.next_value()?,
+                        PinKey::Mode => o.mode = m.next_value()?,
+                        PinKey::ShardSize => o.shard_size = m.next_value()?,
+                        PinKey::UserAllocations => {
+                            o.user_allocations = m.next_value::<Option<_>>()?.unwrap_or_default()
+                        }
+                        PinKey::ExpireAt => o.expire_at = m.next_value::<OptTime>()?.0,
+                        PinKey::Metadata => {
+                            o.metadata = m.next_value::<Option<_>>()?.unwrap_or_default()
+                        }
+                        PinKey::PinUpdate => o.pin_update = m.next_value()?,
+                        PinKey::Origins => {
+                            o.origins = m.next_value::<Option<_>>()?.unwrap_or_default()
+                        }
+                        PinKey::Cid => cid = Some(m.next_value()?),
+                        PinKey::Type => pin_type = m.next_value()?,
+                        PinKey::Allocations => {
+                            allocations = m.next_value::<Option<_>>()?.unwrap_or_default()
+                        }
+                        PinKey::MaxDepth => max_depth = m.next_value()?,
+                        PinKey::Reference => reference = m.next_value()?,
+                        PinKey::Timestamp => timestamp = Some(m.next_value()?),
+                        PinKey::Other => {
+                            m.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Pin {
+                    options: o,
+                    cid: cid.ok_or_else(|| serde::de::Error::missing_field("cid"))?,
+                    pin_type,
+                    allocations,
+                    max_depth,
+                    reference,
+                    timestamp: timestamp.unwrap_or_else(Utc::now),
+                })
+            }
+        }
+        d.deserialize_map(PinVisitor)
+    }
 }
 
 fn recursive_depth() -> i32 {
@@ -350,6 +501,101 @@ mod tests {
     use super::*;
 
     const V0: &str = "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG";
+
+    /// The derive the hand-written `Pin` deserialiser replaces (options
+    /// flattened), kept here as the reference it must agree with.
+    #[derive(Debug, Deserialize)]
+    struct DerivedPin {
+        #[serde(flatten)]
+        options: PinOptions,
+        cid: Cid,
+        #[serde(rename = "type", default)]
+        pin_type: PinType,
+        #[serde(default, deserialize_with = "null_as_default")]
+        allocations: Vec<String>,
+        #[serde(default = "recursive_depth")]
+        max_depth: i32,
+        #[serde(default)]
+        reference: Option<Cid>,
+        #[serde(default)]
+        timestamp: Option<DateTime<Utc>>,
+    }
+
+    #[test]
+    fn pin_deserialises_as_the_flattened_derive_did() {
+        let full = serde_json::to_string_pretty(&Pin {
+            options: PinOptions {
+                replication_factor_min: 2,
+                replication_factor_max: 3,
+                name: "n\u{e9}\"q".into(),
+                mode: PinMode::Direct,
+                shard_size: 7,
+                user_allocations: vec!["a".into()],
+                expire_at: Some("2030-01-02T03:04:05Z".parse().unwrap()),
+                metadata: [("k".to_string(), "v".to_string())].into(),
+                pin_update: Some(V0.parse().unwrap()),
+                origins: vec!["/ip4/1.2.3.4/tcp/1".into()],
+            },
+            cid: V0.parse().unwrap(),
+            pin_type: PinType::Meta,
+            allocations: vec!["p1".into(), "p2".into()],
+            max_depth: 0,
+            reference: Some(V0.parse().unwrap()),
+            timestamp: "2026-01-01T00:00:00.5Z".parse().unwrap(),
+        })
+        .unwrap();
+        let good = [
+            full.clone(),
+            format!(r#"{{"cid":"{V0}"}}"#),
+            format!(r#"{{"cid":{{"/":"{V0}","x":1}},"reference":null,"allocations":null}}"#),
+            format!(
+                r#"{{"user_allocations":null,"metadata":null,"origins":null,"expire_at":"0001-01-01T00:00:00Z","cid":"{V0}","unknown":[1,{{"a":2}}],"max_depth":5,"type":"shard-pin"}}"#
+            ),
+            format!(
+                r#"{{"expire_at":null,"mode":"direct","name":"x","cid":"{V0}","pin_update":null}}"#
+            ),
+        ];
+        for input in &good {
+            let mine: Pin = serde_json::from_str(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            let derived: DerivedPin = serde_json::from_str(input).unwrap();
+            assert_eq!(mine.options, derived.options, "{input}");
+            assert_eq!(mine.cid, derived.cid);
+            assert_eq!(mine.pin_type, derived.pin_type);
+            assert_eq!(mine.allocations, derived.allocations);
+            assert_eq!(mine.max_depth, derived.max_depth);
+            assert_eq!(mine.reference, derived.reference);
+            if let Some(t) = derived.timestamp {
+                assert_eq!(mine.timestamp, t);
+            }
+        }
+        let back: Pin = serde_json::from_str(&full).unwrap();
+        assert_eq!(serde_json::to_string_pretty(&back).unwrap(), full);
+        // Both refuse these.
+        let bad = [
+            "{}".to_string(),
+            "[]".to_string(),
+            r#"{"cid":5}"#.to_string(),
+            r#"{"cid":{"x":"y"}}"#.to_string(),
+            r#"{"cid":"not a cid"}"#.to_string(),
+            format!(r#"{{"cid":"{V0}","name":null}}"#),
+            format!(r#"{{"cid":"{V0}","mode":"deep"}}"#),
+            format!(r#"{{"cid":"{V0}","max_depth":"x"}}"#),
+            format!(r#"{{"cid":"{V0}","timestamp":"yesterday"}}"#),
+            format!(r#"{{"cid":"{V0}","expire_at":"soon"}}"#),
+            format!(r#"{{"cid":"{V0}","type":"other"}}"#),
+        ];
+        for input in &bad {
+            assert!(serde_json::from_str::<Pin>(input).is_err(), "{input}");
+            assert!(
+                serde_json::from_str::<DerivedPin>(input).is_err(),
+                "{input}"
+            );
+        }
+        // The last of a repeated key counts.
+        let twice: Pin =
+            serde_json::from_str(&format!(r#"{{"cid":"{V0}","name":"a","name":"b"}}"#)).unwrap();
+        assert_eq!(twice.options.name, "b");
+    }
 
     #[test]
     fn cid_json_is_plain_string() {

@@ -258,6 +258,12 @@ impl PeerProc {
 
     /// Starts the peer with `log_level`, its log written to `log`.
     pub fn start_logging_to(&mut self, log_level: &str, log: &Path) {
+        self.spawn_logging_to(log_level, log);
+        self.wait_ready();
+    }
+
+    /// Like `start_logging_to`, without waiting for the peer to be ready.
+    pub fn spawn_logging_to(&mut self, log_level: &str, log: &Path) {
         let file = std::fs::File::create(log).expect("log file");
         let child = self
             .command()
@@ -266,7 +272,6 @@ impl PeerProc {
             .spawn()
             .expect("spawn peer");
         self.child = Some(child);
-        self.wait_ready();
     }
 
     /// Waits until the REST API and the proxy answer.
