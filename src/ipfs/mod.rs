@@ -66,6 +66,17 @@ struct DaemonError {
     message: String,
 }
 
+/// A call for many CIDs must report as many: a daemon that took only some of
+/// the `arg`s has not done the others.
+fn check_count(cmd: &str, sent: usize, reported: usize) -> Result<(), IpfsError> {
+    if sent > 1 && reported != sent {
+        return Err(IpfsError::Protocol(format!(
+            "{cmd} of {sent} CIDs reported {reported}"
+        )));
+    }
+    Ok(())
+}
+
 /// A client of one daemon's RPC API.
 #[derive(Clone)]
 pub struct IpfsConnector {
@@ -528,8 +539,8 @@ impl IpfsConnector {
             if let Some(p) = ev.progress {
                 progress(p);
             }
-            if ev.pins.is_some() {
-                return Ok(());
+            if let Some(pins) = ev.pins {
+                return check_count("pin/add", args.len(), pins.len());
             }
         }
     }
@@ -538,11 +549,20 @@ impl IpfsConnector {
     /// call at the first CID it cannot unpin (one not pinned included), keeping
     /// those unpinned before it. Dropping the future cancels the call.
     pub async fn unpin_many(&self, cids: &[Cid]) -> Result<(), IpfsError> {
+        #[derive(Deserialize)]
+        struct Removed {
+            #[serde(rename = "Pins", default)]
+            pins: Option<Vec<String>>,
+        }
         let args: Vec<String> = cids.iter().map(Cid::to_string).collect();
         let query: Vec<(&str, &str)> = args.iter().map(|a| ("arg", a.as_str())).collect();
-        self.post("pin/rm", &query, Some(self.unpin_timeout))
-            .await
-            .map(drop)
+        let resp = self
+            .post("pin/rm", &query, Some(self.unpin_timeout))
+            .await?;
+        let body = resp.bytes().await.map_err(|e| self.transport_err(e))?;
+        let r: Removed = serde_json::from_slice(&body)
+            .map_err(|e| IpfsError::Protocol(format!("pin/rm: {e}")))?;
+        check_count("pin/rm", args.len(), r.pins.map_or(0, |p| p.len()))
     }
 
     /// Unpins `cid`; a CID that is not pinned counts as unpinned.
