@@ -41,6 +41,8 @@ struct Opts {
     before: Option<PathBuf>,
     after: PathBuf,
     conns: Vec<usize>,
+    /// Stores of the 3-peer ingest, each measured in turn (`None`: the default).
+    stores: Vec<Option<Backend>>,
     smoke: bool,
 }
 
@@ -73,6 +75,17 @@ fn opts() -> Opts {
                     .collect()
             })
             .unwrap_or_else(|| vec![1, 64]),
+        stores: val("--datastore")
+            .map(|v| {
+                v.split(',')
+                    .map(|s| match s {
+                        "sled" => Some(Backend::Sled),
+                        "redb" => Some(Backend::Redb),
+                        _ => panic!("--datastore sled,redb"),
+                    })
+                    .collect()
+            })
+            .unwrap_or_else(|| vec![None]),
         smoke,
     }
 }
@@ -202,15 +215,21 @@ impl Drop for Peer {
     }
 }
 
-/// Three peers formed with `init --peers`, as the multi-peer tests do.
-fn start_cluster(bin: &Path, nodes: &[String], root: &Path) -> Vec<Peer> {
+/// Three peers formed with `init --peers`, as the multi-peer tests do, on
+/// `store` (`None`: the build's default).
+fn start_cluster(bin: &Path, nodes: &[String], root: &Path, store: Option<Backend>) -> Vec<Peer> {
     let dirs: Vec<PathBuf> = (0..nodes.len())
         .map(|i| root.join(format!("p{i}")))
         .collect();
+    let store_arg = store.map(|s| s.to_string());
+    let mut extra: Vec<&str> = Vec::new();
+    if let Some(s) = &store_arg {
+        extra.extend(["--datastore", s.as_str()]);
+    }
     let mut peers: Vec<Peer> = dirs
         .iter()
         .zip(nodes)
-        .map(|(d, n)| Peer::init(bin, d, n, &[]))
+        .map(|(d, n)| Peer::init(bin, d, n, &extra))
         .collect();
     let addrs: Vec<String> = peers.iter().map(Peer::addr).collect();
     let secret = peers[0].config()["cluster"]["secret"].clone();
@@ -222,7 +241,10 @@ fn start_cluster(bin: &Path, nodes: &[String], root: &Path) -> Vec<Peer> {
             .map(|(_, a)| a.clone())
             .collect();
         let identity = std::fs::read(p.dir.join("identity.json")).expect("identity");
-        let _ = Peer::init(bin, &p.dir, &p.node, &["--peers", &others.join(",")]);
+        let others = others.join(",");
+        let mut args = vec!["--peers", others.as_str()];
+        args.extend(&extra);
+        let _ = Peer::init(bin, &p.dir, &p.node, &args);
         std::fs::write(p.dir.join("identity.json"), identity).expect("identity");
         let secret = secret.clone();
         p.edit(|v| v["cluster"]["secret"] = secret);
@@ -246,6 +268,28 @@ struct Figures {
     rate: f64,
     p50_ms: f64,
     done: u64,
+    /// CPU time the three peers spent per pin (user + system), in microseconds:
+    /// steadier than pins/s on a machine that other work loads.
+    cpu_us: f64,
+}
+
+/// User + system CPU time of process `pid` so far, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output();
+    out.ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// Pins unique CIDs through `api` over `conns` keep-alive connections spread
@@ -310,6 +354,7 @@ async fn ingest(
     let elapsed = t0.elapsed().as_secs_f64();
     lat.sort();
     Figures {
+        cpu_us: 0.0,
         rate: lat.len() as f64 / elapsed,
         p50_ms: lat
             .get(lat.len() / 2)
@@ -346,10 +391,15 @@ fn default_backend(bin: &Path, root: &Path) -> Backend {
     }
 }
 
-async fn run_ingest(bin: &Path, o: &Opts, nodes: &[String]) -> Vec<(String, Figures)> {
+async fn run_ingest(
+    bin: &Path,
+    o: &Opts,
+    nodes: &[String],
+    store: Option<Backend>,
+) -> Vec<(String, Figures)> {
     let root = tempfile::tempdir().expect("tempdir");
     let (bin2, nodes2, rootp) = (bin.to_path_buf(), nodes.to_vec(), root.path().to_path_buf());
-    let peers = tokio::task::spawn_blocking(move || start_cluster(&bin2, &nodes2, &rootp))
+    let peers = tokio::task::spawn_blocking(move || start_cluster(&bin2, &nodes2, &rootp, store))
         .await
         .expect("cluster");
     let salt: u64 = rand::random();
@@ -362,15 +412,23 @@ async fn run_ingest(bin: &Path, o: &Opts, nodes: &[String]) -> Vec<(String, Figu
                 .iter()
                 .map(|p| if api == Api::Rest { p.rest } else { p.proxy })
                 .collect();
-            let f = ingest(api, &ports, c, salt + offset, o.pins, o.secs).await;
+            let pids: Vec<u32> = peers
+                .iter()
+                .filter_map(|p| p.child.as_ref().map(Child::id))
+                .collect();
+            let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_secs(*p)).sum::<f64>();
+            let cpu0 = cpu(&pids);
+            let mut f = ingest(api, &ports, c, salt + offset, o.pins, o.secs).await;
+            f.cpu_us = (cpu(&pids) - cpu0) * 1e6 / f.done.max(1) as f64;
             offset += 1;
             let name = format!(
-                "{} {c} conn",
+                "{} {c} conn{}",
                 if api == Api::Rest {
                     "REST POST /pins"
                 } else {
                     "proxy pin/add"
-                }
+                },
+                store.map(|s| format!(" {s}")).unwrap_or_default()
             );
             out.push((name, f));
         }
@@ -437,30 +495,38 @@ fn main() {
             "floor: raw {backend} store, {} pins in durable batches of 64: {floor:.0} pins/s",
             o.pins
         );
-        let after = run_ingest(&o.after, &o, &nodes).await;
-        let before = match &o.before {
-            Some(b) => Some(run_ingest(b, &o, &nodes).await),
-            None => None,
-        };
+        // After and before alternate store by store, so that a change in the
+        // machine's load shows on both.
+        let mut after = Vec::new();
+        let mut before = o.before.as_ref().map(|_| Vec::new());
+        for &store in &o.stores {
+            after.extend(run_ingest(&o.after, &o, &nodes, store).await);
+            if let (Some(b), Some(out)) = (&o.before, before.as_mut()) {
+                out.extend(run_ingest(b, &o, &nodes, store).await);
+            }
+        }
         println!(
-            "{:<26} {:>10} {:>9} {:>8} {:>10}",
-            "ingest (3 peers)", "pins/s", "p50 ms", "pins", "vs floor"
+            "{:<31} {:>10} {:>9} {:>8} {:>10} {:>11}",
+            "ingest (3 peers)", "pins/s", "p50 ms", "pins", "vs floor", "CPU us/pin"
         );
         for (i, (name, f)) in after.iter().enumerate() {
             let mut line = format!(
-                "{name:<26} {:>10.0} {:>9.2} {:>8} {:>9.3}x",
+                "{name:<31} {:>10.0} {:>9.2} {:>8} {:>9.3}x {:>11.0}",
                 f.rate,
                 f.p50_ms,
                 f.done,
-                f.rate / floor
+                f.rate / floor,
+                f.cpu_us
             );
             if let Some(b) = &before {
                 let bf = &b[i].1;
                 line.push_str(&format!(
-                    "   before {:>7.0}/s p50 {:>6.2} ms  after/before {:>6.1}x",
+                    "   before {:>7.0}/s p50 {:>6.2} ms {:>5.0} us/pin  after/before {:>5.2}x, CPU {:>5.2}x",
                     bf.rate,
                     bf.p50_ms,
-                    f.rate / bf.rate
+                    bf.cpu_us,
+                    f.rate / bf.rate,
+                    f.cpu_us / bf.cpu_us
                 ));
             }
             println!("{line}");

@@ -719,6 +719,7 @@ fn proc_kb(field: &str) -> u64 {
 mod queue_tests {
     use std::time::{Duration, Instant};
 
+    use crate::cluster::Phase;
     use crate::ipfs::fake::FakeDaemon;
     use crate::types::{Cid, PinOptions, TrackerStatus, TrackerStatusFilter};
 
@@ -806,6 +807,88 @@ mod queue_tests {
                 "cancelled pin {n} is pinned"
             );
         }
+        peer.shutdown().await;
+        fake.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_pins_share_daemon_calls_and_each_failure_stays_its_own() {
+        const N: usize = 40;
+        let fake = FakeDaemon::start().await;
+        let cids: Vec<Cid> = (0..N).map(id_cid).collect();
+        let bad = cids[N - 5];
+        {
+            let mut st = fake.state.lock().unwrap();
+            st.fail_cids
+                .insert(bad.to_string(), "block not found".into());
+            // The workers' first calls hang, so that the next pins queue up.
+            st.hang_pins = true;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let peer = super::start_before_fake(&fake, dir.path(), false, false).await;
+        let cluster = peer.cluster().clone();
+        let mut last = 0;
+        for c in &cids {
+            last = cluster
+                .pin(*c, PinOptions::default())
+                .await
+                .unwrap()
+                .1
+                .index;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cluster.tracker().queued() < N / 2 {
+            assert!(Instant::now() < deadline, "no queue built up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        fake.state.lock().unwrap().hang_pins = false;
+        for c in &cids {
+            let op = cluster.tracker().wait_operation(c, last).await;
+            if *c == bad {
+                let op = op.expect("the failed pin keeps its operation");
+                assert_eq!(op.phase, Phase::Error);
+                assert_eq!(op.error, "block not found");
+                assert_eq!(op.attempts, 1);
+            } else {
+                assert!(
+                    op.as_ref().is_none_or(|op| op.phase == Phase::Done),
+                    "{c}: {op:?}"
+                );
+            }
+        }
+        {
+            let st = fake.state.lock().unwrap();
+            assert_eq!(st.pins.len(), N - 1);
+            assert!(!st.pins.contains_key(&bad.to_string()));
+            // Fewer calls than pins: the queued ones went together.
+            assert!(
+                st.pin_args > st.pin_calls,
+                "{} calls for {} CIDs",
+                st.pin_calls,
+                st.pin_args
+            );
+        }
+
+        // Unpins together too; the one never pinned fails its group call
+        // (kubo's "not pinned"), and on its own counts as unpinned.
+        let calls_before = fake.state.lock().unwrap().pin_calls;
+        for c in &cids {
+            cluster.unpin(*c).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = fake.state.lock().unwrap().pins.len();
+            if left == 0
+                && cids
+                    .iter()
+                    .all(|c| cluster.tracker().operation(c).is_none())
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{left} still pinned");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(fake.state.lock().unwrap().pin_calls - calls_before <= (N as u64) + 1);
         peer.shutdown().await;
         fake.stop().await;
     }

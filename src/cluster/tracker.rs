@@ -122,6 +122,19 @@ struct Operation {
     /// Held while a reconciliation's operation is queued or running, so that a
     /// reconciliation keeps a bounded number of operations in memory.
     window: Option<OwnedSemaphorePermit>,
+    /// Goes in a daemon call of its own (a group call with it failed).
+    solo: bool,
+}
+
+/// An operation a worker took from the queue.
+struct Job {
+    cid: Cid,
+    id: u64,
+    pin: Pin,
+    cancel: CancellationToken,
+    state: watch::Sender<OpState>,
+    kind: OpKind,
+    solo: bool,
 }
 
 /// The daemon's pins as last listed.
@@ -191,6 +204,12 @@ const DAEMON_PINS_MAX_USE: std::time::Duration = std::time::Duration::from_secs(
 pub const STATUS_PAGE: usize = 1000;
 /// Operations a reconciliation keeps queued or running at most.
 const RECONCILE_WINDOW: usize = 4096;
+/// How many queued operations one daemon call (`pin/add`, `pin/rm` with many
+/// `arg`s) carries at most.
+const OP_BATCH: usize = 128;
+/// How long a call for many operations may take before each goes again alone
+/// (a pin the daemon cannot find would otherwise hold back the others).
+const BATCH_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 /// How many state changes may wait for the tracker before it falls behind and
 /// reconciles instead.
 pub const EVENTS_CAPACITY: usize = 16 * 1024;
@@ -392,15 +411,16 @@ impl PinTracker {
                 cancel: self.inner.shutdown.child_token(),
                 state,
                 window,
+                solo: false,
             },
         );
     }
 
     async fn worker(&self, rx: Queue, retries: Option<Queue>) {
         loop {
-            let ticket = {
+            let tickets = {
                 let mut rx = rx.lock().await;
-                match &retries {
+                let first = match &retries {
                     Some(retries) => {
                         let mut retries = retries.lock().await;
                         tokio::select! {
@@ -414,48 +434,160 @@ impl PinTracker {
                         t = rx.recv() => t,
                         _ = self.inner.shutdown.cancelled() => None,
                     },
-                }
-            };
-            let Some((cid, id)) = ticket else { break };
-            let job = {
-                let ops = self.ops();
-                match ops.get(&cid) {
-                    Some(op) if op.id == id && op.state.borrow().phase == Phase::Queued => {
-                        op.state.send_modify(|s| {
-                            s.phase = Phase::InProgress;
-                            s.attempts += 1;
-                            s.timestamp = Utc::now();
-                        });
-                        Some((
-                            op.pin.clone(),
-                            op.cancel.clone(),
-                            op.state.clone(),
-                            op.state.borrow().kind,
-                        ))
+                };
+                let Some(first) = first else { break };
+                // Whatever waits already goes in the same daemon call; a lone
+                // operation goes at once.
+                let mut tickets = vec![first];
+                while tickets.len() < OP_BATCH {
+                    match rx.try_recv() {
+                        Ok(t) => tickets.push(t),
+                        Err(_) => break,
                     }
-                    _ => None, // superseded or cancelled meanwhile
                 }
+                tickets
             };
-            let Some((pin, cancel, state, kind)) = job else {
-                continue;
+            let jobs: Vec<Job> = {
+                let ops = self.ops();
+                tickets
+                    .into_iter()
+                    .filter_map(|(cid, id)| match ops.get(&cid) {
+                        Some(op) if op.id == id && op.state.borrow().phase == Phase::Queued => {
+                            op.state.send_modify(|s| {
+                                s.phase = Phase::InProgress;
+                                s.attempts += 1;
+                                s.timestamp = Utc::now();
+                            });
+                            Some(Job {
+                                cid,
+                                id,
+                                pin: op.pin.clone(),
+                                cancel: op.cancel.clone(),
+                                state: op.state.clone(),
+                                kind: op.state.borrow().kind,
+                                solo: op.solo,
+                            })
+                        }
+                        _ => None, // superseded or cancelled meanwhile
+                    })
+                    .collect()
             };
-            let res = match kind {
-                OpKind::Pin => {
-                    self.inner
-                        .ipfs
-                        .pin_with_origins(
-                            &pin.cid,
-                            pin.mode(),
-                            &pin.options.origins,
-                            &cancel,
-                            |p| state.send_modify(|s| s.progress = p),
-                        )
-                        .await
+            // Pins with origins dial them first, as upstream, so they go alone;
+            // the others go in one call per kind and mode.
+            let mut groups: Vec<((OpKind, PinMode), Vec<Job>)> = Vec::new();
+            let mut alone = Vec::new();
+            for job in jobs {
+                if job.solo || (job.kind == OpKind::Pin && !job.pin.options.origins.is_empty()) {
+                    alone.push(job);
+                    continue;
                 }
-                OpKind::Unpin => self.inner.ipfs.unpin(&pin.cid, &cancel).await,
-            };
-            self.finish(cid, id, res);
+                let key = (
+                    job.kind,
+                    match job.kind {
+                        OpKind::Pin => job.pin.mode(),
+                        // `pin/rm` takes no mode.
+                        OpKind::Unpin => PinMode::Recursive,
+                    },
+                );
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, g)) => g.push(job),
+                    None => groups.push((key, vec![job])),
+                }
+            }
+            for ((kind, mode), group) in groups {
+                self.run_group(kind, mode, group).await;
+            }
+            for job in alone {
+                self.run_one(job).await;
+            }
         }
+    }
+
+    /// Runs `jobs` in one daemon call. When it fails, takes too long or one of
+    /// them is cancelled, each goes again on its own (queued again for any
+    /// worker to take, so that one slow pin does not hold the others back), to
+    /// get its own outcome: the daemon fails a whole call at its first failure.
+    async fn run_group(&self, kind: OpKind, mode: PinMode, mut jobs: Vec<Job>) {
+        if jobs.len() == 1 {
+            if let Some(job) = jobs.pop() {
+                self.run_one(job).await;
+            }
+            return;
+        }
+        let cids: Vec<Cid> = jobs.iter().map(|j| j.cid).collect();
+        let call = async {
+            match kind {
+                OpKind::Pin => self.inner.ipfs.pin_many(&cids, mode, |_| {}).await,
+                OpKind::Unpin => self.inner.ipfs.unpin_many(&cids).await,
+            }
+        };
+        let cancelled =
+            futures::future::select_all(jobs.iter().map(|j| Box::pin(j.cancel.cancelled())));
+        let res = tokio::select! {
+            r = tokio::time::timeout(BATCH_BUDGET, call) => r.ok(),
+            _ = cancelled => None,
+        };
+        if let Some(Ok(())) = res {
+            for j in jobs {
+                self.finish(j.cid, j.id, Ok(()));
+            }
+            return;
+        }
+        if let Some(Err(e)) = &res {
+            tracing::debug!("a {kind:?} of {} CIDs failed ({e}); one by one", jobs.len());
+        }
+        for job in jobs {
+            if job.cancel.is_cancelled() {
+                self.finish(job.cid, job.id, Err(IpfsError::Cancelled));
+            } else if kind == OpKind::Unpin || !self.requeue_solo(&job) {
+                // Unpins have one worker: it goes on with them itself.
+                self.run_one(job).await;
+            }
+        }
+    }
+
+    /// Puts a pin taken in a group call back in the queue, to go alone; false
+    /// when the queue is full (the caller then runs it).
+    fn requeue_solo(&self, job: &Job) -> bool {
+        let mut ops = self.ops();
+        let Some(op) = ops.get_mut(&job.cid).filter(|op| op.id == job.id) else {
+            return true; // superseded: nothing left to do
+        };
+        if self.inner.pin_tx.try_send((job.cid, job.id)).is_err() {
+            return false;
+        }
+        op.solo = true;
+        // The group call was not an attempt of its own.
+        op.state.send_modify(|s| {
+            s.phase = Phase::Queued;
+            s.attempts = s.attempts.saturating_sub(1);
+            s.timestamp = Utc::now();
+        });
+        true
+    }
+
+    async fn run_one(&self, job: Job) {
+        let Job {
+            cid,
+            id,
+            pin,
+            cancel,
+            state,
+            kind,
+            ..
+        } = job;
+        let res = match kind {
+            OpKind::Pin => {
+                self.inner
+                    .ipfs
+                    .pin_with_origins(&pin.cid, pin.mode(), &pin.options.origins, &cancel, |p| {
+                        state.send_modify(|s| s.progress = p)
+                    })
+                    .await
+            }
+            OpKind::Unpin => self.inner.ipfs.unpin(&pin.cid, &cancel).await,
+        };
+        self.finish(cid, id, res);
     }
 
     fn finish(&self, cid: Cid, id: u64, res: Result<(), IpfsError>) {

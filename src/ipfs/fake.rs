@@ -22,8 +22,15 @@ pub struct FakeState {
     pub pins: HashMap<String, String>,
     /// When set, `pin/add` fails with this message.
     pub fail_pins: Option<String>,
-    /// How long `pin/add` takes.
+    /// CID → message: `pin/add` of that CID fails with it (the whole call,
+    /// after the arguments before it were pinned, as kubo's `pin/add` does).
+    pub fail_cids: HashMap<String, String>,
+    /// How long `pin/add` takes, for each CID.
     pub pin_delay: Duration,
+    /// `pin/add` and `pin/rm` calls answered, and CIDs they carried.
+    pub pin_calls: u64,
+    /// CIDs carried by `pin/add` and `pin/rm` calls.
+    pub pin_args: u64,
     /// While set, `pin/add`, `pin/rm` and `pin/ls` never answer: a daemon that
     /// hangs. Cleared, the calls waiting go on.
     pub hang_pins: bool,
@@ -94,6 +101,21 @@ fn err(msg: &str) -> Response<Body> {
     )
 }
 
+fn bad_request(msg: &str) -> Response<Body> {
+    json(
+        StatusCode::BAD_REQUEST,
+        &serde_json::json!({"Message": msg, "Code": 1, "Type": "error"}),
+    )
+}
+
+/// Every `arg` of a call, in order.
+fn all_args(q: &[(String, String)]) -> Vec<String> {
+    q.iter()
+        .filter(|(k, _)| k == "arg")
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
 async fn handle(st: Arc<Mutex<FakeState>>, path: &str, q: Vec<(String, String)>) -> Response<Body> {
     let arg = q
         .iter()
@@ -131,27 +153,54 @@ async fn handle(st: Arc<Mutex<FakeState>>, path: &str, q: Vec<(String, String)>)
             )
         }
         "/api/v0/swarm/peers" => json(StatusCode::OK, &serde_json::json!({"Peers": []})),
+        // kubo pins (or unpins) the arguments one after the other and fails
+        // the whole call at the first that fails, keeping those done before.
         "/api/v0/pin/add" => {
-            let (delay, fail) = {
-                let s = lock();
-                (s.pin_delay, s.fail_pins.clone())
-            };
-            tokio::time::sleep(delay).await;
-            if let Some(m) = fail {
-                return err(&m);
-            }
+            let args = all_args(&q);
             let t = if get("recursive") == Some("false") {
                 "direct"
             } else {
                 "recursive"
             };
-            lock().pins.insert(arg.clone(), t.into());
-            json(StatusCode::OK, &serde_json::json!({"Pins": [arg]}))
+            {
+                let mut s = lock();
+                s.pin_calls += 1;
+                s.pin_args += args.len() as u64;
+            }
+            if args.is_empty() {
+                return bad_request("argument \"ipfs-path\" is required");
+            }
+            for a in &args {
+                let (delay, fail) = {
+                    let s = lock();
+                    let fail = s.fail_pins.clone().or_else(|| s.fail_cids.get(a).cloned());
+                    (s.pin_delay, fail)
+                };
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if let Some(m) = fail {
+                    return err(&m);
+                }
+                lock().pins.insert(a.clone(), t.into());
+            }
+            json(StatusCode::OK, &serde_json::json!({"Pins": args}))
         }
-        "/api/v0/pin/rm" => match lock().pins.remove(&arg) {
-            Some(_) => json(StatusCode::OK, &serde_json::json!({"Pins": [arg]})),
-            None => err("not pinned or pinned indirectly"),
-        },
+        "/api/v0/pin/rm" => {
+            let args = all_args(&q);
+            let mut s = lock();
+            s.pin_calls += 1;
+            s.pin_args += args.len() as u64;
+            if args.is_empty() {
+                return bad_request("argument \"ipfs-path\" is required");
+            }
+            for a in &args {
+                if s.pins.remove(a).is_none() {
+                    return err("not pinned or pinned indirectly");
+                }
+            }
+            json(StatusCode::OK, &serde_json::json!({"Pins": args}))
+        }
         "/api/v0/pin/ls" => {
             let s = lock();
             if !arg.is_empty() {

@@ -66,6 +66,17 @@ struct DaemonError {
     message: String,
 }
 
+/// A call for many CIDs must report as many: a daemon that took only some of
+/// the `arg`s has not done the others.
+fn check_count(cmd: &str, sent: usize, reported: usize) -> Result<(), IpfsError> {
+    if sent > 1 && reported != sent {
+        return Err(IpfsError::Protocol(format!(
+            "{cmd} of {sent} CIDs reported {reported}"
+        )));
+    }
+    Ok(())
+}
+
 /// A client of one daemon's RPC API.
 #[derive(Clone)]
 pub struct IpfsConnector {
@@ -453,6 +464,32 @@ impl IpfsConnector {
         cid: &Cid,
         mode: PinMode,
         cancel: &CancellationToken,
+        progress: impl FnMut(u64) + Send,
+    ) -> Result<(), IpfsError> {
+        tokio::select! {
+            r = self.pin_args(std::slice::from_ref(cid), mode, progress) => r,
+            _ = cancel.cancelled() => Err(IpfsError::Cancelled),
+        }
+    }
+
+    /// Pins all of `cids` in one `pin/add` call (kubo takes many `arg`s and
+    /// pins them one after the other). The daemon fails the whole call at the
+    /// first CID it cannot pin, keeping those pinned before it: the caller
+    /// learns only that some failed. Dropping the future cancels the call.
+    /// `progress` hears of the blocks fetched so far for the whole call.
+    pub async fn pin_many(
+        &self,
+        cids: &[Cid],
+        mode: PinMode,
+        progress: impl FnMut(u64) + Send,
+    ) -> Result<(), IpfsError> {
+        self.pin_args(cids, mode, progress).await
+    }
+
+    async fn pin_args(
+        &self,
+        cids: &[Cid],
+        mode: PinMode,
         mut progress: impl FnMut(u64) + Send,
     ) -> Result<(), IpfsError> {
         #[derive(Deserialize, Default)]
@@ -463,60 +500,69 @@ impl IpfsConnector {
             #[serde(rename = "Progress")]
             progress: Option<u64>,
         }
-        let arg = cid.to_string();
+        let args: Vec<String> = cids.iter().map(Cid::to_string).collect();
         let recursive = if mode == PinMode::Recursive {
             "true"
         } else {
             "false"
         };
         let stalled = || {
+            let what = match args.as_slice() {
+                [one] => one.clone(),
+                many => format!("{} CIDs", many.len()),
+            };
             IpfsError::Timeout(format!(
-                "pin of {cid} made no progress for {}",
+                "pin of {what} made no progress for {}",
                 crate::config::format_duration(self.pin_timeout)
             ))
         };
-        let fut = async {
-            // A daemon that cannot find the blocks may not even send headers: the
-            // no-progress timeout covers the wait for them too.
-            let resp = tokio::time::timeout(
-                self.pin_timeout,
-                self.post(
-                    "pin/add",
-                    &[
-                        ("arg", &arg),
-                        ("recursive", recursive),
-                        ("progress", "true"),
-                    ],
-                    None,
-                ),
-            )
+        let mut query: Vec<(&str, &str)> = args.iter().map(|a| ("arg", a.as_str())).collect();
+        query.extend([("recursive", recursive), ("progress", "true")]);
+        // A daemon that cannot find the blocks may not even send headers: the
+        // no-progress timeout covers the wait for them too.
+        let resp = tokio::time::timeout(self.pin_timeout, self.post("pin/add", &query, None))
             .await
             .map_err(|_| stalled())??;
-            let mut reader = NdjsonReader::new(resp);
-            loop {
-                let line = tokio::time::timeout(self.pin_timeout, reader.next_line())
-                    .await
-                    .map_err(|_| stalled())?
-                    .map_err(|e| self.ndjson_err(e))?;
-                let Some(line) = line else {
-                    return Err(IpfsError::Protocol(
-                        "pin/add ended without reporting the pin".into(),
-                    ));
-                };
-                let ev: PinEvent = serde_json::from_slice(&line)
-                    .map_err(|e| IpfsError::Protocol(format!("pin/add: {e}")))?;
-                if let Some(p) = ev.progress {
-                    progress(p);
-                }
-                if ev.pins.is_some() {
-                    return Ok(());
-                }
+        let mut reader = NdjsonReader::new(resp);
+        loop {
+            let line = tokio::time::timeout(self.pin_timeout, reader.next_line())
+                .await
+                .map_err(|_| stalled())?
+                .map_err(|e| self.ndjson_err(e))?;
+            let Some(line) = line else {
+                return Err(IpfsError::Protocol(
+                    "pin/add ended without reporting the pin".into(),
+                ));
+            };
+            let ev: PinEvent = serde_json::from_slice(&line)
+                .map_err(|e| IpfsError::Protocol(format!("pin/add: {e}")))?;
+            if let Some(p) = ev.progress {
+                progress(p);
             }
-        };
-        tokio::select! {
-            r = fut => r,
-            _ = cancel.cancelled() => Err(IpfsError::Cancelled),
+            if let Some(pins) = ev.pins {
+                return check_count("pin/add", args.len(), pins.len());
+            }
         }
+    }
+
+    /// Unpins all of `cids` in one `pin/rm` call. The daemon fails the whole
+    /// call at the first CID it cannot unpin (one not pinned included), keeping
+    /// those unpinned before it. Dropping the future cancels the call.
+    pub async fn unpin_many(&self, cids: &[Cid]) -> Result<(), IpfsError> {
+        #[derive(Deserialize)]
+        struct Removed {
+            #[serde(rename = "Pins", default)]
+            pins: Option<Vec<String>>,
+        }
+        let args: Vec<String> = cids.iter().map(Cid::to_string).collect();
+        let query: Vec<(&str, &str)> = args.iter().map(|a| ("arg", a.as_str())).collect();
+        let resp = self
+            .post("pin/rm", &query, Some(self.unpin_timeout))
+            .await?;
+        let body = resp.bytes().await.map_err(|e| self.transport_err(e))?;
+        let r: Removed = serde_json::from_slice(&body)
+            .map_err(|e| IpfsError::Protocol(format!("pin/rm: {e}")))?;
+        check_count("pin/rm", args.len(), r.pins.map_or(0, |p| p.len()))
     }
 
     /// Unpins `cid`; a CID that is not pinned counts as unpinned.
