@@ -386,8 +386,8 @@ fn default_backend(bin: &Path, root: &Path) -> Backend {
     let d = root.join("probe");
     let p = Peer::init(bin, &d, "/ip4/127.0.0.1/tcp/1", &[]);
     match p.config()["consensus"]["raft"]["datastore"].as_str() {
-        Some("redb") => Backend::Redb,
-        _ => Backend::Sled,
+        Some("sled") => Backend::Sled,
+        _ => Backend::Redb,
     }
 }
 

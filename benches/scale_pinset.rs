@@ -77,8 +77,8 @@ fn floors(dir: &Path) -> Floors {
     )
     .expect("parse service.json");
     let backend = match cfg["consensus"]["raft"]["datastore"].as_str() {
-        Some("redb") => ipfs_cluster::store::Backend::Redb,
-        _ => ipfs_cluster::store::Backend::Sled,
+        Some("sled") => ipfs_cluster::store::Backend::Sled,
+        _ => ipfs_cluster::store::Backend::Redb,
     };
     let store = ipfs_cluster::store::open(&dir.join(ipfs_cluster::config::RAFT_DIR), backend)
         .expect("open the store");

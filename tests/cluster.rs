@@ -287,10 +287,10 @@ fn a_peer_joins_through_bootstrap_by_snapshot_and_is_removed() {
     let mut newcomer = PeerProc::init(dir.path(), &daemon.multiaddr());
     let secret = secret_of(&c.peers[0]);
     // The store is each peer's own business: the newcomer installs the
-    // snapshot into redb while the others keep sled.
+    // snapshot into sled while the others keep redb (the default).
     newcomer.edit_config(|v| {
         v["cluster"]["secret"] = secret;
-        v["consensus"]["raft"]["datastore"] = "redb".into();
+        v["consensus"]["raft"]["datastore"] = "sled".into();
         fast_raft(v);
     });
     newcomer.extra_args = vec!["--bootstrap".into(), c.peers[1].cluster_multiaddr()];
@@ -437,11 +437,12 @@ fn majority_down_fails_cleanly_then_recovers() {
 
 #[test]
 fn wrong_secret_cannot_join_and_restart_all_keeps_pinset() {
-    // One peer keeps its Raft data in redb; 50 pins take every log past a
-    // snapshot, so the restart reads snapshot and log back from both stores.
+    // One peer keeps its Raft data in sled (the others in redb, the default);
+    // 50 pins take every log past a snapshot, so the restart reads snapshot
+    // and log back from both stores.
     let mut c = start_cluster_with(3, |i, v| {
         if i == 2 {
-            v["consensus"]["raft"]["datastore"] = "redb".into();
+            v["consensus"]["raft"]["datastore"] = "sled".into();
         }
     });
     for n in 0..50 {

@@ -394,20 +394,32 @@ fn second_daemon_on_same_config_fails_fast_and_bad_config_names_the_key() {
         assert!(a.contains("/tcp/") && !a.ends_with(default), "{a}");
     }
 
-    // `init --datastore redb` picks the other store; the folder then refuses sled.
+    // redb is the default; `init --datastore sled` picks the other store, and
+    // the folder then refuses redb. A config without the key (upstream's, or
+    // written by hand) opens the store the folder holds.
+    assert_eq!(v["consensus"]["raft"]["datastore"], "redb");
     let other = tempfile::tempdir().unwrap();
-    let mut peer = PeerProc::before_dead_daemon_with(other.path(), &["--datastore", "redb"]);
-    assert!(other.path().join("raft/store.redb").is_file());
+    let mut peer = PeerProc::before_dead_daemon_with(other.path(), &["--datastore", "sled"]);
+    assert!(other.path().join("raft/conf").is_file());
+    assert!(!other.path().join("raft/store.redb").exists());
     peer.stop();
     let path = other.path().join("service.json");
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    assert_eq!(v["consensus"]["raft"]["datastore"], "redb");
-    v["consensus"]["raft"]["datastore"] = Value::String("sled".into());
+    assert_eq!(v["consensus"]["raft"]["datastore"], "sled");
+    v["consensus"]["raft"]["datastore"] = Value::String("redb".into());
     std::fs::write(&path, v.to_string()).unwrap();
     let out = peer.command().output().unwrap();
     assert_ne!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("holds a redb store"), "{err}");
+    assert!(err.contains("holds a sled store"), "{err}");
+    v["consensus"]["raft"]
+        .as_object_mut()
+        .unwrap()
+        .remove("datastore");
+    std::fs::write(&path, v.to_string()).unwrap();
+    peer.start();
+    peer.stop();
+    assert!(!other.path().join("raft/store.redb").exists());
 }
 
 #[test]

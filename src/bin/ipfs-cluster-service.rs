@@ -38,7 +38,7 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         peers: Vec<String>,
         /// The store of the Raft log and the pinset.
-        #[arg(long, value_enum, default_value_t = DatastoreArg::Sled)]
+        #[arg(long, value_enum, default_value_t = DatastoreArg::Redb)]
         datastore: DatastoreArg,
         /// The consensus: only raft here (upstream's default, crdt, is refused).
         #[arg(long, default_value = "raft")]

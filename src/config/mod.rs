@@ -277,8 +277,10 @@ pub struct RaftConfig {
     pub snapshot_threshold: u64,
     /// Log entries kept after a snapshot.
     pub trailing_logs: u64,
-    /// The embedded store of the Raft log and the pinset: `sled` or `redb`.
-    pub datastore: crate::store::Backend,
+    /// The embedded store of the Raft log and the pinset: `sled` or `redb`
+    /// (`init` writes it; absent, the store the raft folder holds, else redb).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore: Option<crate::store::Backend>,
 }
 
 impl Default for RaftConfig {
@@ -294,7 +296,7 @@ impl Default for RaftConfig {
             election_timeout: GoDuration::secs(1),
             snapshot_threshold: 8192,
             trailing_logs: 10240,
-            datastore: crate::store::Backend::default(),
+            datastore: None,
         }
     }
 }
@@ -1007,7 +1009,7 @@ pub fn init(
         ids.push(id.to_string());
     }
     cfg.consensus.raft.init_peerset = ids;
-    cfg.consensus.raft.datastore = datastore;
+    cfg.consensus.raft.datastore = Some(datastore);
     cfg.validate("environment")?;
     let identity = Identity::generate();
     cfg.save(&cfg_path)?;

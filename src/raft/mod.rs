@@ -163,7 +163,7 @@ impl Consensus {
             events,
         } = opts;
         std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
-        let db = store::open(dir, cfg.datastore)?;
+        let db = store::open(dir, store::choose(dir, cfg.datastore))?;
         let log = LogStore::new(db.tree("raft_log")?);
         let state = PinState::new(db.tree("state")?);
         let sm = StateMachine::new(

@@ -100,7 +100,10 @@ pub fn export(dir: &Path, cfg: &Config, out: &mut dyn Write) -> Result<u64, Offl
     if !raft_dir.exists() {
         return Ok(0);
     }
-    let db = store::open(&raft_dir, cfg.consensus.raft.datastore)?;
+    let db = store::open(
+        &raft_dir,
+        store::choose(&raft_dir, cfg.consensus.raft.datastore),
+    )?;
     let state = PinState::new(db.tree("state")?);
     let mut n = 0;
     for pin in state.list() {
@@ -127,7 +130,7 @@ pub fn import(
 ) -> Result<u64, OfflineError> {
     let _lock = ExecutionLock::acquire(dir)?;
     let raft_dir = dir.join(RAFT_DIR);
-    let backend = cfg.consensus.raft.datastore;
+    let backend = store::choose(&raft_dir, cfg.consensus.raft.datastore);
     let old_members = if raft_dir.exists() {
         open_raft_store(&raft_dir, backend)?
             .0
