@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use scale_common::{cid_of, fake_daemon, write_export};
+use scale_common::{cid_of, fake_daemon, run, write_export};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,22 +33,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-fn run(bin: &Path, args: &[&str]) -> Duration {
-    let t = Instant::now();
-    let out = Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ipfs-cluster-service");
-    assert!(
-        out.status.success(),
-        "{} {args:?}: {}",
-        bin.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    t.elapsed()
 }
 
 fn status_kb(pid: u32, field: &str) -> u64 {

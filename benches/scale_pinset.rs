@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use ipfs_cluster::state::{PageFrom, PinState};
-use scale_common::{cid_of, fake_daemon, write_export};
+use scale_common::{cid_of, fake_daemon, run, write_export};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,21 +31,6 @@ struct Ports {
     p2p: u16,
     rest: u16,
     proxy: u16,
-}
-
-fn run(bin: &str, args: &[&str]) -> Duration {
-    let t = Instant::now();
-    let out = Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ipfs-cluster-service");
-    assert!(
-        out.status.success(),
-        "{bin} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    t.elapsed()
 }
 
 /// The floors, read from the imported store before the peer opens it (CPU time

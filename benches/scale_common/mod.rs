@@ -13,6 +13,25 @@ use ipfs_cluster::types::{Cid, Pin, PinOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Runs `ipfs-cluster-service` (`bin`) with `args` to its end; how long it
+/// took. Panics with its stderr when it fails.
+pub fn run(bin: impl AsRef<Path>, args: &[&str]) -> Duration {
+    let bin = bin.as_ref();
+    let t = std::time::Instant::now();
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run ipfs-cluster-service");
+    assert!(
+        out.status.success(),
+        "{} {args:?}: {}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.elapsed()
+}
+
 /// The CID of pin `i`: CIDv1, raw, sha2-256, the digest carrying `i`.
 pub fn cid_of(i: u64) -> Cid {
     let mut b = vec![0x01, 0x55, 0x12, 0x20];

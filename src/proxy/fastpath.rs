@@ -878,6 +878,21 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
+    /// Reads from `s` until `buf` holds a whole request head; its length, or
+    /// `None` once the connection ends.
+    async fn read_request_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+        loop {
+            if let Some(n) = head_end(buf) {
+                return Some(n);
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+    }
+
     /// A scripted daemon: answers each call with its head echoed back as the
     /// body, framed as the call's path says (`/chunked`: chunks and a trailer;
     /// else Content-Length), and closes the first connection after its first
@@ -892,15 +907,8 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     loop {
-                        let n = loop {
-                            if let Some(n) = head_end(&buf) {
-                                break n;
-                            }
-                            let mut chunk = [0u8; 4096];
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                            }
+                        let Some(n) = read_request_head(&mut s, &mut buf).await else {
+                            return;
                         };
                         let head: Vec<u8> = buf.drain(..n).collect();
                         let text = String::from_utf8_lossy(&head).to_string();
@@ -1193,15 +1201,8 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     loop {
-                        let n = loop {
-                            if let Some(n) = head_end(&buf) {
-                                break n;
-                            }
-                            let mut chunk = [0u8; 4096];
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                            }
+                        let Some(n) = read_request_head(&mut s, &mut buf).await else {
+                            return;
                         };
                         let head = String::from_utf8_lossy(&buf[..n]).to_string();
                         buf.drain(..n);
