@@ -308,7 +308,9 @@ fn a_peer_joins_through_bootstrap_by_snapshot_and_is_removed() {
         info["snapshot_index"].as_u64().is_some(),
         "no snapshot installed: {info}"
     );
-    assert!(newcomer.dir.join("raft/store.redb").is_file());
+    assert!(newcomer.dir.join("raft/conf").is_file());
+    assert!(!newcomer.dir.join("raft/store.redb").exists());
+    assert!(c.peers[0].dir.join("raft/store.redb").is_file());
 
     // A pin held only by the newcomer moves to another peer when it is removed.
     let only_newcomer = id_cid(2500);
@@ -501,7 +503,8 @@ fn wrong_secret_cannot_join_and_restart_all_keeps_pinset() {
     for p in &c.peers {
         assert_eq!(proxy_pins(p), want);
     }
-    assert!(c.peers[2].dir.join("raft/store.redb").is_file());
+    assert!(c.peers[2].dir.join("raft/conf").is_file());
+    assert!(c.peers[0].dir.join("raft/store.redb").is_file());
     let info = raft_info(&c.peers[2]).unwrap();
     assert!(info["snapshot_index"].as_u64().is_some(), "{info}");
     for p in c.peers.iter_mut() {
