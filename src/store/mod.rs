@@ -208,7 +208,16 @@ mod tests {
         assert_eq!(store.tree("u").unwrap().get(b"b/1").unwrap(), None);
         drop(t);
         drop(store);
-        let store = open(dir.path(), backend).unwrap();
+        // sled's flusher thread lets go of the folder's lock shortly after the
+        // last handle is dropped, not at once: a reopen may wait for it.
+        let reopen_by = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let store = loop {
+            match open(dir.path(), backend) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() > reopen_by => panic!("reopen: {e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        };
         assert_eq!(store.tree("t").unwrap().get(b"a/1").unwrap().unwrap(), b"x");
         drop(store);
         // The folder now belongs to this backend.
