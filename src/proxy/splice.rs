@@ -84,6 +84,9 @@ impl Pipe {
                 match to.try_io(Interest::WRITABLE, || {
                     splice(self.read.as_raw_fd(), to.as_raw_fd(), held)
                 }) {
+                    // Nothing taken from a pipe that holds bytes: the client
+                    // end is unusable, and trying again would never progress.
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(k) => {
                         held -= k;
                         moved = true;
