@@ -1189,6 +1189,23 @@ mod tests {
             .collect()
     }
 
+    /// `/chunks`'s body as framed on the wire: chunks of mixed sizes (large
+    /// ones spliced, small ones copied) of `pattern(.., seed)`, then a trailer.
+    fn chunked_body(seed: u64) -> Vec<u8> {
+        const SIZES: [usize; 4] = [300 * 1024, 10, 70 * 1024, (1 << 20) + 3];
+        let body = pattern(SIZES.iter().sum(), seed);
+        let mut framed = Vec::new();
+        let mut at = 0;
+        for size in SIZES {
+            framed.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+            framed.extend_from_slice(&body[at..at + size]);
+            framed.extend_from_slice(b"\r\n");
+            at += size;
+        }
+        framed.extend_from_slice(b"0\r\nX-Stream-Error: boom\r\n\r\n");
+        framed
+    }
+
     /// A daemon with large answers: `/length` a Content-Length body of 3 MiB,
     /// `/chunks` chunks of mixed sizes (large ones spliced, small ones copied)
     /// with a trailer, `/cut` a body the daemon stops halfway; every body is
@@ -1213,18 +1230,10 @@ mod tests {
                             .unwrap_or(0);
                         let mut out = Vec::new();
                         if head.starts_with("POST /chunks") {
-                            let body = pattern(300 * 1024 + 10 + 70 * 1024 + (1 << 20) + 3, seed);
                             out.extend_from_slice(
                                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
                             );
-                            let mut at = 0;
-                            for size in [300 * 1024, 10, 70 * 1024, (1 << 20) + 3] {
-                                out.extend_from_slice(format!("{size:x}\r\n").as_bytes());
-                                out.extend_from_slice(&body[at..at + size]);
-                                out.extend_from_slice(b"\r\n");
-                                at += size;
-                            }
-                            out.extend_from_slice(b"0\r\nX-Stream-Error: boom\r\n\r\n");
+                            out.extend(chunked_body(seed));
                         } else {
                             let len = 3 << 20;
                             out.extend_from_slice(
@@ -1271,17 +1280,7 @@ mod tests {
                 .await
                 .unwrap();
             let expected_body = if path == "/chunks" {
-                let body = pattern(300 * 1024 + 10 + 70 * 1024 + (1 << 20) + 3, seed);
-                let mut framed = Vec::new();
-                let mut at = 0;
-                for size in [300 * 1024, 10, 70 * 1024, (1 << 20) + 3] {
-                    framed.extend_from_slice(format!("{size:x}\r\n").as_bytes());
-                    framed.extend_from_slice(&body[at..at + size]);
-                    framed.extend_from_slice(b"\r\n");
-                    at += size;
-                }
-                framed.extend_from_slice(b"0\r\nX-Stream-Error: boom\r\n\r\n");
-                framed
+                chunked_body(seed)
             } else {
                 pattern(3 << 20, seed)
             };
