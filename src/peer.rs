@@ -704,9 +704,13 @@ async fn start_before_fake(
         Some(r) if rest => r.http_listen_multiaddress = any,
         _ => cfg.api.restapi = None,
     }
-    Peer::start(dir, cfg, Identity::generate(), StartOptions::default())
+    let peer = Peer::start(dir, cfg, Identity::generate(), StartOptions::default())
         .await
-        .expect("peer starts")
+        .expect("peer starts");
+    // The reconciliation at start would otherwise race the test's first pins: a
+    // late one retries a pin that just failed, an extra daemon call and attempt.
+    peer.cluster().tracker().wait_reconciled(1).await;
+    peer
 }
 
 /// A field of /proc/self/status in kB (VmRSS, VmHWM), for the memory tests.
@@ -817,6 +821,8 @@ mod queue_tests {
         let fake = FakeDaemon::start().await;
         let cids: Vec<Cid> = (0..N).map(id_cid).collect();
         let bad = cids[N - 5];
+        let dir = tempfile::tempdir().unwrap();
+        let peer = super::start_before_fake(&fake, dir.path(), false, false).await;
         {
             let mut st = fake.state.lock().unwrap();
             st.fail_cids
@@ -824,8 +830,6 @@ mod queue_tests {
             // The workers' first calls hang, so that the next pins queue up.
             st.hang_pins = true;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let peer = super::start_before_fake(&fake, dir.path(), false, false).await;
         let cluster = peer.cluster().clone();
         let mut last = 0;
         for c in &cids {

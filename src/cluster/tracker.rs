@@ -173,6 +173,8 @@ struct Inner {
     reconcile_lock: tokio::sync::Mutex<()>,
     /// Set when the tracker missed changes and must reconcile.
     reconcile_wanted: tokio::sync::Notify,
+    /// Reconciliations finished since the start.
+    reconciled: watch::Sender<u64>,
     /// Operations a reconciliation may have queued or running at once.
     window: Arc<Semaphore>,
     /// Pins this peer's daemon completed, and pin attempts that failed.
@@ -252,6 +254,7 @@ impl PinTracker {
                 reconcile_at: Mutex::new(None),
                 reconcile_lock: tokio::sync::Mutex::new(()),
                 reconcile_wanted: tokio::sync::Notify::new(),
+                reconciled: watch::channel(0).0,
                 window: Arc::new(Semaphore::new(
                     RECONCILE_WINDOW.min(cfg.max_pin_queue_size).max(1),
                 )),
@@ -846,6 +849,12 @@ impl PinTracker {
             .collect()
     }
 
+    /// Waits until `n` reconciliations (the first one runs at start) have ended.
+    pub async fn wait_reconciled(&self, n: u64) {
+        let mut rx = self.inner.reconciled.subscribe();
+        let _ = rx.wait_for(|done| *done >= n).await;
+    }
+
     /// Re-queues failed operations and pins that should be on the daemon but are not.
     /// Returns the CIDs re-queued.
     pub async fn recover_all(&self) -> Result<Vec<Cid>, StatusError> {
@@ -858,6 +867,12 @@ impl PinTracker {
     /// were re-queued, and which when `collect`.
     pub async fn reconcile(&self, collect: bool) -> Result<(usize, Vec<Cid>), StatusError> {
         let _one = self.inner.reconcile_lock.lock().await;
+        let res = self.reconcile_locked(collect).await;
+        self.inner.reconciled.send_modify(|n| *n += 1);
+        res
+    }
+
+    async fn reconcile_locked(&self, collect: bool) -> Result<(usize, Vec<Cid>), StatusError> {
         let added_before = self.inner.pins_added.load(Ordering::Relaxed);
         let daemon = Arc::new(
             self.inner
