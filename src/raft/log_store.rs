@@ -2,7 +2,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -62,12 +62,40 @@ async fn blocking<T: Send + 'static>(
 #[derive(Clone)]
 pub struct LogStore {
     tree: Arc<dyn Tree>,
+    /// The committed log ID openraft last saved, not written yet: it goes with
+    /// the next durable write (usually the next append), since a store commit
+    /// of its own per commit-index advance cost as much as the append.
+    committed: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl LogStore {
     /// The log kept in `tree`.
     pub fn new(tree: Arc<dyn Tree>) -> Self {
-        LogStore { tree }
+        LogStore {
+            tree,
+            committed: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn pending_committed(&self) -> MutexGuard<'_, Option<Vec<u8>>> {
+        // A poisoned lock holds a whole value still: each write is one assignment.
+        self.committed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `batch` durably, with the committed log ID saved meanwhile.
+    fn write_durable(&self, mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        // Not held over the write: openraft's core saves the committed ID.
+        let saved = self.pending_committed().clone();
+        if let Some(v) = &saved {
+            batch.push((COMMITTED_KEY.to_vec(), Some(v.clone())));
+        }
+        self.tree.apply_durable(batch)?;
+        let mut pending = self.pending_committed();
+        // Unless a newer one came meanwhile: it is then still to be written.
+        if *pending == saved {
+            *pending = None;
+        }
+        Ok(())
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
@@ -79,22 +107,19 @@ impl LogStore {
     }
 
     fn put_meta<T: Serialize>(&self, key: &[u8], v: &T) -> Result<(), StorageError<NodeId>> {
-        self.tree
-            .apply(vec![(key.to_vec(), Some(to_meta(v)?))])
-            .map_err(write_err)?;
-        self.tree.flush().map_err(write_err)
+        self.write_durable(vec![(key.to_vec(), Some(to_meta(v)?))])
+            .map_err(write_err)
     }
 
     /// Marks the log of an empty store as purged and committed up to `log_id`,
     /// as if a snapshot there had replaced every entry before it (`state import`).
     pub fn seed(&self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.tree
-            .apply(vec![
+            .apply_durable(vec![
                 (PURGED_KEY.to_vec(), Some(to_meta(&log_id)?)),
                 (COMMITTED_KEY.to_vec(), Some(to_meta(&Some(log_id))?)),
             ])
-            .map_err(write_err)?;
-        self.tree.flush().map_err(write_err)
+            .map_err(write_err)
     }
 
     /// Keys of log entries with index in `[from, to)` (`None`: to the end).
@@ -170,17 +195,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        // Not flushed: losing it only means re-applying entries after a crash.
-        let v = to_meta(&committed)?;
-        let tree = self.tree.clone();
-        blocking(move || {
-            tree.apply(vec![(COMMITTED_KEY.to_vec(), Some(v))])
-                .map_err(write_err)
-        })
-        .await
+        // Written with the next durable write: losing it only means applying
+        // fewer entries at start, until the leader says what is committed.
+        *self.pending_committed() = Some(to_meta(&committed)?);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        if let Some(v) = self.pending_committed().clone() {
+            return from_meta::<Option<LogId<NodeId>>>(&v);
+        }
         let this = self.clone();
         blocking(move || {
             Ok(this
@@ -203,12 +227,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in entries {
             batch.push((log_key(e.log_id.index), Some(encode_entry(&e))));
         }
-        let tree = self.tree.clone();
-        let res = blocking(move || {
-            tree.apply(batch).map_err(write_err)?;
-            tree.flush().map_err(write_err)
-        })
-        .await;
+        let this = self.clone();
+        let res = blocking(move || this.write_durable(batch).map_err(write_err)).await;
         // openraft must hear of the I/O result either way; the error is also returned.
         callback.log_io_completed(
             res.as_ref()
@@ -222,10 +242,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let this = self.clone();
         blocking(move || {
             let keys = this.keys_between(log_id.index, None).map_err(write_err)?;
-            this.tree
-                .apply(keys.into_iter().map(|k| (k, None)).collect())
-                .map_err(write_err)?;
-            this.tree.flush().map_err(write_err)
+            this.write_durable(keys.into_iter().map(|k| (k, None)).collect())
+                .map_err(write_err)
         })
         .await
     }
@@ -240,8 +258,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map(|k| (k, None))
                 .collect();
             batch.push((PURGED_KEY.to_vec(), Some(to_meta(&log_id)?)));
-            this.tree.apply(batch).map_err(write_err)?;
-            this.tree.flush().map_err(write_err)
+            this.write_durable(batch).map_err(write_err)
         })
         .await
     }

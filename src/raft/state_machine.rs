@@ -500,12 +500,11 @@ impl StateMachine {
         })
         .map_err(snap_err)?;
         self.snapshots
-            .apply(vec![
+            .apply_durable(vec![
                 (SNAPSHOT_META_KEY.to_vec(), Some(m)),
                 (LEGACY_SNAPSHOT_DATA_KEY.to_vec(), None),
             ])
             .map_err(snap_err)?;
-        self.snapshots.flush().map_err(snap_err)?;
         let receiving = self
             .receiving
             .lock()
@@ -611,9 +610,8 @@ impl StateMachine {
             file: Some(name.to_string()),
         })
         .map_err(sm_err)?;
-        tree.apply(vec![(INSTALLING_KEY.to_vec(), Some(marker))])
+        tree.apply_durable(vec![(INSTALLING_KEY.to_vec(), Some(marker))])
             .map_err(sm_err)?;
-        tree.flush().map_err(sm_err)?;
         self.set_current(meta, name)?;
         // Remove the old pins and request records in batches, never listing
         // them all at once.
@@ -663,8 +661,7 @@ impl StateMachine {
             Some(encode_meta(&meta.last_membership).map_err(sm_err)?),
         ));
         batch.push((INSTALLING_KEY.to_vec(), None));
-        tree.apply(batch).map_err(sm_err)?;
-        tree.flush().map_err(sm_err)
+        tree.apply_durable(batch).map_err(sm_err)
     }
 
     /// Finishes an install a crash interrupted (see [`INSTALLING_KEY`]).
@@ -723,8 +720,7 @@ impl StateMachine {
             MEMBERSHIP_KEY.to_vec(),
             Some(encode_meta(&stored).map_err(|e| e.to_string())?),
         ));
-        tree.apply(batch).map_err(|e| e.to_string())?;
-        tree.flush().map_err(|e| e.to_string())?;
+        tree.apply_durable(batch).map_err(|e| e.to_string())?;
         let file = out.into_inner().map_err(|e| e.into_error().to_string())?;
         file.sync_all().map_err(io)?;
         drop(file);

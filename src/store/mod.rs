@@ -70,6 +70,12 @@ pub trait Tree: Send + Sync {
     fn apply(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError>;
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// [`Self::apply`] then [`Self::flush`]; one durable commit where the store
+    /// has them, instead of an atomic one and an empty durable one.
+    fn apply_durable(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        self.apply(batch)?;
+        self.flush()
+    }
     /// True when a [`Self::range`] reads one point-in-time view of the tree,
     /// unaffected by batches applied while it is iterated.
     fn consistent_ranges(&self) -> bool {
