@@ -2,6 +2,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -12,6 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::codec::{decode_entry, decode_meta, encode_entry, encode_meta};
+use super::log_file::LogFile;
 use super::types::{NodeId, TypeConfig};
 use crate::store::{StoreError, Tree, prefix_bounds};
 
@@ -20,6 +22,8 @@ const VOTE_KEY: &[u8] = b"m/vote";
 const COMMITTED_KEY: &[u8] = b"m/committed";
 const PURGED_KEY: &[u8] = b"m/purged";
 
+/// The key an earlier version kept entry `index` under (migration tests write them).
+#[cfg(test)]
 fn log_key(index: u64) -> Vec<u8> {
     let mut k = LOG_PREFIX.to_vec();
     k.extend_from_slice(&index.to_be_bytes());
@@ -58,44 +62,77 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(write_err)?
 }
 
-/// The Raft log storage of one peer.
+/// The Raft log storage of one peer: entries in append-only files
+/// ([`LogFile`]), the vote, the purge floor and the committed ID in the store.
 #[derive(Clone)]
 pub struct LogStore {
     tree: Arc<dyn Tree>,
+    log: Arc<LogFile>,
+    /// Entries up to here are purged (some may remain in a segment's file).
+    purged: Arc<Mutex<Option<u64>>>,
     /// The committed log ID openraft last saved, not written yet: it goes with
-    /// the next durable write (usually the next append), since a store commit
-    /// of its own per commit-index advance cost as much as the append.
+    /// the next write of the store (a vote, a purge): losing it only means
+    /// applying fewer entries at start, until the leader says what is committed.
     committed: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
+/// Where the log's segment files are, inside the raft folder.
+pub const LOG_DIR: &str = "log";
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock holds a whole value still: each write is one assignment.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl LogStore {
-    /// The log kept in `tree`.
-    pub fn new(tree: Arc<dyn Tree>) -> Self {
-        LogStore {
+    /// The log of the raft folder `dir`, its metadata in `tree`. Entries an
+    /// earlier version kept in `tree` move to the log files first.
+    pub fn open(tree: Arc<dyn Tree>, dir: &Path) -> Result<Self, StorageError<NodeId>> {
+        let log = LogFile::open(&dir.join(LOG_DIR)).map_err(write_err)?;
+        let this = LogStore {
             tree,
+            log: Arc::new(log),
+            purged: Arc::new(Mutex::new(None)),
             committed: Arc::new(Mutex::new(None)),
+        };
+        let purged: Option<LogId<NodeId>> = this.get_meta(PURGED_KEY)?;
+        *locked(&this.purged) = purged.map(|l| l.index);
+        this.migrate()?;
+        // The files keep purged entries that share a segment with later ones,
+        // and a purge may have stopped before deleting its segments.
+        if let Some(p) = purged {
+            this.log.purge(p.index).map_err(write_err)?;
         }
+        Ok(this)
     }
 
-    fn pending_committed(&self) -> MutexGuard<'_, Option<Vec<u8>>> {
-        // A poisoned lock holds a whole value still: each write is one assignment.
-        self.committed.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Writes `batch` durably, with the committed log ID saved meanwhile.
-    fn write_durable(&self, mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
-        // Not held over the write: openraft's core saves the committed ID.
-        let saved = self.pending_committed().clone();
-        if let Some(v) = &saved {
-            batch.push((COMMITTED_KEY.to_vec(), Some(v.clone())));
+    /// Moves log entries kept in the store by an earlier version into the files.
+    fn migrate(&self) -> Result<(), StorageError<NodeId>> {
+        let old: Vec<(Vec<u8>, Vec<u8>)> = self
+            .tree
+            .range(LOG_PREFIX, Some(&log_end()))
+            .collect::<Result<_, _>>()
+            .map_err(read_err)?;
+        if old.is_empty() {
+            return Ok(());
         }
-        self.tree.apply_durable(batch)?;
-        let mut pending = self.pending_committed();
-        // Unless a newer one came meanwhile: it is then still to be written.
-        if *pending == saved {
-            *pending = None;
+        let floor = *locked(&self.purged);
+        let mut entries = Vec::with_capacity(old.len());
+        for (_, v) in &old {
+            let e = from_entry(v)?;
+            if floor.is_none_or(|f| e.log_id.index > f) {
+                entries.push((e.log_id.index, v.clone()));
+            }
         }
-        Ok(())
+        // Files left by a migration that stopped half-way are written again.
+        if let Some((first, _)) = self.log.bounds() {
+            self.log.truncate(first).map_err(write_err)?;
+        }
+        self.log.append(&entries).map_err(write_err)?;
+        tracing::info!("moved {} raft log entries into {LOG_DIR}/", entries.len());
+        self.tree
+            .apply_durable(old.into_iter().map(|(k, _)| (k, None)).collect())
+            .map_err(write_err)
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
@@ -106,9 +143,20 @@ impl LogStore {
             .transpose()
     }
 
-    fn put_meta<T: Serialize>(&self, key: &[u8], v: &T) -> Result<(), StorageError<NodeId>> {
-        self.write_durable(vec![(key.to_vec(), Some(to_meta(v)?))])
-            .map_err(write_err)
+    /// Writes `batch` to the store durably, with the committed ID saved meanwhile.
+    fn put_durable(&self, mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        // Not held over the write: openraft's core saves the committed ID.
+        let saved = locked(&self.committed).clone();
+        if let Some(v) = &saved {
+            batch.push((COMMITTED_KEY.to_vec(), Some(v.clone())));
+        }
+        self.tree.apply_durable(batch)?;
+        let mut pending = locked(&self.committed);
+        // Unless a newer one came meanwhile: it is then still to be written.
+        if *pending == saved {
+            *pending = None;
+        }
+        Ok(())
     }
 
     /// Marks the log of an empty store as purged and committed up to `log_id`,
@@ -119,15 +167,25 @@ impl LogStore {
                 (PURGED_KEY.to_vec(), Some(to_meta(&log_id)?)),
                 (COMMITTED_KEY.to_vec(), Some(to_meta(&Some(log_id))?)),
             ])
-            .map_err(write_err)
+            .map_err(write_err)?;
+        *locked(&self.purged) = Some(log_id.index);
+        Ok(())
     }
 
-    /// Keys of log entries with index in `[from, to)` (`None`: to the end).
-    fn keys_between(&self, from: u64, to: Option<u64>) -> Result<Vec<Vec<u8>>, StoreError> {
-        let end = to.map(log_key).unwrap_or_else(log_end);
-        self.tree
-            .range(&log_key(from), Some(&end))
-            .map(|r| r.map(|(k, _)| k))
+    /// The entries in `[from, to)` held and not purged.
+    fn entries(&self, from: u64, to: u64) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let from = match *locked(&self.purged) {
+            Some(f) => from.max(f.saturating_add(1)),
+            None => from,
+        };
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        self.log
+            .read(from, to)
+            .map_err(read_err)?
+            .iter()
+            .map(|(_, v)| from_entry(v))
             .collect()
     }
 }
@@ -143,18 +201,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(&e) => Some(log_key(e.saturating_add(1))),
-            Bound::Excluded(&e) => Some(log_key(e)),
-            Bound::Unbounded => None,
+            Bound::Included(&e) => e.saturating_add(1),
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => u64::MAX,
         };
-        let tree = self.tree.clone();
-        blocking(move || {
-            let upper = end.unwrap_or_else(log_end);
-            tree.range(&log_key(start), Some(&upper))
-                .map(|r| r.map_err(read_err).and_then(|(_, v)| from_entry(&v)))
-                .collect()
-        })
-        .await
+        let this = self.clone();
+        blocking(move || this.entries(start, end)).await
     }
 }
 
@@ -165,9 +217,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let this = self.clone();
         blocking(move || {
             let last_purged_log_id: Option<LogId<NodeId>> = this.get_meta(PURGED_KEY)?;
-            let last = match this.tree.last_with_prefix(LOG_PREFIX).map_err(read_err)? {
-                Some((_, v)) => Some(from_entry(&v)?.log_id),
-                None => last_purged_log_id,
+            let floor = last_purged_log_id.map(|l| l.index);
+            let last = match this.log.bounds() {
+                Some((_, last)) if floor.is_none_or(|f| last > f) => {
+                    let e = this.entries(last, last + 1)?;
+                    e.last().map(|e| e.log_id).or(last_purged_log_id)
+                }
+                _ => last_purged_log_id,
             };
             Ok(LogState {
                 last_purged_log_id,
@@ -182,8 +238,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let (this, vote) = (self.clone(), *vote);
-        blocking(move || this.put_meta(VOTE_KEY, &vote)).await
+        let (this, v) = (self.clone(), to_meta(vote)?);
+        blocking(move || {
+            this.put_durable(vec![(VOTE_KEY.to_vec(), Some(v))])
+                .map_err(write_err)
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
@@ -195,14 +255,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        // Written with the next durable write: losing it only means applying
-        // fewer entries at start, until the leader says what is committed.
-        *self.pending_committed() = Some(to_meta(&committed)?);
+        *locked(&self.committed) = Some(to_meta(&committed)?);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        if let Some(v) = self.pending_committed().clone() {
+        if let Some(v) = locked(&self.committed).clone() {
             return from_meta::<Option<LogId<NodeId>>>(&v);
         }
         let this = self.clone();
@@ -223,12 +281,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = Vec::new();
-        for e in entries {
-            batch.push((log_key(e.log_id.index), Some(encode_entry(&e))));
-        }
-        let this = self.clone();
-        let res = blocking(move || this.write_durable(batch).map_err(write_err)).await;
+        let batch: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|e| (e.log_id.index, encode_entry(&e)))
+            .collect();
+        let log = self.log.clone();
+        let res = blocking(move || log.append(&batch).map_err(write_err)).await;
         // openraft must hear of the I/O result either way; the error is also returned.
         callback.log_io_completed(
             res.as_ref()
@@ -239,27 +297,68 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let this = self.clone();
-        blocking(move || {
-            let keys = this.keys_between(log_id.index, None).map_err(write_err)?;
-            this.write_durable(keys.into_iter().map(|k| (k, None)).collect())
-                .map_err(write_err)
-        })
-        .await
+        let log = self.log.clone();
+        blocking(move || log.truncate(log_id.index).map_err(write_err)).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let this = self.clone();
         blocking(move || {
-            let mut batch: Vec<_> = this
-                .keys_between(0, Some(log_id.index + 1))
-                .map_err(write_err)?
-                .into_iter()
-                .map(|k| (k, None))
-                .collect();
-            batch.push((PURGED_KEY.to_vec(), Some(to_meta(&log_id)?)));
-            this.write_durable(batch).map_err(write_err)
+            // The marker first, durably: the same commit makes the state
+            // machine's applied entries durable (its own commits are not), so
+            // that no entry leaves the log before the state holds it on disk.
+            this.put_durable(vec![(PURGED_KEY.to_vec(), Some(to_meta(&log_id)?))])
+                .map_err(write_err)?;
+            *locked(&this.purged) = Some(log_id.index);
+            this.log.purge(log_id.index).map_err(write_err)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::store::{self, Backend};
+
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 7), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_an_earlier_version_kept_in_the_store_move_to_the_files() {
+        for backend in [Backend::Redb, Backend::Sled] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let db = store::open(dir.path(), backend).unwrap();
+                let tree = db.tree("raft_log").unwrap();
+                let old: Vec<_> = (1..=20)
+                    .map(|i| (log_key(i), Some(encode_entry(&entry(i)))))
+                    .collect();
+                tree.apply_durable(old).unwrap();
+                // Purged up to 5, as a snapshot would have.
+                tree.apply_durable(vec![(
+                    PURGED_KEY.to_vec(),
+                    Some(to_meta(&entry(5).log_id).unwrap()),
+                )])
+                .unwrap();
+            }
+            let db = store::open(dir.path(), backend).unwrap();
+            let tree = db.tree("raft_log").unwrap();
+            let mut log = LogStore::open(tree.clone(), dir.path()).unwrap();
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_log_id, Some(entry(20).log_id));
+            assert_eq!(state.last_purged_log_id, Some(entry(5).log_id));
+            let got = log.try_get_log_entries(0..100).await.unwrap();
+            let want: Vec<_> = (6..=20).map(entry).collect();
+            assert_eq!(got, want, "{backend}");
+            assert_eq!(tree.range(LOG_PREFIX, Some(&log_end())).count(), 0);
+            assert!(dir.path().join(LOG_DIR).is_dir());
+        }
     }
 }

@@ -8,6 +8,7 @@
 
 mod batcher;
 mod codec;
+mod log_file;
 mod log_store;
 mod network;
 pub mod offline;
@@ -164,7 +165,8 @@ impl Consensus {
         } = opts;
         std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
         let db = store::open(dir, store::choose(dir, cfg.datastore))?;
-        let log = LogStore::new(db.tree("raft_log")?);
+        let log = LogStore::open(db.tree("raft_log")?, dir)
+            .map_err(|e| ConsensusError::Raft(e.to_string()))?;
         let state = PinState::new(db.tree("state")?);
         let sm = StateMachine::new(
             state.clone(),

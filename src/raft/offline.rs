@@ -89,7 +89,9 @@ fn open_raft_store(
         raft_dir.join(super::SNAPSHOT_DIR),
         events,
     );
-    Ok((sm, LogStore::new(db.tree("raft_log")?)))
+    let log = LogStore::open(db.tree("raft_log")?, raft_dir)
+        .map_err(|e| OfflineError::Raft(e.to_string()))?;
+    Ok((sm, log))
 }
 
 /// Writes the pinset this stopped peer last applied to `out`, one pin JSON per

@@ -312,7 +312,7 @@ async fn start_node(id: NodeId, net: &Shared) {
             }
         }
     };
-    let log = LogStore::new(db.tree("raft_log").expect("tree"));
+    let log = LogStore::open(db.tree("raft_log").expect("tree"), &dir).expect("log");
     let state = PinState::new(db.tree("state").expect("tree"));
     let (events, _) = tokio::sync::broadcast::channel(64);
     let sm = StateMachine::new(

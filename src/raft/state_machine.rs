@@ -235,7 +235,15 @@ pub struct StateMachine {
     receives: Arc<AtomicU64>,
     /// [`DEDUP_WINDOW`]; smaller in tests, to see records leave it.
     window: u64,
+    /// When an apply was last written durably (see [`DURABLE_APPLY_EVERY`]).
+    durable_at: Arc<Mutex<std::time::Instant>>,
 }
+
+/// How often an apply is written durably. The log (in its own files) holds
+/// every entry until a purge, which first makes the state durable, so applies
+/// need not be; but redb reuses the pages a commit frees only after a durable
+/// commit, so a long run of non-durable ones would grow its file.
+const DURABLE_APPLY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The current snapshot's metadata, and its file in the snapshot folder.
 #[derive(Serialize, Deserialize)]
@@ -388,6 +396,7 @@ impl StateMachine {
             receiving: Arc::new(Mutex::new(None)),
             installed_batches: Arc::new(AtomicU64::new(0)),
             receives: Arc::new(AtomicU64::new(0)),
+            durable_at: Arc::new(Mutex::new(std::time::Instant::now())),
         };
         sm.remove_leftovers();
         sm
@@ -901,12 +910,24 @@ impl StateMachine {
             events.push(StateEvent::Applied(l.index));
         }
         let _guard = self.lock_apply();
-        // Atomic, not flushed: the entries are durable in the log already, and
-        // the log's next flush (the store's flush covers every tree, a purge
-        // included) makes this durable too. A crash before it leaves the state
-        // (request records included) at an earlier applied index, consistent
-        // with its marker, and openraft applies the rest of the log again.
-        tree.apply(batch).map_err(sm_err)?;
+        // Atomic, and durable only now and then: the entries are durable in the
+        // log, which keeps them until a purge has made the state durable. A
+        // crash before that leaves the state (request records included) at an
+        // earlier applied index, consistent with its marker, and openraft
+        // applies the rest of the log again.
+        let durable = {
+            let mut at = self.durable_at.lock().unwrap_or_else(|p| p.into_inner());
+            let due = at.elapsed() >= DURABLE_APPLY_EVERY;
+            if due {
+                *at = std::time::Instant::now();
+            }
+            due
+        };
+        if durable {
+            tree.apply_durable(batch).map_err(sm_err)?;
+        } else {
+            tree.apply(batch).map_err(sm_err)?;
+        }
         Ok((results, events))
     }
 

@@ -31,7 +31,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
                 StorageError::from(openraft::StorageIOError::write(openraft::AnyError::new(&e)))
             })
         };
-        let log = LogStore::new(tree("raft_log")?);
+        let log = LogStore::open(tree("raft_log")?, dir.path())?;
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let sm = StateMachine::new(
             PinState::new(tree("state")?),
