@@ -327,8 +327,17 @@ async fn bandwidth_counts_each_protocols_messages_both_ways() {
     let seen = a.p2p.bandwidth();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!((seen[&rpc].total_out, seen[&rpc].total_in), (15, 19));
-    let seen = b.p2p.bandwidth();
-    assert_eq!((seen[&rpc].total_in, seen[&rpc].total_out), (15, 19));
+    // B counts its answer once written, which may be after A has read it.
+    let mut b_seen = (0, 0);
+    for _ in 0..100 {
+        let seen = b.p2p.bandwidth();
+        b_seen = seen.get(&rpc).map_or((0, 0), |s| (s.total_in, s.total_out));
+        if b_seen == (15, 19) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(b_seen, (15, 19));
     a.stop().await;
     b.stop().await;
 }
