@@ -112,6 +112,21 @@ fn record_crc(index: u64, payload: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// The whole, intact record at byte `at` of `bytes`: its index and payload.
+/// `None` for a short, oversized or damaged one.
+fn parse_record(bytes: &[u8], at: usize) -> Option<(u64, &[u8])> {
+    let h = bytes.get(at..at.checked_add(RECORD_HEAD)?)?;
+    let index = u64::from_be_bytes(h[0..8].try_into().ok()?);
+    let len = u32::from_be_bytes(h[8..12].try_into().ok()?);
+    let crc = u32::from_be_bytes(h[12..16].try_into().ok()?);
+    if len > MAX_RECORD {
+        return None;
+    }
+    let start = at + RECORD_HEAD;
+    let payload = bytes.get(start..start.checked_add(len as usize)?)?;
+    (record_crc(index, payload) == crc).then_some((index, payload))
+}
+
 fn sync_dir(dir: &Path) -> Result<(), LogFileError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -178,24 +193,14 @@ impl LogFile {
             return Err(corrupt("not a raft log segment of a known version".into()));
         } else {
             while at < bytes.len() {
-                let whole = bytes.get(at..at + RECORD_HEAD).and_then(|h| {
-                    let index = u64::from_be_bytes(h[0..8].try_into().ok()?);
-                    let len = u32::from_be_bytes(h[8..12].try_into().ok()?);
-                    let crc = u32::from_be_bytes(h[12..16].try_into().ok()?);
-                    if len > MAX_RECORD {
-                        return None;
-                    }
-                    let payload = bytes.get(at + RECORD_HEAD..at + RECORD_HEAD + len as usize)?;
-                    (record_crc(index, payload) == crc).then_some((index, len))
-                });
-                match whole {
-                    Some((index, len)) => {
+                match parse_record(&bytes, at) {
+                    Some((index, payload)) => {
                         let want = first + offsets.len() as u64;
                         if index != want {
                             return Err(corrupt(format!("entry {index} where {want} belongs")));
                         }
                         offsets.push(at as u64);
-                        at += RECORD_HEAD + len as usize;
+                        at += RECORD_HEAD + payload.len();
                     }
                     None => {
                         torn = Some(at);
@@ -368,16 +373,9 @@ impl LogFile {
             for (n, off) in offsets.iter().enumerate() {
                 let at = usize::try_from(off - start).unwrap_or(usize::MAX);
                 let want = lo + n as u64;
-                let rec = bytes
-                    .get(at..at + RECORD_HEAD)
-                    .and_then(|h| {
-                        let index = u64::from_be_bytes(h[0..8].try_into().ok()?);
-                        let len = u32::from_be_bytes(h[8..12].try_into().ok()?) as usize;
-                        let crc = u32::from_be_bytes(h[12..16].try_into().ok()?);
-                        let payload = bytes.get(at + RECORD_HEAD..at + RECORD_HEAD + len)?;
-                        (index == want && record_crc(index, payload) == crc)
-                            .then(|| payload.to_vec())
-                    })
+                let rec = parse_record(&bytes, at)
+                    .filter(|(index, _)| *index == want)
+                    .map(|(_, payload)| payload.to_vec())
                     .ok_or_else(|| LogFileError::Corrupt {
                         path: path.clone(),
                         what: format!("entry {want} does not read back"),
