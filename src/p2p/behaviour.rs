@@ -189,6 +189,17 @@ fn request_response_behaviour(
     )
 }
 
+/// Idle connections last [`IDLE_CONNECTION_TIMEOUT`]; a new stream sends its
+/// first message right behind its protocol proposal (multistream-select's "lazy"
+/// mode) instead of waiting a round trip for the proposal's echo: every request
+/// opens a stream, so that round trip was on the path of every Raft RPC. Only our
+/// own protocols are proposed, which every peer of this software speaks; a peer
+/// that does not refuses the stream, seen as an error on the first read.
+fn swarm_config(c: libp2p::swarm::Config) -> libp2p::swarm::Config {
+    c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
+        .with_substream_upgrade_protocol_override(Version::V1Lazy)
+}
+
 /// Builds the swarm. In a private network (`secret`): TCP, then the
 /// private-network layer, then noise and yamux. pnet wraps the raw TCP stream,
 /// before any libp2p protocol negotiation, so a peer without the cluster secret
@@ -237,7 +248,7 @@ pub(super) fn build_swarm(
                 .map_err(|e| dns_err(&e))?
                 .with_behaviour(behaviour)
                 .map_err(|e| transport_err(&e))?
-                .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+                .with_swarm_config(swarm_config)
                 // `build` wraps the whole transport in this timeout (10 s unless set).
                 .with_connection_timeout(HANDSHAKE_TIMEOUT)
                 .build()
@@ -254,7 +265,7 @@ pub(super) fn build_swarm(
             .map_err(|e| dns_err(&e))?
             .with_behaviour(behaviour)
             .map_err(|e| transport_err(&e))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+            .with_swarm_config(swarm_config)
             .with_connection_timeout(HANDSHAKE_TIMEOUT)
             .build(),
     };
