@@ -215,6 +215,7 @@ impl Peer {
                     .max(raft_cfg.wait_for_leader_timeout.0)
                     .max(Duration::from_secs(1)),
                 peerstore: Some(dir.join(PEERSTORE_FILE)),
+                pipes: true,
             },
             tasks,
             cancel.child_token(),

@@ -53,6 +53,7 @@ fn send_removed(
                 listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
                 request_timeout: Duration::from_secs(5),
                 peerstore: None,
+                pipes: true,
             },
             &tasks,
             cancel.clone(),

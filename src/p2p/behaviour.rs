@@ -173,6 +173,7 @@ pub(super) struct Behaviour {
     pub rpc: cbor::Behaviour<Payload, Response>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
+    pub pipe: super::pipe_behaviour::Behaviour,
 }
 
 fn request_response_behaviour(
@@ -211,6 +212,7 @@ pub(super) fn build_swarm(
     keypair: libp2p::identity::Keypair,
     secret: Option<[u8; 32]>,
     request_timeout: Duration,
+    pipes: bool,
 ) -> Result<Swarm<Behaviour>, P2pError> {
     let agent_version = format!("ipfs-cluster-rs/{}", crate::VERSION);
     let behaviour = move |key: &libp2p::identity::Keypair| Behaviour {
@@ -221,6 +223,7 @@ pub(super) fn build_swarm(
                 .with_agent_version(agent_version),
         ),
         ping: ping::Behaviour::default(),
+        pipe: super::pipe_behaviour::Behaviour::new(pipes),
     };
     let transport_err = |e: &dyn std::fmt::Display| P2pError::Transport(e.to_string());
     let dns_err = |e: &dyn std::fmt::Display| {

@@ -16,6 +16,8 @@ mod bandwidth;
 mod behaviour;
 mod inflight;
 mod peerstore;
+mod pipe;
+mod pipe_behaviour;
 mod task;
 
 #[cfg(test)]
@@ -105,6 +107,9 @@ pub struct P2pConfig {
     /// File of multiaddrs with `/p2p/<id>`, one per line; read at start, written on
     /// shutdown and by [`P2p::save_peerstore`].
     pub peerstore: Option<PathBuf>,
+    /// Carry Raft requests over pipes ([`pipe`]) and serve the pipes of other
+    /// peers; without, the host behaves as earlier versions did.
+    pub pipes: bool,
 }
 
 /// An inbound request for the application; answer through `reply` (dropping it =
@@ -117,7 +122,53 @@ pub struct Inbound {
     /// The request bytes.
     pub payload: Vec<u8>,
     /// Where the answer goes.
-    pub reply: oneshot::Sender<Vec<u8>>,
+    pub reply: Reply,
+}
+
+/// Where the answer to an [`Inbound`] request goes. Dropping it unanswered is an
+/// error at the caller.
+pub struct Reply(Option<ReplyTo>);
+
+enum ReplyTo {
+    /// The request came on a stream of its own; the swarm task writes the answer.
+    Stream(oneshot::Sender<Vec<u8>>),
+    /// The request came over a pipe; the answer is written to it.
+    Pipe(pipe::PipeReply),
+}
+
+impl Reply {
+    fn stream(tx: oneshot::Sender<Vec<u8>>) -> Self {
+        Reply(Some(ReplyTo::Stream(tx)))
+    }
+
+    fn pipe(p: pipe::PipeReply) -> Self {
+        Reply(Some(ReplyTo::Pipe(p)))
+    }
+
+    /// Sends the answer; gives it back when the requester is known to be gone.
+    pub fn send(mut self, payload: Vec<u8>) -> Result<(), Vec<u8>> {
+        match self.0.take() {
+            Some(ReplyTo::Stream(tx)) => tx.send(payload),
+            Some(ReplyTo::Pipe(p)) => {
+                p.send(&payload);
+                Ok(())
+            }
+            None => Err(payload),
+        }
+    }
+
+    /// Drops it without a word to the requester (who is told otherwise).
+    fn forget(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(ReplyTo::Pipe(p)) = self.0.take() {
+            p.dropped();
+        }
+    }
 }
 
 /// A handle to the running host. Cheap to clone; all clones talk to the same swarm
@@ -130,6 +181,8 @@ pub struct P2p {
     peer_id: PeerId,
     /// The libp2p-side bounds, for the caller-side safety nets.
     request_deadline: Duration,
+    /// Raft requests go over these when they can.
+    pipes: Arc<pipe::Pipes>,
 }
 
 impl P2p {
@@ -141,7 +194,8 @@ impl P2p {
         cancel: CancellationToken,
     ) -> Result<(P2p, mpsc::Receiver<Inbound>), P2pError> {
         let peer_id = cfg.keypair.public().to_peer_id();
-        let mut swarm = behaviour::build_swarm(cfg.keypair, cfg.secret, cfg.request_timeout)?;
+        let mut swarm =
+            behaviour::build_swarm(cfg.keypair, cfg.secret, cfg.request_timeout, cfg.pipes)?;
 
         let listen = usable_listen_addrs(&cfg.listen, cfg.secret.is_some())?;
         let mut pending_listeners = HashSet::new();
@@ -192,6 +246,12 @@ impl P2p {
             bandwidth: bandwidth.clone(),
             inflight: inflight::InflightLimit::new(inflight::MAX_INFLIGHT_PER_PEER),
         };
+        let pipes = Arc::new(pipe::Pipes::new(
+            tasks.clone(),
+            task_cancel.clone(),
+            bandwidth.clone(),
+            cfg.request_timeout,
+        ));
         tasks.spawn(task.run());
 
         let ready = tokio::select! {
@@ -211,6 +271,7 @@ impl P2p {
             bandwidth,
             peer_id,
             request_deadline: cfg.request_timeout + behaviour::HANDSHAKE_TIMEOUT + CALLER_SLACK,
+            pipes,
         };
         Ok((handle, inbound_rx))
     }
@@ -267,6 +328,17 @@ impl P2p {
         protocol: Protocol,
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, P2pError> {
+        if protocol == Protocol::Raft {
+            let open = |peer| {
+                let (reply, rx) = oneshot::channel();
+                // A full command queue: no pipe this time (the dropped reply says so).
+                let _ = self.commands.try_send(Command::OpenPipe { peer, reply });
+                rx
+            };
+            if let Some(answer) = self.pipes.request(peer, &payload, &open).await {
+                return answer;
+            }
+        }
         self.ask_within(self.request_deadline, |reply| Command::Request {
             peer,
             protocol,

@@ -46,6 +46,11 @@ pub(super) enum Command {
         payload: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, P2pError>>,
     },
+    /// A new pipe stream to a connected peer.
+    OpenPipe {
+        peer: PeerId,
+        reply: super::pipe_behaviour::OpenReply,
+    },
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
     SavePeerstore(oneshot::Sender<()>),
     /// The application's answer to an inbound request, relayed by its reply task.
@@ -154,6 +159,16 @@ impl SwarmTask {
                 payload,
                 reply,
             } => self.request(peer, protocol, payload, reply),
+            Command::OpenPipe { peer, reply } => {
+                if self.swarm.is_connected(&peer) {
+                    self.swarm.behaviour_mut().pipe.open(peer, reply);
+                } else {
+                    // The caller sends on a stream of its own, which dials.
+                    let _ = reply.send(Err(P2pError::Unreachable(format!(
+                        "not connected to {peer}"
+                    ))));
+                }
+            }
             Command::ConnectedPeers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
@@ -288,6 +303,16 @@ impl SwarmTask {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::Pipe(pipe)) => {
+                let ctx = super::pipe::ServeCtx {
+                    inbound: self.inbound.clone(),
+                    inflight: self.inflight.clone(),
+                    bandwidth: self.bandwidth.clone(),
+                    tasks: self.tasks.clone(),
+                    cancel: self.cancel.clone(),
+                };
+                super::pipe::serve(pipe, &ctx);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
                 tracing::trace!(peer = %e.peer, result = ?e.result, "ping");
             }
@@ -431,7 +456,7 @@ impl SwarmTask {
             protocol,
             peer,
             payload: request.into_vec(),
-            reply,
+            reply: super::Reply::stream(reply),
         };
         // Never wait for the application here. A full queue means it is far behind:
         // the caller is told so, and retries.

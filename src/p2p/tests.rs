@@ -31,6 +31,17 @@ impl Host {
         listen: &[&str],
         peerstore: Option<PathBuf>,
     ) -> Result<Host, P2pError> {
+        Self::start_with(keypair, secret, listen, peerstore, true).await
+    }
+
+    /// A host that serves and uses pipes or, like earlier versions, not.
+    async fn start_with(
+        keypair: Keypair,
+        secret: Option<[u8; 32]>,
+        listen: &[&str],
+        peerstore: Option<PathBuf>,
+        pipes: bool,
+    ) -> Result<Host, P2pError> {
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
         let cfg = P2pConfig {
@@ -39,6 +50,7 @@ impl Host {
             listen: listen.iter().map(|a| a.parse().unwrap()).collect(),
             request_timeout: Duration::from_secs(45),
             peerstore,
+            pipes,
         };
         let (p2p, inbound) = P2p::start(cfg, &tasks, cancel.clone()).await?;
         Ok(Host {
@@ -344,3 +356,6 @@ async fn bandwidth_counts_each_protocols_messages_both_ways() {
 
 #[path = "busy_tests.rs"]
 mod busy;
+
+#[path = "pipe_tests.rs"]
+mod pipe;

@@ -978,6 +978,7 @@ mod tests {
                     listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
                     request_timeout: Duration::from_secs(10),
                     peerstore: None,
+                    pipes: true,
                 },
                 &tasks,
                 cancel.clone(),
