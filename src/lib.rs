@@ -24,6 +24,7 @@ pub mod raft;
 pub mod restapi;
 pub mod state;
 pub mod store;
+pub mod sync;
 pub mod types;
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ pub struct PeerMonitor {
 
 impl PeerMonitor {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Stores `m` as the latest of its name from its peer.

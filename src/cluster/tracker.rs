@@ -303,7 +303,7 @@ impl PinTracker {
     fn ops(&self) -> MutexGuard<'_, HashMap<Cid, Operation>> {
         // A poisoned map only means a panic elsewhere; its data is still consistent
         // because every update is a single insert/remove/send.
-        self.inner.ops.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.inner.ops)
     }
 
     async fn event_loop(&self, mut events: broadcast::Receiver<StateEvent>) {

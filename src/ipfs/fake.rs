@@ -123,7 +123,7 @@ async fn handle(st: Arc<Mutex<FakeState>>, path: &str, q: Vec<(String, String)>)
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
     let get = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-    let lock = || st.lock().unwrap_or_else(|p| p.into_inner());
+    let lock = || crate::sync::lock(&st);
     if matches!(
         path,
         "/api/v0/pin/add" | "/api/v0/pin/rm" | "/api/v0/pin/ls"

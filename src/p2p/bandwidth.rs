@@ -71,7 +71,7 @@ impl Bandwidth {
         let now = Instant::now();
         // A poisoned lock only means another recorder panicked mid-update of plain
         // counters; they stay usable.
-        let mut map = self.by_protocol.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::sync::lock(&self.by_protocol);
         let c = map.entry(protocol).or_default();
         c.sample(now);
         c.total_in += bytes_in;
@@ -91,7 +91,7 @@ impl Bandwidth {
     /// Totals and recent rates per protocol.
     pub fn snapshot(&self) -> BandwidthByProtocol {
         let now = Instant::now();
-        let mut map = self.by_protocol.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::sync::lock(&self.by_protocol);
         map.iter_mut()
             .map(|(p, c)| {
                 c.sample(now);

@@ -38,7 +38,7 @@ impl InflightLimit {
 
     /// A place for one more request of `peer`, or `None` when it has `max` already.
     pub(super) fn try_acquire(&self, peer: PeerId, protocol: Protocol) -> Option<InflightPermit> {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = crate::sync::lock(&self.counts);
         let n = counts.entry((peer, protocol)).or_default();
         if *n >= self.max {
             return None;
@@ -63,7 +63,7 @@ impl InflightLimit {
 
 impl Drop for InflightPermit {
     fn drop(&mut self) {
-        let mut counts = self.limit.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = crate::sync::lock(&self.limit.counts);
         if let Some(n) = counts.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {

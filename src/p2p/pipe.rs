@@ -176,7 +176,10 @@ impl PipeClient {
                 why = read_answers(r, peer, &pending, &answered, &bandwidth) => why,
             };
             closed.cancel();
-            let waiters: Vec<Waiter> = locked(&pending).drain().map(|(_, w)| w).collect();
+            let waiters: Vec<Waiter> = crate::sync::lock(&pending)
+                .drain()
+                .map(|(_, w)| w)
+                .collect();
             for w in waiters {
                 let _ = w.send(Err(P2pError::Transport(format!(
                     "{}: the pipe closed before the reply ({why})",
@@ -195,11 +198,11 @@ impl PipeClient {
     async fn request(&self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>, P2pError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        locked(&self.pending).insert(id, tx);
+        crate::sync::lock(&self.pending).insert(id, tx);
         // The reader fails what is pending once it has marked the pipe closed;
         // a request that came in after that must fail here.
         if self.is_closed() || self.frames.send(frame(REQUEST, id, payload)).is_err() {
-            locked(&self.pending).remove(&id);
+            crate::sync::lock(&self.pending).remove(&id);
             return Err(P2pError::Transport(format!(
                 "{}: the pipe is closed",
                 what(self.peer)
@@ -211,7 +214,7 @@ impl PipeClient {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(P2pError::Shutdown),
             Err(_) => {
-                locked(&self.pending).remove(&id);
+                crate::sync::lock(&self.pending).remove(&id);
                 Err(P2pError::Timeout(what(self.peer)))
             }
         }
@@ -259,7 +262,7 @@ async fn read_answers(
             ))),
             other => return format!("unknown pipe frame kind {other}"),
         };
-        if let Some(w) = locked(pending).remove(&id) {
+        if let Some(w) = crate::sync::lock(pending).remove(&id) {
             let _ = w.send(answer);
         }
     }
@@ -314,8 +317,11 @@ impl Pipes {
         if payload.len() > MAX_PIPE_REQUEST || self.cancel.is_cancelled() {
             return None;
         }
-        let slot = locked(&self.slots).entry(peer).or_default().clone();
-        if locked(&slot.fallback_until).is_some_and(|t| Instant::now() < t) {
+        let slot = crate::sync::lock(&self.slots)
+            .entry(peer)
+            .or_default()
+            .clone();
+        if crate::sync::lock(&slot.fallback_until).is_some_and(|t| Instant::now() < t) {
             return None;
         }
         let client = {
@@ -354,7 +360,7 @@ impl Pipes {
             // was opened optimistically). Raft requests may be sent again, so
             // this one goes on a stream of its own.
             tracing::debug!(%peer, "pipe closed before any answer; not using pipes to this peer for a while");
-            *locked(&slot.fallback_until) = Some(Instant::now() + FALLBACK_FOR);
+            *crate::sync::lock(&slot.fallback_until) = Some(Instant::now() + FALLBACK_FOR);
             return None;
         }
         Some(answer)
@@ -474,10 +480,4 @@ impl PipeReply {
         self.bandwidth.sent(Protocol::Raft, f.len() as u64);
         let _ = self.frames.send(f);
     }
-}
-
-/// A poisoned lock only means another thread panicked while holding it; the
-/// maps stay usable.
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

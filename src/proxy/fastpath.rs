@@ -437,7 +437,7 @@ impl FastPath {
     }
 
     fn pop_idle(&self) -> Option<TcpStream> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = crate::sync::lock(&self.idle);
         while let Some((at, d)) = idle.pop() {
             if at.elapsed() < IDLE_TIMEOUT {
                 return Some(d);
@@ -449,7 +449,7 @@ impl FastPath {
     /// Keeps a daemon connection whose client left for the next client.
     fn release(&self, d: Option<TcpStream>) {
         let Some(d) = d else { return };
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = crate::sync::lock(&self.idle);
         idle.retain(|(at, _)| at.elapsed() < IDLE_TIMEOUT);
         if idle.len() < MAX_IDLE {
             idle.push((Instant::now(), d));

@@ -175,8 +175,7 @@ impl DaemonHeaders {
                         }
                     }
                 }
-                *self.cached.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((Instant::now(), h.clone()));
+                *crate::sync::lock(&self.cached) = Some((Instant::now(), h.clone()));
             }
             Err(e) => tracing::debug!("extracting the daemon's headers: {e}"),
         }

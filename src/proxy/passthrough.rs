@@ -110,7 +110,7 @@ impl ClientConn {
     }
 
     fn take(&self) -> Option<Box<DaemonConn>> {
-        self.kept.lock().unwrap_or_else(|p| p.into_inner()).take()
+        crate::sync::lock(&self.kept).take()
     }
 
     fn keep(&self, c: Box<DaemonConn>) {
@@ -177,7 +177,7 @@ impl Inner {
         if c.ended || c.send.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = crate::sync::lock(&self.idle);
         idle.retain(|(at, _)| at.elapsed() < IDLE_TIMEOUT);
         if idle.len() < MAX_IDLE {
             idle.push((Instant::now(), c));
@@ -204,7 +204,7 @@ impl Inner {
     }
 
     fn pop_idle(&self) -> Option<Box<DaemonConn>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = crate::sync::lock(&self.idle);
         while let Some((at, c)) = idle.pop() {
             if at.elapsed() < IDLE_TIMEOUT {
                 return Some(c);

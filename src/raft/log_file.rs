@@ -239,7 +239,7 @@ impl LogFile {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every change to the map is made whole under the lock, after its I/O.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.inner)
     }
 
     /// The first and last index held, if any.

@@ -1,9 +1,10 @@
 //! The durable Raft log, vote and purge marker, on a [`Tree`].
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -74,15 +75,88 @@ pub struct LogStore {
     /// the next write of the store (a vote, a purge): losing it only means
     /// applying fewer entries at start, until the leader says what is committed.
     committed: Arc<Mutex<Option<Vec<u8>>>>,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// Bounds of [`Recent`]: a few seconds of ingest at most.
+const RECENT_MAX_BYTES: usize = 8 << 20;
+const RECENT_MAX_ENTRIES: usize = 4096;
+
+/// The newest entries, decoded. What was just appended is read right away: by
+/// the leader for each follower's replication and by every peer to apply it;
+/// from here that costs no file read, decoding or blocking-thread hop.
+/// Contiguous, and the log's tail whenever the log's last append is in it.
+#[derive(Default)]
+struct Recent {
+    /// Entries with their encoded sizes.
+    entries: VecDeque<(Entry<TypeConfig>, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    /// Adds a batch just appended to the log.
+    fn push(&mut self, batch: Vec<(Entry<TypeConfig>, usize)>) {
+        let follows = match (self.entries.back(), batch.first()) {
+            (Some((last, _)), Some((first, _))) => first.log_id.index == last.log_id.index + 1,
+            _ => true,
+        };
+        if !follows {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        for (e, n) in batch {
+            self.bytes += n;
+            self.entries.push_back((e, n));
+        }
+        while self.bytes > RECENT_MAX_BYTES || self.entries.len() > RECENT_MAX_ENTRIES {
+            match self.entries.pop_front() {
+                Some((_, n)) => self.bytes -= n,
+                None => break,
+            }
+        }
+    }
+
+    /// Drops the entries from `index` on.
+    fn truncate(&mut self, index: u64) {
+        while let Some((e, n)) = self.entries.back() {
+            if e.log_id.index < index {
+                break;
+            }
+            self.bytes -= n;
+            self.entries.pop_back();
+        }
+    }
+
+    /// Drops the entries up to `index`.
+    fn purge(&mut self, index: u64) {
+        while let Some((e, n)) = self.entries.front() {
+            if e.log_id.index > index {
+                break;
+            }
+            self.bytes -= n;
+            self.entries.pop_front();
+        }
+    }
+
+    /// The entries `[from, to)` when all of them are here. A range past the
+    /// last one held is not served: an append may be in the file already and
+    /// not here yet.
+    fn get(&self, from: u64, to: u64) -> Option<Vec<Entry<TypeConfig>>> {
+        let first = self.entries.front()?.0.log_id.index;
+        let last = self.entries.back()?.0.log_id.index;
+        if from < first || from >= to || to > last.saturating_add(1) {
+            return None;
+        }
+        let (a, b) = (
+            usize::try_from(from - first).ok()?,
+            usize::try_from(to - first).ok()?,
+        );
+        Some(self.entries.range(a..b).map(|(e, _)| e.clone()).collect())
+    }
 }
 
 /// Where the log's segment files are, inside the raft folder.
 pub const LOG_DIR: &str = "log";
-
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock holds a whole value still: each write is one assignment.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl LogStore {
     /// The log of the raft folder `dir`, its metadata in `tree`. Entries an
@@ -94,9 +168,10 @@ impl LogStore {
             log: Arc::new(log),
             purged: Arc::new(Mutex::new(None)),
             committed: Arc::new(Mutex::new(None)),
+            recent: Arc::default(),
         };
         let purged: Option<LogId<NodeId>> = this.get_meta(PURGED_KEY)?;
-        *locked(&this.purged) = purged.map(|l| l.index);
+        *crate::sync::lock(&this.purged) = purged.map(|l| l.index);
         this.migrate()?;
         // The files keep purged entries that share a segment with later ones,
         // and a purge may have stopped before deleting its segments.
@@ -116,7 +191,7 @@ impl LogStore {
         if old.is_empty() {
             return Ok(());
         }
-        let floor = *locked(&self.purged);
+        let floor = *crate::sync::lock(&self.purged);
         let mut entries = Vec::with_capacity(old.len());
         for (_, v) in &old {
             let e = from_entry(v)?;
@@ -146,12 +221,12 @@ impl LogStore {
     /// Writes `batch` to the store durably, with the committed ID saved meanwhile.
     fn put_durable(&self, mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
         // Not held over the write: openraft's core saves the committed ID.
-        let saved = locked(&self.committed).clone();
+        let saved = crate::sync::lock(&self.committed).clone();
         if let Some(v) = &saved {
             batch.push((COMMITTED_KEY.to_vec(), Some(v.clone())));
         }
         self.tree.apply_durable(batch)?;
-        let mut pending = locked(&self.committed);
+        let mut pending = crate::sync::lock(&self.committed);
         // Unless a newer one came meanwhile: it is then still to be written.
         if *pending == saved {
             *pending = None;
@@ -168,13 +243,13 @@ impl LogStore {
                 (COMMITTED_KEY.to_vec(), Some(to_meta(&Some(log_id))?)),
             ])
             .map_err(write_err)?;
-        *locked(&self.purged) = Some(log_id.index);
+        *crate::sync::lock(&self.purged) = Some(log_id.index);
         Ok(())
     }
 
     /// The entries in `[from, to)` held and not purged.
     fn entries(&self, from: u64, to: u64) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let from = match *locked(&self.purged) {
+        let from = match *crate::sync::lock(&self.purged) {
             Some(f) => from.max(f.saturating_add(1)),
             None => from,
         };
@@ -205,6 +280,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&e) => e,
             Bound::Unbounded => u64::MAX,
         };
+        let floor = crate::sync::lock(&self.purged).map_or(0, |f| f.saturating_add(1));
+        if let Some(hit) = crate::sync::lock(&self.recent).get(start.max(floor), end) {
+            return Ok(hit);
+        }
         let this = self.clone();
         blocking(move || this.entries(start, end)).await
     }
@@ -255,12 +334,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        *locked(&self.committed) = Some(to_meta(&committed)?);
+        *crate::sync::lock(&self.committed) = Some(to_meta(&committed)?);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        if let Some(v) = locked(&self.committed).clone() {
+        if let Some(v) = crate::sync::lock(&self.committed).clone() {
             return from_meta::<Option<LogId<NodeId>>>(&v);
         }
         let this = self.clone();
@@ -281,12 +360,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let batch: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|e| (e.log_id.index, encode_entry(&e)))
+            .iter()
+            .map(|e| (e.log_id.index, encode_entry(e)))
             .collect();
+        let sizes: Vec<usize> = batch.iter().map(|(_, b)| b.len()).collect();
         let log = self.log.clone();
         let res = blocking(move || log.append(&batch).map_err(write_err)).await;
+        if res.is_ok() {
+            crate::sync::lock(&self.recent).push(entries.into_iter().zip(sizes).collect());
+        }
         // openraft must hear of the I/O result either way; the error is also returned.
         callback.log_io_completed(
             res.as_ref()
@@ -297,6 +381,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        // Out of the cache first: no read may find there what the file lost.
+        crate::sync::lock(&self.recent).truncate(log_id.index);
         let log = self.log.clone();
         blocking(move || log.truncate(log_id.index).map_err(write_err)).await
     }
@@ -309,7 +395,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // that no entry leaves the log before the state holds it on disk.
             this.put_durable(vec![(PURGED_KEY.to_vec(), Some(to_meta(&log_id)?))])
                 .map_err(write_err)?;
-            *locked(&this.purged) = Some(log_id.index);
+            *crate::sync::lock(&this.purged) = Some(log_id.index);
+            crate::sync::lock(&this.recent).purge(log_id.index);
             this.log.purge(log_id.index).map_err(write_err)
         })
         .await
@@ -360,5 +447,70 @@ mod tests {
             assert_eq!(tree.range(LOG_PREFIX, Some(&log_end())).count(), 0);
             assert!(dir.path().join(LOG_DIR).is_dir());
         }
+    }
+}
+
+#[cfg(test)]
+mod recent_tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn batch(r: std::ops::Range<u64>, size: usize) -> Vec<(Entry<TypeConfig>, usize)> {
+        r.map(|index| {
+            let e = Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 7), index),
+                payload: EntryPayload::Blank,
+            };
+            (e, size)
+        })
+        .collect()
+    }
+
+    fn indexes(v: Option<Vec<Entry<TypeConfig>>>) -> Option<Vec<u64>> {
+        v.map(|v| v.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn serves_only_ranges_it_holds_to_their_end() {
+        let mut r = Recent::default();
+        assert_eq!(indexes(r.get(1, 2)), None);
+        r.push(batch(5..8, 10));
+        r.push(batch(8..10, 10));
+        assert_eq!(indexes(r.get(6, 9)), Some(vec![6, 7, 8]));
+        assert_eq!(indexes(r.get(5, 10)), Some(vec![5, 6, 7, 8, 9]));
+        // Before the first held, past the last held, or empty: the file's job.
+        assert_eq!(indexes(r.get(4, 6)), None);
+        assert_eq!(indexes(r.get(8, 11)), None);
+        assert_eq!(indexes(r.get(8, u64::MAX)), None);
+        assert_eq!(indexes(r.get(7, 7)), None);
+
+        r.truncate(8);
+        assert_eq!(indexes(r.get(8, 9)), None);
+        assert_eq!(indexes(r.get(5, 8)), Some(vec![5, 6, 7]));
+        r.purge(5);
+        assert_eq!(indexes(r.get(5, 6)), None);
+        assert_eq!(indexes(r.get(6, 8)), Some(vec![6, 7]));
+        assert_eq!(r.bytes, 20);
+
+        // A batch that does not follow the tail replaces everything.
+        r.push(batch(20..22, 10));
+        assert_eq!(indexes(r.get(6, 8)), None);
+        assert_eq!(indexes(r.get(20, 22)), Some(vec![20, 21]));
+        assert_eq!(r.bytes, 20);
+    }
+
+    #[test]
+    fn stays_within_its_bounds() {
+        let mut r = Recent::default();
+        r.push(batch(1..4, RECENT_MAX_BYTES / 2));
+        assert_eq!(r.entries.len(), 2);
+        assert_eq!(indexes(r.get(2, 4)), Some(vec![2, 3]));
+        let mut r = Recent::default();
+        for i in 0..(RECENT_MAX_ENTRIES as u64 + 10) {
+            r.push(batch(i..i + 1, 1));
+        }
+        assert_eq!(r.entries.len(), RECENT_MAX_ENTRIES);
+        assert_eq!(r.bytes, RECENT_MAX_ENTRIES);
     }
 }

@@ -163,10 +163,20 @@ impl Consensus {
             bootstrap,
             events,
         } = opts;
-        std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
-        let db = store::open(dir, store::choose(dir, cfg.datastore))?;
-        let log = LogStore::open(db.tree("raft_log")?, dir)
-            .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        // Opening reads the store's files and scans the log's: off the async workers.
+        let (db, log) = {
+            let (dir, datastore) = (dir.to_path_buf(), cfg.datastore);
+            tokio::task::spawn_blocking(move || -> Result<_, ConsensusError> {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
+                let db = store::open(&dir, store::choose(&dir, datastore))?;
+                let log = LogStore::open(db.tree("raft_log")?, &dir)
+                    .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+                Ok((db, log))
+            })
+            .await
+            .map_err(|e| ConsensusError::Raft(format!("opening the store: {e}")))??
+        };
         let state = PinState::new(db.tree("state")?);
         let sm = StateMachine::new(
             state.clone(),

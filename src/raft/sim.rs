@@ -104,7 +104,7 @@ struct Plan {
 type Shared = Arc<Mutex<Net>>;
 
 fn lock(net: &Shared) -> std::sync::MutexGuard<'_, Net> {
-    net.lock().unwrap_or_else(|p| p.into_inner())
+    crate::sync::lock(net)
 }
 
 impl Net {

@@ -444,7 +444,7 @@ impl StateMachine {
     }
 
     fn lock_apply(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.apply_lock.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.apply_lock)
     }
 
     fn read_meta(&self) -> Result<AppliedState, StorageError<NodeId>> {
@@ -916,7 +916,7 @@ impl StateMachine {
         // earlier applied index, consistent with its marker, and openraft
         // applies the rest of the log again.
         let durable = {
-            let mut at = self.durable_at.lock().unwrap_or_else(|p| p.into_inner());
+            let mut at = crate::sync::lock(&self.durable_at);
             let due = at.elapsed() >= DURABLE_APPLY_EVERY;
             if due {
                 *at = std::time::Instant::now();
