@@ -100,12 +100,9 @@ fn cid_of(salt: u64, n: u64) -> Cid {
     Cid(cid::Cid::new_v1(0x55, mh))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+#[path = "../tests/common/ports.rs"]
+mod ports;
+use ports::free_port;
 
 struct Peer {
     bin: PathBuf,

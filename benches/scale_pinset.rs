@@ -9,7 +9,8 @@
 //! `SCALE_PINS` sets N (default 1,000,000); `SCALE_BASELINE_BIN` runs the same
 //! measurements with another build of `ipfs-cluster-service` as well, for a
 //! before/after (`SCALE_BIN`: that other build alone); `SCALE_DATASTORE`: the
-//! store given to `init --datastore`. Ports: 40400-40599 (`SCALE_PORT_BASE` to move them).
+//! store given to `init --datastore`. Ports: free ones below the ephemeral range
+//! (`SCALE_PORT_BASE` for 20 fixed ones from there).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -20,6 +21,10 @@ use ipfs_cluster::state::{PageFrom, PinState};
 use scale_common::{cid_of, fake_daemon, run, write_export};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+#[path = "../tests/common/ports.rs"]
+mod ports;
+use ports::free_port;
 
 mod scale_common;
 
@@ -316,15 +321,15 @@ async fn point_reads(small: &Running, big: &Running) -> [(Duration, Duration); 2
 }
 
 async fn measure(bin: &str, n: u64, root: &Path, exports: (&Path, &Path)) -> Figures {
-    let base: u16 = std::env::var("SCALE_PORT_BASE")
+    let base: Option<u16> = std::env::var("SCALE_PORT_BASE")
         .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40400);
+        .and_then(|v| v.parse().ok());
+    let port = |k: u16| base.map(|b| b + k).unwrap_or_else(free_port);
     let ports = |o: u16| Ports {
-        daemon: base + o + 1,
-        p2p: base + o + 2,
-        rest: base + o + 3,
-        proxy: base + o + 4,
+        daemon: port(o + 1),
+        p2p: port(o + 2),
+        rest: port(o + 3),
+        proxy: port(o + 4),
     };
     let small = start(bin, SMALL.min(n), root, &ports(0), exports.0).await;
     let big = start(bin, n, root, &ports(10), exports.1).await;
