@@ -1,10 +1,12 @@
 //! The peer's libp2p host: a private network (pnet) over TCP with noise and yamux
 //! (without a cluster secret: TCP with noise and yamux, and QUIC v1), carrying
-//! opaque byte payloads on two request-response protocols.
+//! opaque byte payloads on two request-response protocols and, for Raft, pipes.
 //!
 //! - `/ipfs-cluster-rs/raft/1.0.0`: Raft RPCs; requests and responses up to 64 MiB.
 //! - `/ipfs-cluster-rs/rpc/1.0.0`: cluster RPCs; requests up to 16 MiB, responses
 //!   up to 256 MiB.
+//! - `/ipfs-cluster-rs/raft-pipe/1.0.0`: one long-lived stream per peer pair that
+//!   carries the Raft requests up to 256 KiB and their answers (see `pipe.rs`).
 //!
 //! Callers serialise their own messages. One task owns the swarm ([`task`]); the
 //! cloneable [`P2p`] handle and the [`Inbound`] queue are the only ways in and out,
@@ -107,8 +109,8 @@ pub struct P2pConfig {
     /// File of multiaddrs with `/p2p/<id>`, one per line; read at start, written on
     /// shutdown and by [`P2p::save_peerstore`].
     pub peerstore: Option<PathBuf>,
-    /// Carry Raft requests over pipes ([`pipe`]) and serve the pipes of other
-    /// peers; without, the host behaves as earlier versions did.
+    /// Carry Raft requests over pipes (one stream per peer pair) and serve the
+    /// pipes of other peers; without, the host behaves as earlier versions did.
     pub pipes: bool,
 }
 
