@@ -72,8 +72,30 @@ fn frame(kind: u8, id: u64, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Reads one frame: `None` at a clean end between frames.
-async fn read_frame(r: &mut ReadHalf<Stream>, max: u64) -> io::Result<Option<(u8, u64, Vec<u8>)>> {
+/// Queues a frame for the pipe's writer, counted as sent; false when the pipe
+/// is closed.
+fn queue_frame(
+    frames: &mpsc::UnboundedSender<Vec<u8>>,
+    bandwidth: &Bandwidth,
+    kind: u8,
+    id: u64,
+    payload: &[u8],
+) -> bool {
+    let f = frame(kind, id, payload);
+    let size = f.len() as u64;
+    let queued = frames.send(f).is_ok();
+    if queued {
+        bandwidth.sent(Protocol::Raft, size);
+    }
+    queued
+}
+
+/// Reads one frame, counted as received: `None` at a clean end between frames.
+async fn read_frame(
+    r: &mut ReadHalf<Stream>,
+    max: u64,
+    bandwidth: &Bandwidth,
+) -> io::Result<Option<(u8, u64, Vec<u8>)>> {
     let mut head = [0u8; HEADER];
     let mut got = 0;
     while got < HEADER {
@@ -103,6 +125,7 @@ async fn read_frame(r: &mut ReadHalf<Stream>, max: u64) -> io::Result<Option<(u8
     }
     let mut payload = vec![0u8; len as usize];
     r.read_exact(&mut payload).await?;
+    bandwidth.received(Protocol::Raft, (HEADER + payload.len()) as u64);
     Ok(Some((kind, u64::from_be_bytes(id), payload)))
 }
 
@@ -201,15 +224,13 @@ impl PipeClient {
         crate::sync::lock(&self.pending).insert(id, tx);
         // The reader fails what is pending once it has marked the pipe closed;
         // a request that came in after that must fail here.
-        if self.is_closed() || self.frames.send(frame(REQUEST, id, payload)).is_err() {
+        if self.is_closed() || !queue_frame(&self.frames, &self.bandwidth, REQUEST, id, payload) {
             crate::sync::lock(&self.pending).remove(&id);
             return Err(P2pError::Transport(format!(
                 "{}: the pipe is closed",
                 what(self.peer)
             )));
         }
-        self.bandwidth
-            .sent(Protocol::Raft, (HEADER + payload.len()) as u64);
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(P2pError::Shutdown),
@@ -237,12 +258,11 @@ async fn read_answers(
 ) -> String {
     let max = Protocol::Raft.max_response_size();
     loop {
-        let (kind, id, payload) = match read_frame(&mut r, max).await {
+        let (kind, id, payload) = match read_frame(&mut r, max, bandwidth).await {
             Ok(Some(f)) => f,
             Ok(None) => return "closed by the peer".into(),
             Err(e) => return e.to_string(),
         };
-        bandwidth.received(Protocol::Raft, (HEADER + payload.len()) as u64);
         answered.store(true, Ordering::Relaxed);
         let answer = match kind {
             RESPONSE => Ok(payload),
@@ -394,7 +414,7 @@ pub(super) fn serve(pipe: InboundPipe, ctx: &ServeCtx) {
         let max = Protocol::Raft.max_request_size();
         let serve = async {
             loop {
-                let (kind, id, payload) = match read_frame(&mut r, max).await {
+                let (kind, id, payload) = match read_frame(&mut r, max, &bandwidth).await {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
@@ -402,16 +422,13 @@ pub(super) fn serve(pipe: InboundPipe, ctx: &ServeCtx) {
                         break;
                     }
                 };
-                bandwidth.received(Protocol::Raft, (HEADER + payload.len()) as u64);
                 if kind != REQUEST {
                     tracing::debug!(%peer, kind, "unexpected pipe frame; closing the pipe");
                     break;
                 }
                 let busy = || {
                     let bound = u32::try_from(inflight.max()).unwrap_or(u32::MAX);
-                    let f = frame(BUSY, id, &bound.to_be_bytes());
-                    bandwidth.sent(Protocol::Raft, f.len() as u64);
-                    let _ = tx.send(f);
+                    queue_frame(&tx, &bandwidth, BUSY, id, &bound.to_be_bytes());
                 };
                 let Some(permit) = inflight.try_acquire(peer, Protocol::Raft) else {
                     tracing::warn!(%peer, "too many requests in flight from this peer; refused as busy");
@@ -469,15 +486,11 @@ impl PipeReply {
             self.dropped();
             return;
         }
-        let f = frame(RESPONSE, self.id, payload);
-        self.bandwidth.sent(Protocol::Raft, f.len() as u64);
-        let _ = self.frames.send(f);
+        queue_frame(&self.frames, &self.bandwidth, RESPONSE, self.id, payload);
     }
 
     /// Tells the requester that no answer will come.
     pub(super) fn dropped(&self) {
-        let f = frame(DROPPED, self.id, &[]);
-        self.bandwidth.sent(Protocol::Raft, f.len() as u64);
-        let _ = self.frames.send(f);
+        queue_frame(&self.frames, &self.bandwidth, DROPPED, self.id, &[]);
     }
 }

@@ -358,11 +358,21 @@ impl LogFile {
                 if lo >= hi {
                     continue;
                 }
-                let (Some((start, _)), Some((_, end))) = (seg.span(lo), seg.span(hi - 1)) else {
+                // `lo..hi` lies within the segment's entries (clamped above).
+                let (a, b) = ((lo - seg.first) as usize, (hi - seg.first) as usize);
+                let (Some(offsets), Some((_, end))) = (seg.offsets.get(a..b), seg.span(hi - 1))
+                else {
                     continue;
                 };
-                let offsets: Vec<u64> = (lo..hi).filter_map(|i| seg.span(i).map(|s| s.0)).collect();
-                plan.push((seg.path.clone(), seg.file.clone(), lo, start, end, offsets));
+                let start = offsets[0];
+                plan.push((
+                    seg.path.clone(),
+                    seg.file.clone(),
+                    lo,
+                    start,
+                    end,
+                    offsets.to_vec(),
+                ));
             }
         }
         let mut out = Vec::new();

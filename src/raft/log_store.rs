@@ -247,12 +247,14 @@ impl LogStore {
         Ok(())
     }
 
+    /// `from`, or the first index past the purge floor when that is later.
+    fn unpurged_from(&self, from: u64) -> u64 {
+        crate::sync::lock(&self.purged).map_or(from, |f| from.max(f.saturating_add(1)))
+    }
+
     /// The entries in `[from, to)` held and not purged.
     fn entries(&self, from: u64, to: u64) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let from = match *crate::sync::lock(&self.purged) {
-            Some(f) => from.max(f.saturating_add(1)),
-            None => from,
-        };
+        let from = self.unpurged_from(from);
         if from >= to {
             return Ok(Vec::new());
         }
@@ -280,8 +282,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&e) => e,
             Bound::Unbounded => u64::MAX,
         };
-        let floor = crate::sync::lock(&self.purged).map_or(0, |f| f.saturating_add(1));
-        if let Some(hit) = crate::sync::lock(&self.recent).get(start.max(floor), end) {
+        let from = self.unpurged_from(start);
+        if let Some(hit) = crate::sync::lock(&self.recent).get(from, end) {
             return Ok(hit);
         }
         let this = self.clone();
@@ -448,23 +450,9 @@ mod tests {
             assert!(dir.path().join(LOG_DIR).is_dir());
         }
     }
-}
-
-#[cfg(test)]
-mod recent_tests {
-    use openraft::{CommittedLeaderId, EntryPayload};
-
-    use super::*;
 
     fn batch(r: std::ops::Range<u64>, size: usize) -> Vec<(Entry<TypeConfig>, usize)> {
-        r.map(|index| {
-            let e = Entry {
-                log_id: LogId::new(CommittedLeaderId::new(1, 7), index),
-                payload: EntryPayload::Blank,
-            };
-            (e, size)
-        })
-        .collect()
+        r.map(|index| (entry(index), size)).collect()
     }
 
     fn indexes(v: Option<Vec<Entry<TypeConfig>>>) -> Option<Vec<u64>> {
