@@ -18,12 +18,35 @@ impl SledStore {
     /// Opens or creates the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         // sled's page cache defaults to 1 GiB; a pinset needs far less.
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()
-            .map_err(err)?;
+            .cache_capacity(64 * 1024 * 1024);
+        wait_for_release(&dir.join("db"));
+        let db = config.open().map_err(err)?;
         Ok(SledStore { db })
+    }
+}
+
+/// Waits, up to two seconds, until no one holds sled's lock on `file`.
+///
+/// A dropped sled::Db releases the lock only when its background writer
+/// threads let go of the file, a moment later; a reopen in that moment (a
+/// restart inside one process) would fail though nobody else uses the
+/// database. sled reports a held lock only as text, so the lock is tried here.
+fn wait_for_release(file: &Path) {
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+    else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while let Err(std::fs::TryLockError::WouldBlock) = f.try_lock() {
+        if std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
