@@ -4,8 +4,9 @@
 //!
 //! - 3 release peers before kubo-shaped fake daemons (in this process); unique
 //!   CIDv1 (raw, sha2-256) pinned through REST `POST /pins/{cid}` and the proxy's
-//!   `pin/add` over 1 and 64 keep-alive connections spread over the peers:
-//!   pins/s and p50 latency;
+//!   `pin/add` over 64 keep-alive connections spread over the peers, and over
+//!   one connection to each peer in turn (the leader, and followers that
+//!   forward): pins/s and p50 latency;
 //! - `state import` of `--import` pins (1,000,000) into a new peer, and its start
 //!   to ready;
 //! - floors: the raw store writing the same pins (durable batches), with ratios.
@@ -268,6 +269,9 @@ struct Figures {
     /// CPU time the three peers spent per pin (user + system), in microseconds:
     /// steadier than pins/s on a machine that other work loads.
     cpu_us: f64,
+    /// With one connection: pins/s with each peer in turn as the entry point
+    /// (the leader commits at once, a follower forwards to it).
+    per_peer: Vec<f64>,
 }
 
 /// User + system CPU time of process `pid` so far, in seconds.
@@ -352,12 +356,45 @@ async fn ingest(
     lat.sort();
     Figures {
         cpu_us: 0.0,
+        per_peer: Vec::new(),
         rate: lat.len() as f64 / elapsed,
         p50_ms: lat
             .get(lat.len() / 2)
             .map(|d| d.as_secs_f64() * 1e3)
             .unwrap_or(0.0),
         done: lat.len() as u64,
+    }
+}
+
+/// One connection to each peer in turn, for an equal share of `secs` (and of
+/// `limit` pins): a client pointed at any one peer meets the leader or a
+/// follower, and which one the election made differs from run to run. The
+/// figures are those of all the calls together.
+async fn one_conn_each(api: Api, ports: &[u16], salt: u64, limit: u64, secs: u64) -> Figures {
+    let n = ports.len() as u64;
+    let (mut done, mut elapsed, mut p50s, mut per_peer) = (0, 0.0, Vec::new(), Vec::new());
+    for (i, port) in ports.iter().enumerate() {
+        let f = ingest(
+            api,
+            std::slice::from_ref(port),
+            1,
+            salt + 1 + i as u64,
+            limit / n,
+            (secs / n).max(2),
+        )
+        .await;
+        done += f.done;
+        elapsed += f.done as f64 / f.rate.max(f64::MIN_POSITIVE);
+        p50s.push(f.p50_ms);
+        per_peer.push(f.rate);
+    }
+    p50s.sort_by(f64::total_cmp);
+    Figures {
+        cpu_us: 0.0,
+        rate: done as f64 / elapsed.max(f64::MIN_POSITIVE),
+        p50_ms: p50s.get(p50s.len() / 2).copied().unwrap_or(0.0),
+        done,
+        per_peer,
     }
 }
 
@@ -415,7 +452,11 @@ async fn run_ingest(
                 .collect();
             let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_secs(*p)).sum::<f64>();
             let cpu0 = cpu(&pids);
-            let mut f = ingest(api, &ports, c, salt + offset, o.pins, o.secs).await;
+            let mut f = if c == 1 && ports.len() > 1 {
+                one_conn_each(api, &ports, salt + offset * 1000, o.pins, o.secs).await
+            } else {
+                ingest(api, &ports, c, salt + offset * 1000, o.pins, o.secs).await
+            };
             f.cpu_us = (cpu(&pids) - cpu0) * 1e6 / f.done.max(1) as f64;
             offset += 1;
             let name = format!(
@@ -527,6 +568,14 @@ fn main() {
                 ));
             }
             println!("{line}");
+            if !f.per_peer.is_empty() {
+                let rates = |v: &[f64]| v.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
+                let mut detail = format!("{:<31} entry peer by peer: {} pins/s", "", rates(&f.per_peer));
+                if let Some(b) = &before {
+                    detail.push_str(&format!("; before {}", rates(&b[i].1.per_peer)));
+                }
+                println!("{detail}");
+            }
         }
 
         let export = work.path().join("export.jsonl");
