@@ -692,11 +692,7 @@ impl Cluster {
                         let pins = page?;
                         let cids: Vec<Cid> = pins.iter().map(|p| p.cid).collect();
                         let answers = futures::future::join_all(nodes.iter().map(|n| {
-                            let known = down
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get(&n.peer_id)
-                                .cloned();
+                            let known = crate::sync::lock(&down).get(&n.peer_id).cloned();
                             let (this, pins, cids, down) = (&this, &pins, &cids, &down);
                             async move {
                                 if let Some(e) = known {
@@ -705,8 +701,7 @@ impl Cluster {
                                 match this.status_page_on(n, pins, cids).await {
                                     Ok(page) => page,
                                     Err(e) => {
-                                        down.lock()
-                                            .unwrap_or_else(|p| p.into_inner())
+                                        crate::sync::lock(down)
                                             .insert(n.peer_id.clone(), e.clone());
                                         Self::unreachable_page(n, e, cids.len())
                                     }

@@ -721,19 +721,11 @@ impl PinTracker {
     }
 
     fn reconcile_at(&self) -> Option<PageFrom> {
-        self.inner
-            .reconcile_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::sync::lock(&self.inner.reconcile_at).clone()
     }
 
     fn set_reconcile_at(&self, at: Option<PageFrom>) {
-        *self
-            .inner
-            .reconcile_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = at;
+        *crate::sync::lock(&self.inner.reconcile_at) = at;
     }
 
     /// The daemon's pins, listed at most every few seconds, or once for a whole

@@ -149,11 +149,7 @@ impl DaemonHeaders {
     }
 
     async fn extracted(&self) -> HeaderMap {
-        if let Some((at, h)) = self
-            .cached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
+        if let Some((at, h)) = crate::sync::lock(&self.cached).as_ref()
             && (self.ttl.is_zero() || at.elapsed() < self.ttl)
         {
             return h.clone();

@@ -114,11 +114,7 @@ impl ClientConn {
     }
 
     fn keep(&self, c: Box<DaemonConn>) {
-        let old = self
-            .kept
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(c);
+        let old = crate::sync::lock(&self.kept).replace(c);
         if let Some(old) = old {
             self.upstream.inner.release(old);
         }

@@ -199,11 +199,7 @@ impl SnapshotProgress {
     /// Changes while a snapshot is received or installed: (receives begun,
     /// bytes of the current one, batches installed).
     pub fn value(&self) -> (u64, u64, u64) {
-        let receiving = self
-            .receiving
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let receiving = crate::sync::lock(&self.receiving).clone();
         let received = receiving
             .and_then(|p| std::fs::metadata(p).ok())
             .map(|m| m.len())
@@ -514,11 +510,7 @@ impl StateMachine {
                 (LEGACY_SNAPSHOT_DATA_KEY.to_vec(), None),
             ])
             .map_err(snap_err)?;
-        let receiving = self
-            .receiving
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let receiving = crate::sync::lock(&self.receiving).clone();
         if let Ok(rd) = std::fs::read_dir(self.dir.as_path()) {
             for e in rd.flatten() {
                 let p = e.path();
@@ -1056,11 +1048,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (path, f) = blocking(move || {
             let (path, f) = this.temp_file("recv")?;
             this.receives.fetch_add(1, Ordering::Relaxed);
-            let old = this
-                .receiving
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .replace(path.clone());
+            let old = crate::sync::lock(&this.receiving).replace(path.clone());
             // A receive that was abandoned for this one.
             if let Some(old) = old {
                 let _ = std::fs::remove_file(old);
@@ -1084,11 +1072,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let owned_meta = meta.clone();
         blocking(move || {
             use std::os::unix::fs::MetadataExt;
-            let receiving = this
-                .receiving
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
+            let receiving = crate::sync::lock(&this.receiving).take();
             let at = |m: std::fs::Metadata| (m.dev(), m.ino());
             let ours = file.metadata().map(at).ok();
             // A snapshot received in chunks comes back in the file
