@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::codec::{decode_entry, decode_meta, encode_entry, encode_meta};
 use super::log_file::LogFile;
-use super::types::{NodeId, TypeConfig};
+use super::types::{Applied, NodeId, TypeConfig};
 use crate::store::{StoreError, Tree, prefix_bounds};
 
 const LOG_PREFIX: &[u8] = b"l/";
@@ -76,6 +76,8 @@ pub struct LogStore {
     /// applying fewer entries at start, until the leader says what is committed.
     committed: Arc<Mutex<Option<Vec<u8>>>>,
     recent: Arc<Mutex<Recent>>,
+    /// How far the state machine's written state reaches: no purge goes past it.
+    applied: Option<tokio::sync::watch::Receiver<Applied>>,
 }
 
 /// Bounds of [`Recent`]: a few seconds of ingest at most.
@@ -169,6 +171,7 @@ impl LogStore {
             purged: Arc::new(Mutex::new(None)),
             committed: Arc::new(Mutex::new(None)),
             recent: Arc::default(),
+            applied: None,
         };
         let purged: Option<LogId<NodeId>> = this.get_meta(PURGED_KEY)?;
         *crate::sync::lock(&this.purged) = purged.map(|l| l.index);
@@ -244,6 +247,37 @@ impl LogStore {
             ])
             .map_err(write_err)?;
         *crate::sync::lock(&self.purged) = Some(log_id.index);
+        Ok(())
+    }
+
+    /// Makes every purge wait until the state machine has written what it
+    /// removes. openraft 0.9 purges what a received snapshot covers as soon as
+    /// it hands the snapshot to the state machine, before the install: a crash
+    /// in between left a log purged past the state, which cannot start again.
+    /// Waiting holds openraft's core back, as its answer to the snapshot's
+    /// sender already waits for the install.
+    pub fn purge_only_applied(&mut self, applied: tokio::sync::watch::Receiver<Applied>) {
+        self.applied = Some(applied);
+    }
+
+    /// Waits until the state holds every entry up to `index` (see
+    /// [`LogStore::purge_only_applied`]).
+    async fn wait_applied(&self, index: u64) -> Result<(), StorageError<NodeId>> {
+        let Some(mut applied) = self.applied.clone() else {
+            return Ok(());
+        };
+        let gave_up = |why: &str| {
+            write_err(std::io::Error::other(format!(
+                "purge up to {index} not done: {why}"
+            )))
+        };
+        let seen = applied
+            .wait_for(|a| *a == Applied::InstallFailed || a.covers(index))
+            .await
+            .map_err(|_| gave_up("the state machine is gone"))?;
+        if *seen == Applied::InstallFailed {
+            return Err(gave_up("the snapshot install failed"));
+        }
         Ok(())
     }
 
@@ -390,6 +424,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.wait_applied(log_id.index).await?;
         let this = self.clone();
         blocking(move || {
             // The marker first, durably: the same commit makes the state
@@ -449,6 +484,38 @@ mod tests {
             assert_eq!(tree.range(LOG_PREFIX, Some(&log_end())).count(), 0);
             assert!(dir.path().join(LOG_DIR).is_dir());
         }
+    }
+
+    /// A purge never marks more as purged than the state holds: openraft asks
+    /// for one as soon as a received snapshot is handed over, before the install.
+    #[tokio::test]
+    async fn a_purge_waits_until_the_state_holds_what_it_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::open(dir.path(), Backend::Redb).unwrap();
+        let mut log = LogStore::open(db.tree("raft_log").unwrap(), dir.path()).unwrap();
+        let (applied, rx) = tokio::sync::watch::channel(Applied::Upto(Some(3)));
+        log.purge_only_applied(rx);
+        log.purge(entry(3).log_id).await.unwrap();
+        let purged = |mut log: LogStore| async move {
+            log.get_log_state().await.unwrap().last_purged_log_id
+        };
+        assert_eq!(purged(log.clone()).await, Some(entry(3).log_id));
+
+        let mut l = log.clone();
+        let waiting = tokio::spawn(async move { l.purge(entry(8).log_id).await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished());
+        assert_eq!(purged(log.clone()).await, Some(entry(3).log_id));
+        applied.send_replace(Applied::Upto(Some(8)));
+        waiting.await.unwrap().unwrap();
+        assert_eq!(purged(log.clone()).await, Some(entry(8).log_id));
+
+        let mut l = log.clone();
+        let waiting = tokio::spawn(async move { l.purge(entry(20).log_id).await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        applied.send_replace(Applied::InstallFailed);
+        assert!(waiting.await.unwrap().is_err());
+        assert_eq!(purged(log.clone()).await, Some(entry(8).log_id));
     }
 
     fn batch(r: std::ops::Range<u64>, size: usize) -> Vec<(Entry<TypeConfig>, usize)> {

@@ -164,7 +164,7 @@ impl Consensus {
             events,
         } = opts;
         // Opening reads the store's files and scans the log's: off the async workers.
-        let (db, log) = {
+        let (db, mut log) = {
             let (dir, datastore) = (dir.to_path_buf(), cfg.datastore);
             tokio::task::spawn_blocking(move || -> Result<_, ConsensusError> {
                 std::fs::create_dir_all(&dir)
@@ -184,6 +184,7 @@ impl Consensus {
             dir.join(SNAPSHOT_DIR),
             events,
         );
+        log.purge_only_applied(sm.applied());
         let snapshot_progress = sm.progress();
 
         let heartbeat = cfg.heartbeat_timeout.0.as_millis().max(10) as u64;

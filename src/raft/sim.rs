@@ -312,7 +312,7 @@ async fn start_node(id: NodeId, net: &Shared) {
             }
         }
     };
-    let log = LogStore::open(db.tree("raft_log").expect("tree"), &dir).expect("log");
+    let mut log = LogStore::open(db.tree("raft_log").expect("tree"), &dir).expect("log");
     let state = PinState::new(db.tree("state").expect("tree"));
     let (events, _) = tokio::sync::broadcast::channel(64);
     let sm = StateMachine::new(
@@ -321,6 +321,7 @@ async fn start_node(id: NodeId, net: &Shared) {
         dir.join(super::SNAPSHOT_DIR),
         events,
     );
+    log.purge_only_applied(sm.applied());
     let cfg = openraft::Config {
         cluster_name: "sim".into(),
         heartbeat_interval: 50,

@@ -31,11 +31,12 @@ use openraft::{
     SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::codec::{decode_meta, encode_meta};
 use super::types::{
-    ApplyResult, ClusterNode, Committed, LogOp, NodeId, Outcome, Prior, RequestId, TypeConfig,
+    Applied, ApplyResult, ClusterNode, Committed, LogOp, NodeId, Outcome, Prior, RequestId,
+    TypeConfig,
 };
 use crate::state::codec::{self as pin_codec, FORMAT_V1};
 use crate::state::{BatchEntry, PIN_PREFIX, PinState, digest_of_stored};
@@ -233,6 +234,8 @@ pub struct StateMachine {
     window: u64,
     /// When an apply was last written durably (see [`DURABLE_APPLY_EVERY`]).
     durable_at: Arc<Mutex<std::time::Instant>>,
+    /// How far the written state reaches, for the log's purges.
+    applied: Arc<watch::Sender<Applied>>,
 }
 
 /// How often an apply is written durably. The log (in its own files) holds
@@ -393,9 +396,21 @@ impl StateMachine {
             installed_batches: Arc::new(AtomicU64::new(0)),
             receives: Arc::new(AtomicU64::new(0)),
             durable_at: Arc::new(Mutex::new(std::time::Instant::now())),
+            applied: Arc::new(watch::channel(Applied::Unknown).0),
         };
         sm.remove_leftovers();
         sm
+    }
+
+    /// How far the written state reaches, as it moves (see
+    /// [`LogStore::purge_only_applied`](super::log_store::LogStore::purge_only_applied)).
+    pub fn applied(&self) -> watch::Receiver<Applied> {
+        self.applied.subscribe()
+    }
+
+    fn publish_applied(&self, last: Option<&LogId<NodeId>>) {
+        self.applied
+            .send_replace(Applied::Upto(last.map(|l| l.index)));
     }
 
     /// A view of the snapshot transfers to this peer, kept after the state
@@ -662,7 +677,9 @@ impl StateMachine {
             Some(encode_meta(&meta.last_membership).map_err(sm_err)?),
         ));
         batch.push((INSTALLING_KEY.to_vec(), None));
-        tree.apply_durable(batch).map_err(sm_err)
+        tree.apply_durable(batch).map_err(sm_err)?;
+        self.publish_applied(meta.last_log_id.as_ref());
+        Ok(())
     }
 
     /// Finishes an install a crash interrupted (see [`INSTALLING_KEY`]).
@@ -920,7 +937,55 @@ impl StateMachine {
         } else {
             tree.apply(batch).map_err(sm_err)?;
         }
+        if last.is_some() {
+            self.publish_applied(last.as_ref());
+        }
         Ok((results, events))
+    }
+
+    /// Installs a snapshot received into `snapshot` (see [`RaftStateMachine::install_snapshot`]).
+    async fn install_received(
+        &self,
+        meta: &SnapshotMeta<NodeId, ClusterNode>,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError<NodeId>> {
+        use tokio::io::AsyncWriteExt;
+        snapshot.flush().await.map_err(snap_err)?;
+        let mut file = (*snapshot).into_std().await;
+        let this = self.clone();
+        let owned_meta = meta.clone();
+        blocking(move || {
+            use std::os::unix::fs::MetadataExt;
+            let receiving = crate::sync::lock(&this.receiving).take();
+            let at = |m: std::fs::Metadata| (m.dev(), m.ino());
+            let ours = file.metadata().map(at).ok();
+            // A snapshot received in chunks comes back in the file
+            // begin_receiving_snapshot gave; one handed over whole
+            // (install_full_snapshot, openraft's test suite) is another file,
+            // copied in here rather than ignored.
+            let path = match receiving {
+                Some(p) if ours.is_some() && std::fs::metadata(&p).map(at).ok() == ours => p,
+                other => {
+                    if let Some(p) = other {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    let (tmp, mut out) = this.temp_file("recv")?;
+                    std::io::Seek::rewind(&mut file).map_err(read_snap_err)?;
+                    std::io::copy(&mut file, &mut out).map_err(snap_err)?;
+                    file = out;
+                    tmp
+                }
+            };
+            file.sync_all().map_err(snap_err)?;
+            drop(file);
+            let name = this.publish(&path, &owned_meta.snapshot_id)?;
+            this.install_file(&owned_meta, &name)
+        })
+        .await?;
+        let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        self.notify(vec![StateEvent::Reset, StateEvent::Applied(index)])
+            .await;
+        Ok(())
     }
 
     async fn notify(&self, events: Vec<StateEvent>) {
@@ -1020,7 +1085,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let this = self.clone();
         blocking(move || {
             this.recover_install()?;
-            this.read_meta()
+            let (applied, membership) = this.read_meta()?;
+            this.publish_applied(applied.as_ref());
+            Ok((applied, membership))
         })
         .await
     }
@@ -1063,45 +1130,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, ClusterNode>,
-        mut snapshot: Box<tokio::fs::File>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<NodeId>> {
-        use tokio::io::AsyncWriteExt;
-        snapshot.flush().await.map_err(snap_err)?;
-        let mut file = (*snapshot).into_std().await;
-        let this = self.clone();
-        let owned_meta = meta.clone();
-        blocking(move || {
-            use std::os::unix::fs::MetadataExt;
-            let receiving = crate::sync::lock(&this.receiving).take();
-            let at = |m: std::fs::Metadata| (m.dev(), m.ino());
-            let ours = file.metadata().map(at).ok();
-            // A snapshot received in chunks comes back in the file
-            // begin_receiving_snapshot gave; one handed over whole
-            // (install_full_snapshot, openraft's test suite) is another file,
-            // copied in here rather than ignored.
-            let path = match receiving {
-                Some(p) if ours.is_some() && std::fs::metadata(&p).map(at).ok() == ours => p,
-                other => {
-                    if let Some(p) = other {
-                        let _ = std::fs::remove_file(p);
-                    }
-                    let (tmp, mut out) = this.temp_file("recv")?;
-                    std::io::Seek::rewind(&mut file).map_err(read_snap_err)?;
-                    std::io::copy(&mut file, &mut out).map_err(snap_err)?;
-                    file = out;
-                    tmp
-                }
-            };
-            file.sync_all().map_err(snap_err)?;
-            drop(file);
-            let name = this.publish(&path, &owned_meta.snapshot_id)?;
-            this.install_file(&owned_meta, &name)
-        })
-        .await?;
-        let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-        self.notify(vec![StateEvent::Reset, StateEvent::Applied(index)])
-            .await;
-        Ok(())
+        let res = self.install_received(meta, snapshot).await;
+        if res.is_err() {
+            self.applied.send_replace(Applied::InstallFailed);
+        }
+        res
     }
 
     async fn get_current_snapshot(
@@ -1256,7 +1291,13 @@ mod tests {
                 .await
                 .unwrap();
         }
+        let applied = follower.applied();
+        assert_eq!(*applied.borrow(), Applied::Upto(Some(1)));
         follower.install_snapshot(&snap.meta, rx).await.unwrap();
+        assert_eq!(
+            *applied.borrow(),
+            Applied::Upto(snap.meta.last_log_id.map(|l| l.index))
+        );
         assert_eq!(follower.state.count().unwrap(), 3000);
         assert!(follower.state.has(&cid(2999)).unwrap());
         assert!(!follower.state.has(&cid(5000)).unwrap());
@@ -1300,6 +1341,28 @@ mod tests {
             .unwrap();
         fresh.install_snapshot(&snap.meta, rx).await.unwrap();
         assert_eq!(fresh.state.count().unwrap(), 10);
+    }
+
+    /// A purge that waits for an install must hear of its failure.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_install_is_published_to_the_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine(dir.path(), Backend::Redb);
+        sm.apply(vec![entry(1, 0..10)]).await.unwrap();
+        let applied = sm.applied();
+        let mut rx = sm.begin_receiving_snapshot().await.unwrap();
+        // Not a snapshot: an unknown format byte.
+        tokio::io::AsyncWriteExt::write_all(&mut *rx, &[0x7f, 1, 2, 3])
+            .await
+            .unwrap();
+        let meta: SnapshotMeta<NodeId, ClusterNode> = SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(2, 1), 40)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "2-40-bad".into(),
+        };
+        assert!(sm.install_snapshot(&meta, rx).await.is_err());
+        assert_eq!(*applied.borrow(), Applied::InstallFailed);
+        assert!(!applied.borrow().covers(40));
     }
 
     /// A crash while compacting (a build cut short, a file published but not

@@ -352,3 +352,22 @@ pub fn node_id_of(peer: &libp2p_identity::PeerId) -> NodeId {
     id[8 - tail.len()..].copy_from_slice(tail);
     u64::from_be_bytes(id)
 }
+
+/// How far the state machine's written state reaches; the log's purges wait on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Not read yet: openraft asks for the applied state first thing at start.
+    Unknown,
+    /// Every entry up to this index is written to the state (durable with the
+    /// next durable commit of the store, which a purge makes).
+    Upto(Option<u64>),
+    /// A snapshot install failed: a purge waiting for it gives up.
+    InstallFailed,
+}
+
+impl Applied {
+    /// Whether the state holds every entry up to `index`.
+    pub fn covers(&self, index: u64) -> bool {
+        matches!(self, Applied::Upto(Some(i)) if *i >= index)
+    }
+}
