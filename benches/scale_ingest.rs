@@ -82,7 +82,8 @@ fn opts() -> Opts {
                     .map(|s| match s {
                         "sled" => Some(Backend::Sled),
                         "redb" => Some(Backend::Redb),
-                        _ => panic!("--datastore sled,redb"),
+                        "fjall" => Some(Backend::Fjall),
+                        _ => panic!("--datastore sled,redb,fjall"),
                     })
                     .collect()
             })
@@ -421,6 +422,7 @@ fn default_backend(bin: &Path, root: &Path) -> Backend {
     let p = Peer::init(bin, &d, "/ip4/127.0.0.1/tcp/1", &[]);
     match p.config()["consensus"]["raft"]["datastore"].as_str() {
         Some("sled") => Backend::Sled,
+        Some("fjall") => Backend::Fjall,
         _ => Backend::Redb,
     }
 }

@@ -66,10 +66,8 @@ fn floors(dir: &Path) -> Floors {
         &std::fs::read(dir.join("service.json")).expect("read service.json"),
     )
     .expect("parse service.json");
-    let backend = match cfg["consensus"]["raft"]["datastore"].as_str() {
-        Some("sled") => ipfs_cluster::store::Backend::Sled,
-        _ => ipfs_cluster::store::Backend::Redb,
-    };
+    let backend: ipfs_cluster::store::Backend =
+        serde_json::from_value(cfg["consensus"]["raft"]["datastore"].clone()).unwrap_or_default();
     let store = ipfs_cluster::store::open(&dir.join(ipfs_cluster::config::RAFT_DIR), backend)
         .expect("open the store");
     let state = PinState::new(store.tree("state").expect("state tree"));

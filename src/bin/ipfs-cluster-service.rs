@@ -83,6 +83,7 @@ enum Command {
 enum DatastoreArg {
     Sled,
     Redb,
+    Fjall,
 }
 
 #[derive(Subcommand)]
@@ -187,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let datastore = match datastore {
                 DatastoreArg::Sled => Backend::Sled,
                 DatastoreArg::Redb => Backend::Redb,
+                DatastoreArg::Fjall => Backend::Fjall,
             };
             let (mut cfg, id) = config::init(&dir, force, &peers, datastore)?;
             if randomports {

@@ -456,7 +456,7 @@ mod tests {
 
     #[tokio::test]
     async fn entries_an_earlier_version_kept_in_the_store_move_to_the_files() {
-        for backend in [Backend::Redb, Backend::Sled] {
+        for backend in [Backend::Redb, Backend::Sled, Backend::Fjall] {
             let dir = tempfile::tempdir().unwrap();
             {
                 let db = store::open(dir.path(), backend).unwrap();

@@ -1269,6 +1269,11 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_built_while_applying_matches_its_metadata_fjall() {
+        snapshot_matches_its_metadata(Backend::Fjall).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn snapshots_install_from_files_and_old_json_snapshots_still_install() {
         let dir = tempfile::tempdir().unwrap();
         let mut leader = machine(&dir.path().join("a"), Backend::Redb);
@@ -1370,7 +1375,7 @@ mod tests {
     /// current snapshot and the pinset are as they were.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn files_of_an_interrupted_compaction_are_removed_at_start() {
-        for backend in [Backend::Sled, Backend::Redb] {
+        for backend in [Backend::Sled, Backend::Redb, Backend::Fjall] {
             let dir = tempfile::tempdir().unwrap();
             let mut sm = machine(dir.path(), backend);
             sm.apply(vec![entry(5, 0..100)]).await.unwrap();
@@ -1543,7 +1548,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn request_ids_survive_a_restart() {
-        for backend in [Backend::Redb, Backend::Sled] {
+        for backend in [Backend::Redb, Backend::Sled, Backend::Fjall] {
             let dir = tempfile::tempdir().unwrap();
             let mut sm = machine(dir.path(), backend);
             sm.apply(first_entries()).await.unwrap();

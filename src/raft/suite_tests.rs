@@ -53,6 +53,11 @@ fn openraft_storage_suite_on_redb() {
     Suite::test_all(Builder(Backend::Redb)).unwrap();
 }
 
+#[test]
+fn openraft_storage_suite_on_fjall() {
+    Suite::test_all(Builder(Backend::Fjall)).unwrap();
+}
+
 /// The suite's snapshot transfer carries no pins (its entries are blank), and
 /// it hands `install_snapshot` the leader's snapshot file in place of the one
 /// `begin_receiving_snapshot` gave: the same check with pins in the snapshot.
@@ -124,4 +129,9 @@ async fn a_snapshot_handed_over_whole_installs_its_pins_sled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_handed_over_whole_installs_its_pins_redb() {
     transfer_with_pins(Backend::Redb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_handed_over_whole_installs_its_pins_fjall() {
+    transfer_with_pins(Backend::Fjall).await;
 }

@@ -278,7 +278,7 @@ mod tests {
     /// it, in key order, on both backends.
     #[test]
     fn spilled_runs_merge_in_order_and_the_last_value_wins() {
-        for backend in [Backend::Sled, Backend::Redb] {
+        for backend in [Backend::Sled, Backend::Redb, Backend::Fjall] {
             let dir = tempfile::tempdir().unwrap();
             std::fs::create_dir_all(dir.path().join("db")).unwrap();
             let store = open(&dir.path().join("db"), backend).unwrap();

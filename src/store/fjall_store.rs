@@ -1,0 +1,146 @@
+//! The fjall backend of [`Store`](super::Store): a log-structured merge tree.
+//! One database folder, one keyspace per tree; each batch one atomic write
+//! batch, handed to the OS at once (a crash of the process loses nothing) and
+//! durable at the next flush, which syncs the journal that every keyspace shares.
+//!
+//! A random key costs an insert into the in-memory table and its share of later
+//! sequential compactions, where redb's B-tree copies a page per commit and
+//! key: the pinset's keys are hashes, so every pin lands on a page of its own.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+
+use super::{KvIter, KvPair, Store, StoreError, Tree};
+
+/// The block cache: the same bound as redb's page cache.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A fjall database folder.
+pub struct FjallStore {
+    db: Database,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl FjallStore {
+    /// Opens or creates the database in the folder `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = Database::builder(dir)
+            .cache_size(CACHE_BYTES)
+            .open()
+            .map_err(err)?;
+        Ok(FjallStore { db })
+    }
+}
+
+impl Store for FjallStore {
+    fn tree(&self, name: &str) -> Result<Arc<dyn Tree>, StoreError> {
+        let ks = self
+            .db
+            .keyspace(name, KeyspaceCreateOptions::default)
+            .map_err(err)?;
+        Ok(Arc::new(FjallTree {
+            db: self.db.clone(),
+            ks,
+        }))
+    }
+}
+
+struct FjallTree {
+    db: Database,
+    ks: Keyspace,
+}
+
+impl FjallTree {
+    fn commit(
+        &self,
+        batch: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        durability: Option<PersistMode>,
+    ) -> Result<(), StoreError> {
+        let mut b = self.db.batch().durability(durability);
+        for (k, v) in batch {
+            match v {
+                Some(v) => b.insert(&self.ks, k, v),
+                None => b.remove(&self.ks, k),
+            }
+        }
+        b.commit().map_err(err)
+    }
+
+    /// Entries of `[from, to)` under one point-in-time view.
+    fn view(&self, from: &[u8], to: Option<&[u8]>) -> fjall::Iter {
+        let snapshot = self.db.snapshot();
+        match to {
+            Some(to) => snapshot.range(&self.ks, from.to_vec()..to.to_vec()),
+            None => snapshot.range(&self.ks, from.to_vec()..),
+        }
+    }
+}
+
+fn pair(g: fjall::Guard) -> Result<KvPair, StoreError> {
+    let (k, v) = g.into_inner().map_err(err)?;
+    Ok((k.to_vec(), v.to_vec()))
+}
+
+impl Tree for FjallTree {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.ks.get(key).map_err(err)?.map(|v| v.to_vec()))
+    }
+
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let snapshot = self.db.snapshot();
+        keys.iter()
+            .map(|k| Ok(snapshot.get(&self.ks, k).map_err(err)?.map(|v| v.to_vec())))
+            .collect()
+    }
+
+    fn range(&self, from: &[u8], to: Option<&[u8]>) -> KvIter {
+        Box::new(self.view(from, to).map(pair))
+    }
+
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<KvPair>, StoreError> {
+        self.ks.prefix(prefix).next_back().map(pair).transpose()
+    }
+
+    fn apply(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        self.commit(batch, None)
+    }
+
+    fn apply_durable(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        self.commit(batch, Some(PersistMode::SyncAll))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // The journal is shared by every keyspace: this persists all writes
+        // so far, as redb's durable commit does.
+        self.db.persist(PersistMode::SyncAll).map_err(err)
+    }
+
+    // Ranges read a snapshot (a sequence number) taken when they start.
+    fn consistent_ranges(&self) -> bool {
+        true
+    }
+
+    fn scan(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        for (n, g) in self.view(from, to).enumerate() {
+            let (k, v) = g.into_inner().map_err(err)?;
+            if n == limit {
+                return Ok(Some(k.to_vec()));
+            }
+            if !visit(&k, &v) {
+                return Ok(super::next_key(&k));
+            }
+        }
+        Ok(None)
+    }
+}
