@@ -7,7 +7,7 @@
 //! Each peer has a kubo-shaped fake daemon holding all the pins.
 //!
 //! `SCALE_PINS` sets N; `SCALE_ROUNDS` the starts of the 3 peers (3);
-//! `SCALE_DATASTORE` the store given to `init --datastore` (redb);
+//! `SCALE_DATASTORE` the store given to `init --datastore` (fjall);
 //! `SCALE_BASELINE_BIN=<another ipfs-cluster-service>` runs the same with that
 //! build first, for a before/after in one run. Ports: 20 from `JOIN_PORT_BASE`
 //! when set, free ones otherwise. Without `--bench` (`cargo test`) a smoke pass
@@ -201,7 +201,7 @@ async fn measure(bin: &Path, n: u64, rounds: usize, export: &Path, root: &Path) 
         .and_then(|v| v.parse().ok());
     let port = |o: u16| base.map(|b| b + o).unwrap_or_else(free_port);
     let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
-    let datastore = std::env::var("SCALE_DATASTORE").unwrap_or_else(|_| "redb".into());
+    let datastore = std::env::var("SCALE_DATASTORE").unwrap_or_else(|_| "fjall".into());
     let mut peers: Vec<Peer> = Vec::new();
     for i in 0..4u16 {
         let p = Peer {

@@ -309,8 +309,8 @@ fn a_peer_joins_through_bootstrap_by_snapshot_and_is_removed() {
         "no snapshot installed: {info}"
     );
     assert!(newcomer.dir.join("raft/conf").is_file());
-    assert!(!newcomer.dir.join("raft/store.redb").exists());
-    assert!(c.peers[0].dir.join("raft/store.redb").is_file());
+    assert!(!newcomer.dir.join("raft/store.fjall").exists());
+    assert!(c.peers[0].dir.join("raft/store.fjall").is_dir());
 
     // A pin held only by the newcomer moves to another peer when it is removed.
     let only_newcomer = id_cid(2500);
@@ -439,12 +439,15 @@ fn majority_down_fails_cleanly_then_recovers() {
 
 #[test]
 fn wrong_secret_cannot_join_and_restart_all_keeps_pinset() {
-    // One peer keeps its Raft data in sled (the others in redb, the default);
-    // 50 pins take every log past a snapshot, so the restart reads snapshot
-    // and log back from both stores.
+    // One peer keeps its Raft data in sled, one in redb, one in fjall (the
+    // default); 50 pins take every log past a snapshot, so the restart reads
+    // snapshot and log back from each store.
     let mut c = start_cluster_with(3, |i, v| {
         if i == 2 {
             v["consensus"]["raft"]["datastore"] = "sled".into();
+        }
+        if i == 1 {
+            v["consensus"]["raft"]["datastore"] = "redb".into();
         }
     });
     for n in 0..50 {
@@ -504,7 +507,8 @@ fn wrong_secret_cannot_join_and_restart_all_keeps_pinset() {
         assert_eq!(proxy_pins(p), want);
     }
     assert!(c.peers[2].dir.join("raft/conf").is_file());
-    assert!(c.peers[0].dir.join("raft/store.redb").is_file());
+    assert!(c.peers[1].dir.join("raft/store.redb").is_file());
+    assert!(c.peers[0].dir.join("raft/store.fjall").is_dir());
     let info = raft_info(&c.peers[2]).unwrap();
     assert!(info["snapshot_index"].as_u64().is_some(), "{info}");
     for p in c.peers.iter_mut() {

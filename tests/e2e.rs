@@ -394,14 +394,14 @@ fn second_daemon_on_same_config_fails_fast_and_bad_config_names_the_key() {
         assert!(a.contains("/tcp/") && !a.ends_with(default), "{a}");
     }
 
-    // redb is the default; `init --datastore sled` picks the other store, and
-    // the folder then refuses redb. A config without the key (upstream's, or
-    // written by hand) opens the store the folder holds.
-    assert_eq!(v["consensus"]["raft"]["datastore"], "redb");
+    // fjall is the default; `init --datastore sled` picks another store, and
+    // the folder then refuses the others. A config without the key (upstream's,
+    // or written by hand) opens the store the folder holds.
+    assert_eq!(v["consensus"]["raft"]["datastore"], "fjall");
     let other = tempfile::tempdir().unwrap();
     let mut peer = PeerProc::before_dead_daemon_with(other.path(), &["--datastore", "sled"]);
     assert!(other.path().join("raft/conf").is_file());
-    assert!(!other.path().join("raft/store.redb").exists());
+    assert!(!other.path().join("raft/store.fjall").exists());
     peer.stop();
     let path = other.path().join("service.json");
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -419,7 +419,7 @@ fn second_daemon_on_same_config_fails_fast_and_bad_config_names_the_key() {
     std::fs::write(&path, v.to_string()).unwrap();
     peer.start();
     peer.stop();
-    assert!(!other.path().join("raft/store.redb").exists());
+    assert!(!other.path().join("raft/store.fjall").exists());
 }
 
 #[test]

@@ -43,8 +43,8 @@ enum Command {
         /// Initial peers (comma-separated multiaddrs ending in /p2p/<id>).
         #[arg(long, value_delimiter = ',')]
         peers: Vec<String>,
-        /// The store of the Raft log and the pinset.
-        #[arg(long, value_enum, default_value_t = DatastoreArg::Redb)]
+        /// The store of the Raft log and the pinset (fjall, as `store::Backend`'s default).
+        #[arg(long, value_enum, default_value_t = DatastoreArg::Fjall)]
         datastore: DatastoreArg,
         /// The consensus: only raft here (upstream's default, crdt, is refused).
         #[arg(long, default_value = "raft")]

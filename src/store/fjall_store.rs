@@ -16,6 +16,11 @@ use super::{KvIter, KvPair, Store, StoreError, Tree};
 
 /// The block cache: the same bound as redb's page cache.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// The in-memory table of a keyspace before it is written out (fjall's
+/// default is 64 MiB): sealed tables wait in memory for their flush, and a
+/// snapshot install fills them fast, so a joining peer's peak memory is
+/// bounded by a few of these rather than a few of fjall's.
+const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// A fjall database folder.
 pub struct FjallStore {
@@ -41,7 +46,9 @@ impl Store for FjallStore {
     fn tree(&self, name: &str) -> Result<Arc<dyn Tree>, StoreError> {
         let ks = self
             .db
-            .keyspace(name, KeyspaceCreateOptions::default)
+            .keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
             .map_err(err)?;
         Ok(Arc::new(FjallTree {
             db: self.db.clone(),
