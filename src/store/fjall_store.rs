@@ -139,15 +139,10 @@ impl Tree for FjallTree {
         limit: usize,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        for (n, g) in self.view(from, to).enumerate() {
-            let (k, v) = g.into_inner().map_err(err)?;
-            if n == limit {
-                return Ok(Some(k.to_vec()));
-            }
-            if !visit(&k, &v) {
-                return Ok(super::next_key(&k));
-            }
-        }
-        Ok(None)
+        super::scan_entries(
+            self.view(from, to).map(|g| g.into_inner().map_err(err)),
+            limit,
+            visit,
+        )
     }
 }

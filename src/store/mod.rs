@@ -100,17 +100,27 @@ pub trait Tree: Send + Sync {
         limit: usize,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        for (n, entry) in self.range(from, to).enumerate() {
-            let (k, v) = entry?;
-            if n == limit {
-                return Ok(Some(k));
-            }
-            if !visit(&k, &v) {
-                return Ok(next_key(&k));
-            }
-        }
-        Ok(None)
+        scan_entries(self.range(from, to), limit, visit)
     }
+}
+
+/// The loop of [`Tree::scan`] over a backend's entries in key order.
+fn scan_entries<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    entries: impl Iterator<Item = Result<(K, V), StoreError>>,
+    limit: usize,
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    for (n, entry) in entries.enumerate() {
+        let (k, v) = entry?;
+        let k = k.as_ref();
+        if n == limit {
+            return Ok(Some(k.to_vec()));
+        }
+        if !visit(k, v.as_ref()) {
+            return Ok(next_key(k));
+        }
+    }
+    Ok(None)
 }
 
 /// The smallest key after `key` (to resume a scan past it).

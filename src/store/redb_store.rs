@@ -49,6 +49,15 @@ impl Store for RedbStore {
     }
 }
 
+/// A value redb lends while its read transaction lives, as bytes.
+struct Bytes<'a>(redb::AccessGuard<'a, &'static [u8]>);
+
+impl AsRef<[u8]> for Bytes<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.0.value()
+    }
+}
+
 struct RedbTree {
     db: Arc<Database>,
     name: String,
@@ -177,15 +186,7 @@ impl Tree for RedbTree {
             None => t.range::<&[u8]>(from..),
         }
         .map_err(err)?;
-        for (n, entry) in range.enumerate() {
-            let (k, v) = entry.map_err(err)?;
-            if n == limit {
-                return Ok(Some(k.value().to_vec()));
-            }
-            if !visit(k.value(), v.value()) {
-                return Ok(super::next_key(k.value()));
-            }
-        }
-        Ok(None)
+        let entries = range.map(|e| e.map(|(k, v)| (Bytes(k), Bytes(v))).map_err(err));
+        super::scan_entries(entries, limit, visit)
     }
 }

@@ -104,15 +104,6 @@ impl Tree for SledTree {
             Some(to) => self.0.range(from..to),
             None => self.0.range(from..),
         };
-        for (n, entry) in iter.enumerate() {
-            let (k, v) = entry.map_err(err)?;
-            if n == limit {
-                return Ok(Some(k.to_vec()));
-            }
-            if !visit(&k, &v) {
-                return Ok(super::next_key(&k));
-            }
-        }
-        Ok(None)
+        super::scan_entries(iter.map(|e| e.map_err(err)), limit, visit)
     }
 }
