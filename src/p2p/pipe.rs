@@ -136,24 +136,36 @@ async fn write_frames(
     mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
     cancel: CancellationToken,
 ) {
-    let mut w = BufWriter::with_capacity(WRITE_BUFFER, w);
-    let write = async {
-        while let Some(f) = frames.recv().await {
-            w.write_all(&f).await?;
-            while let Ok(f) = frames.try_recv() {
+    let body = async move {
+        let mut w = BufWriter::with_capacity(WRITE_BUFFER, w);
+        let write = async {
+            while let Some(f) = frames.recv().await {
                 w.write_all(&f).await?;
+                while let Ok(f) = frames.try_recv() {
+                    w.write_all(&f).await?;
+                }
+                w.flush().await?;
             }
-            w.flush().await?;
+            io::Result::Ok(())
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            r = write => if let Err(e) = r {
+                tracing::debug!(error = %e, "pipe write failed");
+            },
         }
-        io::Result::Ok(())
+        let _ = w.close().await;
     };
-    tokio::select! {
-        _ = cancel.cancelled() => {}
-        r = write => if let Err(e) = r {
-            tracing::debug!(error = %e, "pipe write failed");
-        },
+    // multistream-select 0.14 leaves a stream whose protocol confirmation the
+    // remote cut short (seen by the read half) in a state where every later
+    // write, flush or close panics ("Negotiated: Invalid state"). A peer can
+    // cause that: it ends this pipe as a failed write does, not the task.
+    if futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(body))
+        .await
+        .is_err()
+    {
+        tracing::debug!("pipe stream left unusable by its negotiation; closed");
     }
-    let _ = w.close().await;
 }
 
 fn what(peer: PeerId) -> String {
