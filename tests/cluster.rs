@@ -1293,6 +1293,156 @@ fn a_snapshot_install_killed_midway_is_redone_at_restart() {
     c.peers[0].stop();
 }
 
+/// A peer killed (kill -9) while it compacts its log (building a snapshot, or
+/// just after publishing one, while it purges the log) restarts with every
+/// acknowledged pin, the same pinset it had, and no file of the cut build left.
+#[test]
+fn a_peer_killed_while_compacting_restarts_with_a_consistent_state() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let mut c = start_cluster(1);
+    c.peers[0].stop();
+    // Pins allocated elsewhere make each snapshot take a while to build
+    // without any daemon work; fast_raft compacts every 40 entries.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let absent = PeerProc::init(elsewhere.path(), "/ip4/127.0.0.1/tcp/1").peer_id();
+    let base = 30_000;
+    let input: String = (0..base)
+        .map(|i| format!("{{\"cid\": \"{}\"}}\n", id_cid(600_000 + i)))
+        .collect();
+    let file = elsewhere.path().join("pins.json");
+    std::fs::write(&file, input).unwrap();
+    let args = [
+        "import",
+        "-f",
+        "--allocations",
+        &absent,
+        &file.to_string_lossy(),
+    ];
+    let out = state_cmd(&c.peers[0], &args);
+    assert!(out.status.success(), "{out:?}");
+    c.peers[0].start();
+
+    let snaps = c.peers[0].dir.join("raft/snapshots");
+    let files = |suffix: &str| -> Vec<String> {
+        std::fs::read_dir(&snaps)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| n.ends_with(suffix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut next = 700_000;
+    let (mut cut_builds, mut cut_purges) = (0, 0);
+    for attempt in 0..12 {
+        if cut_builds > 0 && cut_purges > 0 {
+            break;
+        }
+        // One client pinning new CIDs one after another until the kill.
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (stop, acked, rest) = (stop.clone(), acked.clone(), c.peers[0].rest());
+            let first = next;
+            std::thread::spawn(move || {
+                let client = http();
+                for n in first.. {
+                    if stop.load(Ordering::SeqCst) {
+                        return n;
+                    }
+                    let cid = id_cid(n);
+                    match client.post(format!("{rest}/pins/{cid}")).send() {
+                        Ok(r) if r.status().is_success() => acked.lock().unwrap().push(cid),
+                        // The peer is gone: only the kill does that here.
+                        _ => return n + 1,
+                    }
+                }
+                unreachable!()
+            })
+        };
+        // Even attempts cut a build short; odd ones kill as a new snapshot is
+        // published, while the log before it is being purged.
+        let cut_build = attempt % 2 == 0;
+        let published = files(".snap");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "no compaction within 30 s");
+            let hit = if cut_build {
+                !files(".tmp").is_empty()
+            } else {
+                files(".snap") != published && !published.is_empty()
+            };
+            if hit {
+                c.peers[0].kill9();
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        stop.store(true, Ordering::SeqCst);
+        next = writer.join().unwrap();
+        let left = files(".tmp");
+        if cut_build && !left.is_empty() {
+            cut_builds += 1;
+        } else if !cut_build {
+            cut_purges += 1;
+        }
+
+        c.peers[0].start();
+        let acked_now = acked.lock().unwrap().clone();
+        let held: std::collections::HashSet<String> = http()
+            .get(format!("{}/allocations", c.peers[0].rest()))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["cid"].as_str().map(str::to_string))
+            .collect();
+        let lost: Vec<&String> = acked_now.iter().filter(|c| !held.contains(*c)).collect();
+        assert!(
+            lost.is_empty(),
+            "attempt {attempt}: acknowledged pins lost: {lost:?}"
+        );
+        // Every pin is an imported one, an acknowledged one or one of the
+        // writes in flight at each kill (at most one per attempt).
+        let extra = held.len().saturating_sub(base + acked_now.len());
+        assert!(
+            held.len() >= base + acked_now.len() && extra <= attempt + 1,
+            "attempt {attempt}: {} pins held, {base} imported, {} acknowledged",
+            held.len(),
+            acked_now.len()
+        );
+        assert!(
+            files(".tmp").iter().all(|f| !left.contains(f)),
+            "attempt {attempt}: a cut build's file is still there: {left:?}"
+        );
+    }
+    eprintln!(
+        "{cut_builds} builds and {cut_purges} publications cut; {} pins acknowledged",
+        acked.lock().unwrap().len()
+    );
+    assert!(cut_builds > 0, "no kill landed during a snapshot build");
+    assert!(cut_purges > 0, "no kill landed as a snapshot was published");
+    // Still compacting and taking writes after all that.
+    let published = files(".snap");
+    for n in 0..60 {
+        let r = http()
+            .post(format!("{}/pins/{}", c.peers[0].rest(), id_cid(next + n)))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    wait_until("a new snapshot", Duration::from_secs(30), || {
+        let now = files(".snap");
+        !now.is_empty() && now != published
+    });
+    c.peers[0].stop();
+}
+
 /// `ipfs-cluster-service state …` on the peer in `p`'s folder.
 fn state_cmd(p: &PeerProc, args: &[&str]) -> std::process::Output {
     std::process::Command::new(service_bin())
