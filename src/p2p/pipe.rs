@@ -308,6 +308,25 @@ struct Slot {
     fallback_until: Mutex<Option<Instant>>,
 }
 
+impl Slot {
+    /// Whether the slot still holds something: an open pipe (or one being
+    /// opened), or a fallback still running.
+    fn holds_anything(&self) -> bool {
+        let open = self
+            .client
+            .try_lock()
+            .map_or(true, |c| c.as_ref().is_some_and(|c| !c.is_closed()));
+        open || crate::sync::lock(&self.fallback_until).is_some_and(|t| Instant::now() < t)
+    }
+}
+
+/// Drops the slots nobody is using that hold nothing (peers removed or gone,
+/// their pipes closed): the map then grows with the peers in use, not with
+/// every peer ever reached.
+fn prune(slots: &mut HashMap<PeerId, Arc<Slot>>) {
+    slots.retain(|_, s| Arc::strong_count(s) > 1 || s.holds_anything());
+}
+
 /// The pipes this host opened, one per peer.
 pub(super) struct Pipes {
     slots: Mutex<HashMap<PeerId, Arc<Slot>>>,
@@ -349,10 +368,16 @@ impl Pipes {
         if payload.len() > MAX_PIPE_REQUEST || self.cancel.is_cancelled() {
             return None;
         }
-        let slot = crate::sync::lock(&self.slots)
-            .entry(peer)
-            .or_default()
-            .clone();
+        let slot = {
+            let mut slots = crate::sync::lock(&self.slots);
+            match slots.get(&peer) {
+                Some(s) => s.clone(),
+                None => {
+                    prune(&mut slots);
+                    slots.entry(peer).or_default().clone()
+                }
+            }
+        };
         if crate::sync::lock(&slot.fallback_until).is_some_and(|t| Instant::now() < t) {
             return None;
         }
@@ -504,5 +529,44 @@ impl PipeReply {
     /// Tells the requester that no answer will come.
     pub(super) fn dropped(&self) {
         queue_frame(&self.frames, &self.bandwidth, DROPPED, self.id, &[]);
+    }
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::*;
+
+    #[test]
+    fn prune_keeps_slots_in_use_or_holding_something_and_drops_the_rest() {
+        let (gone, in_use, falling_back, fallback_over) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        let mut slots: HashMap<PeerId, Arc<Slot>> = HashMap::new();
+        for p in [gone, in_use, falling_back, fallback_over] {
+            slots.insert(p, Arc::default());
+        }
+        let held = slots[&in_use].clone();
+        *crate::sync::lock(&slots[&falling_back].fallback_until) =
+            Some(Instant::now() + Duration::from_secs(60));
+        *crate::sync::lock(&slots[&fallback_over].fallback_until) = Some(
+            Instant::now()
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or_else(Instant::now),
+        );
+        prune(&mut slots);
+        let mut left: Vec<PeerId> = slots.keys().copied().collect();
+        left.sort();
+        let mut want = vec![in_use, falling_back];
+        want.sort();
+        assert_eq!(left, want);
+        drop(held);
+        prune(&mut slots);
+        assert_eq!(
+            slots.keys().copied().collect::<Vec<_>>(),
+            vec![falling_back]
+        );
     }
 }
