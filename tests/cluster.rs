@@ -1198,28 +1198,9 @@ fn a_state_import_killed_midway_changes_nothing() {
 fn a_snapshot_install_killed_midway_is_redone_at_restart() {
     let mut c = start_cluster(1);
     c.peers[0].stop();
-    // Enough pins for the install to take a while, allocated to a peer that is
-    // not in the cluster so that no daemon has to pin them.
-    let elsewhere = tempfile::tempdir().unwrap();
-    let absent = PeerProc::init(elsewhere.path(), "/ip4/127.0.0.1/tcp/1").peer_id();
+    // Enough pins for the install to take a while.
     let n = 30_000;
-    let mut input = String::new();
-    for i in 0..n {
-        input.push_str(&format!("{{\"cid\": \"{}\"}}\n", id_cid(400_000 + i)));
-    }
-    let file = elsewhere.path().join("pins.json");
-    std::fs::write(&file, input).unwrap();
-    let out = state_cmd(
-        &c.peers[0],
-        &[
-            "import",
-            "-f",
-            "--allocations",
-            &absent,
-            &file.to_string_lossy(),
-        ],
-    );
-    assert!(out.status.success(), "{out:?}");
+    import_pins_allocated_elsewhere(&c.peers[0], 400_000..400_000 + n);
     c.peers[0].start();
     let secret = secret_of(&c.peers[0]);
     let daemon = start_daemons(1).pop().unwrap();
@@ -1303,25 +1284,10 @@ fn a_peer_killed_while_compacting_restarts_with_a_consistent_state() {
 
     let mut c = start_cluster(1);
     c.peers[0].stop();
-    // Pins allocated elsewhere make each snapshot take a while to build
-    // without any daemon work; fast_raft compacts every 40 entries.
-    let elsewhere = tempfile::tempdir().unwrap();
-    let absent = PeerProc::init(elsewhere.path(), "/ip4/127.0.0.1/tcp/1").peer_id();
+    // Enough pins for each snapshot to take a while to build; fast_raft
+    // compacts every 40 entries.
     let base = 30_000;
-    let input: String = (0..base)
-        .map(|i| format!("{{\"cid\": \"{}\"}}\n", id_cid(600_000 + i)))
-        .collect();
-    let file = elsewhere.path().join("pins.json");
-    std::fs::write(&file, input).unwrap();
-    let args = [
-        "import",
-        "-f",
-        "--allocations",
-        &absent,
-        &file.to_string_lossy(),
-    ];
-    let out = state_cmd(&c.peers[0], &args);
-    assert!(out.status.success(), "{out:?}");
+    import_pins_allocated_elsewhere(&c.peers[0], 600_000..600_000 + base);
     c.peers[0].start();
 
     let snaps = c.peers[0].dir.join("raft/snapshots");
@@ -1441,6 +1407,21 @@ fn a_peer_killed_while_compacting_restarts_with_a_consistent_state() {
         !now.is_empty() && now != published
     });
     c.peers[0].stop();
+}
+
+/// `state import` into the stopped peer `p` of the pins `id_cid(i)` for `ids`,
+/// allocated to a peer outside the cluster, so that no daemon has to pin them.
+fn import_pins_allocated_elsewhere(p: &PeerProc, ids: std::ops::Range<usize>) {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let absent = PeerProc::init(elsewhere.path(), "/ip4/127.0.0.1/tcp/1").peer_id();
+    let input: String = ids
+        .map(|i| format!("{{\"cid\": \"{}\"}}\n", id_cid(i)))
+        .collect();
+    let file = elsewhere.path().join("pins.json");
+    std::fs::write(&file, input).unwrap();
+    let file = file.to_string_lossy();
+    let out = state_cmd(p, &["import", "-f", "--allocations", &absent, &file]);
+    assert!(out.status.success(), "{out:?}");
 }
 
 /// `ipfs-cluster-service state …` on the peer in `p`'s folder.
