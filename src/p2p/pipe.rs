@@ -309,6 +309,11 @@ struct Slot {
 }
 
 impl Slot {
+    /// Whether the peer is, for now, reached without a pipe.
+    fn falling_back(&self) -> bool {
+        crate::sync::lock(&self.fallback_until).is_some_and(|t| Instant::now() < t)
+    }
+
     /// Whether the slot still holds something: an open pipe (or one being
     /// opened), or a fallback still running.
     fn holds_anything(&self) -> bool {
@@ -316,7 +321,7 @@ impl Slot {
             .client
             .try_lock()
             .map_or(true, |c| c.as_ref().is_some_and(|c| !c.is_closed()));
-        open || crate::sync::lock(&self.fallback_until).is_some_and(|t| Instant::now() < t)
+        open || self.falling_back()
     }
 }
 
@@ -378,7 +383,7 @@ impl Pipes {
                 }
             }
         };
-        if crate::sync::lock(&slot.fallback_until).is_some_and(|t| Instant::now() < t) {
+        if slot.falling_back() {
             return None;
         }
         let client = {
