@@ -28,7 +28,7 @@ pub mod sync;
 pub mod types;
 
 #[cfg(test)]
-mod hung_daemon_tests;
+mod peer_tests;
 
 /// Version reported by `/version`, `/id` and `version` commands.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

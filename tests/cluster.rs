@@ -972,16 +972,29 @@ fn composite_clusters_pin_through_two_and_three_levels() {
     let single = id_cid(10_002);
     let (st, v) = rest_pin(&b.peers[0], &single, "replication=1");
     assert_eq!(st, 200, "{v}");
-    wait_until(
+    let seen = wait_for(
         "one pinned and one remote in B",
         Duration::from_secs(15),
-        || {
-            let s = statuses(&b.peers[0], &single);
-            s.iter().any(|(_, st)| st == "pinned") && s.iter().any(|(_, st)| st == "remote")
+        // The whole peer map, so that a timeout shows each peer's error too.
+        || get_json::<Value>(&format!("{}/pins/{single}", b.peers[0].rest()))["peer_map"].clone(),
+        |m| {
+            let has = |want: &str| {
+                m.as_object()
+                    .is_some_and(|m| m.values().any(|i| i["status"] == want))
+            };
+            has("pinned") && has("remote")
         },
     );
-    let remote_id = statuses(&b.peers[0], &single)
+    let remote_id = seen
+        .as_object()
         .into_iter()
+        .flatten()
+        .map(|(p, i)| {
+            (
+                p.clone(),
+                i["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
         .find(|(_, st)| st == "remote")
         .map(|(p, _)| p)
         .unwrap();
@@ -1016,7 +1029,7 @@ fn composite_clusters_pin_through_two_and_three_levels() {
 
     // A third level: C -> B -> A.
     let mut c = start_cluster_on(&[proxy_of(&b.peers[0])], |_, v| fast_raft(v));
-    let deep = id_cid(10_002);
+    let deep = id_cid(10_003);
     let (st, v) = post(&format!("{}/pin/add?arg={deep}", c.peers[0].proxy()));
     assert_eq!(st, 200, "{v}");
     for p in b.peers.iter().chain(&a.peers) {

@@ -320,7 +320,7 @@ impl PinTracker {
                     tracing::info!("tracker missed {n} state changes; reconciling");
                     self.inner.reconcile_wanted.notify_one();
                 }
-                Ok(StateEvent::Pinned(pin)) => self.track(*pin),
+                Ok(StateEvent::Pinned { pin, before }) => self.track_change(*pin, before),
                 Ok(StateEvent::Unpinned(cid)) => self.untrack(cid),
                 Ok(StateEvent::Reset) => self.inner.reconcile_wanted.notify_one(),
                 Ok(StateEvent::Applied(index)) => {
@@ -335,6 +335,23 @@ impl PinTracker {
     /// Starts pinning `pin` if it is allocated here, else makes sure it is not pinned here.
     pub fn track(&self, pin: Pin) {
         self.track_as(pin, false);
+    }
+
+    /// Follows a committed pin that replaced `before`: pins it if allocated here;
+    /// unpins it only if this peer held it (allocated here before, or an
+    /// operation on it here). A pin this cluster never placed on this daemon is
+    /// left alone, unlike upstream, which unpins every remote pin: the daemon may
+    /// hold it for someone else (in a composite cluster the lower cluster's one
+    /// pinset serves every peer above it), and it saves a `pin/rm` per pin on
+    /// each peer it is not allocated to.
+    fn track_change(&self, pin: Pin, before: Option<Box<Pin>>) {
+        let me = &self.inner.peer_id;
+        let held_here = pin.is_allocated_to(me)
+            || before.is_some_and(|b| b.is_allocated_to(me))
+            || self.ops().contains_key(&pin.cid);
+        if held_here {
+            self.track(pin);
+        }
     }
 
     fn track_as(&self, pin: Pin, retry: bool) {

@@ -1119,7 +1119,7 @@ mod tests {
             let mut unpinned = 0;
             while let Ok(e) = n.events.try_recv() {
                 match e {
-                    StateEvent::Pinned(p) if p.cid == cid(1) => pinned += 1,
+                    StateEvent::Pinned { pin, .. } if pin.cid == cid(1) => pinned += 1,
                     StateEvent::Unpinned(c) if c == cid(1) => unpinned += 1,
                     _ => {}
                 }

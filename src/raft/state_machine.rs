@@ -149,8 +149,13 @@ fn seq_key(seq: u64) -> Vec<u8> {
 /// A change of the pinset, as the tracker needs to hear of it.
 #[derive(Debug, Clone)]
 pub enum StateEvent {
-    /// A pin was added or updated.
-    Pinned(Box<Pin>),
+    /// A pin was added (`before` is `None`) or updated from `before`.
+    Pinned {
+        /// The pin as committed.
+        pin: Box<Pin>,
+        /// The version it replaced, if any.
+        before: Option<Box<Pin>>,
+    },
     /// A pin was removed.
     Unpinned(Cid),
     /// The whole pinset was replaced by a snapshot: resynchronise.
@@ -846,13 +851,21 @@ impl StateMachine {
                         }
                         let outcome = if holds {
                             let cid = req.cid();
-                            let existed = current(&self.state, &mut pins, &cid)?.is_some();
+                            let prior = current(&self.state, &mut pins, &cid)?;
+                            let existed = prior.is_some();
                             match req.op {
                                 LogOp::Pin(pin) => {
+                                    // Updates are rare next to new pins: only they
+                                    // pay for decoding what they replace.
+                                    let before = prior
+                                        .map(PinState::decode_value)
+                                        .transpose()
+                                        .map_err(read_sm_err)?
+                                        .map(Box::new);
                                     let entry = PinState::add_entry(&pin).map_err(sm_err)?;
                                     pins.insert(cid, entry.1.clone());
                                     batch.push(entry);
-                                    events.push(StateEvent::Pinned(pin));
+                                    events.push(StateEvent::Pinned { pin, before });
                                 }
                                 LogOp::Unpin(cid) => {
                                     pins.insert(cid, None);

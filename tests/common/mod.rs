@@ -344,6 +344,28 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Polls `probe` every 100 ms until `ok` holds for what it saw, and returns that;
+/// after `timeout` fails the test with the last thing seen.
+pub fn wait_for<T: std::fmt::Debug>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> T,
+    ok: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = probe();
+        if ok(&seen) {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last seen: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The JSON answer to a GET of `url`.
 pub fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> T {
     http()

@@ -4,48 +4,15 @@
 //! `pin/add` its tracker sends the daemon waits unanswered. Raft apply never
 //! waits on the tracker, and the tracker never holds apply up on the daemon.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::config::{Config, GoDuration, Identity, Multiaddrs};
+use super::{start_peer, wait_for};
+use crate::config::Config;
 use crate::ipfs::fake::FakeDaemon;
-use crate::peer::{Peer, StartOptions};
 use crate::types::{Cid, PinOptions};
 
 fn cid(n: usize) -> Cid {
-    let data = format!("hung-{n}");
-    let mut bytes = vec![0x01, 0x55, 0x00, data.len() as u8];
-    bytes.extend_from_slice(data.as_bytes());
-    Cid::from_bytes(&bytes).expect("an identity CID")
-}
-
-/// A peer before `daemon` with small snapshots and fast elections; no proxy or
-/// REST API (this is about consensus and the tracker).
-async fn start_peer(daemon: &FakeDaemon, dir: &Path, secret: &str, bootstrap: Vec<String>) -> Peer {
-    let mut cfg = Config::generate();
-    cfg.cluster.secret = secret.to_string();
-    cfg.cluster.listen_multiaddress = Multiaddrs(vec!["/ip4/127.0.0.1/tcp/0".into()]);
-    cfg.ipfs_connector.ipfshttp.node_multiaddress = daemon.multiaddr();
-    cfg.api.ipfsproxy = None;
-    cfg.api.restapi = None;
-    let r = &mut cfg.consensus.raft;
-    r.heartbeat_timeout = GoDuration::millis(100);
-    r.election_timeout = GoDuration::millis(500);
-    r.wait_for_leader_timeout = GoDuration::secs(10);
-    r.network_timeout = GoDuration::secs(5);
-    r.snapshot_threshold = 40;
-    r.trailing_logs = 10;
-    Peer::start(dir, cfg, Identity::generate(), StartOptions { bootstrap })
-        .await
-        .expect("peer starts")
-}
-
-async fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    super::cid("hung", n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
