@@ -21,14 +21,14 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use ipfs_cluster::ipfs::fake::FakeDaemon;
+use ipfs_cluster::ipfs::fake::{FakeDaemon, FakeState};
 use ipfs_cluster::state::PinState;
 use ipfs_cluster::store::{self, Backend};
 use ipfs_cluster::types::{Cid, Pin, PinOptions};
@@ -273,6 +273,9 @@ struct Figures {
     /// With one connection: pins/s with each peer in turn as the entry point
     /// (the leader commits at once, a follower forwards to it).
     per_peer: Vec<f64>,
+    /// CIDs the trackers' `pin/add` and `pin/rm` calls to the daemons carried
+    /// on average: how well they group operations.
+    cids_a_call: f64,
 }
 
 /// User + system CPU time of process `pid` so far, in seconds.
@@ -357,6 +360,7 @@ async fn ingest(
     lat.sort();
     Figures {
         cpu_us: 0.0,
+        cids_a_call: 0.0,
         per_peer: Vec::new(),
         rate: lat.len() as f64 / elapsed,
         p50_ms: lat
@@ -392,6 +396,7 @@ async fn one_conn_each(api: Api, ports: &[u16], salt: u64, limit: u64, secs: u64
     p50s.sort_by(f64::total_cmp);
     Figures {
         cpu_us: 0.0,
+        cids_a_call: 0.0,
         rate: done as f64 / elapsed.max(f64::MIN_POSITIVE),
         p50_ms: p50s.get(p50s.len() / 2).copied().unwrap_or(0.0),
         done,
@@ -431,6 +436,7 @@ async fn run_ingest(
     bin: &Path,
     o: &Opts,
     nodes: &[String],
+    daemons: &[Arc<Mutex<FakeState>>],
     store: Option<Backend>,
 ) -> Vec<(String, Figures)> {
     let root = tempfile::tempdir().expect("tempdir");
@@ -454,12 +460,21 @@ async fn run_ingest(
                 .collect();
             let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_secs(*p)).sum::<f64>();
             let cpu0 = cpu(&pids);
+            let calls = || {
+                daemons.iter().fold((0, 0), |(c, a), d| {
+                    let d = d.lock().expect("fake daemon state");
+                    (c + d.pin_calls, a + d.pin_args)
+                })
+            };
+            let calls0 = calls();
             let mut f = if c == 1 && ports.len() > 1 {
                 one_conn_each(api, &ports, salt + offset * 1000, o.pins, o.secs).await
             } else {
                 ingest(api, &ports, c, salt + offset * 1000, o.pins, o.secs).await
             };
             f.cpu_us = (cpu(&pids) - cpu0) * 1e6 / f.done.max(1) as f64;
+            let calls1 = calls();
+            f.cids_a_call = (calls1.1 - calls0.1) as f64 / (calls1.0 - calls0.0).max(1) as f64;
             offset += 1;
             let name = format!(
                 "{} {c} conn{}",
@@ -528,6 +543,7 @@ fn main() {
             FakeDaemon::start().await,
         ];
         let nodes: Vec<String> = daemons.iter().map(FakeDaemon::multiaddr).collect();
+        let states: Vec<_> = daemons.iter().map(|d| d.state.clone()).collect();
         let work = tempfile::tempdir().expect("tempdir");
         let backend = default_backend(&o.after, work.path());
         let floor = store_floor(backend, o.pins, 64);
@@ -540,9 +556,9 @@ fn main() {
         let mut after = Vec::new();
         let mut before = o.before.as_ref().map(|_| Vec::new());
         for &store in &o.stores {
-            after.extend(run_ingest(&o.after, &o, &nodes, store).await);
+            after.extend(run_ingest(&o.after, &o, &nodes, &states, store).await);
             if let (Some(b), Some(out)) = (&o.before, before.as_mut()) {
-                out.extend(run_ingest(b, &o, &nodes, store).await);
+                out.extend(run_ingest(b, &o, &nodes, &states, store).await);
             }
         }
         println!(
@@ -570,6 +586,15 @@ fn main() {
                 ));
             }
             println!("{line}");
+            println!(
+                "{:<31} daemon calls carried {:.1} CIDs each{}",
+                "",
+                f.cids_a_call,
+                before
+                    .as_ref()
+                    .map(|b| format!(" (before {:.1})", b[i].1.cids_a_call))
+                    .unwrap_or_default()
+            );
             if !f.per_peer.is_empty() {
                 let rates = |v: &[f64]| v.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
                 let mut detail = format!("{:<31} entry peer by peer: {} pins/s", "", rates(&f.per_peer));
