@@ -857,11 +857,7 @@ impl StateMachine {
                                 LogOp::Pin(pin) => {
                                     // Updates are rare next to new pins: only they
                                     // pay for decoding what they replace.
-                                    let before = prior
-                                        .map(PinState::decode_value)
-                                        .transpose()
-                                        .map_err(read_sm_err)?
-                                        .map(Box::new);
+                                    let before = prior.and_then(|v| replaced(&cid, v));
                                     let entry = PinState::add_entry(&pin).map_err(sm_err)?;
                                     pins.insert(cid, entry.1.clone());
                                     batch.push(entry);
@@ -1031,6 +1027,19 @@ impl StateMachine {
         let name = self.publish(&tmp, &cur.meta.snapshot_id)?;
         self.set_current(&cur.meta, &name)?;
         Ok(Some((cur.meta, self.dir.join(name))))
+    }
+}
+
+/// The pin a new version of `cid` replaces, from its stored value. One that does
+/// not decode is being overwritten: it must not stop the apply, and the tracker
+/// then takes the pin as new.
+fn replaced(cid: &Cid, stored: &[u8]) -> Option<Box<Pin>> {
+    match PinState::decode_value(stored) {
+        Ok(p) => Some(Box::new(p)),
+        Err(e) => {
+            tracing::warn!(%cid, "the pin replaced does not decode: {e}");
+            None
+        }
     }
 }
 
