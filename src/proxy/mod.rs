@@ -8,7 +8,6 @@ mod headers;
 mod passthrough;
 mod pin;
 mod relay;
-mod splice;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
