@@ -45,7 +45,7 @@ const COPY_BUF: usize = 64 * 1024;
 const COPY_BUF_MAX: usize = 1024 * 1024;
 /// Room for an answer's head (and a small body with it); a connection keeps
 /// no larger answer buffer between calls, so thousands of kept-alive clients
-/// that once fetched something large do not each hold `COPY_BUF`.
+/// that once fetched something large do not each hold up to `COPY_BUF_MAX`.
 const HEAD_BUF: usize = 16 * 1024;
 /// Idle daemon connections kept for new clients.
 const MAX_IDLE: usize = 64;
@@ -1162,8 +1162,9 @@ mod tests {
     }
 
     /// A daemon with large answers: `/length` a Content-Length body of 3 MiB,
-    /// `/chunks` chunks of mixed sizes with a trailer, `/cut` a body the daemon stops halfway; every body is
-    /// `pattern(.., seed)` with the seed in the path's query.
+    /// `/chunks` chunks of mixed sizes with a trailer, `/cut` a body the daemon
+    /// stops halfway; every body is `pattern(.., seed)` with the seed in the
+    /// path's query.
     async fn large_answer_daemon() -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
