@@ -987,16 +987,8 @@ fn composite_clusters_pin_through_two_and_three_levels() {
     );
     let remote_id = seen
         .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(p, i)| {
-            (
-                p.clone(),
-                i["status"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .find(|(_, st)| st == "remote")
-        .map(|(p, _)| p)
+        .and_then(|m| m.iter().find(|(_, i)| i["status"] == "remote"))
+        .map(|(p, _)| p.clone())
         .unwrap();
     let r = b
         .peers

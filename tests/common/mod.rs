@@ -334,14 +334,9 @@ pub fn http() -> reqwest::blocking::Client {
         .expect("client")
 }
 
-/// POSTs a multipart file upload to `<api>/add` and returns the root CID.
 /// Polls `f` every 100 ms until it holds; fails the test after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+pub fn wait_until(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    wait_for(what, timeout, f, |held| *held);
 }
 
 /// Polls `probe` every 100 ms until `ok` holds for what it saw, and returns that;
