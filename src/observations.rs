@@ -95,12 +95,7 @@ pub async fn render(cluster: &Cluster) -> String {
             "pins_ipfs_pins",
             "gauge",
             "Pins held by this peer's daemon",
-            cluster
-                .tracker()
-                .daemon_pins()
-                .await
-                .ok()
-                .map(|p| p.len() as u64),
+            cluster.tracker().daemon_pin_count().await.ok(),
         ),
         (
             "pins_pin_add",

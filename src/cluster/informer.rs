@@ -91,17 +91,14 @@ impl Informer {
             out.push(m);
         }
         // Upstream's numpin: how many pins the daemon holds (fewer is better).
-        let numpin = match self.tracker.daemon_pins().await {
-            Ok(pins) => {
-                let n = pins.len() as u64;
-                Metric::new(
-                    "numpin",
-                    &self.peer,
-                    n.to_string(),
-                    -i64::try_from(n).unwrap_or(i64::MAX),
-                    disk_ttl,
-                )
-            }
+        let numpin = match self.tracker.daemon_pin_count().await {
+            Ok(n) => Metric::new(
+                "numpin",
+                &self.peer,
+                n.to_string(),
+                -i64::try_from(n).unwrap_or(i64::MAX),
+                disk_ttl,
+            ),
             Err(_) => {
                 let mut m = Metric::new("numpin", &self.peer, String::new(), 0, disk_ttl);
                 m.valid = false;

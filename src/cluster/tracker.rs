@@ -745,27 +745,31 @@ impl PinTracker {
         *crate::sync::lock(&self.inner.reconcile_at) = at;
     }
 
-    /// The daemon's pins, listed at most every few seconds, or once for a whole
-    /// walk of the pinset (pages asked for one after another): a status of every
-    /// pin must not list the daemon's pins again for each page. Dropped once unused.
-    pub async fn daemon_pins(&self) -> Result<Arc<DaemonPins>, String> {
-        self.daemon_listing(false).await.map(|(p, _)| p)
+    /// How many pins the daemon holds: a listing at most a few seconds old
+    /// when there is one, else a count of the daemon's listing as it streams
+    /// (at millions of pins, holding the listing for a count would cost
+    /// 16 bytes a pin every time the metric is sent).
+    pub async fn daemon_pin_count(&self) -> Result<u64, String> {
+        if let Some(c) = self.inner.daemon_cache.lock().await.as_ref() {
+            if c.fetched.elapsed() < DAEMON_PINS_MAX_AGE {
+                return Ok(c.pins.len() as u64);
+            }
+        }
+        self.inner.ipfs.pin_count().await.map_err(|e| e.to_string())
     }
 
     /// The daemon's pins, and how many pins this peer had completed before they
-    /// were listed. `walk`: for a page of a walk of the pinset, which keeps the
-    /// listing it started with (other callers get one at most a few seconds old).
-    async fn daemon_listing(&self, walk: bool) -> Result<(Arc<DaemonPins>, u64), String> {
+    /// were listed: one listing serves a whole walk of the pinset (pages asked
+    /// for one after another, each within a few seconds of the last), so a
+    /// status of every pin does not list the daemon's pins again for each page.
+    async fn daemon_listing(&self) -> Result<(Arc<DaemonPins>, u64), String> {
         let mut cache = self.inner.daemon_cache.lock().await;
         if let Some(c) = cache.as_mut() {
             let fresh = c.fetched.elapsed() < DAEMON_PINS_MAX_AGE;
-            let in_walk = walk
-                && c.used.elapsed() < DAEMON_PINS_MAX_AGE
-                && c.fetched.elapsed() < DAEMON_PINS_MAX_USE;
+            let in_walk =
+                c.used.elapsed() < DAEMON_PINS_MAX_AGE && c.fetched.elapsed() < DAEMON_PINS_MAX_USE;
             if fresh || in_walk {
-                if walk {
-                    c.used = std::time::Instant::now();
-                }
+                c.used = std::time::Instant::now();
                 return Ok((c.pins.clone(), c.added_before));
             }
         }
@@ -815,7 +819,7 @@ impl PinTracker {
             .flatten()
             .any(|p| p.is_allocated_to(&self.inner.peer_id));
         let daemon = if needs_daemon {
-            self.daemon_listing(true).await
+            self.daemon_listing().await
         } else {
             Ok((Arc::new(DaemonPins::default()), 0))
         };
