@@ -11,6 +11,10 @@
 //!   to ready;
 //! - floors: the raw store writing the same pins (durable batches), with ratios.
 //!
+//! `--preload <n>` starts the 3 peers on a pinset of `n` pins (one export
+//! imported by each, the daemons already holding them, 15 s to settle before
+//! the first case): what ingest costs where the pinset is large.
+//!
 //! `--before <ipfs-cluster-service>` runs the same cases with another build (the
 //! one before a change) and prints its figures and the ratios beside. Each ingest
 //! case runs for `--pins` pins or `--secs` seconds, whichever comes first. Without
@@ -39,6 +43,8 @@ struct Opts {
     pins: u64,
     secs: u64,
     import: u64,
+    /// Pins the cluster holds before ingest starts.
+    preload: u64,
     before: Option<PathBuf>,
     after: PathBuf,
     conns: Vec<usize>,
@@ -67,6 +73,7 @@ fn opts() -> Opts {
         pins: num("--pins", if smoke { 200 } else { 50_000 }),
         secs: num("--secs", if smoke { 20 } else { 10 }),
         import: num("--import", if smoke { 2_000 } else { 1_000_000 }),
+        preload: num("--preload", 0),
         before: val("--before").map(PathBuf::from),
         after: PathBuf::from(env!("CARGO_BIN_EXE_ipfs-cluster-service")),
         conns: val("--conns")
@@ -216,7 +223,13 @@ impl Drop for Peer {
 
 /// Three peers formed with `init --peers`, as the multi-peer tests do, on
 /// `store` (`None`: the build's default).
-fn start_cluster(bin: &Path, nodes: &[String], root: &Path, store: Option<Backend>) -> Vec<Peer> {
+fn start_cluster(
+    bin: &Path,
+    nodes: &[String],
+    root: &Path,
+    store: Option<Backend>,
+    preload: Option<&Path>,
+) -> Vec<Peer> {
     let dirs: Vec<PathBuf> = (0..nodes.len())
         .map(|i| root.join(format!("p{i}")))
         .collect();
@@ -247,6 +260,22 @@ fn start_cluster(bin: &Path, nodes: &[String], root: &Path, store: Option<Backen
         std::fs::write(p.dir.join("identity.json"), identity).expect("identity");
         let secret = secret.clone();
         p.edit(|v| v["cluster"]["secret"] = secret);
+        if let Some(export) = preload {
+            let st = Command::new(bin)
+                .args([
+                    "--config",
+                    &p.dir.to_string_lossy(),
+                    "state",
+                    "import",
+                    "-f",
+                ])
+                .arg(export)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("state import");
+            assert!(st.success(), "preload import failed");
+        }
     }
     for p in peers.iter_mut() {
         p.spawn();
@@ -438,12 +467,20 @@ async fn run_ingest(
     nodes: &[String],
     daemons: &[Arc<Mutex<FakeState>>],
     store: Option<Backend>,
+    preload: Option<&Path>,
 ) -> Vec<(String, Figures)> {
     let root = tempfile::tempdir().expect("tempdir");
     let (bin2, nodes2, rootp) = (bin.to_path_buf(), nodes.to_vec(), root.path().to_path_buf());
-    let peers = tokio::task::spawn_blocking(move || start_cluster(&bin2, &nodes2, &rootp, store))
-        .await
-        .expect("cluster");
+    let pre = preload.map(Path::to_path_buf);
+    let peers = tokio::task::spawn_blocking(move || {
+        start_cluster(&bin2, &nodes2, &rootp, store, pre.as_deref())
+    })
+    .await
+    .expect("cluster");
+    if preload.is_some() {
+        // The trackers' first comparison of the pinset with the daemons.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+    }
     let salt: u64 = rand::random();
     let mut offset = 0u64;
     let mut out = Vec::new();
@@ -519,10 +556,10 @@ fn run_import(bin: &Path, export: &Path, node: &str, init_args: &[String]) -> (f
     (import_s, t.elapsed().as_secs_f64())
 }
 
-fn write_export(path: &Path, n: u64) {
+fn write_export(path: &Path, n: u64, salt: u64) {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("export file"));
     for i in 0..n {
-        let pin = Pin::new(cid_of(99, i), PinOptions::default());
+        let pin = Pin::new(cid_of(salt, i), PinOptions::default());
         serde_json::to_writer(&mut f, &pin).expect("write pin");
         f.write_all(b"\n").expect("write pin");
     }
@@ -547,6 +584,18 @@ fn main() {
         let work = tempfile::tempdir().expect("tempdir");
         let backend = default_backend(&o.after, work.path());
         let floor = store_floor(backend, o.pins, 64);
+        let preload = (o.preload > 0).then(|| {
+            let path = work.path().join("preload.jsonl");
+            write_export(&path, o.preload, 98);
+            for st in &states {
+                let mut d = st.lock().expect("fake daemon state");
+                for i in 0..o.preload {
+                    d.pins.insert(cid_of(98, i).to_string(), "recursive".into());
+                }
+            }
+            println!("preloaded pinset: {} pins", o.preload);
+            path
+        });
         println!(
             "floor: raw {backend} store, {} pins in durable batches of 64: {floor:.0} pins/s",
             o.pins
@@ -556,9 +605,10 @@ fn main() {
         let mut after = Vec::new();
         let mut before = o.before.as_ref().map(|_| Vec::new());
         for &store in &o.stores {
-            after.extend(run_ingest(&o.after, &o, &nodes, &states, store).await);
+            let pre = preload.as_deref();
+            after.extend(run_ingest(&o.after, &o, &nodes, &states, store, pre).await);
             if let (Some(b), Some(out)) = (&o.before, before.as_mut()) {
-                out.extend(run_ingest(b, &o, &nodes, &states, store).await);
+                out.extend(run_ingest(b, &o, &nodes, &states, store, pre).await);
             }
         }
         println!(
@@ -606,7 +656,7 @@ fn main() {
         }
 
         let export = work.path().join("export.jsonl");
-        write_export(&export, o.import);
+        write_export(&export, o.import, 99);
         // The default store, then redb when it is not the default (the leaner
         // store for large pinsets, chosen with `init --datastore redb`).
         let mut stores = vec![backend];

@@ -303,6 +303,12 @@ impl Peer {
         });
 
         consensus.watch_member_addresses(tasks, cancel.child_token());
+        consensus.schedule_snapshots(
+            cfg.consensus.raft.snapshot_interval.0,
+            cfg.consensus.raft.snapshot_threshold,
+            tasks,
+            cancel.child_token(),
+        );
         let ready = async {
             let is_member = consensus.peers().contains(&identity.peer_id.to_string());
             if !bootstrap.is_empty() && !is_member {

@@ -750,10 +750,10 @@ impl PinTracker {
     /// (at millions of pins, holding the listing for a count would cost
     /// 16 bytes a pin every time the metric is sent).
     pub async fn daemon_pin_count(&self) -> Result<u64, String> {
-        if let Some(c) = self.inner.daemon_cache.lock().await.as_ref() {
-            if c.fetched.elapsed() < DAEMON_PINS_MAX_AGE {
-                return Ok(c.pins.len() as u64);
-            }
+        if let Some(c) = self.inner.daemon_cache.lock().await.as_ref()
+            && c.fetched.elapsed() < DAEMON_PINS_MAX_AGE
+        {
+            return Ok(c.pins.len() as u64);
         }
         self.inner.ipfs.pin_count().await.map_err(|e| e.to_string())
     }

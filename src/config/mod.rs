@@ -273,12 +273,15 @@ pub struct RaftConfig {
     pub heartbeat_timeout: GoDuration,
     /// Election timeout (lower bound; the upper bound is twice it).
     pub election_timeout: GoDuration,
-    /// Log entries since the last snapshot that trigger a new one.
+    /// How often a snapshot is considered (with as much again at random, as
+    /// hashicorp raft): at most one snapshot per interval however fast writes come.
+    pub snapshot_interval: GoDuration,
+    /// Log entries since the last snapshot that make one due at the next check.
     pub snapshot_threshold: u64,
     /// Log entries kept after a snapshot.
     pub trailing_logs: u64,
-    /// The embedded store of the Raft log and the pinset: `sled` or `redb`
-    /// (`init` writes it; absent, the store the raft folder holds, else redb).
+    /// The embedded store of the pinset: `fjall`, `redb` or `sled` (`init`
+    /// writes it; absent, the store the raft folder holds, else fjall).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datastore: Option<crate::store::Backend>,
 }
@@ -294,6 +297,7 @@ impl Default for RaftConfig {
             backups_rotate: 6,
             heartbeat_timeout: GoDuration::millis(250),
             election_timeout: GoDuration::secs(1),
+            snapshot_interval: GoDuration::secs(120),
             snapshot_threshold: 8192,
             trailing_logs: 10240,
             datastore: None,
@@ -899,6 +903,13 @@ impl Config {
             &Multiaddrs::one(&self.ipfs_connector.ipfshttp.node_multiaddress),
             false,
         )?;
+        // hashicorp raft's own lower bound, which upstream enforces at start.
+        if self.consensus.raft.snapshot_interval.0 < std::time::Duration::from_millis(5) {
+            return Err(invalid(
+                "consensus.raft.snapshot_interval",
+                "must be at least 5ms".into(),
+            ));
+        }
         if self.pin_tracker.stateless.concurrent_pins == 0 {
             return Err(invalid(
                 "pin_tracker.stateless.concurrent_pins",

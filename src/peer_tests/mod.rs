@@ -34,6 +34,7 @@ async fn start_peer(daemon: &FakeDaemon, dir: &Path, secret: &str, bootstrap: Ve
     r.election_timeout = GoDuration::millis(500);
     r.wait_for_leader_timeout = GoDuration::secs(10);
     r.network_timeout = GoDuration::secs(5);
+    r.snapshot_interval = GoDuration::millis(20);
     r.snapshot_threshold = 40;
     r.trailing_logs = 10;
     Peer::start(dir, cfg, Identity::generate(), StartOptions { bootstrap })

@@ -198,7 +198,11 @@ impl Consensus {
             heartbeat_interval: heartbeat,
             election_timeout_min: election,
             election_timeout_max: election * 2,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_threshold.max(1)),
+            // Snapshots are made by `schedule_snapshots`, at most once per
+            // `snapshot_interval`: openraft's own policy would write the whole
+            // pinset out every `snapshot_threshold` entries, which for a pinset
+            // of millions under steady writes means every few seconds.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: cfg.trailing_logs,
             // The last chunk's answer waits for the whole install: a pinset of
             // millions takes far longer than one network exchange, and a
@@ -809,6 +813,41 @@ impl Consensus {
         });
     }
 
+    /// Builds a snapshot (compacting the log) when at least `threshold` entries
+    /// were applied since the last one, looked at every `interval` plus up to as
+    /// much again at random so that peers do not all build at once: hashicorp
+    /// raft's `snapshot_interval` and `snapshot_threshold`, as upstream uses them.
+    pub fn schedule_snapshots(
+        &self,
+        interval: Duration,
+        threshold: u64,
+        tasks: &TaskTracker,
+        cancel: CancellationToken,
+    ) {
+        let raft = self.inner.raft.clone();
+        let metrics = self.inner.raft.metrics();
+        tasks.spawn(async move {
+            loop {
+                let jitter = interval.mul_f64(rand::random::<f64>());
+                tokio::select! {
+                    _ = tokio::time::sleep(interval + jitter) => {}
+                    _ = cancel.cancelled() => return,
+                }
+                let due = {
+                    let m = metrics.borrow();
+                    let applied = m.last_applied.map_or(0, |l| l.index + 1);
+                    let snapshot = m.snapshot.map_or(0, |l| l.index + 1);
+                    applied >= snapshot + threshold.max(1)
+                };
+                // A build already under way makes this a no-op.
+                if due && let Err(e) = raft.trigger().snapshot().await {
+                    tracing::warn!("raft: could not start a snapshot: {e}");
+                    return;
+                }
+            }
+        });
+    }
+
     /// Stops Raft; the store is flushed on every write, so nothing is lost.
     pub async fn shutdown(&self) {
         self.inner.batcher.stop();
@@ -1012,6 +1051,8 @@ mod tests {
                 election_timeout: GoDuration(Duration::from_millis(500)),
                 wait_for_leader_timeout: GoDuration(Duration::from_secs(10)),
                 network_timeout: GoDuration(Duration::from_secs(2)),
+                // Small, so that a snapshot openraft made on its own would show.
+                snapshot_threshold: 10,
                 ..Default::default()
             };
             for (j, a) in full.iter().enumerate() {
@@ -1073,6 +1114,46 @@ mod tests {
             0x55,
             cid::multihash::Multihash::wrap(0x00, &n.to_be_bytes()).unwrap(),
         ))
+    }
+
+    /// Snapshots come from `schedule_snapshots` only: none while its check has
+    /// not run, one once it runs with enough entries applied, none again until
+    /// `threshold` more are.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_are_made_on_the_schedule_and_past_the_threshold() {
+        let nodes = start_peers(1).await;
+        let c = nodes[0].consensus.clone();
+        c.wait_ready().await.unwrap();
+        let snapshot = || c.inner.raft.metrics().borrow().snapshot.map(|l| l.index);
+        let pin = |n: u64| LogOp::Pin(Box::new(Pin::new(cid(n), PinOptions::default())));
+        for n in 0..20 {
+            c.commit(pin(n)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(snapshot(), None, "a snapshot before any scheduled check");
+
+        let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+        c.schedule_snapshots(Duration::from_millis(20), 10, &tasks, cancel.clone());
+        let applied = c.info().applied_index;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while snapshot().is_none_or(|i| i < applied) {
+            assert!(Instant::now() < deadline, "no snapshot: {:?}", snapshot());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let first = snapshot();
+        for n in 100..105 {
+            c.commit(pin(n)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            snapshot(),
+            first,
+            "a snapshot with fewer new entries than the threshold"
+        );
+        cancel.cancel();
+        tasks.close();
+        tasks.wait().await;
+        stop(nodes).await;
     }
 
     /// The duplicate-reply test: a follower's forwarded write is committed by

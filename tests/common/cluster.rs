@@ -26,6 +26,7 @@ pub fn fast_raft(v: &mut Value) {
     r["election_timeout"] = "500ms".into();
     r["wait_for_leader_timeout"] = "6s".into();
     r["network_timeout"] = "2s".into();
+    r["snapshot_interval"] = "20ms".into();
     r["snapshot_threshold"] = 40.into();
     r["trailing_logs"] = 10.into();
 }
