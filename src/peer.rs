@@ -274,6 +274,11 @@ impl Peer {
             ipfs,
             tracker.clone(),
             identity.peer_id.to_string(),
+            cfg.allocator
+                .balanced
+                .allocate_by
+                .iter()
+                .any(|m| m == "numpin"),
         );
 
         // Requests from other peers: each answered in its own task so a slow one

@@ -1,5 +1,6 @@
 //! Informers: the metrics this peer reports about itself (free space or repo size,
-//! tags, queued operations) and its `ping`.
+//! tags, queued operations, and the daemon's pin count when the allocator uses it)
+//! and its `ping`.
 
 use std::time::Duration;
 
@@ -16,21 +17,25 @@ pub struct Informer {
     ipfs: IpfsConnector,
     tracker: PinTracker,
     peer: String,
+    /// Whether `numpin` is sent: only when the allocator weighs peers by it.
+    numpin: bool,
 }
 
 impl Informer {
-    /// Informers for `peer`.
+    /// Informers for `peer`; `numpin`: whether the allocator uses that metric.
     pub fn new(
         cfg: InformerConfig,
         ipfs: IpfsConnector,
         tracker: PinTracker,
         peer: String,
+        numpin: bool,
     ) -> Self {
         Informer {
             cfg,
             ipfs,
             tracker,
             peer,
+            numpin,
         }
     }
 
@@ -91,21 +96,11 @@ impl Informer {
             out.push(m);
         }
         // Upstream's numpin: how many pins the daemon holds (fewer is better).
-        let numpin = match self.tracker.daemon_pin_count().await {
-            Ok(n) => Metric::new(
-                "numpin",
-                &self.peer,
-                n.to_string(),
-                -i64::try_from(n).unwrap_or(i64::MAX),
-                disk_ttl,
-            ),
-            Err(_) => {
-                let mut m = Metric::new("numpin", &self.peer, String::new(), 0, disk_ttl);
-                m.valid = false;
-                m
-            }
-        };
-        out.push(numpin);
+        // It takes a listing of every pin the daemon has, so it is sent only
+        // when the allocator uses it (upstream 1.1.6 does not load it at all).
+        if self.numpin {
+            out.push(self.numpin(disk_ttl).await);
+        }
         let queued = self.tracker.queued() as u64;
         let bucket = self.cfg.pinqueue.weight_bucket_size.max(1);
         out.push(Metric::new(
@@ -116,6 +111,24 @@ impl Informer {
             self.cfg.pinqueue.metric_ttl.0,
         ));
         out
+    }
+
+    /// The `numpin` metric: how many pins the daemon holds (fewer is better).
+    async fn numpin(&self, ttl: Duration) -> Metric {
+        match self.tracker.daemon_pin_count().await {
+            Ok(n) => Metric::new(
+                "numpin",
+                &self.peer,
+                n.to_string(),
+                -i64::try_from(n).unwrap_or(i64::MAX),
+                ttl,
+            ),
+            Err(_) => {
+                let mut m = Metric::new("numpin", &self.peer, String::new(), 0, ttl);
+                m.valid = false;
+                m
+            }
+        }
     }
 
     /// The `ping` metric, valid for twice the ping interval, carrying the peer's name

@@ -2,6 +2,7 @@
 //! together, without processes or a real daemon.
 
 mod hung_daemon;
+mod informer;
 mod remote_pins;
 
 use std::path::Path;
@@ -23,6 +24,17 @@ fn cid(tag: &str, n: usize) -> Cid {
 /// A peer before `daemon` with small snapshots and fast elections; no proxy or
 /// REST API (this is about consensus and the tracker).
 async fn start_peer(daemon: &FakeDaemon, dir: &Path, secret: &str, bootstrap: Vec<String>) -> Peer {
+    start_peer_with(daemon, dir, secret, bootstrap, |_| {}).await
+}
+
+/// [`start_peer`] with the configuration changed by `edit` last.
+async fn start_peer_with(
+    daemon: &FakeDaemon,
+    dir: &Path,
+    secret: &str,
+    bootstrap: Vec<String>,
+    edit: impl FnOnce(&mut Config),
+) -> Peer {
     let mut cfg = Config::generate();
     cfg.cluster.secret = secret.to_string();
     cfg.cluster.listen_multiaddress = Multiaddrs(vec!["/ip4/127.0.0.1/tcp/0".into()]);
@@ -37,6 +49,7 @@ async fn start_peer(daemon: &FakeDaemon, dir: &Path, secret: &str, bootstrap: Ve
     r.snapshot_interval = GoDuration::millis(20);
     r.snapshot_threshold = 40;
     r.trailing_logs = 10;
+    edit(&mut cfg);
     Peer::start(dir, cfg, Identity::generate(), StartOptions { bootstrap })
         .await
         .expect("peer starts")
