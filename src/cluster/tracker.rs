@@ -8,7 +8,7 @@
 //! changes that never makes Raft wait: when it falls behind, or after a snapshot
 //! is installed, it reconciles the pinset with the daemon page by page.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -180,6 +180,29 @@ struct Inner {
     /// Pins this peer's daemon completed, and pin attempts that failed.
     pins_added: AtomicU64,
     pin_add_errors: AtomicU64,
+    /// CIDs that daemon calls in progress carry: a call on a CID waits for
+    /// the one before it, so that a pin superseded by an unpin (or the other
+    /// way) cannot land on the daemon after it.
+    on_the_wire: Mutex<HashSet<Cid>>,
+    /// Signalled whenever a daemon call ends.
+    call_ended: tokio::sync::Notify,
+}
+
+/// The CIDs of one daemon call in progress; released when dropped.
+struct OnTheWire<'a> {
+    tracker: &'a PinTracker,
+    cids: Vec<Cid>,
+}
+
+impl Drop for OnTheWire<'_> {
+    fn drop(&mut self) {
+        let mut wire = crate::sync::lock(&self.tracker.inner.on_the_wire);
+        for c in &self.cids {
+            wire.remove(c);
+        }
+        drop(wire);
+        self.tracker.inner.call_ended.notify_waiters();
+    }
 }
 
 /// What the tracker is doing and has done, for metrics.
@@ -259,6 +282,8 @@ impl PinTracker {
                     RECONCILE_WINDOW.min(cfg.max_pin_queue_size).max(1),
                 )),
                 pins_added: AtomicU64::new(0),
+                on_the_wire: Mutex::new(HashSet::new()),
+                call_ended: tokio::sync::Notify::new(),
                 pin_add_errors: AtomicU64::new(0),
             }),
         };
@@ -523,10 +548,36 @@ impl PinTracker {
         }
     }
 
-    /// Runs `jobs` in one daemon call. When it fails, takes too long or one of
-    /// them is cancelled, each goes again on its own (queued again for any
-    /// worker to take, so that one slow pin does not hold the others back), to
-    /// get its own outcome: the daemon fails a whole call at its first failure.
+    /// Waits until no daemon call in progress carries any of `cids`, then
+    /// marks them as carried by the caller's call until the guard drops;
+    /// `None` when `cancel` fires first.
+    async fn on_the_wire(&self, cids: &[Cid], cancel: &CancellationToken) -> Option<OnTheWire<'_>> {
+        loop {
+            let ended = self.inner.call_ended.notified();
+            tokio::pin!(ended);
+            // Registered before the check: an end signalled after it is not missed.
+            ended.as_mut().enable();
+            {
+                let mut wire = crate::sync::lock(&self.inner.on_the_wire);
+                if !cids.iter().any(|c| wire.contains(c)) {
+                    wire.extend(cids.iter().copied());
+                    return Some(OnTheWire {
+                        tracker: self,
+                        cids: cids.to_vec(),
+                    });
+                }
+            }
+            tokio::select! {
+                _ = ended => {}
+                _ = cancel.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Runs `jobs` in one daemon call. When it fails or takes too long, each
+    /// goes again on its own (queued again for any worker to take, so that one
+    /// slow pin does not hold the others back), to get its own outcome: the
+    /// daemon fails a whole call at its first failure.
     async fn run_group(&self, kind: OpKind, mode: PinMode, mut jobs: Vec<Job>) {
         if jobs.len() == 1 {
             if let Some(job) = jobs.pop() {
@@ -535,18 +586,20 @@ impl PinTracker {
             return;
         }
         let cids: Vec<Cid> = jobs.iter().map(|j| j.cid).collect();
+        let Some(wire) = self.on_the_wire(&cids, &self.inner.shutdown).await else {
+            return; // shutting down
+        };
         let call = async {
             match kind {
                 OpKind::Pin => self.inner.ipfs.pin_many(&cids, mode, |_| {}).await,
                 OpKind::Unpin => self.inner.ipfs.unpin_many(&cids).await,
             }
         };
-        let cancelled =
-            futures::future::select_all(jobs.iter().map(|j| Box::pin(j.cancel.cancelled())));
-        let res = tokio::select! {
-            r = tokio::time::timeout(BATCH_BUDGET, call) => r.ok(),
-            _ = cancelled => None,
-        };
+        // Not given up when an operation in it is superseded meanwhile: a
+        // daemon may finish a call whose client left, so the operation that
+        // superseded it waits for this call to end instead of racing it.
+        let res = tokio::time::timeout(BATCH_BUDGET, call).await.ok();
+        drop(wire);
         if let Some(Ok(())) = res {
             for j in jobs {
                 self.finish(j.cid, j.id, Ok(()));
@@ -596,7 +649,12 @@ impl PinTracker {
             kind,
             ..
         } = job;
+        let Some(_wire) = self.on_the_wire(&[cid], &cancel).await else {
+            self.finish(cid, id, Err(IpfsError::Cancelled));
+            return;
+        };
         let res = match kind {
+            // Cancelling drops the call, which makes kubo stop fetching.
             OpKind::Pin => {
                 self.inner
                     .ipfs
@@ -605,7 +663,9 @@ impl PinTracker {
                     })
                     .await
             }
-            OpKind::Unpin => self.inner.ipfs.unpin(&pin.cid, &cancel).await,
+            // Quick: a pin that supersedes it waits for it rather than cutting
+            // it short and racing a `pin/rm` the daemon may still carry out.
+            OpKind::Unpin => self.inner.ipfs.unpin(&pin.cid, &self.inner.shutdown).await,
         };
         self.finish(cid, id, res);
     }

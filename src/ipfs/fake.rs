@@ -27,6 +27,10 @@ pub struct FakeState {
     pub fail_cids: HashMap<String, String>,
     /// How long `pin/add` takes, for each CID.
     pub pin_delay: Duration,
+    /// When set, a `pin/add` whose client left goes on to the end, as a
+    /// lower cluster's proxy does once it has submitted the pin (by default,
+    /// as kubo, the call stops with its client).
+    pub finish_abandoned_pins: bool,
     /// `pin/add` and `pin/rm` calls answered, and CIDs they carried.
     pub pin_calls: u64,
     /// CIDs carried by `pin/add` and `pin/rm` calls.
@@ -170,21 +174,31 @@ async fn handle(st: Arc<Mutex<FakeState>>, path: &str, q: Vec<(String, String)>)
             if args.is_empty() {
                 return bad_request("argument \"ipfs-path\" is required");
             }
-            for a in &args {
-                let (delay, fail) = {
-                    let s = lock();
-                    let fail = s.fail_pins.clone().or_else(|| s.fail_cids.get(a).cloned());
-                    (s.pin_delay, fail)
-                };
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
+            let st2 = st.clone();
+            let work = async move {
+                for a in &args {
+                    let (delay, fail) = {
+                        let s = crate::sync::lock(&st2);
+                        let fail = s.fail_pins.clone().or_else(|| s.fail_cids.get(a).cloned());
+                        (s.pin_delay, fail)
+                    };
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    if let Some(m) = fail {
+                        return err(&m);
+                    }
+                    crate::sync::lock(&st2).pins.insert(a.clone(), t.into());
                 }
-                if let Some(m) = fail {
-                    return err(&m);
-                }
-                lock().pins.insert(a.clone(), t.into());
+                json(StatusCode::OK, &serde_json::json!({"Pins": args}))
+            };
+            if lock().finish_abandoned_pins {
+                tokio::spawn(work)
+                    .await
+                    .unwrap_or_else(|e| err(&format!("pin/add: {e}")))
+            } else {
+                work.await
             }
-            json(StatusCode::OK, &serde_json::json!({"Pins": args}))
         }
         "/api/v0/pin/rm" => {
             let args = all_args(&q);

@@ -4,6 +4,7 @@
 mod hung_daemon;
 mod informer;
 mod remote_pins;
+mod superseded;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,0 +1,63 @@
+//! An operation superseded while its daemon call is in progress: the daemon
+//! may carry that call out after the client left (a lower cluster's proxy
+//! does), so the operation that superseded it must reach the daemon after it,
+//! not race it.
+
+use std::time::Duration;
+
+use super::{start_peer_with, wait_for};
+use crate::cluster::tracker::Phase;
+use crate::config::Config;
+use crate::ipfs::fake::FakeDaemon;
+use crate::types::PinOptions;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_unpinned_while_its_group_call_runs_ends_unpinned() {
+    let daemon = FakeDaemon::start().await;
+    daemon.state.lock().unwrap().finish_abandoned_pins = true;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = Config::generate().cluster.secret;
+    // One pin worker, so that what queues behind a hung call goes in one call.
+    let peer = start_peer_with(&daemon, dir.path(), &secret, Vec::new(), |cfg| {
+        cfg.pin_tracker.stateless.concurrent_pins = 1;
+    })
+    .await;
+    let cluster = peer.cluster().clone();
+    let calls = || daemon.state.lock().unwrap().pin_calls;
+    let cid = |n| super::cid("superseded", n);
+
+    daemon.state.lock().unwrap().hang_pins = true;
+    cluster.pin(cid(0), PinOptions::default()).await.unwrap();
+    let tracker = cluster.tracker().clone();
+    wait_for("the first call to be sent", Duration::from_secs(10), || {
+        tracker
+            .operation(&cid(0))
+            .is_some_and(|op| op.phase == Phase::InProgress)
+    })
+    .await;
+    for n in 1..=3 {
+        cluster.pin(cid(n), PinOptions::default()).await.unwrap();
+    }
+    {
+        let mut st = daemon.state.lock().unwrap();
+        st.pin_delay = Duration::from_millis(300);
+        st.hang_pins = false;
+    }
+    // The three queued pins go in one call; one of them is unpinned while it runs.
+    wait_for("the group call", Duration::from_secs(10), || calls() >= 2).await;
+    cluster.unpin(cid(2)).await.unwrap();
+
+    wait_for("the tracker to settle", Duration::from_secs(30), || {
+        (0..=3).all(|n| tracker.operation(&cid(n)).is_none())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    {
+        let st = daemon.state.lock().unwrap();
+        let held = |n| st.pins.contains_key(&cid(n).to_string());
+        assert!(!held(2), "the unpinned CID is still pinned on the daemon");
+        assert!(held(0) && held(1) && held(3), "{:?}", st.pins.keys());
+    }
+    peer.shutdown().await;
+    daemon.stop().await;
+}
