@@ -71,7 +71,8 @@ pub async fn render(cluster: &Cluster) -> String {
             "pins",
             "gauge",
             "Pins in the cluster pinset",
-            cluster.consensus().state().count().ok(),
+            // Kept with every write: never a walk of the pinset per scrape.
+            cluster.consensus().state().known_count(),
         ),
         (
             "pins_pin_queued",

@@ -163,8 +163,9 @@ impl Consensus {
             bootstrap,
             events,
         } = opts;
-        // Opening reads the store's files and scans the log's: off the async workers.
-        let (db, mut log) = {
+        // Opening reads the store's files, scans the log's and may count the
+        // pinset (a store of an earlier version): off the async workers.
+        let (mut log, state, sm) = {
             let (dir, datastore) = (dir.to_path_buf(), cfg.datastore);
             tokio::task::spawn_blocking(move || -> Result<_, ConsensusError> {
                 std::fs::create_dir_all(&dir)
@@ -172,18 +173,18 @@ impl Consensus {
                 let db = store::open(&dir, store::choose(&dir, datastore))?;
                 let log = LogStore::open(db.tree("raft_log")?, &dir)
                     .map_err(|e| ConsensusError::Raft(e.to_string()))?;
-                Ok((db, log))
+                let state = PinState::new(db.tree("state")?);
+                let sm = StateMachine::new(
+                    state.clone(),
+                    db.tree("snapshot")?,
+                    dir.join(SNAPSHOT_DIR),
+                    events,
+                );
+                Ok((log, state, sm))
             })
             .await
             .map_err(|e| ConsensusError::Raft(format!("opening the store: {e}")))??
         };
-        let state = PinState::new(db.tree("state")?);
-        let sm = StateMachine::new(
-            state.clone(),
-            db.tree("snapshot")?,
-            dir.join(SNAPSHOT_DIR),
-            events,
-        );
         log.purge_only_applied(sm.applied());
         let snapshot_progress = sm.progress();
 

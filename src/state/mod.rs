@@ -5,12 +5,19 @@
 pub mod codec;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::store::{StoreError, Tree, prefix_bounds};
 use crate::types::{Cid, Pin};
 
 /// Key prefix of pins inside the state tree; other prefixes hold consensus metadata.
 pub const PIN_PREFIX: &[u8] = b"p/";
+/// Key of the pinset's size (8 bytes, big-endian), written by the state
+/// machine with every change to the pinset; absent in stores of earlier
+/// versions, which are counted once when opened.
+pub const PIN_COUNT_KEY: &[u8] = b"m/pincount";
+/// `PinState::count` before the size is known.
+const COUNT_UNKNOWN: u64 = u64::MAX;
 
 /// A failure reading or decoding the pinset.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +37,9 @@ pub enum StateError {
 #[derive(Clone)]
 pub struct PinState {
     tree: Arc<dyn Tree>,
+    /// The pinset's size as last written, shared by every clone
+    /// (`COUNT_UNKNOWN` until [`PinState::load_count`]).
+    count: Arc<AtomicU64>,
 }
 
 /// How many entries a walk reads under one read view.
@@ -94,6 +104,13 @@ pub fn digest_of_stored(v: &[u8]) -> Result<PinDigest, StateError> {
     Ok(d)
 }
 
+fn read_count(v: &[u8]) -> Result<u64, StateError> {
+    let b: [u8; 8] = v
+        .try_into()
+        .map_err(|_| StateError::Corrupt(format!("pin count {v:?}")))?;
+    Ok(u64::from_be_bytes(b))
+}
+
 /// A stored pin: the binary format, or the JSON that earlier versions stored.
 fn decode(bytes: &[u8]) -> Result<Pin, StateError> {
     codec::decode_pin(bytes).map_err(|e| StateError::Corrupt(e.to_string()))
@@ -102,7 +119,41 @@ fn decode(bytes: &[u8]) -> Result<Pin, StateError> {
 impl PinState {
     /// The pinset inside `tree`.
     pub fn new(tree: Arc<dyn Tree>) -> Self {
-        PinState { tree }
+        PinState {
+            tree,
+            count: Arc::new(AtomicU64::new(COUNT_UNKNOWN)),
+        }
+    }
+
+    /// Reads the stored size of the pinset, or counts the pins when the store
+    /// has none yet (written by an earlier version) and stores that. Blocking:
+    /// the count walks every key.
+    pub fn load_count(&self) -> Result<u64, StateError> {
+        let n = match self.tree.get(PIN_COUNT_KEY)? {
+            Some(v) => read_count(&v)?,
+            None => {
+                let n = self.count_keys()?;
+                self.tree.apply(vec![Self::count_entry(n)])?;
+                n
+            }
+        };
+        self.set_count(n);
+        Ok(n)
+    }
+
+    /// The size the state machine knows after a write it made.
+    pub fn set_count(&self, n: u64) {
+        self.count.store(n, Ordering::Release);
+    }
+
+    /// The size last set, if known.
+    pub fn known_count(&self) -> Option<u64> {
+        Some(self.count.load(Ordering::Acquire)).filter(|n| *n != COUNT_UNKNOWN)
+    }
+
+    /// The batch entry storing the pinset's size `n`.
+    pub fn count_entry(n: u64) -> BatchEntry {
+        (PIN_COUNT_KEY.to_vec(), Some(n.to_be_bytes().to_vec()))
     }
 
     /// The tree holding the pinset (and the state machine's metadata).
@@ -149,8 +200,17 @@ impl PinState {
             .map(|r| r.map_err(StateError::from).and_then(|(_, v)| decode(&v)))
     }
 
-    /// How many pins there are (a walk over the keys, without copying them).
+    /// How many pins there are: the size kept with every write, else a walk
+    /// over the keys.
     pub fn count(&self) -> Result<u64, StateError> {
+        match self.known_count() {
+            Some(n) => Ok(n),
+            None => self.count_keys(),
+        }
+    }
+
+    /// How many pins there are, by a walk over the keys (without copying them).
+    pub fn count_keys(&self) -> Result<u64, StateError> {
         let mut n = 0u64;
         let mut from = Some(PageFrom::start());
         while let Some(f) = from {
