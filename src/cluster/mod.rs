@@ -987,12 +987,23 @@ impl Cluster {
         let now = Utc::now();
         let me = self.inner.peer_id.clone();
         let live = self.live_peers();
-        let expired: Vec<Cid> = self
-            .pins()
-            .filter_map(Result::ok)
-            .filter(|p| p.options.expire_at.is_some_and(|t| t <= now))
-            .filter(|p| closest(&p.cid, &live).as_deref() == Some(me.as_str()))
-            .map(|p| p.cid)
+        // A walk of the whole pinset: on a blocking thread, reading only
+        // each pin's expire_at.
+        let state = self.inner.consensus.state().clone();
+        let expired = match tokio::task::spawn_blocking(move || state.expired(now)).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::warn!("listing expired pins: {e}");
+                return Vec::new();
+            }
+            Err(e) => {
+                tracing::warn!("listing expired pins: {e}");
+                return Vec::new();
+            }
+        };
+        let expired: Vec<Cid> = expired
+            .into_iter()
+            .filter(|c| closest(c, &live).as_deref() == Some(me.as_str()))
             .collect();
         let mut done = Vec::new();
         for cid in expired {

@@ -320,19 +320,7 @@ pub fn read_depth_and_name(b: &[u8]) -> Result<(i32, std::borrow::Cow<'_, str>),
     match b.first() {
         Some(&FORMAT_V1) => {
             let mut r = Reader::new(&b[1..]);
-            r.bytes()?; // cid
-            r.u8()?; // type
-            let max_depth = r.i32()?;
-            if r.u8()? == 1 {
-                r.bytes()?; // reference
-            }
-            r.ivarint()?; // timestamp
-            r.uvarint()?;
-            for _ in 0..r.uvarint()? {
-                r.bytes()?; // allocations
-            }
-            r.ivarint()?; // replication factors
-            r.ivarint()?;
+            let max_depth = skip_to_name(&mut r)?;
             let name = std::str::from_utf8(r.bytes()?)
                 .map_err(|_| DecodeError::new("string is not UTF-8"))?;
             Ok((max_depth, std::borrow::Cow::Borrowed(name)))
@@ -344,9 +332,64 @@ pub fn read_depth_and_name(b: &[u8]) -> Result<(i32, std::borrow::Cow<'_, str>),
     }
 }
 
+/// A stored pin's `expire_at`, read without decoding the rest of the value
+/// (the JSON earlier versions stored is decoded whole).
+pub fn read_expire_at(b: &[u8]) -> Result<Option<DateTime<Utc>>, DecodeError> {
+    match b.first() {
+        Some(&FORMAT_V1) => {
+            let mut r = Reader::new(&b[1..]);
+            skip_to_name(&mut r)?;
+            r.bytes()?; // name
+            r.u8()?; // mode
+            r.uvarint()?; // shard size
+            for _ in 0..r.uvarint()? {
+                r.bytes()?; // user allocations
+            }
+            match r.u8()? {
+                0 => Ok(None),
+                1 => Ok(Some(r.time()?)),
+                t => Err(DecodeError(format!("bad option tag {t}"))),
+            }
+        }
+        _ => Ok(decode_pin(b)?.options.expire_at),
+    }
+}
+
+/// Reads a pin written by [`put_pin`] up to its name; its `max_depth`.
+fn skip_to_name(r: &mut Reader<'_>) -> Result<i32, DecodeError> {
+    r.bytes()?; // cid
+    r.u8()?; // type
+    let max_depth = r.i32()?;
+    if r.u8()? == 1 {
+        r.bytes()?; // reference
+    }
+    r.ivarint()?; // timestamp
+    r.uvarint()?;
+    for _ in 0..r.uvarint()? {
+        r.bytes()?; // allocations
+    }
+    r.ivarint()?; // replication factors
+    r.ivarint()?;
+    Ok(max_depth)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `expire_at` read in place agrees with the whole decode, set or not.
+    #[test]
+    fn expire_at_is_read_without_the_rest() {
+        let mut p = full_pin();
+        assert!(p.options.expire_at.is_some());
+        let v = encode_pin(&p);
+        assert_eq!(read_expire_at(&v).unwrap(), p.options.expire_at);
+        p.options.expire_at = None;
+        assert_eq!(read_expire_at(&encode_pin(&p)).unwrap(), None);
+        let p = full_pin();
+        let json = serde_json::to_vec(&p).unwrap();
+        assert_eq!(read_expire_at(&json).unwrap(), p.options.expire_at);
+    }
 
     fn full_pin() -> Pin {
         let cid: Cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"

@@ -200,6 +200,25 @@ impl PinState {
             .map(|r| r.map_err(StateError::from).and_then(|(_, v)| decode(&v)))
     }
 
+    /// The pins whose `expire_at` is `now` or earlier: a walk that reads only
+    /// that field of each stored pin (one that does not decode is skipped).
+    pub fn expired(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<Cid>, StateError> {
+        let mut out = Vec::new();
+        let mut from = Some(PageFrom::start());
+        while let Some(f) = from {
+            from = self.scan(&f, SCAN_BATCH, &mut |cid, v| {
+                if let Ok(Some(t)) = codec::read_expire_at(v)
+                    && t <= now
+                    && let Ok(c) = Cid::from_bytes(cid)
+                {
+                    out.push(c);
+                }
+                true
+            })?;
+        }
+        Ok(out)
+    }
+
     /// How many pins there are: the size kept with every write, else a walk
     /// over the keys.
     pub fn count(&self) -> Result<u64, StateError> {
