@@ -398,11 +398,6 @@ impl Cluster {
             .ok_or(ClusterError::NotFound)
     }
 
-    /// Every pin, read lazily.
-    pub fn pins(&self) -> impl Iterator<Item = Result<Pin, StateError>> + Send + 'static {
-        self.inner.consensus.state().list()
-    }
-
     /// The daemon's identity (cached once known).
     pub async fn ipfs_id(&self) -> IpfsId {
         if let Some(id) = self.inner.ipfs_id.get() {
@@ -803,17 +798,31 @@ impl Cluster {
         }
         // As upstream, the pins allocated to the peer move to others first.
         let exclude = vec![peer_id.to_string()];
-        let allocated: Vec<Pin> = self
-            .pins()
-            .filter_map(Result::ok)
-            .filter(|p| p.allocations.iter().any(|a| a == peer_id))
-            .collect();
-        for pin in allocated {
-            if let Err(e) = self.repin_current(pin.cid, &exclude, true).await {
-                tracing::warn!(cid = %pin.cid, "moving a pin off {peer_id}: {e}");
+        let mut from = Some(PageFrom::start());
+        while let Some(f) = from {
+            let (cids, next) = self.allocated_page(f, peer_id).await?;
+            from = next;
+            for cid in cids {
+                if let Err(e) = self.repin_current(cid, &exclude, true).await {
+                    tracing::warn!(%cid, "moving a pin off {peer_id}: {e}");
+                }
             }
         }
         Ok(self.inner.consensus.remove_peer(peer_id).await?)
+    }
+
+    /// The pins allocated to `peer` in a page of the pinset from `from`, read
+    /// on a blocking thread (only each pin's allocations), and where the next
+    /// page starts: callers walk the pinset a page at a time, never holding it.
+    async fn allocated_page(
+        &self,
+        from: PageFrom,
+        peer: &str,
+    ) -> Result<(Vec<Cid>, Option<PageFrom>), StateError> {
+        let (state, peer) = (self.inner.consensus.state().clone(), peer.to_string());
+        tokio::task::spawn_blocking(move || state.allocated_to(&from, &peer))
+            .await
+            .map_err(StateError::Unfinished)?
     }
 
     /// Re-allocates the pins of a peer whose ping expired, when this peer is the live
@@ -828,37 +837,62 @@ impl Cluster {
             .collect();
         let exclude = vec![dead.to_string()];
         let mut repinned = Vec::new();
-        for pin in self.pins() {
-            let Ok(pin) = pin else { continue };
-            if !pin.allocations.iter().any(|a| a == dead) {
-                continue;
-            }
-            if closest(&pin.cid, &live).as_deref() != Some(me.as_str()) {
-                continue;
-            }
-            let (min, max) = (
-                pin.options.replication_factor_min,
-                pin.options.replication_factor_max,
-            );
-            match self.allocations(&pin.allocations, &pin.options, (min, max), &exclude, false) {
-                Ok(a) if a == pin.allocations => continue,
-                Ok(_) => {}
+        let mut from = Some(PageFrom::start());
+        while let Some(f) = from {
+            let (cids, next) = match self.allocated_page(f, dead).await {
+                Ok(page) => page,
                 Err(e) => {
-                    tracing::warn!(cid = %pin.cid, "cannot re-allocate: {e}");
+                    tracing::warn!("listing the pins of {dead}: {e}");
+                    break;
+                }
+            };
+            from = next;
+            for cid in cids {
+                if closest(&cid, &live).as_deref() != Some(me.as_str()) {
                     continue;
                 }
-            }
-            match self.repin_current(pin.cid, &exclude, false).await {
-                Ok(Some(_)) => repinned.push(pin.cid),
-                // Unpinned meanwhile.
-                Ok(None) => {}
-                Err(e) => tracing::warn!(cid = %pin.cid, "re-pin failed: {e}"),
+                // As it is now: the page was read a while ago.
+                match self.inner.consensus.state().get_blocking(&cid).await {
+                    Ok(Some(pin)) if pin.allocations.iter().any(|a| a == dead) => {
+                        if let Some(c) = self.repin_if_below(&pin, &exclude).await {
+                            repinned.push(c);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(%cid, "reading the pin: {e}"),
+                }
             }
         }
         if !repinned.is_empty() {
             tracing::info!("re-allocated {} pins of {dead}", repinned.len());
         }
         repinned
+    }
+
+    /// Re-pins `pin` away from the peers in `exclude` when its allocation would
+    /// change; the CID when it was re-pinned.
+    async fn repin_if_below(&self, pin: &Pin, exclude: &[String]) -> Option<Cid> {
+        let (min, max) = (
+            pin.options.replication_factor_min,
+            pin.options.replication_factor_max,
+        );
+        match self.allocations(&pin.allocations, &pin.options, (min, max), exclude, false) {
+            Ok(a) if a == pin.allocations => return None,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(cid = %pin.cid, "cannot re-allocate: {e}");
+                return None;
+            }
+        }
+        match self.repin_current(pin.cid, exclude, false).await {
+            Ok(Some(_)) => Some(pin.cid),
+            // Unpinned meanwhile.
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(cid = %pin.cid, "re-pin failed: {e}");
+                None
+            }
+        }
     }
 
     /// Records metrics and sends them to every other peer.

@@ -355,8 +355,26 @@ pub fn read_expire_at(b: &[u8]) -> Result<Option<DateTime<Utc>>, DecodeError> {
     }
 }
 
-/// Reads a pin written by [`put_pin`] up to its name; its `max_depth`.
-fn skip_to_name(r: &mut Reader<'_>) -> Result<i32, DecodeError> {
+/// Whether a stored pin lists `peer` among its allocations, read without
+/// decoding the rest of the value (the JSON of earlier versions is decoded whole).
+pub fn is_allocated_to(b: &[u8], peer: &str) -> Result<bool, DecodeError> {
+    match b.first() {
+        Some(&FORMAT_V1) => {
+            let mut r = Reader::new(&b[1..]);
+            skip_to_allocations(&mut r)?;
+            for _ in 0..r.uvarint()? {
+                if r.bytes()? == peer.as_bytes() {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+        _ => Ok(decode_pin(b)?.allocations.iter().any(|a| a == peer)),
+    }
+}
+
+/// Reads a pin written by [`put_pin`] up to its allocations; its `max_depth`.
+fn skip_to_allocations(r: &mut Reader<'_>) -> Result<i32, DecodeError> {
     r.bytes()?; // cid
     r.u8()?; // type
     let max_depth = r.i32()?;
@@ -365,6 +383,12 @@ fn skip_to_name(r: &mut Reader<'_>) -> Result<i32, DecodeError> {
     }
     r.ivarint()?; // timestamp
     r.uvarint()?;
+    Ok(max_depth)
+}
+
+/// Reads a pin written by [`put_pin`] up to its name; its `max_depth`.
+fn skip_to_name(r: &mut Reader<'_>) -> Result<i32, DecodeError> {
+    let max_depth = skip_to_allocations(r)?;
     for _ in 0..r.uvarint()? {
         r.bytes()?; // allocations
     }
@@ -376,6 +400,21 @@ fn skip_to_name(r: &mut Reader<'_>) -> Result<i32, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Allocations read in place agree with the whole decode.
+    #[test]
+    fn allocations_are_read_without_the_rest() {
+        let mut p = full_pin();
+        p.allocations = vec!["peerA".into(), "peerB".into()];
+        for b in [encode_pin(&p), serde_json::to_vec(&p).unwrap()] {
+            assert!(is_allocated_to(&b, "peerA").unwrap());
+            assert!(is_allocated_to(&b, "peerB").unwrap());
+            assert!(!is_allocated_to(&b, "peer").unwrap());
+            assert!(!is_allocated_to(&b, "peerAB").unwrap());
+        }
+        p.allocations.clear();
+        assert!(!is_allocated_to(&encode_pin(&p), "peerA").unwrap());
+    }
 
     /// `expire_at` read in place agrees with the whole decode, set or not.
     #[test]

@@ -219,6 +219,26 @@ impl PinState {
         Ok(out)
     }
 
+    /// The CIDs of the pins allocated to `peer` among a page of pins from
+    /// `from` (reading only each pin's allocations; one that does not decode
+    /// is skipped), and where the next page starts.
+    pub fn allocated_to(
+        &self,
+        from: &PageFrom,
+        peer: &str,
+    ) -> Result<(Vec<Cid>, Option<PageFrom>), StateError> {
+        let mut out = Vec::new();
+        let next = self.scan(from, SCAN_BATCH, &mut |cid, v| {
+            if let Ok(true) = codec::is_allocated_to(v, peer)
+                && let Ok(c) = Cid::from_bytes(cid)
+            {
+                out.push(c);
+            }
+            true
+        })?;
+        Ok((out, next))
+    }
+
     /// How many pins there are: the size kept with every write, else a walk
     /// over the keys.
     pub fn count(&self) -> Result<u64, StateError> {
