@@ -261,20 +261,7 @@ fn start_cluster(
         let secret = secret.clone();
         p.edit(|v| v["cluster"]["secret"] = secret);
         if let Some(export) = preload {
-            let st = Command::new(bin)
-                .args([
-                    "--config",
-                    &p.dir.to_string_lossy(),
-                    "state",
-                    "import",
-                    "-f",
-                ])
-                .arg(export)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("state import");
-            assert!(st.success(), "preload import failed");
+            state_import(bin, &p.dir, export);
         }
     }
     for p in peers.iter_mut() {
@@ -529,27 +516,26 @@ async fn run_ingest(
     out
 }
 
+/// `state import -f export` into the stopped peer at `dir`.
+fn state_import(bin: &Path, dir: &Path, export: &Path) {
+    let st = Command::new(bin)
+        .args(["--config", &dir.to_string_lossy(), "state", "import", "-f"])
+        .arg(export)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("state import");
+    assert!(st.success(), "state import failed");
+}
+
 /// `state import` of `n` pins into a new single peer, then its start to ready.
 fn run_import(bin: &Path, export: &Path, node: &str, init_args: &[String]) -> (f64, f64) {
     let root = tempfile::tempdir().expect("tempdir");
     let args: Vec<&str> = init_args.iter().map(String::as_str).collect();
     let mut p = Peer::init(bin, &root.path().join("p"), node, &args);
     let t = Instant::now();
-    let st = Command::new(bin)
-        .args([
-            "--config",
-            &p.dir.to_string_lossy(),
-            "state",
-            "import",
-            "-f",
-        ])
-        .arg(export)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("state import");
+    state_import(bin, &p.dir, export);
     let import_s = t.elapsed().as_secs_f64();
-    assert!(st.success(), "state import failed");
     let t = Instant::now();
     p.spawn();
     p.wait_ready(Duration::from_secs(300));

@@ -596,6 +596,18 @@ impl IpfsConnector {
         }
     }
 
+    /// The daemon's pins of type `t`, one JSON object a line as they stream.
+    async fn pin_ls_stream(&self, t: &str) -> Result<NdjsonReader, IpfsError> {
+        let resp = self
+            .post(
+                "pin/ls",
+                &[("type", t), ("stream", "true")],
+                Some(self.request_timeout),
+            )
+            .await?;
+        Ok(NdjsonReader::new(resp))
+    }
+
     /// Every recursive and direct pin on the daemon, streamed and kept as a
     /// compact set (never the listing itself).
     pub async fn pin_ls(&self) -> Result<DaemonPins, IpfsError> {
@@ -608,14 +620,7 @@ impl IpfsConnector {
         }
         let mut pins = DaemonPins::default();
         for t in ["recursive", "direct"] {
-            let resp = self
-                .post(
-                    "pin/ls",
-                    &[("type", t), ("stream", "true")],
-                    Some(self.request_timeout),
-                )
-                .await?;
-            let mut reader = NdjsonReader::new(resp);
+            let mut reader = self.pin_ls_stream(t).await?;
             while let Some(line) = reader.next_line().await.map_err(|e| self.ndjson_err(e))? {
                 let item: Item = serde_json::from_slice(&line)
                     .map_err(|e| IpfsError::Protocol(format!("pin/ls: {e}")))?;
@@ -631,22 +636,15 @@ impl IpfsConnector {
 
     /// How many recursive and direct pins the daemon holds, counted as the
     /// listing streams by: nothing of it is kept, and a line is parsed only
-    /// when it is not in the daemon's usual form. For the `numpin` metric,
-    /// which a peer of millions of pins sends every few seconds.
+    /// when it is not in the daemon's usual form. For the `numpin` metric and
+    /// the `pins_ipfs_pins` gauge, at millions of pins.
     pub async fn pin_count(&self) -> Result<u64, IpfsError> {
         let mut n = 0u64;
         for (t, usual) in [
             ("recursive", &b"\"Type\":\"recursive\""[..]),
             ("direct", &b"\"Type\":\"direct\""[..]),
         ] {
-            let resp = self
-                .post(
-                    "pin/ls",
-                    &[("type", t), ("stream", "true")],
-                    Some(self.request_timeout),
-                )
-                .await?;
-            let mut reader = NdjsonReader::new(resp);
+            let mut reader = self.pin_ls_stream(t).await?;
             while let Some(line) = reader.next_line().await.map_err(|e| self.ndjson_err(e))? {
                 if memchr::memmem::find(&line, usual).is_some() {
                     n += 1;
