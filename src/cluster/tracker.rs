@@ -598,7 +598,11 @@ impl PinTracker {
         // Not given up when an operation in it is superseded meanwhile: a
         // daemon may finish a call whose client left, so the operation that
         // superseded it waits for this call to end instead of racing it.
-        let res = tokio::time::timeout(BATCH_BUDGET, call).await.ok();
+        // Only a shutdown cuts it short (its operations end cancelled).
+        let res = tokio::select! {
+            r = tokio::time::timeout(BATCH_BUDGET, call) => r.ok(),
+            _ = self.inner.shutdown.cancelled() => None,
+        };
         drop(wire);
         if let Some(Ok(())) = res {
             for j in jobs {

@@ -61,3 +61,49 @@ async fn a_pin_unpinned_while_its_group_call_runs_ends_unpinned() {
     peer.shutdown().await;
     daemon.stop().await;
 }
+
+/// A group call is not given up for a superseded operation, but a shutdown
+/// still cuts it short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_call_in_progress_ends_at_shutdown() {
+    let daemon = FakeDaemon::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = Config::generate().cluster.secret;
+    let peer = start_peer_with(&daemon, dir.path(), &secret, Vec::new(), |cfg| {
+        cfg.pin_tracker.stateless.concurrent_pins = 1;
+    })
+    .await;
+    let cluster = peer.cluster().clone();
+    let tracker = cluster.tracker().clone();
+    let cid = |n| super::cid("shutdown", n);
+
+    daemon.state.lock().unwrap().hang_pins = true;
+    cluster.pin(cid(0), PinOptions::default()).await.unwrap();
+    wait_for("the first call to be sent", Duration::from_secs(10), || {
+        tracker
+            .operation(&cid(0))
+            .is_some_and(|op| op.phase == Phase::InProgress)
+    })
+    .await;
+    for n in 1..=3 {
+        cluster.pin(cid(n), PinOptions::default()).await.unwrap();
+    }
+    {
+        // The three queued pins go in one call that would take 15 s.
+        let mut st = daemon.state.lock().unwrap();
+        st.pin_delay = Duration::from_secs(5);
+        st.hang_pins = false;
+    }
+    wait_for("the group call", Duration::from_secs(10), || {
+        daemon.state.lock().unwrap().pin_args >= 4
+    })
+    .await;
+    let t = std::time::Instant::now();
+    peer.shutdown().await;
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "shutdown waited {:?} for the call",
+        t.elapsed()
+    );
+    daemon.stop().await;
+}
