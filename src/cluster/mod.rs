@@ -819,10 +819,12 @@ impl Cluster {
         from: PageFrom,
         peer: &str,
     ) -> Result<(Vec<Cid>, Option<PageFrom>), StateError> {
-        let (state, peer) = (self.inner.consensus.state().clone(), peer.to_string());
-        tokio::task::spawn_blocking(move || state.allocated_to(&from, &peer))
+        let peer = peer.to_string();
+        self.inner
+            .consensus
+            .state()
+            .blocking(move |state| state.allocated_to(&from, &peer))
             .await
-            .map_err(StateError::Unfinished)?
     }
 
     /// Re-allocates the pins of a peer whose ping expired, when this peer is the live
@@ -1023,13 +1025,9 @@ impl Cluster {
         let live = self.live_peers();
         // A walk of the whole pinset: on a blocking thread, reading only
         // each pin's expire_at.
-        let state = self.inner.consensus.state().clone();
-        let expired = match tokio::task::spawn_blocking(move || state.expired(now)).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                tracing::warn!("listing expired pins: {e}");
-                return Vec::new();
-            }
+        let state = self.inner.consensus.state();
+        let expired = match state.blocking(move |state| state.expired(now)).await {
+            Ok(v) => v,
             Err(e) => {
                 tracing::warn!("listing expired pins: {e}");
                 return Vec::new();

@@ -168,8 +168,18 @@ impl PinState {
 
     /// `get` on a blocking thread, for async callers: a read may wait on the disk.
     pub async fn get_blocking(&self, cid: &Cid) -> Result<Option<Pin>, StateError> {
-        let (state, cid) = (self.clone(), *cid);
-        tokio::task::spawn_blocking(move || state.get(&cid))
+        let cid = *cid;
+        self.blocking(move |state| state.get(&cid)).await
+    }
+
+    /// Runs `read` on a blocking thread, for async callers: store reads may
+    /// wait on the disk, and walks of the pinset take long.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&PinState) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, StateError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || read(&state))
             .await
             .map_err(StateError::Unfinished)?
     }
@@ -204,18 +214,14 @@ impl PinState {
     /// that field of each stored pin (one that does not decode is skipped).
     pub fn expired(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<Cid>, StateError> {
         let mut out = Vec::new();
-        let mut from = Some(PageFrom::start());
-        while let Some(f) = from {
-            from = self.scan(&f, SCAN_BATCH, &mut |cid, v| {
-                if let Ok(Some(t)) = codec::read_expire_at(v)
-                    && t <= now
-                    && let Ok(c) = Cid::from_bytes(cid)
-                {
-                    out.push(c);
-                }
-                true
-            })?;
-        }
+        self.walk(&mut |cid, v| {
+            if let Ok(Some(t)) = codec::read_expire_at(v)
+                && t <= now
+                && let Ok(c) = Cid::from_bytes(cid)
+            {
+                out.push(c);
+            }
+        })?;
         Ok(out)
     }
 
@@ -251,14 +257,21 @@ impl PinState {
     /// How many pins there are, by a walk over the keys (without copying them).
     pub fn count_keys(&self) -> Result<u64, StateError> {
         let mut n = 0u64;
+        self.walk(&mut |_, _| n += 1)?;
+        Ok(n)
+    }
+
+    /// Visits every pin, a page at a time (each page under one read view), as
+    /// [`Self::scan`] hands them over.
+    fn walk(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StateError> {
         let mut from = Some(PageFrom::start());
         while let Some(f) = from {
-            from = self.scan(&f, SCAN_BATCH, &mut |_, _| {
-                n += 1;
+            from = self.scan(&f, SCAN_BATCH, &mut |cid, v| {
+                visit(cid, v);
                 true
             })?;
         }
-        Ok(n)
+        Ok(())
     }
 
     /// Visits up to `limit` pins from `from` in key order under one read view,
