@@ -267,6 +267,9 @@ impl Cluster {
         mut decide: impl FnMut(Option<&Pin>) -> Result<PinDecision, ClusterError>,
     ) -> Result<Option<(Pin, Committed)>, ClusterError> {
         for _ in 0..CONFLICT_ATTEMPTS {
+            // A point read, here on the runtime's worker: through a blocking
+            // thread (each pin's own hand-off, 64 clients at once) it cost
+            // 1.16x the CPU a pin at 64 connections (scale_ingest, one run).
             let current = self.inner.consensus.state().get_with_digest(&cid)?;
             let existing = current.as_ref().map(|(p, _)| p);
             let Some((options, mut expect)) = decide(existing)? else {
@@ -968,30 +971,40 @@ impl Cluster {
             let r = r.await;
             (node, r)
         });
-        let mut by_cid: BTreeMap<Cid, GlobalPinInfo> = BTreeMap::new();
+        let mut by_cid: BTreeMap<Cid, Vec<(String, PinInfoShort)>> = BTreeMap::new();
         for (node, answer) in futures::future::join_all(asks).await {
             match answer {
                 Ok(items) => {
                     for (cid, info) in items {
                         by_cid
                             .entry(cid)
-                            .or_insert_with(|| {
-                                let pin = self.inner.consensus.state().get(&cid).ok().flatten();
-                                GlobalPinInfo::new(
-                                    cid,
-                                    pin.as_ref().map(|p| {
-                                        (&p.options, p.allocations.as_slice(), p.timestamp)
-                                    }),
-                                )
-                            })
-                            .peer_map
-                            .insert(node.peer_id.clone(), info);
+                            .or_default()
+                            .push((node.peer_id.clone(), info));
                     }
                 }
                 Err(e) => tracing::warn!("recover on {}: {e}", node.peer_id),
             }
         }
-        Ok(by_cid.into_values().collect())
+        let cids: Vec<Cid> = by_cid.keys().copied().collect();
+        let pins = self
+            .inner
+            .consensus
+            .state()
+            .blocking(move |state| state.get_many(&cids))
+            .await?;
+        Ok(by_cid
+            .into_iter()
+            .zip(pins)
+            .map(|((cid, infos), pin)| {
+                let mut g = GlobalPinInfo::new(
+                    cid,
+                    pin.as_ref()
+                        .map(|p| (&p.options, p.allocations.as_slice(), p.timestamp)),
+                );
+                g.peer_map.extend(infos);
+                g
+            })
+            .collect())
     }
 
     fn local_or_all(&self, local: bool) -> Vec<ClusterNode> {

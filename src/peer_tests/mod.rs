@@ -3,6 +3,7 @@
 
 mod hung_daemon;
 mod informer;
+mod recover;
 mod remote_pins;
 mod superseded;
 
