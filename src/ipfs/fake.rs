@@ -61,12 +61,15 @@ impl FakeDaemon {
             .expect("bind fake daemon");
         let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
         let st = state.clone();
+        // Work a call leaves running (an abandoned pin, a trailer) is tracked
+        // with the connections, so that `stop` waits for it too.
+        let spawned = tasks.clone();
         let addr = crate::http::serve(
             "fake daemon",
             listeners,
             move |req, _| {
-                let st = st.clone();
-                async move { handle(st, req.uri().path(), query_pairs(req.uri())).await }
+                let (st, spawned) = (st.clone(), spawned.clone());
+                async move { handle(st, &spawned, req.uri().path(), query_pairs(req.uri())).await }
             },
             ServerOptions {
                 header_read_timeout: Duration::from_secs(5),
@@ -120,7 +123,12 @@ fn all_args(q: &[(String, String)]) -> Vec<String> {
         .collect()
 }
 
-async fn handle(st: Arc<Mutex<FakeState>>, path: &str, q: Vec<(String, String)>) -> Response<Body> {
+async fn handle(
+    st: Arc<Mutex<FakeState>>,
+    tasks: &TaskTracker,
+    path: &str,
+    q: Vec<(String, String)>,
+) -> Response<Body> {
     let arg = q
         .iter()
         .find(|(k, _)| k == "arg")
@@ -193,7 +201,8 @@ async fn handle(st: Arc<Mutex<FakeState>>, path: &str, q: Vec<(String, String)>)
                 json(StatusCode::OK, &serde_json::json!({"Pins": args}))
             };
             if lock().finish_abandoned_pins {
-                tokio::spawn(work)
+                tasks
+                    .spawn(work)
                     .await
                     .unwrap_or_else(|e| err(&format!("pin/add: {e}")))
             } else {
@@ -243,7 +252,7 @@ async fn handle(st: Arc<Mutex<FakeState>>, path: &str, q: Vec<(String, String)>)
         }
         "/api/v0/trailers" => {
             let (tx, body) = channel_body();
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 tx.send(Bytes::from_static(b"{\"part\":1}\n")).await;
                 let mut t = HeaderMap::new();
                 // go-ipfs-cmds writes the bare `err.Error()`.
