@@ -77,6 +77,15 @@ impl TcpMultiaddr {
         }
     }
 
+    /// `http://host:port` followed by `path`, parsed once for callers that
+    /// build many URLs from it (a DNS name that is no valid URL host is refused).
+    pub fn http_url(&self, path: &str) -> Result<url::Url, MultiaddrError> {
+        url::Url::parse(&format!("http://{}{path}", self.authority())).map_err(|_| MultiaddrError {
+            addr: self.to_string(),
+            reason: "not a valid HTTP host",
+        })
+    }
+
     /// The multiaddr of a bound socket address.
     pub fn from_socket_addr(addr: SocketAddr) -> Self {
         TcpMultiaddr {

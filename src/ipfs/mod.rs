@@ -81,7 +81,10 @@ fn check_count(cmd: &str, sent: usize, reported: usize) -> Result<(), IpfsError>
 #[derive(Clone)]
 pub struct IpfsConnector {
     client: reqwest::Client,
-    base: String,
+    /// `http://<daemon>/api/v0`, parsed once: each call's URL is this with its
+    /// command's segments and query appended (parsing a URL string per call was
+    /// ~1% of all CPU at 64 ingest connections).
+    base: url::Url,
     addr: String,
     request_timeout: Duration,
     pin_timeout: Duration,
@@ -200,7 +203,7 @@ impl IpfsConnector {
             .unwrap_or_default();
         Ok(IpfsConnector {
             client,
-            base: format!("http://{}/api/v0", addr.authority()),
+            base: addr.http_url("/api/v0")?,
             addr: addr.to_string(),
             request_timeout: nonzero(cfg.ipfs_request_timeout.0),
             pin_timeout: nonzero(cfg.pin_timeout.0),
@@ -238,14 +241,23 @@ impl IpfsConnector {
         query: &[(&str, &str)],
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, IpfsError> {
-        let mut req = self
-            .client
-            .post(format!("{}/{cmd}", self.base))
-            .query(query);
+        let mut req = self.client.post(self.url(cmd, query));
         if let Some(t) = timeout {
             req = req.timeout(t);
         }
         self.send(req).await
+    }
+
+    /// The URL of `cmd` (`pin/add`) with `query`.
+    fn url(&self, cmd: &str, query: &[(&str, &str)]) -> url::Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(cmd.split('/'));
+        }
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
     }
 
     /// Sends `req` with the daemon's credentials; a non-2xx answer is an error
@@ -293,8 +305,7 @@ impl IpfsConnector {
         pairs.push(("pin", "false"));
         let req = self
             .client
-            .post(format!("{}/add", self.base))
-            .query(&pairs)
+            .post(self.url("add", &pairs))
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body);
         Ok(NdjsonReader::new(self.send(req).await?))
@@ -310,8 +321,7 @@ impl IpfsConnector {
     ) -> Result<NdjsonReader, IpfsError> {
         let req = self
             .client
-            .post(format!("{}/dag/import", self.base))
-            .query(&[("pin-roots", "false"), ("stats", "true")])
+            .post(self.url("dag/import", &[("pin-roots", "false"), ("stats", "true")]))
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body);
         Ok(NdjsonReader::new(self.send(req).await?))
