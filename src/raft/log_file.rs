@@ -8,15 +8,6 @@
 //! segment, checks each record and cuts a torn tail (a crash in the middle of
 //! an append) at the last whole record. Purged entries are dropped a segment at
 //! a time; the purge floor itself is kept by the caller.
-//!
-//! The last segment is extended ahead of its records with written zeros
-//! ([`PREALLOC_BYTES`] at a time): an append then overwrites blocks the file
-//! already has, so its `fdatasync` flushes data only, without the journal
-//! commit a growing file's size and extents need (about a third less per sync
-//! on ext4 here, and two syncs stand in the path of every write: the leader's
-//! and a follower's). Zeros after the last record are a clean end, not a torn
-//! tail; a reader of the format before this one cuts them off as a torn tail,
-//! so both read each other's files.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -33,8 +24,6 @@ const RECORD_HEAD: usize = 16;
 const SEGMENT_BYTES: u64 = 64 << 20;
 /// A record larger than this is corrupt (no Raft entry is that large).
 const MAX_RECORD: u32 = 1 << 30;
-/// How far past its records the last segment is extended with zeros at once.
-const PREALLOC_BYTES: u64 = 1 << 20;
 
 /// What went wrong with the log files.
 #[derive(Debug, thiserror::Error)]
@@ -82,8 +71,6 @@ struct Segment {
     offsets: Vec<u64>,
     /// Bytes of whole records (and the header).
     len: u64,
-    /// Bytes the file holds: `len` and the zeros written ahead of appends.
-    alloc: u64,
 }
 
 impl Segment {
@@ -216,17 +203,13 @@ impl LogFile {
                         at += RECORD_HEAD + payload.len();
                     }
                     None => {
-                        // Zeros to the end: space written ahead, a clean end.
-                        if bytes[at..].iter().any(|b| *b != 0) {
-                            torn = Some(at);
-                        }
+                        torn = Some(at);
                         break;
                     }
                 }
             }
         }
         let mut len = at as u64;
-        let mut alloc = bytes.len() as u64;
         if let Some(cut) = torn {
             if !is_last {
                 return Err(corrupt(format!("a broken record at byte {cut}")));
@@ -243,7 +226,6 @@ impl LogFile {
                 file.set_len(cut as u64).map_err(io_err(path))?;
                 len = cut as u64;
             }
-            alloc = len;
             file.sync_all().map_err(io_err(path))?;
         }
         Ok(Segment {
@@ -252,7 +234,6 @@ impl LogFile {
             first,
             offsets,
             len,
-            alloc,
         })
     }
 
@@ -327,14 +308,6 @@ impl LogFile {
                         std::fs::remove_file(&s.path).map_err(io_err(&s.path))?;
                     }
                 }
-                // The closed segment's zeros are of no more use. Not synced:
-                // if the crash comes first, they still read as a clean end.
-                if let Some(s) = inner.segments.values_mut().next_back()
-                    && s.alloc > s.len
-                {
-                    s.file.set_len(s.len).map_err(io_err(&s.path))?;
-                    s.alloc = s.len;
-                }
                 let path = self.dir.join(segment_name(start));
                 let file = OpenOptions::new()
                     .read(true)
@@ -354,7 +327,6 @@ impl LogFile {
                         first: start,
                         offsets: Vec::new(),
                         len: HEADER.len() as u64,
-                        alloc: HEADER.len() as u64,
                     },
                 );
                 start
@@ -364,16 +336,6 @@ impl LogFile {
             return Err(LogFileError::OutOfOrder { got: start, last });
         };
         let at = seg.len;
-        let end = at + buf.len() as u64;
-        if end > seg.alloc {
-            let grow = (end - seg.alloc).max(PREALLOC_BYTES);
-            let zeros = vec![0u8; usize::try_from(grow).unwrap_or(usize::MAX)];
-            seg.file
-                .write_all_at(&zeros, seg.alloc)
-                .and_then(|_| seg.file.sync_data())
-                .map_err(io_err(&seg.path))?;
-            seg.alloc += grow;
-        }
         seg.file
             .write_all_at(&buf, at)
             .and_then(|_| seg.file.sync_data())
@@ -457,7 +419,6 @@ impl LogFile {
             let keep = usize::try_from(since - seg.first).unwrap_or(0);
             seg.offsets.truncate(keep);
             seg.len = cut;
-            seg.alloc = cut;
         }
         Ok(())
     }
@@ -539,37 +500,22 @@ mod tests {
         assert_eq!(log.read(8, 100).unwrap().len(), 4);
     }
 
-    /// Where the last segment's records end (its zeros come after).
-    fn records_end(log: &LogFile) -> u64 {
-        log.lock()
-            .segments
-            .values()
-            .next_back()
-            .map_or(0, |s| s.len)
-    }
-
     #[test]
     fn a_torn_tail_is_cut_at_the_last_whole_record() {
         let dir = tempfile::tempdir().unwrap();
         let log = LogFile::open(dir.path()).unwrap();
         log.append(&entries(1..6)).unwrap();
-        let len = records_end(&log);
         drop(log);
         let seg = dir.path().join(segment_name(1));
+        let len = std::fs::metadata(&seg).unwrap().len();
         // A crash in the middle of the next append: half a record, then
-        // a record whose bytes did not all reach the disk (the rest of the
-        // file cut off, or still the zeros written ahead).
-        for (cut, zero_rest) in [(len + 7, false), (len + 30, false), (len + 30, true)] {
+        // a record whose bytes did not all reach the disk.
+        for cut in [len + 7, len + 30] {
             let log = LogFile::open(dir.path()).unwrap();
             log.append(&entries(6..8)).unwrap();
-            let end = records_end(&log);
             drop(log);
             let f = OpenOptions::new().write(true).open(&seg).unwrap();
-            if zero_rest {
-                f.write_all_at(&vec![0; (end - cut) as usize], cut).unwrap();
-            } else {
-                f.set_len(cut).unwrap();
-            }
+            f.set_len(cut).unwrap();
             drop(f);
             let log = LogFile::open(dir.path()).unwrap();
             assert_eq!(log.bounds(), Some((1, 5)), "cut at {cut}");
@@ -582,54 +528,13 @@ mod tests {
         // A flipped byte inside the last record is also a torn tail.
         let log = LogFile::open(dir.path()).unwrap();
         log.append(&entries(6..7)).unwrap();
-        let len = records_end(&log);
         drop(log);
+        let len = std::fs::metadata(&seg).unwrap().len();
         let f = OpenOptions::new().write(true).open(&seg).unwrap();
         f.write_all_at(b"X", len - 2).unwrap();
         drop(f);
         let log = LogFile::open(dir.path()).unwrap();
         assert_eq!(log.bounds(), Some((1, 5)));
-        // So is anything but zeros after the last record.
-        log.append(&entries(6..7)).unwrap();
-        let len = records_end(&log);
-        drop(log);
-        let f = OpenOptions::new().write(true).open(&seg).unwrap();
-        f.write_all_at(b"X", len + 100).unwrap();
-        drop(f);
-        let log = LogFile::open(dir.path()).unwrap();
-        assert_eq!(log.bounds(), Some((1, 6)));
-        assert_eq!(std::fs::metadata(&seg).unwrap().len(), len);
-    }
-
-    #[test]
-    fn appends_overwrite_zeros_written_ahead() {
-        let dir = tempfile::tempdir().unwrap();
-        let seg = dir.path().join(segment_name(1));
-        let log = LogFile::open(dir.path()).unwrap();
-        log.append(&entries(1..2)).unwrap();
-        let size = || std::fs::metadata(&seg).unwrap().len();
-        let ahead = size();
-        assert!(ahead >= PREALLOC_BYTES, "{ahead} bytes");
-        // The file does not grow while the appends fit in what is written ahead.
-        for i in 2..200 {
-            log.append(&entries(i..i + 1)).unwrap();
-        }
-        assert_eq!(size(), ahead);
-        drop(log);
-        // Reopened: the zeros are a clean end, kept for the next appends.
-        let log = LogFile::open(dir.path()).unwrap();
-        assert_eq!(log.bounds(), Some((1, 199)));
-        assert_eq!(size(), ahead);
-        log.append(&entries(200..201)).unwrap();
-        assert_eq!(size(), ahead);
-        // A record larger than what is left is written past it, whole.
-        let big = vec![9u8; (PREALLOC_BYTES + 10) as usize];
-        log.append(&[(201, big.clone())]).unwrap();
-        assert!(size() > ahead);
-        drop(log);
-        let log = LogFile::open(dir.path()).unwrap();
-        assert_eq!(log.read(201, 202).unwrap(), vec![(201, big)]);
-        assert_eq!(log.read(1, 201).unwrap(), entries(1..201));
     }
 
     #[test]
