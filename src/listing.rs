@@ -27,10 +27,9 @@ pub enum Trailer {
 /// The first page of the pinset, read off the async threads (to tell an empty
 /// pinset from the rest before answering).
 pub async fn first_page(state: &PinState) -> Result<(Vec<Pin>, Option<PageFrom>), String> {
-    let s = state.clone();
-    tokio::task::spawn_blocking(move || s.page(&PageFrom::start(), LIST_BATCH))
+    state
+        .blocking(|s| s.page(&PageFrom::start(), LIST_BATCH))
         .await
-        .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
 }
 
@@ -101,18 +100,17 @@ where
 /// True when the pinset holds at least one pin, read off the async threads
 /// (to tell an empty pinset, or a failing store, before answering).
 pub async fn any_pin(state: &PinState) -> Result<bool, String> {
-    let s = state.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut any = false;
-        s.scan(&PageFrom::start(), 1, &mut |_, _| {
-            any = true;
-            false
+    state
+        .blocking(|s| {
+            let mut any = false;
+            s.scan(&PageFrom::start(), 1, &mut |_, _| {
+                any = true;
+                false
+            })
+            .map(|_| any)
         })
-        .map(|_| any)
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Streams the whole pinset as a body, rendered straight from the stored key

@@ -667,13 +667,12 @@ impl Cluster {
                 let state = state.clone();
                 async move {
                     let f = from?;
-                    let read =
-                        tokio::task::spawn_blocking(move || state.page(&f, tracker::STATUS_PAGE))
-                            .await;
+                    let read = state
+                        .blocking(move |state| state.page(&f, tracker::STATUS_PAGE))
+                        .await;
                     match read {
-                        Ok(Ok((pins, _))) if pins.is_empty() => None,
-                        Ok(Ok((pins, next))) => Some((Ok(pins), next)),
-                        Ok(Err(e)) => Some((Err(e.to_string()), None)),
+                        Ok((pins, _)) if pins.is_empty() => None,
+                        Ok((pins, next)) => Some((Ok(pins), next)),
                         Err(e) => Some((Err(e.to_string()), None)),
                     }
                 }

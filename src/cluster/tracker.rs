@@ -854,16 +854,14 @@ impl PinTracker {
     /// (one range read when `cids` are sorted as pages are) compared with the
     /// daemon's pins and the operations in flight.
     pub async fn status_many(&self, cids: &[Cid]) -> Vec<LocalStatus> {
-        let state = self.inner.state.clone();
         let owned = cids.to_vec();
-        let pins = match tokio::task::spawn_blocking(move || state.get_many(&owned)).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                return vec![
-                    LocalStatus::now(TrackerStatus::ClusterError, e.to_string());
-                    cids.len()
-                ];
-            }
+        let pins = match self
+            .inner
+            .state
+            .blocking(move |state| state.get_many(&owned))
+            .await
+        {
+            Ok(p) => p,
             Err(e) => {
                 return vec![
                     LocalStatus::now(TrackerStatus::ClusterError, e.to_string());
@@ -1000,10 +998,11 @@ impl PinTracker {
         let (mut n, mut requeued) = (0, Vec::new());
         let mut from = Some(PageFrom::start());
         while let Some(f) = from {
-            let state = self.inner.state.clone();
-            let (pins, next) = tokio::task::spawn_blocking(move || state.page(&f, STATUS_PAGE))
+            let (pins, next) = self
+                .inner
+                .state
+                .blocking(move |state| state.page(&f, STATUS_PAGE))
                 .await
-                .map_err(|e| StatusError(e.to_string()))?
                 .map_err(|e| StatusError(e.to_string()))?;
             for pin in pins {
                 let op = self.operation(&pin.cid);
