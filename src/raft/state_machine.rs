@@ -237,6 +237,11 @@ pub struct StateMachine {
     receives: Arc<AtomicU64>,
     /// [`DEDUP_WINDOW`]; smaller in tests, to see records leave it.
     window: u64,
+    /// Every request record numbered below this has been pruned (0: not known
+    /// yet in this process). Each prune starts its range here: on an LSM store
+    /// (fjall) a range from the start of the sequence keys would walk the
+    /// tombstones of every record pruned before, apply after apply.
+    pruned_below: Arc<AtomicU64>,
     /// When an apply was last written durably (see [`DURABLE_APPLY_EVERY`]).
     durable_at: Arc<Mutex<std::time::Instant>>,
     /// How far the written state reaches, for the log's purges.
@@ -397,6 +402,7 @@ impl StateMachine {
             events,
             apply_lock: Arc::new(Mutex::new(())),
             window: DEDUP_WINDOW,
+            pruned_below: Arc::new(AtomicU64::new(0)),
             receiving: Arc::new(Mutex::new(None)),
             installed_batches: Arc::new(AtomicU64::new(0)),
             receives: Arc::new(AtomicU64::new(0)),
@@ -462,6 +468,7 @@ impl StateMachine {
     #[cfg(feature = "fake-daemon")]
     pub fn set_window(&mut self, window: u64) {
         self.window = window.max(1);
+        self.pruned_below.store(0, Ordering::Relaxed);
     }
 
     fn lock_apply(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -638,11 +645,13 @@ impl StateMachine {
         .map_err(sm_err)?;
         tree.apply_durable(vec![(INSTALLING_KEY.to_vec(), Some(marker))])
             .map_err(sm_err)?;
+        // The installed records number themselves.
+        self.pruned_below.store(0, Ordering::Relaxed);
         self.set_current(meta, name)?;
         // Remove the old pins and request records in batches, never listing
         // them all at once.
         for prefix in [PIN_PREFIX, REQ_PREFIX, SEQ_PREFIX] {
-            let (from, to) = prefix_bounds(prefix);
+            let (mut from, to) = prefix_bounds(prefix);
             loop {
                 let keys: Vec<BatchEntry> = tree
                     .range(&from, to.as_deref())
@@ -650,9 +659,13 @@ impl StateMachine {
                     .map(|r| r.map(|(k, _)| (k, None)))
                     .collect::<Result<_, _>>()
                     .map_err(read_sm_err)?;
-                if keys.is_empty() {
+                let Some((last, _)) = keys.last() else {
                     break;
-                }
+                };
+                // The next batch starts just past this one: from the prefix, an
+                // LSM store (fjall) would walk every tombstone written so far.
+                from.clone_from(last);
+                from.push(0);
                 tree.apply(keys).map_err(sm_err)?;
                 self.installed_batches.fetch_add(1, Ordering::Relaxed);
             }
@@ -910,13 +923,19 @@ impl StateMachine {
                 }
             }
         }
+        // Where the next prune starts, once this call's writes are in.
+        let mut pruned = None;
         if seq != seq_start {
             // Records that left the window: the earliest first, in key order,
             // deleted before this call's records are written (an ID seen again
             // after its record expired is recorded anew).
             let keep_from = seq.saturating_sub(self.window);
-            if keep_from > 0 {
-                let (from, _) = prefix_bounds(SEQ_PREFIX);
+            let below = self.pruned_below.load(Ordering::Relaxed);
+            if keep_from > below {
+                let from = match below {
+                    0 => prefix_bounds(SEQ_PREFIX).0,
+                    n => seq_key(n),
+                };
                 for kv in tree.range(&from, Some(&seq_key(keep_from))) {
                     let (k, id) = kv.map_err(read_sm_err)?;
                     let mut key = REQ_PREFIX.to_vec();
@@ -925,6 +944,7 @@ impl StateMachine {
                     batch.push((k, None));
                 }
             }
+            pruned = Some(keep_from);
             for (id, r) in new_records {
                 if r.seq >= keep_from {
                     batch.push((req_key(id), Some(r.encode())));
@@ -970,6 +990,9 @@ impl StateMachine {
         }
         if let Some(n) = count {
             self.state.set_count(n);
+        }
+        if let Some(k) = pruned {
+            self.pruned_below.fetch_max(k, Ordering::Relaxed);
         }
         if last.is_some() {
             self.publish_applied(last.as_ref());
@@ -1693,8 +1716,14 @@ mod tests {
             .collect();
         log.push(at(13, vec![unpin_req(3, 3), unpin_req(11, 11)]));
         let mut seen = Vec::new();
-        for (name, group) in [("one", 13), ("each", 1), ("threes", 3)] {
-            let mut sm = machine(&dir.path().join(name), Backend::Redb);
+        for (name, group, backend) in [
+            ("one", 13, Backend::Redb),
+            ("each", 1, Backend::Redb),
+            ("threes", 3, Backend::Redb),
+            ("each-fjall", 1, Backend::Fjall),
+            ("threes-fjall", 3, Backend::Fjall),
+        ] {
+            let mut sm = machine(&dir.path().join(name), backend);
             sm.window = 4;
             let mut r = Vec::new();
             for chunk in log.chunks(group) {
@@ -1714,6 +1743,56 @@ mod tests {
             seen.push((got, keys));
         }
         assert!(seen.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    /// The IDs of the request records `sm` holds, checked against their order
+    /// keys.
+    fn recorded_ids(sm: &StateMachine) -> Vec<RequestId> {
+        let tree = sm.state.tree().clone();
+        let ids: Vec<RequestId> = tree
+            .range(REQ_PREFIX, Some(SEQ_PREFIX))
+            .map(|kv| {
+                let k = kv.unwrap().0;
+                RequestId::from_be_bytes(k[REQ_PREFIX.len()..].try_into().unwrap())
+            })
+            .collect();
+        let ordered = tree.range(SEQ_PREFIX, None).count();
+        assert_eq!(ids.len(), ordered, "records and order keys differ");
+        ids
+    }
+
+    /// Each prune starts where the last one ended: after a snapshot install
+    /// (whose records number themselves) and after a restart, records still
+    /// leave the window.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_leave_the_window_after_an_install_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = |i: u64| at(i, vec![pin_req(u128::from(i), i)]);
+        let mut leader = machine(&dir.path().join("a"), Backend::Fjall);
+        leader.window = 4;
+        for i in 1..=6 {
+            leader.apply(vec![one(i)]).await.unwrap();
+        }
+        // A follower that pruned far further on its own before the install.
+        let mut follower = machine(&dir.path().join("b"), Backend::Fjall);
+        follower.window = 4;
+        for i in 100..=120 {
+            follower
+                .apply(vec![at(i - 99, vec![pin_req(u128::from(i), i)])])
+                .await
+                .unwrap();
+        }
+        transfer(&mut leader, &mut follower).await;
+        assert_eq!(recorded_ids(&follower), vec![3, 4, 5, 6]);
+        for i in 7..=10 {
+            follower.apply(vec![one(i)]).await.unwrap();
+        }
+        assert_eq!(recorded_ids(&follower), vec![7, 8, 9, 10]);
+        drop(follower);
+        let mut follower = machine(&dir.path().join("b"), Backend::Fjall);
+        follower.window = 4;
+        follower.apply(vec![one(11), one(12)]).await.unwrap();
+        assert_eq!(recorded_ids(&follower), vec![9, 10, 11, 12]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
