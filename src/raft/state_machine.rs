@@ -1745,6 +1745,29 @@ mod tests {
         assert!(seen.windows(2).all(|w| w[0] == w[1]));
     }
 
+    /// An install over a pinset larger than one batch of deletes leaves the
+    /// snapshot's pins and records alone (the old ones cleared batch by batch).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_install_clears_a_pinset_of_several_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut leader = machine(&dir.path().join("a"), Backend::Fjall);
+        leader.apply(vec![entry(1, 0..3)]).await.unwrap();
+        let mut follower = machine(&dir.path().join("b"), Backend::Fjall);
+        let n = 2 * INSTALL_BATCH as u64 + 500;
+        follower
+            .apply(vec![entry(1, 1_000..1_000 + n)])
+            .await
+            .unwrap();
+        assert_eq!(recorded_ids(&follower).len() as u64, n);
+        transfer(&mut leader, &mut follower).await;
+        let pins: Vec<Cid> = follower.state.list().map(|p| p.unwrap().cid).collect();
+        let mut want: Vec<Cid> = (0..3).map(cid).collect();
+        want.sort_unstable_by_key(PinState::key);
+        assert_eq!(pins, want);
+        assert_eq!(counted(&follower.state), 3);
+        assert_eq!(recorded_ids(&follower).len(), 3);
+    }
+
     /// The IDs of the request records `sm` holds, checked against their order
     /// keys.
     fn recorded_ids(sm: &StateMachine) -> Vec<RequestId> {
