@@ -40,7 +40,7 @@ use super::types::{
 };
 use crate::state::codec::{self as pin_codec, FORMAT_V1};
 use crate::state::{BatchEntry, PIN_PREFIX, PinState, digest_of_stored};
-use crate::store::{SortedLoad, StoreError, Tree, prefix_bounds};
+use crate::store::{SortedLoad, StoreError, Tree, next_key, prefix_bounds};
 use crate::types::{Cid, Pin};
 
 const APPLIED_KEY: &[u8] = b"m/applied";
@@ -248,6 +248,11 @@ pub struct StateMachine {
     /// (fjall) a range from the start of the sequence keys would walk the
     /// tombstones of every record pruned before, apply after apply.
     pruned_below: Arc<AtomicU64>,
+    /// No stored request record has a greater ID than this, so a greater ID
+    /// is not looked up (a store miss each, most of a busy apply's reads):
+    /// request IDs begin with their time, so new ones are mostly greater.
+    /// `u128::MAX` when not known (every ID is looked up).
+    newest_recorded: Arc<Mutex<RequestId>>,
     /// When an apply was last written durably (see [`DURABLE_APPLY_EVERY`]).
     durable_at: Arc<Mutex<std::time::Instant>>,
     /// How far the written state reaches, for the log's purges.
@@ -409,6 +414,7 @@ impl StateMachine {
             apply_lock: Arc::new(Mutex::new(())),
             window: DEDUP_WINDOW,
             pruned_below: Arc::new(AtomicU64::new(0)),
+            newest_recorded: Arc::new(Mutex::new(RequestId::MAX)),
             receiving: Arc::new(Mutex::new(None)),
             installed_batches: Arc::new(AtomicU64::new(0)),
             receives: Arc::new(AtomicU64::new(0)),
@@ -416,6 +422,7 @@ impl StateMachine {
             applied: Arc::new(watch::channel(Applied::Unknown).0),
         };
         sm.remove_leftovers();
+        sm.find_newest_recorded();
         // Blocking (an earlier version's store is counted once): callers
         // construct the state machine off the async workers.
         if let Err(e) = sm.state.load_count() {
@@ -449,6 +456,21 @@ impl StateMachine {
     /// short, a file published but never made current): nothing is building or
     /// receiving before the state machine exists, and each can be as large as
     /// the pinset.
+    fn find_newest_recorded(&self) {
+        let newest = match self.state.tree().last_with_prefix(REQ_PREFIX) {
+            Ok(None) => 0,
+            Ok(Some((k, _))) => k
+                .get(REQ_PREFIX.len()..)
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                .map_or(RequestId::MAX, RequestId::from_be_bytes),
+            Err(e) => {
+                tracing::warn!("the newest request record is unknown ({e}); each is looked up");
+                RequestId::MAX
+            }
+        };
+        *crate::sync::lock(&self.newest_recorded) = newest;
+    }
+
     fn remove_leftovers(&self) {
         let current = match self.current() {
             Ok(c) => c.and_then(|c| c.file),
@@ -651,8 +673,10 @@ impl StateMachine {
         .map_err(sm_err)?;
         tree.apply_durable(vec![(INSTALLING_KEY.to_vec(), Some(marker))])
             .map_err(sm_err)?;
-        // The installed records number themselves.
+        // The installed records number themselves, and are any IDs: unknown
+        // until the install is done.
         self.pruned_below.store(0, Ordering::Relaxed);
+        *crate::sync::lock(&self.newest_recorded) = RequestId::MAX;
         self.set_current(meta, name)?;
         // Remove the old pins and request records in batches, never listing
         // them all at once.
@@ -670,10 +694,13 @@ impl StateMachine {
                 };
                 // The next batch starts just past this one: from the prefix, an
                 // LSM store (fjall) would walk every tombstone written so far.
-                from.clone_from(last);
-                from.push(0);
+                let next = next_key(last);
                 tree.apply(keys).map_err(sm_err)?;
                 self.installed_batches.fetch_add(1, Ordering::Relaxed);
+                match next {
+                    Some(k) => from = k,
+                    None => break,
+                }
             }
         }
         let f = std::fs::File::open(self.dir.join(name)).map_err(read_snap_err)?;
@@ -713,6 +740,7 @@ impl StateMachine {
         batch.push(PinState::count_entry(count));
         tree.apply_durable(batch).map_err(sm_err)?;
         self.state.set_count(count);
+        self.find_newest_recorded();
         self.publish_applied(meta.last_log_id.as_ref());
         Ok(())
     }
@@ -809,10 +837,17 @@ impl StateMachine {
         // pages). Nothing else writes the tree meanwhile (apply is serial).
         let mut ids = Vec::new();
         let mut cids = Vec::new();
+        let newest = *crate::sync::lock(&self.newest_recorded);
+        let mut newest_now = newest;
         for e in &entries {
             if let EntryPayload::Normal(b) = &e.payload {
                 for r in &b.0 {
-                    ids.extend(r.id);
+                    if let Some(id) = r.id {
+                        newest_now = newest_now.max(id);
+                        if id <= newest {
+                            ids.push(id);
+                        }
+                    }
                     cids.push(r.cid());
                     cids.extend(r.expect.iter().map(|x| x.cid));
                 }
@@ -1010,6 +1045,7 @@ impl StateMachine {
         if let Some(k) = pruned {
             self.pruned_below.fetch_max(k, Ordering::Relaxed);
         }
+        *crate::sync::lock(&self.newest_recorded) = newest_now;
         if last.is_some() {
             self.publish_applied(last.as_ref());
         }
@@ -1798,6 +1834,43 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(outcomes(&retry), vec![(REMOVED, 1_302)], "{backend:?}");
+        }
+    }
+
+    /// Request IDs above the newest recorded are not looked up: a retry is
+    /// still answered after an install brought greater IDs, after a restart,
+    /// and for an ID below the newest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retries_are_answered_whatever_ids_came_before() {
+        for backend in [Backend::Fjall, Backend::Redb, Backend::Sled] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut leader = machine(&dir.path().join("a"), backend);
+            leader
+                .apply(vec![at(1, vec![pin_req(50, 1)])])
+                .await
+                .unwrap();
+            let mut follower = machine(&dir.path().join("b"), backend);
+            follower
+                .apply(vec![at(1, vec![pin_req(5, 2)])])
+                .await
+                .unwrap();
+            transfer(&mut leader, &mut follower).await;
+            let r = follower.apply(vec![at(2, vec![pin_req(50, 1)])]).await;
+            assert_eq!(outcomes(&r.unwrap()), vec![(PINNED, 1)], "{backend:?}");
+            drop(follower);
+            let mut follower = machine(&dir.path().join("b"), backend);
+            let r = follower
+                .apply(vec![at(3, vec![pin_req(50, 1), pin_req(7, 3)])])
+                .await
+                .unwrap();
+            assert_eq!(outcomes(&r), vec![(PINNED, 1), (PINNED, 3)], "{backend:?}");
+            for index in [4, 5] {
+                let r = follower
+                    .apply(vec![at(index, vec![pin_req(6, 4)])])
+                    .await
+                    .unwrap();
+                assert_eq!(outcomes(&r), vec![(PINNED, 4)], "{backend:?}");
+            }
         }
     }
 
