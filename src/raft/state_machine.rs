@@ -456,21 +456,6 @@ impl StateMachine {
     /// short, a file published but never made current): nothing is building or
     /// receiving before the state machine exists, and each can be as large as
     /// the pinset.
-    fn find_newest_recorded(&self) {
-        let newest = match self.state.tree().last_with_prefix(REQ_PREFIX) {
-            Ok(None) => 0,
-            Ok(Some((k, _))) => k
-                .get(REQ_PREFIX.len()..)
-                .and_then(|b| <[u8; 16]>::try_from(b).ok())
-                .map_or(RequestId::MAX, RequestId::from_be_bytes),
-            Err(e) => {
-                tracing::warn!("the newest request record is unknown ({e}); each is looked up");
-                RequestId::MAX
-            }
-        };
-        *crate::sync::lock(&self.newest_recorded) = newest;
-    }
-
     fn remove_leftovers(&self) {
         let current = match self.current() {
             Ok(c) => c.and_then(|c| c.file),
@@ -489,6 +474,22 @@ impl StateMachine {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+    }
+
+    /// Reads back the greatest request ID recorded (see `newest_recorded`).
+    fn find_newest_recorded(&self) {
+        let newest = match self.state.tree().last_with_prefix(REQ_PREFIX) {
+            Ok(None) => 0,
+            Ok(Some((k, _))) => k
+                .get(REQ_PREFIX.len()..)
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                .map_or(RequestId::MAX, RequestId::from_be_bytes),
+            Err(e) => {
+                tracing::warn!("the newest request record is unknown ({e}); each is looked up");
+                RequestId::MAX
+            }
+        };
+        *crate::sync::lock(&self.newest_recorded) = newest;
     }
 
     /// Keeps request records for `window` requests instead of [`DEDUP_WINDOW`]
