@@ -243,11 +243,6 @@ pub struct StateMachine {
     receives: Arc<AtomicU64>,
     /// [`DEDUP_WINDOW`]; smaller in tests, to see records leave it.
     window: u64,
-    /// Every request record numbered below this has been pruned (0: not known
-    /// yet in this process). Each prune starts its range here: on an LSM store
-    /// (fjall) a range from the start of the sequence keys would walk the
-    /// tombstones of every record pruned before, apply after apply.
-    pruned_below: Arc<AtomicU64>,
     /// No stored request record has a greater ID than this, so a greater ID
     /// is not looked up (a store miss each, most of a busy apply's reads):
     /// request IDs begin with their time, so new ones are mostly greater.
@@ -413,7 +408,6 @@ impl StateMachine {
             events,
             apply_lock: Arc::new(Mutex::new(())),
             window: DEDUP_WINDOW,
-            pruned_below: Arc::new(AtomicU64::new(0)),
             newest_recorded: Arc::new(Mutex::new(RequestId::MAX)),
             receiving: Arc::new(Mutex::new(None)),
             installed_batches: Arc::new(AtomicU64::new(0)),
@@ -497,7 +491,6 @@ impl StateMachine {
     #[cfg(feature = "fake-daemon")]
     pub fn set_window(&mut self, window: u64) {
         self.window = window.max(1);
-        self.pruned_below.store(0, Ordering::Relaxed);
     }
 
     fn lock_apply(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -674,9 +667,7 @@ impl StateMachine {
         .map_err(sm_err)?;
         tree.apply_durable(vec![(INSTALLING_KEY.to_vec(), Some(marker))])
             .map_err(sm_err)?;
-        // The installed records number themselves, and are any IDs: unknown
-        // until the install is done.
-        self.pruned_below.store(0, Ordering::Relaxed);
+        // The installed records are any IDs: unknown until the install is done.
         *crate::sync::lock(&self.newest_recorded) = RequestId::MAX;
         self.set_current(meta, name)?;
         // Remove the old pins and request records in batches, never listing
@@ -965,21 +956,21 @@ impl StateMachine {
                 }
             }
         }
-        // Where the next prune starts, once this call's writes are in.
-        let mut pruned = None;
         if seq != seq_start {
             // Records that left the window: the earliest first, in key order,
             // deleted before this call's records are written (an ID seen again
             // after its record expired is recorded anew).
             let step = (self.window / PRUNE_STEPS).max(1);
-            let keep_from = seq.saturating_sub(self.window) / step * step;
-            let below = self.pruned_below.load(Ordering::Relaxed);
+            let kept_from = |next: u64| next.saturating_sub(self.window) / step * step;
+            let keep_from = kept_from(seq);
+            // Every apply (and every snapshot, built from a store that kept the
+            // same rule) left nothing below where the last call's records were
+            // kept from: the range starts there. On an LSM store (fjall) a range
+            // from the first order key would walk the tombstones of every
+            // record pruned before, apply after apply.
+            let below = kept_from(seq_start);
             if keep_from > below {
-                let from = match below {
-                    0 => prefix_bounds(SEQ_PREFIX).0,
-                    n => seq_key(n),
-                };
-                for kv in tree.range(&from, Some(&seq_key(keep_from))) {
+                for kv in tree.range(&seq_key(below), Some(&seq_key(keep_from))) {
                     let (k, id) = kv.map_err(read_sm_err)?;
                     let mut key = REQ_PREFIX.to_vec();
                     key.extend_from_slice(&id);
@@ -987,7 +978,6 @@ impl StateMachine {
                     batch.push((k, None));
                 }
             }
-            pruned = Some(keep_from);
             for (id, r) in new_records {
                 // An ID recorded anew (its record had left the window) keeps
                 // only its last record, and its old order key goes: a prune
@@ -1042,9 +1032,6 @@ impl StateMachine {
         }
         if let Some(n) = count {
             self.state.set_count(n);
-        }
-        if let Some(k) = pruned {
-            self.pruned_below.fetch_max(k, Ordering::Relaxed);
         }
         *crate::sync::lock(&self.newest_recorded) = newest_now;
         if last.is_some() {
