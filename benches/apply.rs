@@ -4,9 +4,9 @@
 //! entries of 1 and of 256 requests, each shape three ways side by side in one
 //! run: without request IDs (nothing recorded: the apply of before request IDs
 //! counted), with IDs (each looked up and recorded, the oldest records pruned),
-//! and with IDs and a condition (as the cluster writes pins now). Best of three
-//! rounds, interleaved; ratios against the run without IDs. On fjall (the
-//! default store), then redb.
+//! and with IDs numbered per entry and a condition (as the cluster writes pins
+//! now: one record per entry). Best of three rounds, interleaved; ratios
+//! against the run without IDs. On fjall (the default store), then redb.
 
 use std::time::Duration;
 

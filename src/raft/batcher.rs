@@ -7,6 +7,11 @@
 //! replication round and one fsync per batch instead of per write. Followers'
 //! batches go to the leader as one forward, where the leader's batcher merges them
 //! with its own writes.
+//!
+//! The writes a peer's own clients asked for get consecutive request IDs in
+//! each batch (a forwarded batch keeps the IDs its sender gave, which its
+//! retries carry again): the state machine keeps one record for a run of
+//! consecutive IDs instead of one per request.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,7 +20,7 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::types::Request;
+use super::types::{Request, new_run_base};
 use super::{Committed, ConsensusError};
 
 /// How a batch is committed: one answer per request, in order.
@@ -29,6 +34,8 @@ pub type SubmitFn = Arc<
 
 struct Job {
     ops: Vec<Request>,
+    /// Asked for at this peer: its requests are numbered with the batch's run.
+    local: bool,
     reply: oneshot::Sender<Result<Vec<Committed>, ConsensusError>>,
 }
 
@@ -81,9 +88,20 @@ impl Batcher {
                     let _slot = slot;
                     let mut ops = Vec::with_capacity(n);
                     let mut waiters = Vec::with_capacity(jobs.len());
+                    // Numbered once, before the first attempt: a retry of this
+                    // batch carries the same IDs.
+                    let mut next_id = None;
                     for j in jobs {
                         waiters.push((j.ops.len(), j.reply));
+                        let first = ops.len();
                         ops.extend(j.ops);
+                        if j.local {
+                            let id = next_id.get_or_insert_with(new_run_base);
+                            for r in ops[first..].iter_mut().filter(|r| r.id.is_some()) {
+                                r.id = Some(*id);
+                                *id += 1;
+                            }
+                        }
                     }
                     match submit(ops).await {
                         Ok(results) if results.len() == n => {
@@ -114,15 +132,32 @@ impl Batcher {
         Batcher { tx, stop }
     }
 
-    /// Commits `ops` together with whatever else is queued; one answer per
-    /// request, in order.
+    /// Commits `ops`, asked for at this peer, together with whatever else is
+    /// queued; one answer per request, in order. Requests that carry an ID get
+    /// a new one, consecutive with the others of the batch.
     pub async fn commit(&self, ops: Vec<Request>) -> Result<Vec<Committed>, ConsensusError> {
+        self.queue(ops, true).await
+    }
+
+    /// [`Self::commit`] of another peer's batch: its requests keep their IDs.
+    pub async fn commit_forwarded(
+        &self,
+        ops: Vec<Request>,
+    ) -> Result<Vec<Committed>, ConsensusError> {
+        self.queue(ops, false).await
+    }
+
+    async fn queue(
+        &self,
+        ops: Vec<Request>,
+        local: bool,
+    ) -> Result<Vec<Committed>, ConsensusError> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job { ops, reply })
+            .send(Job { ops, local, reply })
             .await
             .map_err(|_| ConsensusError::ShuttingDown)?;
         rx.await.map_err(|_| ConsensusError::ShuttingDown)?
@@ -227,6 +262,75 @@ mod tests {
             r.iter().map(|c| c.existed()).collect::<Vec<_>>(),
             vec![true, false, true]
         );
+    }
+
+    /// The requests asked for at this peer get consecutive IDs in each batch
+    /// (the state machine records a run at once); another peer's batch keeps
+    /// its IDs, and a request without one stays without.
+    #[tokio::test]
+    async fn a_batch_numbers_its_own_requests_and_keeps_forwarded_ids() {
+        let batches: Arc<Mutex<Vec<Vec<Option<u128>>>>> = Arc::default();
+        let seen = batches.clone();
+        let submit: SubmitFn = Arc::new(move |ops: Vec<Request>| {
+            let seen = seen.clone();
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                seen.lock()
+                    .unwrap()
+                    .push(ops.iter().map(|r| r.id).collect());
+                Ok(ops
+                    .iter()
+                    .map(|_| Committed {
+                        outcome: Outcome::Applied { existed: false },
+                        index: 1,
+                    })
+                    .collect())
+            })
+        });
+        let b = Arc::new(Batcher::start(submit, 1, 1000));
+        // The first batch holds the only slot while the others queue.
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.commit(vec![unpin(0)]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut forwarded = vec![unpin(1), unpin(2)];
+        forwarded[0].id = Some(7);
+        forwarded[1].id = Some(8);
+        let mut anonymous = unpin(3);
+        anonymous.id = None;
+        let mut waiting = Vec::new();
+        for job in [
+            (vec![unpin(4)], true),
+            (forwarded, false),
+            (vec![unpin(5), anonymous, unpin(6)], true),
+            (vec![unpin(7)], true),
+        ] {
+            let b = b.clone();
+            waiting.push(tokio::spawn(async move {
+                match job {
+                    (ops, true) => b.commit(ops).await,
+                    (ops, false) => b.commit_forwarded(ops).await,
+                }
+            }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        first.await.unwrap().unwrap();
+        for w in waiting {
+            w.await.unwrap().unwrap();
+        }
+        let batches = batches.lock().unwrap().clone();
+        assert_eq!(batches.len(), 2, "{batches:?}");
+        let ids = &batches[1];
+        assert_eq!(ids.len(), 7);
+        assert_eq!((ids[1], ids[2], ids[4]), (Some(7), Some(8), None));
+        let own: Vec<u128> = [ids[0], ids[3], ids[5], ids[6]]
+            .iter()
+            .map(|id| id.unwrap())
+            .collect();
+        assert!(own.windows(2).all(|w| w[1] == w[0] + 1), "{own:?}");
+        // A batch starts a run of its own.
+        assert_ne!(batches[0][0].map(|id| id + 1), Some(own[0]));
     }
 
     #[tokio::test]

@@ -186,6 +186,8 @@ impl Consensus {
             .map_err(|e| ConsensusError::Raft(format!("opening the store: {e}")))??
         };
         log.purge_only_applied(sm.applied());
+        // Before Raft starts applying (see PinState::build_filter_in_background).
+        state.build_filter_in_background();
         let snapshot_progress = sm.progress();
 
         let heartbeat = cfg.heartbeat_timeout.0.as_millis().max(10) as u64;
@@ -673,7 +675,7 @@ impl Consensus {
                     ForwardOp::Commit(batch) => self
                         .inner
                         .batcher
-                        .commit(batch.0)
+                        .commit_forwarded(batch.0)
                         .await
                         .map(ForwardReply::Outcomes),
                     // A peer that is joining does not know the leader yet: pass it on.
@@ -922,9 +924,11 @@ pub mod bench {
     pub enum Kind {
         /// No request ID: nothing recorded (the cost before request IDs counted).
         NoId,
-        /// A request ID, recorded and looked up.
+        /// A random request ID each, recorded (a record each) and looked up.
         Id,
-        /// A request ID and a condition on the pin (absent), as the cluster sends.
+        /// A request ID and a condition on the pin (absent), as the cluster
+        /// sends: the entry's IDs consecutive, as a peer's batcher numbers
+        /// them (one record for the entry).
         IdAndCondition,
     }
 
@@ -986,6 +990,13 @@ pub mod bench {
                         })
                     })
                     .collect::<Result<Vec<_>, String>>()?;
+                let mut reqs = reqs;
+                if kind == Kind::IdAndCondition {
+                    let base = types::new_run_base();
+                    for (r, k) in reqs.iter_mut().zip(0u128..) {
+                        r.id = Some(base + k);
+                    }
+                }
                 batch.push(Entry {
                     log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
                     payload: EntryPayload::Normal(LogBatch(reqs)),

@@ -322,6 +322,7 @@ async fn start_node(id: NodeId, net: &Shared) {
         events,
     );
     log.purge_only_applied(sm.applied());
+    state.build_filter_in_background();
     let cfg = openraft::Config {
         cluster_name: "sim".into(),
         heartbeat_interval: 50,

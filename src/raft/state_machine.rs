@@ -7,19 +7,21 @@
 //! by openraft in chunks, installed into the state tree in batches. Memory stays
 //! independent of the pinset's size.
 //!
-//! File format 2: the format byte, then records behind their length as a varint:
+//! File format 3: the format byte, then records behind their length as a varint:
 //! each pin's stored value (its own format byte and the pin), the request-ID
-//! records (tag [`REC_REQUEST`]) and the request counter (tag [`REC_SEQ`]).
-//! Format 1 (pins only, written by earlier versions and by `state import`) and
+//! records (tag [`REC_REQUEST`]; a record may hold a run of requests) and the
+//! request counter (tag [`REC_SEQ`]). Format 2 (records of one request each),
+//! format 1 (pins only, written by earlier versions and by `state import`) and
 //! the JSON lines of older versions (kept in the snapshot tree) still install.
 //!
 //! Exactly-once: every request ID applied is recorded in the same store write
-//! as its effect, with its outcome; a request whose ID is recorded changes
-//! nothing and gets the recorded outcome. The records of the last
-//! [`DEDUP_WINDOW`] recorded requests are kept (pruned by their sequence number
-//! in apply, so every replica keeps the same ones) and travel in snapshots.
+//! as its effect, with its outcome (consecutive IDs applied in one entry share
+//! a record); a request whose ID is recorded changes nothing and gets the
+//! recorded outcome. The records of the last [`DEDUP_WINDOW`] recorded requests
+//! are kept (pruned by their sequence number in apply, so every replica keeps
+//! the same ones) and travel in snapshots.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,9 +57,10 @@ const LEGACY_SNAPSHOT_DATA_KEY: &[u8] = b"snapshot/data";
 const INSTALL_BATCH: usize = 10_000;
 /// Bytes of pins sorted in memory at once by an import (twice that at most).
 const SEED_RUN_BYTES: usize = 64 << 20;
-/// Request-ID records: `r/` + ID (16 bytes) → [`ReqRecord`].
+/// Request-ID records: `r/` + the last ID of a run (16 bytes) → [`RunRecord`].
 const REQ_PREFIX: &[u8] = b"r/";
-/// The pruning order of request records: `s/` + sequence number (u64 BE) → ID.
+/// The pruning order of request records: `s/` + a record's sequence number
+/// (u64 BE) → its key's ID.
 const SEQ_PREFIX: &[u8] = b"s/";
 /// How many requests were recorded so far (u64 BE): the next sequence number.
 const REQ_SEQ_KEY: &[u8] = b"m/reqseq";
@@ -74,64 +77,156 @@ pub const DEDUP_WINDOW: u64 = 1 << 19;
 /// are kept is still a function of the sequence numbers alone, so replicas
 /// keep the same ones; a kept record past the window no longer counts.
 const PRUNE_STEPS: u64 = 128;
-/// Snapshot file format with request records.
+/// Snapshot file format with request records of one request each.
 const SNAPSHOT_V2: u8 = 2;
-/// Snapshot record tag: a request record (ID, then the stored [`ReqRecord`]).
+/// Snapshot file format with request records of runs ([`RunRecord`]).
+const SNAPSHOT_V3: u8 = 3;
+/// Snapshot record tag: a request record (its key's ID, then the stored
+/// [`RunRecord`]).
 /// Pin values start with their format byte (1) or `{`, never with a tag.
 const REC_REQUEST: u8 = 0xD1;
 /// Snapshot record tag: the request counter (u64 BE).
 const REC_SEQ: u8 = 0xD0;
-/// Format of a stored [`ReqRecord`].
+/// Format of a stored [`RunRecord`] of one request.
 const REQ_RECORD_V1: u8 = 1;
+/// Format of a stored [`RunRecord`] of several requests.
+const REQ_RUN_V2: u8 = 2;
+/// Requests one record holds at most (a byte each in its value).
+const MAX_RUN: usize = 4096;
 
-/// What is kept of an applied request ID.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ReqRecord {
-    /// The log index of the entry that applied it first.
+/// What is kept of a run of applied requests: consecutive IDs applied in one
+/// entry (a batch the peer that received them numbered), stored under the
+/// last. One record a run instead of one a request: at 64 connections an
+/// entry of ~16 pins holds ~3 runs, one per peer whose clients sent some.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RunRecord {
+    /// The log index of the entry that applied them first.
     index: u64,
-    outcome: Outcome,
-    /// Its sequence number among recorded requests.
+    /// The sequence number of the first among recorded requests (the rest
+    /// follow it): the whole record counts, and leaves, by it.
     seq: u64,
+    /// Each request's outcome, in ID order.
+    outcomes: Vec<Outcome>,
 }
 
-impl ReqRecord {
-    const LEN: usize = 18;
+fn outcome_byte(o: Outcome) -> u8 {
+    match o {
+        Outcome::Applied { existed: false } => 0,
+        Outcome::Applied { existed: true } => 1,
+        Outcome::Conflict => 2,
+    }
+}
 
+fn outcome_of(b: u8) -> Result<Outcome, Corrupt> {
+    match b {
+        0 => Ok(Outcome::Applied { existed: false }),
+        1 => Ok(Outcome::Applied { existed: true }),
+        2 => Ok(Outcome::Conflict),
+        o => Err(Corrupt(format!("request record with outcome {o}"))),
+    }
+}
+
+impl RunRecord {
+    /// Format 1 (a run of one, as earlier versions wrote every record): the
+    /// format byte, index, outcome, seq. Format 2: the format byte, index,
+    /// seq, then an outcome byte per request.
     fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(Self::LEN);
-        v.push(REQ_RECORD_V1);
-        v.extend_from_slice(&self.index.to_be_bytes());
-        v.push(match self.outcome {
-            Outcome::Applied { existed: false } => 0,
-            Outcome::Applied { existed: true } => 1,
-            Outcome::Conflict => 2,
-        });
-        v.extend_from_slice(&self.seq.to_be_bytes());
+        let mut v = Vec::with_capacity(17 + self.outcomes.len().max(1));
+        if let [one] = self.outcomes[..] {
+            v.push(REQ_RECORD_V1);
+            v.extend_from_slice(&self.index.to_be_bytes());
+            v.push(outcome_byte(one));
+            v.extend_from_slice(&self.seq.to_be_bytes());
+        } else {
+            v.push(REQ_RUN_V2);
+            v.extend_from_slice(&self.index.to_be_bytes());
+            v.extend_from_slice(&self.seq.to_be_bytes());
+            v.extend(self.outcomes.iter().map(|o| outcome_byte(*o)));
+        }
         v
     }
 
     fn decode(v: &[u8]) -> Result<Self, Corrupt> {
-        if v.len() != Self::LEN || v[0] != REQ_RECORD_V1 {
-            return Err(Corrupt(format!("request record of {} bytes", v.len())));
+        let bad = || Corrupt(format!("request record of {} bytes", v.len()));
+        match v.first() {
+            Some(&REQ_RECORD_V1) if v.len() == 18 => Ok(RunRecord {
+                index: u64_at(&v[1..9]),
+                outcomes: vec![outcome_of(v[9])?],
+                seq: u64_at(&v[10..18]),
+            }),
+            Some(&REQ_RUN_V2) if v.len() > 17 && v.len() - 17 <= MAX_RUN => Ok(RunRecord {
+                index: u64_at(&v[1..9]),
+                seq: u64_at(&v[9..17]),
+                outcomes: v[17..]
+                    .iter()
+                    .map(|b| outcome_of(*b))
+                    .collect::<Result<_, _>>()?,
+            }),
+            _ => Err(bad()),
         }
-        let outcome = match v[9] {
-            0 => Outcome::Applied { existed: false },
-            1 => Outcome::Applied { existed: true },
-            2 => Outcome::Conflict,
-            o => return Err(Corrupt(format!("request record with outcome {o}"))),
-        };
-        Ok(ReqRecord {
-            index: u64_at(&v[1..9]),
-            outcome,
-            seq: u64_at(&v[10..18]),
-        })
     }
+}
 
+/// A request found recorded: its outcome, and the record holding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    /// The log index of the entry that applied it first.
+    index: u64,
+    outcome: Outcome,
+    /// The record's sequence number (see [`RunRecord::seq`]).
+    seq: u64,
+    /// The record's key: the last ID of its run.
+    key: RequestId,
+}
+
+impl Seen {
     /// Whether the record still counts for the request numbered `next`: the
     /// same rule on every replica, however apply calls group entries.
     fn live_at(&self, next: u64, window: u64) -> bool {
         self.seq.saturating_add(window) >= next
     }
+}
+
+/// Finds the records holding the IDs `first..=last` (all of them looked up):
+/// one range from the first, since records hold disjoint runs in key order.
+/// Forwarded batches are runs, so a peer whose IDs come below the newest (its
+/// clock, or its forward's delay) costs a range a batch, not one an ID.
+fn find_recorded(
+    tree: &dyn Tree,
+    (first, last): (RequestId, RequestId),
+    found: &mut HashMap<RequestId, Seen>,
+) -> Result<(), StorageError<NodeId>> {
+    // A record holding `last` is keyed within a run's length past it.
+    let to = match last.checked_add(MAX_RUN as u128) {
+        Some(end) => req_key(end),
+        None => prefix_bounds(REQ_PREFIX).1.unwrap_or_default(),
+    };
+    for kv in tree.range(&req_key(first), Some(&to)) {
+        let (k, v) = kv.map_err(read_sm_err)?;
+        let key = k
+            .strip_prefix(REQ_PREFIX)
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .map(RequestId::from_be_bytes)
+            .ok_or_else(|| read_sm_err(Corrupt(format!("request record key {k:?}"))))?;
+        let rec = RunRecord::decode(&v).map_err(read_sm_err)?;
+        let n = rec.outcomes.len() as u128;
+        let from = key
+            .checked_sub(n - 1)
+            .ok_or_else(|| read_sm_err(Corrupt(format!("request record {key} of {n}"))))?;
+        if from > last {
+            break;
+        }
+        for id in from.max(first)..=key.min(last) {
+            let seen = Seen {
+                index: rec.index,
+                outcome: rec.outcomes[(id - from) as usize],
+                seq: rec.seq,
+                key,
+            };
+            found.insert(id, seen);
+        }
+    }
+    Ok(())
 }
 
 fn u64_at(b: &[u8]) -> u64 {
@@ -281,7 +376,7 @@ fn write_record(out: &mut impl Write, v: &[u8]) -> std::io::Result<()> {
 #[derive(Debug)]
 enum Record {
     Pin(Box<Pin>),
-    Request(RequestId, ReqRecord),
+    Request(RequestId, RunRecord),
     Seq(u64),
 }
 
@@ -298,7 +393,7 @@ impl<R: BufRead> Records<R> {
     fn new(mut r: R) -> std::io::Result<Self> {
         let (json, tagged) = match r.fill_buf()?.first() {
             Some(&FORMAT_V1) => (false, false),
-            Some(&SNAPSHOT_V2) => (false, true),
+            Some(&SNAPSHOT_V2 | &SNAPSHOT_V3) => (false, true),
             // An empty snapshot, or JSON lines of an earlier version.
             _ => (true, false),
         };
@@ -373,10 +468,10 @@ impl<R: BufRead> Records<R> {
         self.buf.resize(len as usize, 0);
         self.r.read_exact(&mut self.buf)?;
         match self.buf.first() {
-            Some(&REC_REQUEST) if self.tagged && self.buf.len() == 17 + ReqRecord::LEN => {
+            Some(&REC_REQUEST) if self.tagged && self.buf.len() > 17 => {
                 let mut id = [0u8; 16];
                 id.copy_from_slice(&self.buf[1..17]);
-                let rec = ReqRecord::decode(&self.buf[17..]).map_err(std::io::Error::other)?;
+                let rec = RunRecord::decode(&self.buf[17..]).map_err(std::io::Error::other)?;
                 Ok(Some(Record::Request(u128::from_be_bytes(id), rec)))
             }
             Some(&REC_SEQ) if self.tagged && self.buf.len() == 9 => {
@@ -601,7 +696,7 @@ impl StateMachine {
         let _guard = (!tree.consistent_ranges()).then(|| self.lock_apply());
         let (tmp, file) = self.temp_file("build")?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&[SNAPSHOT_V2]).map_err(snap_err)?;
+        out.write_all(&[SNAPSHOT_V3]).map_err(snap_err)?;
         // `m/`, `p/`, `r/`, `s/`: the metadata, the pins and the request records.
         let (_, end) = prefix_bounds(SEQ_PREFIX);
         let mut applied: Option<LogId<NodeId>> = None;
@@ -669,6 +764,11 @@ impl StateMachine {
             .map_err(sm_err)?;
         // The installed records are any IDs: unknown until the install is done.
         *crate::sync::lock(&self.newest_recorded) = RequestId::MAX;
+        // A filter of the snapshot's pins, answering once they are all in.
+        let rebuild = self
+            .state
+            .filter()
+            .rebuild(self.state.known_count().unwrap_or(0));
         self.set_current(meta, name)?;
         // Remove the old pins and request records in batches, never listing
         // them all at once.
@@ -706,7 +806,9 @@ impl StateMachine {
             match r {
                 Record::Pin(pin) => {
                     count += 1;
-                    batch.push(PinState::add_entry(&pin).map_err(sm_err)?);
+                    let entry = PinState::add_entry(&pin).map_err(sm_err)?;
+                    rebuild.insert(&entry.0);
+                    batch.push(entry);
                 }
                 Record::Request(id, rec) => {
                     batch.push((req_key(id), Some(rec.encode())));
@@ -731,6 +833,7 @@ impl StateMachine {
         batch.push((INSTALLING_KEY.to_vec(), None));
         batch.push(PinState::count_entry(count));
         tree.apply_durable(batch).map_err(sm_err)?;
+        rebuild.finish();
         self.state.set_count(count);
         self.find_newest_recorded();
         self.publish_applied(meta.last_log_id.as_ref());
@@ -766,6 +869,9 @@ impl StateMachine {
     ) -> Result<u64, String> {
         let s = |e: StorageError<NodeId>| e.to_string();
         let tree = self.state.tree();
+        // Pins stored outside apply: the filter answers again only once built
+        // from the store (at the next start).
+        let _unknown = self.state.filter().rebuild(0);
         let (tmp, file) = self.temp_file("build").map_err(s)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let io = |e: std::io::Error| e.to_string();
@@ -824,7 +930,8 @@ impl StateMachine {
         // earlier ones did is read from here, so that outcomes follow the log
         // order, not the store. `None`: not in the pinset.
         let mut pins: HashMap<Cid, Option<Vec<u8>>> = HashMap::new();
-        let mut recorded: HashMap<RequestId, ReqRecord> = HashMap::new();
+        // Requests recorded by this call, with the run that holds each.
+        let mut recorded: HashMap<RequestId, (Seen, usize)> = HashMap::new();
         // Everything the requests will look up, read at once (sorted pins: fewer
         // pages). Nothing else writes the tree meanwhile (apply is serial).
         let mut ids = Vec::new();
@@ -847,20 +954,29 @@ impl StateMachine {
         }
         cids.sort_unstable();
         cids.dedup();
-        let keys: Vec<Vec<u8>> = ids
-            .iter()
-            .map(|id| req_key(*id))
-            .chain(cids.iter().map(PinState::key))
-            .collect();
-        let mut values = tree.get_many(&keys).map_err(read_sm_err)?.into_iter();
-        let mut stored: HashMap<RequestId, ReqRecord> = HashMap::new();
-        for (id, v) in ids.iter().zip(values.by_ref()) {
-            if let Some(v) = v {
-                stored.insert(*id, ReqRecord::decode(&v).map_err(read_sm_err)?);
-            }
-        }
+        let keys: Vec<Vec<u8>> = cids.iter().map(PinState::key).collect();
+        let values = self.state.get_stored(&keys).map_err(read_sm_err)?;
         pins.extend(cids.into_iter().zip(values));
-        let mut new_records: Vec<(RequestId, ReqRecord)> = Vec::new();
+        // Only retries, and IDs made before the newest recorded (a peer whose
+        // clock is behind, a forward overtaken by newer writes), get here: a
+        // range for each run of consecutive IDs.
+        ids.sort_unstable();
+        ids.dedup();
+        let mut stored: HashMap<RequestId, Seen> = HashMap::new();
+        let mut i = 0;
+        while i < ids.len() {
+            let mut j = i;
+            while j + 1 < ids.len() && ids[j + 1] == ids[j] + 1 {
+                j += 1;
+            }
+            find_recorded(tree.as_ref(), (ids[i], ids[j]), &mut stored)?;
+            i = j + 1;
+        }
+        // This call's runs; a run that a later request found expired (only
+        // with a window smaller than the call) is dropped.
+        let mut runs: Vec<(RequestId, RunRecord, bool)> = Vec::new();
+        // Expired stored records whose IDs were applied anew: (key, seq).
+        let mut superseded: Vec<(RequestId, u64)> = Vec::new();
         let seq_start = match tree.get(REQ_SEQ_KEY).map_err(read_sm_err)? {
             Some(v) if v.len() == 8 => u64_at(&v),
             Some(v) => return Err(read_sm_err(Corrupt(format!("request counter {v:?}")))),
@@ -882,9 +998,15 @@ impl StateMachine {
                 }
                 EntryPayload::Normal(ops) => {
                     let mut outcomes = Vec::with_capacity(ops.0.len());
+                    // The run each next ID would extend (runs are per entry).
+                    let mut open: HashMap<RequestId, usize> = HashMap::new();
                     for req in ops.0 {
                         if let Some(id) = req.id {
-                            let prior = recorded.get(&id).or_else(|| stored.get(&id)).copied();
+                            let prior = recorded
+                                .get(&id)
+                                .map(|(s, _)| s)
+                                .or_else(|| stored.get(&id))
+                                .copied();
                             // Seen: answered as the first time, nothing changes. A
                             // record past the window (pruned at the end of this
                             // call) no longer counts.
@@ -941,13 +1063,37 @@ impl StateMachine {
                             Outcome::Conflict
                         };
                         if let Some(id) = req.id {
-                            let r = ReqRecord {
+                            // The expired record that held the ID no longer counts
+                            // for any of its IDs: it goes.
+                            if let Some((_, run)) = recorded.get(&id) {
+                                runs[*run].2 = true;
+                            } else if let Some(old) = stored.get(&id) {
+                                superseded.push((old.key, old.seq));
+                            }
+                            let run = match open.remove(&id) {
+                                Some(i) if !runs[i].2 && runs[i].1.outcomes.len() < MAX_RUN => i,
+                                _ => {
+                                    let rec = RunRecord {
+                                        index,
+                                        seq,
+                                        outcomes: Vec::new(),
+                                    };
+                                    runs.push((id, rec, false));
+                                    runs.len() - 1
+                                }
+                            };
+                            runs[run].0 = id;
+                            runs[run].1.outcomes.push(outcome);
+                            if let Some(next) = id.checked_add(1) {
+                                open.insert(next, run);
+                            }
+                            let seen = Seen {
                                 index,
                                 outcome,
-                                seq,
+                                seq: runs[run].1.seq,
+                                key: id,
                             };
-                            recorded.insert(id, r);
-                            new_records.push((id, r));
+                            recorded.insert(id, (seen, run));
                             seq += 1;
                         }
                         outcomes.push(Committed { outcome, index });
@@ -969,30 +1115,31 @@ impl StateMachine {
             // from the first order key would walk the tombstones of every
             // record pruned before, apply after apply.
             let below = kept_from(seq_start);
+            // One write per key, the last decision winning: a record written
+            // anew under a key that a prune or a superseded record deletes.
+            let mut writes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
             if keep_from > below {
                 for kv in tree.range(&seq_key(below), Some(&seq_key(keep_from))) {
                     let (k, id) = kv.map_err(read_sm_err)?;
                     let mut key = REQ_PREFIX.to_vec();
                     key.extend_from_slice(&id);
-                    batch.push((key, None));
-                    batch.push((k, None));
+                    writes.insert(key, None);
+                    writes.insert(k, None);
                 }
             }
-            for (id, r) in new_records {
-                // An ID recorded anew (its record had left the window) keeps
-                // only its last record, and its old order key goes: a prune
-                // reaching that key later must not delete the new record.
-                if recorded.get(&id).is_some_and(|last| last.seq != r.seq) {
-                    continue;
-                }
-                if let Some(old) = stored.get(&id) {
-                    batch.push((seq_key(old.seq), None));
-                }
-                if r.seq >= keep_from {
-                    batch.push((req_key(id), Some(r.encode())));
-                    batch.push((seq_key(r.seq), Some(id.to_be_bytes().to_vec())));
+            // Its order key goes with it: a prune reaching that key later must
+            // not delete a new record under the same key.
+            for (key, old_seq) in superseded {
+                writes.insert(req_key(key), None);
+                writes.insert(seq_key(old_seq), None);
+            }
+            for (last, rec, dropped) in runs {
+                if !dropped && rec.seq >= keep_from {
+                    writes.insert(seq_key(rec.seq), Some(last.to_be_bytes().to_vec()));
+                    writes.insert(req_key(last), Some(rec.encode()));
                 }
             }
+            batch.extend(writes);
             batch.push((REQ_SEQ_KEY.to_vec(), Some(seq.to_be_bytes().to_vec())));
         }
         batch.push((
@@ -1012,6 +1159,15 @@ impl StateMachine {
             events.push(StateEvent::Applied(l.index));
         }
         let _guard = self.lock_apply();
+        // New pins join the presence filter before they are stored, under the
+        // lock that a rebuild of the filter takes: no reader finds a stored pin
+        // "certainly absent".
+        let filter = self.state.filter();
+        for (k, v) in &batch {
+            if v.is_some() && k.starts_with(PIN_PREFIX) {
+                filter.insert(k);
+            }
+        }
         // Atomic, and durable only now and then: the entries are durable in the
         // log, which keeps them until a purge has made the state durable. A
         // crash before that leaves the state (request records included) at an
@@ -1138,8 +1294,10 @@ fn current<'a>(
     cid: &Cid,
 ) -> Result<Option<&'a [u8]>, StorageError<NodeId>> {
     if !pins.contains_key(cid) {
-        let v = state.tree().get(&PinState::key(cid)).map_err(read_sm_err)?;
-        pins.insert(*cid, v);
+        let v = state
+            .get_stored(&[PinState::key(cid)])
+            .map_err(read_sm_err)?;
+        pins.insert(*cid, v.into_iter().next().flatten());
     }
     Ok(pins.get(cid).and_then(|v| v.as_deref()))
 }
@@ -1785,6 +1943,266 @@ mod tests {
         assert!(seen.windows(2).all(|w| w[0] == w[1]));
     }
 
+    /// Consecutive IDs in an entry share one record, with runs interleaved in
+    /// it, and every ID of a run is answered with its own outcome: on the peer
+    /// that applied them, after a snapshot and after a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_of_ids_shares_a_record_and_answers_each_retry() {
+        for backend in [Backend::Fjall, Backend::Redb, Backend::Sled] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut leader = machine(&dir.path().join("a"), backend);
+            leader
+                .apply(vec![at(1, vec![pin_req(1, 2)])])
+                .await
+                .unwrap();
+            let r = leader
+                .apply(vec![at(
+                    2,
+                    vec![
+                        pin_req(100, 10),
+                        pin_req(500, 20),
+                        pin_req(101, 2),
+                        unpin_req(501, 30),
+                        pin_req(102, 12),
+                        unpin_req(103, 10),
+                    ],
+                )])
+                .await
+                .unwrap();
+            let first = vec![
+                (PINNED, 2),
+                (PINNED, 2),
+                (REMOVED, 2),
+                (PINNED, 2),
+                (PINNED, 2),
+                (REMOVED, 2),
+            ];
+            assert_eq!(outcomes(&r), first, "{backend:?}");
+            assert_eq!(record_count(&leader), 3, "{backend:?}");
+            let mut ids = recorded_ids(&leader);
+            ids.sort_unstable();
+            assert_eq!(ids, vec![1, 100, 101, 102, 103, 500, 501], "{backend:?}");
+            // Retries of IDs from the middle, the ends and both runs; 99 and
+            // 104 border a run but are not in it.
+            let retries = || {
+                vec![
+                    unpin_req(102, 12),
+                    pin_req(501, 30),
+                    pin_req(101, 2),
+                    unpin_req(100, 10),
+                    pin_req(103, 10),
+                    unpin_req(99, 2),
+                    pin_req(104, 40),
+                ]
+            };
+            let r = leader.apply(vec![at(3, retries())]).await.unwrap();
+            let want = vec![
+                (PINNED, 2),
+                (PINNED, 2),
+                (REMOVED, 2),
+                (PINNED, 2),
+                (REMOVED, 2),
+                (REMOVED, 3),
+                (PINNED, 3),
+            ];
+            assert_eq!(outcomes(&r), want, "{backend:?}");
+            assert!(leader.state.has(&cid(12)).unwrap() && !leader.state.has(&cid(30)).unwrap());
+            assert!(!leader.state.has(&cid(10)).unwrap() && !leader.state.has(&cid(2)).unwrap());
+            // The same retries again, on a follower that installed the
+            // leader's snapshot, and after its restart: every ID answered.
+            let mut follower = machine(&dir.path().join("b"), backend);
+            transfer(&mut leader, &mut follower).await;
+            let r = follower.apply(vec![at(4, retries())]).await.unwrap();
+            assert_eq!(outcomes(&r), want, "{backend:?}");
+            drop(follower);
+            let mut follower = machine(&dir.path().join("b"), backend);
+            let r = follower.apply(vec![at(5, retries())]).await.unwrap();
+            assert_eq!(outcomes(&r), want, "{backend:?}");
+            assert!(follower.state.has(&cid(40)).unwrap());
+        }
+    }
+
+    /// A run whose record expired (but is still stored) goes as a whole when
+    /// one of its IDs comes again: that ID is recorded anew, the others are no
+    /// longer answered, and later prunes keep the new record.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_expired_run_goes_when_one_of_its_ids_comes_again() {
+        for backend in [Backend::Fjall, Backend::Redb] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut sm = machine(dir.path(), backend);
+            sm.window = 1_280;
+            sm.apply(vec![at(
+                1,
+                vec![pin_req(1, 1), pin_req(2, 2), pin_req(3, 3)],
+            )])
+            .await
+            .unwrap();
+            // 1,280 more: the run (order 0) is past the window, and still stored
+            // (the prune has not reached its step).
+            let singles: Vec<Entry<TypeConfig>> = (2..=1_281u64)
+                .map(|i| at(i, vec![pin_req(u128::from(1_000 + i), 1_000 + i)]))
+                .collect();
+            for chunk in singles.chunks(100) {
+                sm.apply(chunk.to_vec()).await.unwrap();
+            }
+            assert_eq!(recorded_ids(&sm)[..3], [1, 2, 3], "{backend:?}");
+            let r = sm
+                .apply(vec![at(1_282, vec![unpin_req(2, 2)])])
+                .await
+                .unwrap();
+            assert_eq!(outcomes(&r), vec![(REMOVED, 1_282)], "{backend:?}");
+            let ids = recorded_ids(&sm);
+            assert!(!ids.contains(&1) && !ids.contains(&3), "{backend:?}");
+            assert!(ids.contains(&2), "{backend:?}");
+            // Twenty more: the prune passes orders 0..20.
+            let more: Vec<Entry<TypeConfig>> = (1_283..=1_302u64)
+                .map(|i| at(i, vec![pin_req(u128::from(1_000 + i), 1_000 + i)]))
+                .collect();
+            sm.apply(more).await.unwrap();
+            let r = sm
+                .apply(vec![at(1_303, vec![unpin_req(2, 2), unpin_req(3, 3)])])
+                .await
+                .unwrap();
+            assert_eq!(
+                outcomes(&r),
+                vec![(REMOVED, 1_282), (REMOVED, 1_303)],
+                "{backend:?}"
+            );
+        }
+    }
+
+    /// Every replica keeps the same run records whatever the grouping of
+    /// entries into apply calls, runs past the window included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_records_are_kept_alike_on_every_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        // Entry i: a run of three (IDs 10i..10i+2) around a lone ID (1000 + i).
+        let mut log: Vec<Entry<TypeConfig>> = (1..=8u64)
+            .map(|i| {
+                let id = u128::from(10 * i);
+                at(
+                    i,
+                    vec![
+                        pin_req(id, 10 * i),
+                        pin_req(1_000 + u128::from(i), 1_000 + i),
+                        pin_req(id + 1, 10 * i + 1),
+                        pin_req(id + 2, 10 * i + 2),
+                    ],
+                )
+            })
+            .collect();
+        // Retries: of the first run (expired: applied anew, its run goes), of
+        // the last (answered), and of an expired lone ID.
+        log.push(at(
+            9,
+            vec![
+                unpin_req(11, 11),
+                unpin_req(81, 81),
+                unpin_req(1_002, 1_002),
+            ],
+        ));
+        log.push(at(10, vec![unpin_req(10, 10), unpin_req(11, 11)]));
+        let mut seen = Vec::new();
+        for (name, group, backend) in [
+            ("one", 10, Backend::Redb),
+            ("each", 1, Backend::Redb),
+            ("threes", 3, Backend::Redb),
+            ("each-fjall", 1, Backend::Fjall),
+            ("fours-fjall", 4, Backend::Fjall),
+        ] {
+            let mut sm = machine(&dir.path().join(name), backend);
+            sm.window = 12;
+            let mut r = Vec::new();
+            for chunk in log.chunks(group) {
+                r.extend(sm.apply(chunk.to_vec()).await.unwrap());
+            }
+            let got = outcomes(&r);
+            assert_eq!(
+                got[32..],
+                [
+                    (REMOVED, 9),
+                    (PINNED, 8),
+                    (REMOVED, 9),
+                    (REMOVED, 10),
+                    (REMOVED, 9)
+                ],
+                "{name}"
+            );
+            let kv: Vec<crate::store::KvPair> = sm
+                .state
+                .tree()
+                .range(REQ_PREFIX, None)
+                .map(|kv| kv.unwrap())
+                .collect();
+            seen.push((name, got, kv));
+        }
+        for w in seen.windows(2) {
+            assert_eq!(
+                (&w[0].1, &w[0].2),
+                (&w[1].1, &w[1].2),
+                "{} / {}",
+                w[0].0,
+                w[1].0
+            );
+        }
+    }
+
+    /// The presence filter never hides a pin: pins applied while it is built,
+    /// after, installed from a snapshot and found again after a restart; and a
+    /// removed pin is absent (read from the store).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_presence_filter_never_hides_a_pin() {
+        async fn built(sm: &StateMachine) {
+            sm.state.build_filter_in_background();
+            for _ in 0..500 {
+                if sm.state.filter().is_ready() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("the filter was not built");
+        }
+        for backend in [Backend::Fjall, Backend::Redb, Backend::Sled] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut sm = machine(&dir.path().join("a"), backend);
+            sm.apply(vec![entry(1, 0..50)]).await.unwrap();
+            // A build no key was listed into: only the writes made meanwhile.
+            let rebuild = sm.state.filter().rebuild(0);
+            sm.apply(vec![entry(2, 50..100)]).await.unwrap();
+            rebuild.finish();
+            assert!(sm.state.filter().is_ready());
+            assert!(
+                (50..100).all(|n| sm.state.has(&cid(n)).unwrap()),
+                "{backend:?}"
+            );
+            // Built from the store, then written to.
+            built(&sm).await;
+            sm.apply(vec![entry(3, 100..150)]).await.unwrap();
+            sm.apply(vec![at(4, vec![unpin_req(7, 20)])]).await.unwrap();
+            for n in 0..200 {
+                let want = n < 150 && n != 20;
+                assert_eq!(sm.state.has(&cid(n)).unwrap(), want, "{backend:?} {n}");
+                assert_eq!(sm.state.get(&cid(n)).unwrap().is_some(), want);
+            }
+            // A snapshot's pins replace the pinset, filter and all.
+            let mut leader = machine(&dir.path().join("b"), backend);
+            leader.apply(vec![entry(1, 500..600)]).await.unwrap();
+            transfer(&mut leader, &mut sm).await;
+            assert!(sm.state.filter().is_ready());
+            for n in (0..150).chain(500..600) {
+                assert_eq!(sm.state.has(&cid(n)).unwrap(), n >= 500, "{backend:?} {n}");
+            }
+            drop(sm);
+            let sm = machine(&dir.path().join("a"), backend);
+            built(&sm).await;
+            assert!(
+                (500..600).all(|n| sm.state.has(&cid(n)).unwrap()),
+                "{backend:?}"
+            );
+            assert!(!sm.state.has(&cid(1)).unwrap());
+        }
+    }
+
     /// Records leave in steps (a window of 1,280: steps of 10), so an expired
     /// record can still be stored when its ID comes again: the ID is applied
     /// anew, and the later prune of its old order key keeps the new record.
@@ -1885,20 +2303,27 @@ mod tests {
         assert_eq!(recorded_ids(&follower).len(), 3);
     }
 
-    /// The IDs of the request records `sm` holds, checked against their order
+    /// The request IDs the records `sm` holds, checked against their order
     /// keys.
     fn recorded_ids(sm: &StateMachine) -> Vec<RequestId> {
         let tree = sm.state.tree().clone();
-        let ids: Vec<RequestId> = tree
-            .range(REQ_PREFIX, Some(SEQ_PREFIX))
-            .map(|kv| {
-                let k = kv.unwrap().0;
-                RequestId::from_be_bytes(k[REQ_PREFIX.len()..].try_into().unwrap())
-            })
-            .collect();
+        let mut records = 0;
+        let mut ids = Vec::new();
+        for kv in tree.range(REQ_PREFIX, Some(SEQ_PREFIX)) {
+            let (k, v) = kv.unwrap();
+            let last = RequestId::from_be_bytes(k[REQ_PREFIX.len()..].try_into().unwrap());
+            let n = RunRecord::decode(&v).unwrap().outcomes.len() as u128;
+            ids.extend(last + 1 - n..=last);
+            records += 1;
+        }
         let ordered = tree.range(SEQ_PREFIX, None).count();
-        assert_eq!(ids.len(), ordered, "records and order keys differ");
+        assert_eq!(records, ordered, "records and order keys differ");
         ids
+    }
+
+    /// How many request records `sm` holds.
+    fn record_count(sm: &StateMachine) -> usize {
+        sm.state.tree().range(REQ_PREFIX, Some(SEQ_PREFIX)).count()
     }
 
     /// Each prune starts where the last one ended: after a snapshot install

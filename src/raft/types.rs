@@ -89,6 +89,13 @@ pub fn new_request_id() -> RequestId {
     (u128::from(ms) << 80) | (rand::random::<u128>() >> 48)
 }
 
+/// The first of a run of new request IDs: [`new_request_id`] with the top bit
+/// of its random part clear, so that any batch can count up from it without
+/// reaching the time bits.
+pub fn new_run_base() -> RequestId {
+    new_request_id() & !(1u128 << 79)
+}
+
 impl Request {
     /// `op` for a new client request, with a fresh ID.
     pub fn new(op: LogOp) -> Self {

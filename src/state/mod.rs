@@ -3,12 +3,14 @@
 //! that also record how far the Raft log was applied).
 
 pub mod codec;
+pub mod filter;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::store::{StoreError, Tree, prefix_bounds};
 use crate::types::{Cid, Pin};
+use filter::PresenceFilter;
 
 /// Key prefix of pins inside the state tree; other prefixes hold consensus metadata.
 pub const PIN_PREFIX: &[u8] = b"p/";
@@ -40,6 +42,8 @@ pub struct PinState {
     /// The pinset's size as last written, shared by every clone
     /// (`COUNT_UNKNOWN` until [`PinState::load_count`]).
     count: Arc<AtomicU64>,
+    /// Which pins are certainly absent (see [`filter`]), shared by every clone.
+    filter: PresenceFilter,
 }
 
 /// How many entries a walk reads under one read view.
@@ -122,7 +126,47 @@ impl PinState {
         PinState {
             tree,
             count: Arc::new(AtomicU64::new(COUNT_UNKNOWN)),
+            filter: PresenceFilter::default(),
         }
+    }
+
+    /// The filter of certainly absent pins. Whoever writes pins to the tree
+    /// keeps it true (see [`PresenceFilter::insert`] and
+    /// [`PresenceFilter::rebuild`]).
+    pub fn filter(&self) -> &PresenceFilter {
+        &self.filter
+    }
+
+    /// Builds the presence filter from the stored pins on a blocking thread;
+    /// until it is done every read goes to the store. Call it before anything
+    /// writes pins (at start). The build stops early when the filter is
+    /// rebuilt again or dropped with the last clone of this state.
+    pub fn build_filter_in_background(&self) {
+        let rebuild = self.filter.rebuild(self.known_count().unwrap_or(0));
+        // Not a clone: the build must not keep the filter alive.
+        let reader = PinState::new(self.tree.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut key = PIN_PREFIX.to_vec();
+            let mut live = true;
+            let walked = reader.walk_while(&mut |cid, _| {
+                key.truncate(PIN_PREFIX.len());
+                key.extend_from_slice(cid);
+                live = rebuild.insert(&key);
+                live
+            });
+            match walked {
+                Ok(()) if live => rebuild.finish(),
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!("pinset presence filter not built, reads go to the store: {e}")
+                }
+            }
+        });
+    }
+
+    /// Whether the pin under store key `key` may exist (a store read tells).
+    fn may_have(&self, key: &[u8]) -> bool {
+        self.filter.may_contain(key)
     }
 
     /// Reads the stored size of the pinset, or counts the pins when the store
@@ -163,7 +207,11 @@ impl PinState {
 
     /// The pin for `cid`, if any.
     pub fn get(&self, cid: &Cid) -> Result<Option<Pin>, StateError> {
-        self.tree.get(&key(cid))?.map(|b| decode(&b)).transpose()
+        let k = key(cid);
+        if !self.may_have(&k) {
+            return Ok(None);
+        }
+        self.tree.get(&k)?.map(|b| decode(&b)).transpose()
     }
 
     /// `get` on a blocking thread, for async callers: a read may wait on the disk.
@@ -186,7 +234,11 @@ impl PinState {
 
     /// The pin for `cid` and the digest of its stored version, if any.
     pub fn get_with_digest(&self, cid: &Cid) -> Result<Option<(Pin, PinDigest)>, StateError> {
-        match self.tree.get(&key(cid))? {
+        let k = key(cid);
+        if !self.may_have(&k) {
+            return Ok(None);
+        }
+        match self.tree.get(&k)? {
             Some(b) => Ok(Some((decode(&b)?, digest_of_stored(&b)?))),
             None => Ok(None),
         }
@@ -199,7 +251,29 @@ impl PinState {
 
     /// True when `cid` is in the pinset.
     pub fn has(&self, cid: &Cid) -> Result<bool, StateError> {
-        Ok(self.tree.get(&key(cid))?.is_some())
+        let k = key(cid);
+        Ok(self.may_have(&k) && self.tree.get(&k)?.is_some())
+    }
+
+    /// The stored values under pin keys `keys` (sorted), one read view where
+    /// the store has them; keys the filter rules out are not read.
+    pub fn get_stored(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        // Asked once a key: the filter may become ready meanwhile.
+        let read: Vec<bool> = keys.iter().map(|k| self.may_have(k)).collect();
+        if read.iter().all(|r| *r) {
+            return Ok(self.tree.get_many(keys)?);
+        }
+        let wanted: Vec<Vec<u8>> = keys
+            .iter()
+            .zip(&read)
+            .filter(|(_, r)| **r)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut found = self.tree.get_many(&wanted)?.into_iter();
+        Ok(read
+            .iter()
+            .map(|r| if *r { found.next().flatten() } else { None })
+            .collect())
     }
 
     /// Every pin, in key order, read lazily from the store.
@@ -264,11 +338,20 @@ impl PinState {
     /// Visits every pin, a page at a time (each page under one read view), as
     /// [`Self::scan`] hands them over.
     fn walk(&self, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StateError> {
+        self.walk_while(&mut |cid, v| {
+            visit(cid, v);
+            true
+        })
+    }
+
+    /// [`Self::walk`] until `visit` returns false.
+    fn walk_while(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StateError> {
         let mut from = Some(PageFrom::start());
-        while let Some(f) = from {
+        let mut go = true;
+        while let (Some(f), true) = (from, go) {
             from = self.scan(&f, SCAN_BATCH, &mut |cid, v| {
-                visit(cid, v);
-                true
+                go = visit(cid, v);
+                go
             })?;
         }
         Ok(())
