@@ -130,6 +130,8 @@ struct Inner {
     removed: CancellationToken,
     batcher: Batcher,
     snapshot_progress: state_machine::SnapshotProgress,
+    /// How far the state machine has written the log into the state.
+    applied: tokio::sync::watch::Receiver<types::Applied>,
     /// Test hook: replies to forwarded commits to drop (the leader applied them,
     /// this peer hears nothing), as a lost reply on the network would.
     #[cfg(test)]
@@ -189,6 +191,7 @@ impl Consensus {
         // Before Raft starts applying (see PinState::build_filter_in_background).
         state.build_filter_in_background();
         let snapshot_progress = sm.progress();
+        let applied = sm.applied();
 
         let heartbeat = cfg.heartbeat_timeout.0.as_millis().max(10) as u64;
         let election = cfg
@@ -250,6 +253,7 @@ impl Consensus {
                 removed: CancellationToken::new(),
                 batcher: Batcher::start(submit, BATCHES_IN_FLIGHT, MAX_BATCH),
                 snapshot_progress,
+                applied,
                 #[cfg(test)]
                 drop_commit_replies: Default::default(),
             }
@@ -426,6 +430,11 @@ impl Consensus {
     /// Waits until this peer has applied the log up to `index`.
     pub async fn wait_applied(&self, index: u64) -> Result<(), ConsensusError> {
         if index == 0 {
+            return Ok(());
+        }
+        // Mostly true by now (a leader answers a write once applied): no
+        // timer, no condition for openraft to format.
+        if matches!(*self.inner.applied.borrow(), types::Applied::Upto(Some(i)) if i >= index) {
             return Ok(());
         }
         self.inner
