@@ -146,6 +146,16 @@ impl RunRecord {
         v
     }
 
+    /// Its request at position `at`, the record being stored under `key`.
+    fn seen(&self, key: RequestId, at: usize) -> Seen {
+        Seen {
+            index: self.index,
+            outcome: self.outcomes[at],
+            seq: self.seq,
+            key,
+        }
+    }
+
     fn decode(v: &[u8]) -> Result<Self, Corrupt> {
         let bad = || Corrupt(format!("request record of {} bytes", v.len()));
         match v.first() {
@@ -187,6 +197,16 @@ impl Seen {
     }
 }
 
+/// A run an apply call is recording.
+struct Run {
+    /// Its last ID so far: the record's key.
+    last: RequestId,
+    rec: RunRecord,
+    /// A later request of the call found the record expired (only with a
+    /// window smaller than the call): it is not written.
+    dropped: bool,
+}
+
 /// Finds the records holding the IDs `first..=last` (all of them looked up):
 /// one range from the first, since records hold disjoint runs in key order.
 /// Forwarded batches are runs, so a peer whose IDs come below the newest (its
@@ -203,10 +223,7 @@ fn find_recorded(
     };
     for kv in tree.range(&req_key(first), Some(&to)) {
         let (k, v) = kv.map_err(read_sm_err)?;
-        let key = k
-            .strip_prefix(REQ_PREFIX)
-            .and_then(|b| <[u8; 16]>::try_from(b).ok())
-            .map(RequestId::from_be_bytes)
+        let key = req_id_of(&k)
             .ok_or_else(|| read_sm_err(Corrupt(format!("request record key {k:?}"))))?;
         let rec = RunRecord::decode(&v).map_err(read_sm_err)?;
         let n = rec.outcomes.len() as u128;
@@ -217,13 +234,7 @@ fn find_recorded(
             break;
         }
         for id in from.max(first)..=key.min(last) {
-            let seen = Seen {
-                index: rec.index,
-                outcome: rec.outcomes[(id - from) as usize],
-                seq: rec.seq,
-                key,
-            };
-            found.insert(id, seen);
+            found.insert(id, rec.seen(key, (id - from) as usize));
         }
     }
     Ok(())
@@ -239,6 +250,13 @@ fn req_key(id: RequestId) -> Vec<u8> {
     let mut k = REQ_PREFIX.to_vec();
     k.extend_from_slice(&id.to_be_bytes());
     k
+}
+
+/// The ID in a request record's key ([`req_key`]), if it is one.
+fn req_id_of(key: &[u8]) -> Option<RequestId> {
+    key.strip_prefix(REQ_PREFIX)
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .map(RequestId::from_be_bytes)
 }
 
 fn seq_key(seq: u64) -> Vec<u8> {
@@ -569,10 +587,7 @@ impl StateMachine {
     fn find_newest_recorded(&self) {
         let newest = match self.state.tree().last_with_prefix(REQ_PREFIX) {
             Ok(None) => 0,
-            Ok(Some((k, _))) => k
-                .get(REQ_PREFIX.len()..)
-                .and_then(|b| <[u8; 16]>::try_from(b).ok())
-                .map_or(RequestId::MAX, RequestId::from_be_bytes),
+            Ok(Some((k, _))) => req_id_of(&k).unwrap_or(RequestId::MAX),
             Err(e) => {
                 tracing::warn!("the newest request record is unknown ({e}); each is looked up");
                 RequestId::MAX
@@ -930,8 +945,8 @@ impl StateMachine {
         // earlier ones did is read from here, so that outcomes follow the log
         // order, not the store. `None`: not in the pinset.
         let mut pins: HashMap<Cid, Option<Vec<u8>>> = HashMap::new();
-        // Requests recorded by this call, with the run that holds each.
-        let mut recorded: HashMap<RequestId, (Seen, usize)> = HashMap::new();
+        // Requests recorded by this call: the run that holds each, and where.
+        let mut recorded: HashMap<RequestId, (usize, usize)> = HashMap::new();
         // Everything the requests will look up, read at once (sorted pins: fewer
         // pages). Nothing else writes the tree meanwhile (apply is serial).
         let mut ids = Vec::new();
@@ -972,9 +987,8 @@ impl StateMachine {
             find_recorded(tree.as_ref(), (ids[i], ids[j]), &mut stored)?;
             i = j + 1;
         }
-        // This call's runs; a run that a later request found expired (only
-        // with a window smaller than the call) is dropped.
-        let mut runs: Vec<(RequestId, RunRecord, bool)> = Vec::new();
+        // This call's runs.
+        let mut runs: Vec<Run> = Vec::new();
         // Expired stored records whose IDs were applied anew: (key, seq).
         let mut superseded: Vec<(RequestId, u64)> = Vec::new();
         let seq_start = match tree.get(REQ_SEQ_KEY).map_err(read_sm_err)? {
@@ -1002,11 +1016,10 @@ impl StateMachine {
                     let mut open: HashMap<RequestId, usize> = HashMap::new();
                     for req in ops.0 {
                         if let Some(id) = req.id {
-                            let prior = recorded
-                                .get(&id)
-                                .map(|(s, _)| s)
-                                .or_else(|| stored.get(&id))
-                                .copied();
+                            let prior = match recorded.get(&id) {
+                                Some(&(run, at)) => Some(runs[run].rec.seen(runs[run].last, at)),
+                                None => stored.get(&id).copied(),
+                            };
                             // Seen: answered as the first time, nothing changes. A
                             // record past the window (pruned at the end of this
                             // call) no longer counts.
@@ -1065,35 +1078,37 @@ impl StateMachine {
                         if let Some(id) = req.id {
                             // The expired record that held the ID no longer counts
                             // for any of its IDs: it goes.
-                            if let Some((_, run)) = recorded.get(&id) {
-                                runs[*run].2 = true;
+                            if let Some(&(run, _)) = recorded.get(&id) {
+                                runs[run].dropped = true;
                             } else if let Some(old) = stored.get(&id) {
                                 superseded.push((old.key, old.seq));
                             }
                             let run = match open.remove(&id) {
-                                Some(i) if !runs[i].2 && runs[i].1.outcomes.len() < MAX_RUN => i,
+                                Some(i)
+                                    if !runs[i].dropped && runs[i].rec.outcomes.len() < MAX_RUN =>
+                                {
+                                    i
+                                }
                                 _ => {
                                     let rec = RunRecord {
                                         index,
                                         seq,
                                         outcomes: Vec::new(),
                                     };
-                                    runs.push((id, rec, false));
+                                    runs.push(Run {
+                                        last: id,
+                                        rec,
+                                        dropped: false,
+                                    });
                                     runs.len() - 1
                                 }
                             };
-                            runs[run].0 = id;
-                            runs[run].1.outcomes.push(outcome);
+                            runs[run].last = id;
+                            runs[run].rec.outcomes.push(outcome);
                             if let Some(next) = id.checked_add(1) {
                                 open.insert(next, run);
                             }
-                            let seen = Seen {
-                                index,
-                                outcome,
-                                seq: runs[run].1.seq,
-                                key: id,
-                            };
-                            recorded.insert(id, (seen, run));
+                            recorded.insert(id, (run, runs[run].rec.outcomes.len() - 1));
                             seq += 1;
                         }
                         outcomes.push(Committed { outcome, index });
@@ -1133,7 +1148,7 @@ impl StateMachine {
                 writes.insert(req_key(key), None);
                 writes.insert(seq_key(old_seq), None);
             }
-            for (last, rec, dropped) in runs {
+            for Run { last, rec, dropped } in runs {
                 if !dropped && rec.seq >= keep_from {
                     writes.insert(seq_key(rec.seq), Some(last.to_be_bytes().to_vec()));
                     writes.insert(req_key(last), Some(rec.encode()));
@@ -2296,7 +2311,7 @@ mod tests {
         let mut ids = Vec::new();
         for kv in tree.range(REQ_PREFIX, Some(SEQ_PREFIX)) {
             let (k, v) = kv.unwrap();
-            let last = RequestId::from_be_bytes(k[REQ_PREFIX.len()..].try_into().unwrap());
+            let last = req_id_of(&k).unwrap();
             let n = RunRecord::decode(&v).unwrap().outcomes.len() as u128;
             ids.extend(last + 1 - n..=last);
             records += 1;
