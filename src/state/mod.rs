@@ -255,7 +255,7 @@ impl PinState {
         Ok(self.may_have(&k) && self.tree.get(&k)?.is_some())
     }
 
-    /// The stored values under pin keys `keys` (sorted), one read view where
+    /// The stored values under pin keys `keys`, in their order, one read view where
     /// the store has them; keys the filter rules out are not read.
     pub fn get_stored(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
         // Asked once a key: the filter may become ready meanwhile.
