@@ -92,6 +92,20 @@ struct Inner {
     segments: BTreeMap<u64, Segment>,
 }
 
+/// A write of [`LogFile::write`] that may not be on the disk yet.
+#[must_use = "entries are durable only once synced"]
+pub struct Unsynced(Option<(Arc<File>, PathBuf)>);
+
+impl Unsynced {
+    /// Waits until the write, and every write before it, is on the disk.
+    pub fn sync(self) -> Result<(), LogFileError> {
+        match self.0 {
+            Some((file, path)) => file.sync_data().map_err(io_err(&path)),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The Raft log's entries, as opaque payloads by index.
 pub struct LogFile {
     dir: PathBuf,
@@ -257,8 +271,16 @@ impl LogFile {
     /// Appends `entries` (index, payload), consecutive and past the last entry,
     /// durably: one write, one sync.
     pub fn append(&self, entries: &[(u64, Vec<u8>)]) -> Result<(), LogFileError> {
+        self.write(entries)?.sync()
+    }
+
+    /// Appends `entries` as [`LogFile::append`] does, without waiting for the
+    /// disk: they are readable at once, durable once [`Unsynced::sync`]
+    /// returns. A sync makes every earlier write durable as well, so that a
+    /// caller may count the writes' syncs in whatever order they end.
+    pub fn write(&self, entries: &[(u64, Vec<u8>)]) -> Result<Unsynced, LogFileError> {
         let Some(&(start, _)) = entries.first() else {
-            return Ok(());
+            return Ok(Unsynced(None));
         };
         let mut inner = self.lock();
         let last = inner.segments.values().rev().find_map(Segment::last);
@@ -295,6 +317,11 @@ impl LogFile {
         let key = match reuse {
             Some(k) => k,
             None => {
+                // A sync covers its own segment only: the one closed here is
+                // made durable now, for the syncs of later writes to cover it.
+                if let Some(prev) = inner.segments.values().next_back() {
+                    prev.file.sync_data().map_err(io_err(&prev.path))?;
+                }
                 // Segments left empty by a purge are of no use any more; gone
                 // before the new one exists, so that no crash leaves both.
                 let empty: Vec<u64> = inner
@@ -336,13 +363,10 @@ impl LogFile {
             return Err(LogFileError::OutOfOrder { got: start, last });
         };
         let at = seg.len;
-        seg.file
-            .write_all_at(&buf, at)
-            .and_then(|_| seg.file.sync_data())
-            .map_err(io_err(&seg.path))?;
+        seg.file.write_all_at(&buf, at).map_err(io_err(&seg.path))?;
         seg.offsets.extend(rel.into_iter().map(|r| at + r));
         seg.len = at + buf.len() as u64;
-        Ok(())
+        Ok(Unsynced(Some((seg.file.clone(), seg.path.clone()))))
     }
 
     /// The payloads of the entries in `[from, to)` that the log holds, in order.

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::codec::{decode_entry, decode_meta, encode_entry, encode_meta};
 use super::log_file::LogFile;
+use super::log_writer::LogWriter;
 use super::types::{Applied, NodeId, TypeConfig};
 use crate::store::{StoreError, Tree, prefix_bounds};
 
@@ -69,6 +70,8 @@ async fn blocking<T: Send + 'static>(
 pub struct LogStore {
     tree: Arc<dyn Tree>,
     log: Arc<LogFile>,
+    /// Every change to `log` after the start goes through here, in order.
+    writer: LogWriter,
     /// Entries up to here are purged (some may remain in a segment's file).
     purged: Arc<Mutex<Option<u64>>>,
     /// The committed log ID openraft last saved, not written yet: it goes with
@@ -140,9 +143,8 @@ impl Recent {
         }
     }
 
-    /// The entries `[from, to)` when all of them are here. A range past the
-    /// last one held is not served: an append may be in the file already and
-    /// not here yet.
+    /// The entries `[from, to)` when all of them are here. Anything else is
+    /// the files' to answer, once the writer has written what it was given.
     fn get(&self, from: u64, to: u64) -> Option<Vec<Entry<TypeConfig>>> {
         let first = self.entries.front()?.0.log_id.index;
         let last = self.entries.back()?.0.log_id.index;
@@ -164,10 +166,11 @@ impl LogStore {
     /// The log of the raft folder `dir`, its metadata in `tree`. Entries an
     /// earlier version kept in `tree` move to the log files first.
     pub fn open(tree: Arc<dyn Tree>, dir: &Path) -> Result<Self, StorageError<NodeId>> {
-        let log = LogFile::open(&dir.join(LOG_DIR)).map_err(write_err)?;
+        let log = Arc::new(LogFile::open(&dir.join(LOG_DIR)).map_err(write_err)?);
         let this = LogStore {
             tree,
-            log: Arc::new(log),
+            writer: LogWriter::start(log.clone()).map_err(write_err)?,
+            log,
             purged: Arc::new(Mutex::new(None)),
             committed: Arc::new(Mutex::new(None)),
             recent: Arc::default(),
@@ -320,6 +323,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if let Some(hit) = crate::sync::lock(&self.recent).get(from, end) {
             return Ok(hit);
         }
+        // The files hold every append queued before this barrier.
+        self.writer.run(|| ()).await.map_err(read_err)?;
         let this = self.clone();
         blocking(move || this.entries(start, end)).await
     }
@@ -329,6 +334,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        self.writer.run(|| ()).await.map_err(read_err)?;
         let this = self.clone();
         blocking(move || {
             let last_purged_log_id: Option<LogId<NodeId>> = this.get_meta(PURGED_KEY)?;
@@ -402,31 +408,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| (e.log_id.index, encode_entry(e)))
             .collect();
         let sizes: Vec<usize> = batch.iter().map(|(_, b)| b.len()).collect();
-        let log = self.log.clone();
-        let res = blocking(move || log.append(&batch).map_err(write_err)).await;
-        if res.is_ok() {
-            crate::sync::lock(&self.recent).push(entries.into_iter().zip(sizes).collect());
-        }
-        // openraft must hear of the I/O result either way; the error is also returned.
-        callback.log_io_completed(
-            res.as_ref()
-                .map(|_| ())
-                .map_err(|e| std::io::Error::other(e.to_string())),
-        );
-        res
+        // Readable from here at once: the leader's replication reads these
+        // while the writer thread writes and syncs them.
+        crate::sync::lock(&self.recent).push(entries.into_iter().zip(sizes).collect());
+        self.writer.append(batch, callback).map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         // Out of the cache first: no read may find there what the file lost.
         crate::sync::lock(&self.recent).truncate(log_id.index);
         let log = self.log.clone();
-        blocking(move || log.truncate(log_id.index).map_err(write_err)).await
+        self.writer
+            .run(move || log.truncate(log_id.index))
+            .await
+            .map_err(write_err)?
+            .map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.wait_applied(log_id.index).await?;
         let this = self.clone();
-        blocking(move || {
+        let purge = move || {
             // The marker first, durably: the same commit makes the state
             // machine's applied entries durable (its own commits are not), so
             // that no entry leaves the log before the state holds it on disk.
@@ -435,8 +437,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             *crate::sync::lock(&this.purged) = Some(log_id.index);
             crate::sync::lock(&this.recent).purge(log_id.index);
             this.log.purge(log_id.index).map_err(write_err)
-        })
-        .await
+        };
+        self.writer.run(purge).await.map_err(write_err)?
     }
 }
 
@@ -516,6 +518,47 @@ mod tests {
         applied.send_replace(Applied::InstallFailed);
         assert!(waiting.await.unwrap().is_err());
         assert_eq!(purged(log.clone()).await, Some(entry(8).log_id));
+    }
+
+    /// Appends return once queued and are readable at once; queued from
+    /// several handles they are written in the order they were made, and a
+    /// truncate queued after them finds them all.
+    #[tokio::test]
+    async fn appends_are_written_in_the_order_they_were_made() {
+        use openraft::storage::RaftLogStorageExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::open(dir.path(), Backend::Fjall).unwrap();
+        let tree = db.tree("raft_log").unwrap();
+        let log = LogStore::open(tree.clone(), dir.path()).unwrap();
+        let (mut a, mut b, mut c) = (log.clone(), log.clone(), log.clone());
+        // Polled in this order: each append is queued before the next one.
+        let (ra, rb, rc) = futures::join!(
+            a.blocking_append((1..4).map(entry)),
+            b.blocking_append((4..6).map(entry)),
+            c.blocking_append((6..9).map(entry)),
+        );
+        ra.unwrap();
+        rb.unwrap();
+        rc.unwrap();
+        let (mut l, mut reader) = (log.clone(), log.clone());
+        let (appended, read) = futures::join!(
+            l.blocking_append((9..11).map(entry)),
+            reader.try_get_log_entries(8..11),
+        );
+        appended.unwrap();
+        assert_eq!(read.unwrap(), (8..11).map(entry).collect::<Vec<_>>());
+        l.truncate(entry(10).log_id).await.unwrap();
+        drop((a, b, c, l, reader, log));
+        // The last handle's drop waited for the writer: the files are settled.
+        let mut log = LogStore::open(tree, dir.path()).unwrap();
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_log_id,
+            Some(entry(9).log_id)
+        );
+        assert_eq!(
+            log.try_get_log_entries(0..100).await.unwrap(),
+            (1..10).map(entry).collect::<Vec<_>>()
+        );
     }
 
     fn batch(r: std::ops::Range<u64>, size: usize) -> Vec<(Entry<TypeConfig>, usize)> {

@@ -10,6 +10,7 @@ mod batcher;
 mod codec;
 mod log_file;
 mod log_store;
+mod log_writer;
 mod network;
 pub mod offline;
 #[cfg(test)]
