@@ -190,6 +190,10 @@ struct Figures {
     import: Duration,
     starts: Vec<Result<Duration, String>>,
     join: Duration,
+    /// When the pinset's last pin first answered on the 4th peer.
+    last_seen: Duration,
+    /// Full listings taken to confirm the pinset (each ~1 s at 1M).
+    listings: u32,
     join_hwm_kb: u64,
     status: Duration,
     status_lines: u64,
@@ -320,6 +324,8 @@ async fn measure(bin: &Path, n: u64, rounds: usize, export: &Path, root: &Path) 
     let t = Instant::now();
     peers[3].spawn(&["--bootstrap", &bootstrap]);
     let last = cid_of(n - 1);
+    let mut last_seen = None;
+    let mut listings = 0;
     loop {
         if let Some(st) = peers[3].exited() {
             panic!("the joining peer exited ({st}):\n{}", peers[3].log_tail());
@@ -330,7 +336,9 @@ async fn measure(bin: &Path, n: u64, rounds: usize, export: &Path, root: &Path) 
             .await
             && r.status().is_success()
         {
+            last_seen.get_or_insert(t.elapsed());
             // Pins are installed in key order, the last one last: confirm all.
+            listings += 1;
             let (lines, _) = count_lines(&client, &peers[3].rest_url("/allocations")).await;
             if lines == n {
                 break;
@@ -343,6 +351,7 @@ async fn measure(bin: &Path, n: u64, rounds: usize, export: &Path, root: &Path) 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let join = t.elapsed();
+    let last_seen = last_seen.unwrap_or(join);
     let join_hwm_kb = status_kb(peers[3].pid(), "VmHWM");
 
     let (status_lines, status) = count_lines(&client, &peers[0].rest_url("/pins")).await;
@@ -356,6 +365,8 @@ async fn measure(bin: &Path, n: u64, rounds: usize, export: &Path, root: &Path) 
         import,
         starts,
         join,
+        last_seen,
+        listings,
         join_hwm_kb,
         status,
         status_lines,
@@ -398,6 +409,11 @@ fn report(label: &str, n: u64, f: &Figures) {
         } else {
             "OVER"
         }
+    );
+    println!(
+        "  its last pin answered after {}; {} full listing(s) to confirm the pinset",
+        secs(f.last_seen),
+        f.listings
     );
     println!(
         "GET /pins (global status over 4 peers): {} ; {} pins",
