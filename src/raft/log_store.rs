@@ -253,6 +253,13 @@ impl LogStore {
         Ok(())
     }
 
+    /// Holds back the log's syncs until called again with `false` (tests of
+    /// who waits for them).
+    #[cfg(test)]
+    pub fn hold_syncs(&self, hold: bool) {
+        self.writer.hold_syncs(hold);
+    }
+
     /// Makes every purge wait until the state machine has written what it
     /// removes. openraft 0.9 purges what a received snapshot covers as soon as
     /// it hands the snapshot to the state machine, before the install: a crash

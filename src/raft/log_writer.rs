@@ -36,6 +36,9 @@ pub struct LogWriter {
     // joins.
     tx: Sender<Op>,
     _thread: Arc<Joined>,
+    /// While set, the thread holds back its syncs (tests of who waits for them).
+    #[cfg(test)]
+    held: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Joins the writer thread when dropped, unless dropped on that thread (by
@@ -56,12 +59,21 @@ impl LogWriter {
     /// Starts the writer thread of `log`.
     pub fn start(log: Arc<LogFile>) -> std::io::Result<Self> {
         let (tx, rx) = channel();
+        #[cfg(test)]
+        let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut group = Group {
+            #[cfg(test)]
+            held: held.clone(),
+            ..Group::default()
+        };
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_loop(&log, &rx))?;
+            .spawn(move || write_loop(&log, &rx, &mut group))?;
         Ok(LogWriter {
             tx,
             _thread: Arc::new(Joined(Some(thread))),
+            #[cfg(test)]
+            held,
         })
     }
 
@@ -75,6 +87,12 @@ impl LogWriter {
         self.tx
             .send(Op::Append(batch, flushed))
             .map_err(|_| WriterGone)
+    }
+
+    /// Holds back every sync until called again with `false` (tests only).
+    #[cfg(test)]
+    pub fn hold_syncs(&self, hold: bool) {
+        self.held.store(hold, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Runs `f` on the writer thread once every write queued before is on
@@ -94,8 +112,7 @@ impl LogWriter {
     }
 }
 
-fn write_loop(log: &LogFile, rx: &Receiver<Op>) {
-    let mut group = Group::default();
+fn write_loop(log: &LogFile, rx: &Receiver<Op>, group: &mut Group) {
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(op) = next {
@@ -120,6 +137,8 @@ struct Group {
     waiting: Vec<LogFlushed<TypeConfig>>,
     /// A write of this group failed: the later ones would leave a gap.
     failed: Option<String>,
+    #[cfg(test)]
+    held: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Group {
@@ -143,6 +162,10 @@ impl Group {
 
     /// Syncs what the group wrote and reports it to each append's waiter.
     fn sync(&mut self) {
+        #[cfg(test)]
+        while self.held.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let synced = self.last.take().map_or(Ok(()), Unsynced::sync);
         for flushed in self.waiting.drain(..) {
             flushed.log_io_completed(match &synced {

@@ -290,6 +290,7 @@ fn temp_root() -> tempfile::TempDir {
 struct Node {
     raft: Raft<TypeConfig>,
     state: PinState,
+    log: LogStore,
 }
 
 /// Starts node `id` on its folder (again, after a restart) and joins it to the network.
@@ -345,12 +346,12 @@ async fn start_node(id: NodeId, net: &Shared) {
             from: id,
             net: net.clone(),
         },
-        log,
+        log.clone(),
         sm,
     )
     .await
     .expect("raft starts");
-    lock(net).nodes.insert(id, Node { raft, state });
+    lock(net).nodes.insert(id, Node { raft, state, log });
 }
 
 /// Stops node `id` (its Raft, then its store) for `down`, then starts it again
@@ -801,4 +802,103 @@ fn five_nodes_lose_no_acknowledged_write_under_faults() {
 #[test]
 fn nodes_join_and_leave_under_faults_losing_no_acknowledged_write() {
     run_seeds(&[201, 202], 3, 4, 60, true);
+}
+
+/// A quiet network of `n` nodes on `root` with a leader elected and one write
+/// committed; returns the leader's ID.
+async fn quiet_cluster(n: u64, root: &std::path::Path) -> (Shared, NodeId) {
+    let net: Shared = Arc::new(Mutex::new(Net {
+        rng: StdRng::seed_from_u64(n),
+        faults: NO_FAULTS,
+        cut: HashSet::new(),
+        nodes: HashMap::new(),
+        backends: (1..=n).map(|id| (id, Backend::Fjall)).collect(),
+        root: root.to_path_buf(),
+        stats: Stats::default(),
+    }));
+    for id in 1..=n {
+        start_node(id, &net).await;
+    }
+    let members: BTreeMap<NodeId, ClusterNode> = (1..=n).map(|id| (id, sim_node(id))).collect();
+    raft_of(&net, 1)
+        .expect("node 1 is up")
+        .initialize(members)
+        .await
+        .expect("initialize");
+    let leader = loop {
+        if let Some(l) = leader_of(&net) {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::timeout(Duration::from_secs(10), leader.client_write(pin_batch(0)))
+        .await
+        .expect("the first write commits")
+        .expect("the first write");
+    let id = leader.metrics().borrow().id;
+    (net, id)
+}
+
+/// Holds back a node's log syncs until dropped, a failed assertion included
+/// (the log's last handle waits for its writer thread).
+struct HeldSyncs(LogStore);
+
+impl HeldSyncs {
+    fn new(log: LogStore) -> Self {
+        log.hold_syncs(true);
+        HeldSyncs(log)
+    }
+}
+
+impl Drop for HeldSyncs {
+    fn drop(&mut self) {
+        self.0.hold_syncs(false);
+    }
+}
+
+fn pin_batch(n: u64) -> LogBatch {
+    LogBatch(vec![Request::new(LogOp::Pin(Box::new(Pin::new(
+        cid(n),
+        PinOptions::default(),
+    ))))])
+}
+
+/// With its own log's syncs held back, a leader still commits through its
+/// followers' acknowledgements: it replicates while it flushes, instead of
+/// after (vendor/openraft/PATCHES.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_commits_through_its_followers_while_its_own_flush_waits() {
+    let root = temp_root();
+    let (net, leader) = quiet_cluster(3, root.path()).await;
+    let (raft, log) = {
+        let n = lock(&net);
+        (n.nodes[&leader].raft.clone(), n.nodes[&leader].log.clone())
+    };
+    let held = HeldSyncs::new(log);
+    let res = tokio::time::timeout(Duration::from_secs(10), raft.client_write(pin_batch(1))).await;
+    drop(held);
+    res.expect("committed while the leader's flush was held")
+        .expect("the write");
+}
+
+/// A leader counts itself toward the quorum only once its log is flushed: a
+/// single node commits nothing while its syncs are held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_leader_commits_only_once_its_log_is_flushed() {
+    let root = temp_root();
+    let (net, leader) = quiet_cluster(1, root.path()).await;
+    let (raft, log) = {
+        let n = lock(&net);
+        (n.nodes[&leader].raft.clone(), n.nodes[&leader].log.clone())
+    };
+    let held = HeldSyncs::new(log);
+    let write = tokio::spawn(async move { raft.client_write(pin_batch(1)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!write.is_finished(), "committed before its log was flushed");
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("committed once flushed")
+        .expect("the write task")
+        .expect("the write");
 }
