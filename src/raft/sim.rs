@@ -354,6 +354,20 @@ async fn start_node(id: NodeId, net: &Shared) {
     lock(net).nodes.insert(id, Node { raft, state, log });
 }
 
+/// Starts the nodes `ids` and makes nodes 1 to `voters` a cluster.
+async fn start_cluster(net: &Shared, ids: &[NodeId], voters: u64) {
+    for &id in ids {
+        start_node(id, net).await;
+    }
+    let members: BTreeMap<NodeId, ClusterNode> =
+        (1..=voters).map(|id| (id, sim_node(id))).collect();
+    raft_of(net, 1)
+        .expect("node 1 is up")
+        .initialize(members)
+        .await
+        .expect("initialize");
+}
+
 /// Stops node `id` (its Raft, then its store) for `down`, then starts it again
 /// from its folder.
 async fn restart_node(id: NodeId, down: Duration, net: &Shared) {
@@ -618,15 +632,7 @@ async fn run(seed: u64, n: u64, clients: u64, ops: usize, reconfig: bool) {
         stats: Stats::default(),
     }));
     let ids: Vec<NodeId> = (1..=n + spare).collect();
-    for &id in &ids {
-        start_node(id, &net).await;
-    }
-    let members: BTreeMap<NodeId, ClusterNode> = (1..=n).map(|id| (id, sim_node(id))).collect();
-    raft_of(&net, 1)
-        .expect("node 1 is up")
-        .initialize(members)
-        .await
-        .expect("initialize");
+    start_cluster(&net, &ids, n).await;
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let chaos = tokio::spawn(nemesis(net.clone(), ids.clone(), stop.clone()));
@@ -805,8 +811,9 @@ fn nodes_join_and_leave_under_faults_losing_no_acknowledged_write() {
 }
 
 /// A quiet network of `n` nodes on `root` with a leader elected and one write
-/// committed; returns the leader's ID.
-async fn quiet_cluster(n: u64, root: &std::path::Path) -> (Shared, NodeId) {
+/// committed; returns the network (which keeps the nodes up), the leader and
+/// its log.
+async fn quiet_cluster(n: u64, root: &std::path::Path) -> (Shared, Raft<TypeConfig>, LogStore) {
     let net: Shared = Arc::new(Mutex::new(Net {
         rng: StdRng::seed_from_u64(n),
         faults: NO_FAULTS,
@@ -816,15 +823,7 @@ async fn quiet_cluster(n: u64, root: &std::path::Path) -> (Shared, NodeId) {
         root: root.to_path_buf(),
         stats: Stats::default(),
     }));
-    for id in 1..=n {
-        start_node(id, &net).await;
-    }
-    let members: BTreeMap<NodeId, ClusterNode> = (1..=n).map(|id| (id, sim_node(id))).collect();
-    raft_of(&net, 1)
-        .expect("node 1 is up")
-        .initialize(members)
-        .await
-        .expect("initialize");
+    start_cluster(&net, &(1..=n).collect::<Vec<_>>(), n).await;
     let leader = loop {
         if let Some(l) = leader_of(&net) {
             break l;
@@ -836,7 +835,8 @@ async fn quiet_cluster(n: u64, root: &std::path::Path) -> (Shared, NodeId) {
         .expect("the first write commits")
         .expect("the first write");
     let id = leader.metrics().borrow().id;
-    (net, id)
+    let log = lock(&net).nodes[&id].log.clone();
+    (net, leader, log)
 }
 
 /// Holds back a node's log syncs until dropped, a failed assertion included
@@ -869,11 +869,7 @@ fn pin_batch(n: u64) -> LogBatch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_commits_through_its_followers_while_its_own_flush_waits() {
     let root = temp_root();
-    let (net, leader) = quiet_cluster(3, root.path()).await;
-    let (raft, log) = {
-        let n = lock(&net);
-        (n.nodes[&leader].raft.clone(), n.nodes[&leader].log.clone())
-    };
+    let (_net, raft, log) = quiet_cluster(3, root.path()).await;
     let held = HeldSyncs::new(log);
     let res = tokio::time::timeout(Duration::from_secs(10), raft.client_write(pin_batch(1))).await;
     drop(held);
@@ -886,11 +882,7 @@ async fn a_leader_commits_through_its_followers_while_its_own_flush_waits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_leader_commits_only_once_its_log_is_flushed() {
     let root = temp_root();
-    let (net, leader) = quiet_cluster(1, root.path()).await;
-    let (raft, log) = {
-        let n = lock(&net);
-        (n.nodes[&leader].raft.clone(), n.nodes[&leader].log.clone())
-    };
+    let (_net, raft, log) = quiet_cluster(1, root.path()).await;
     let held = HeldSyncs::new(log);
     let write = tokio::spawn(async move { raft.client_write(pin_batch(1)).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
