@@ -435,7 +435,7 @@ impl Consensus {
         }
         // Mostly true by now (a leader answers a write once applied): no
         // timer, no condition for openraft to format.
-        if matches!(*self.inner.applied.borrow(), types::Applied::Upto(Some(i)) if i >= index) {
+        if self.inner.applied.borrow().covers(index) {
             return Ok(());
         }
         self.inner
@@ -970,7 +970,7 @@ pub mod bench {
             let mut batch = Vec::with_capacity(entries as usize);
             for _ in 0..entries {
                 index += 1;
-                let reqs = (0..per_entry)
+                let mut reqs = (0..per_entry)
                     .map(|_| {
                         n += 1;
                         let cid = Cid(cid::Cid::new_v1(
@@ -1000,7 +1000,6 @@ pub mod bench {
                         })
                     })
                     .collect::<Result<Vec<_>, String>>()?;
-                let mut reqs = reqs;
                 if kind == Kind::IdAndCondition {
                     let base = types::new_run_base();
                     for (r, k) in reqs.iter_mut().zip(0u128..) {
