@@ -6,6 +6,7 @@
 // layer; boxing it in our helpers would only add conversions at every call.
 #![allow(clippy::result_large_err)]
 
+mod apply_waiters;
 mod batcher;
 mod codec;
 mod log_file;
@@ -80,6 +81,15 @@ pub enum ConsensusError {
         /// The last failure.
         last: String,
     },
+    /// The write is committed, but this peer did not apply the log that far
+    /// within the wait: reads here may not show it yet.
+    #[error("this peer has not applied the log up to index {index} after {wait:?}")]
+    NotApplied {
+        /// The index waited for.
+        index: u64,
+        /// How long it waited.
+        wait: Duration,
+    },
 }
 
 /// This peer's view of Raft (`GET /raft`, an addition to upstream's API).
@@ -133,6 +143,8 @@ struct Inner {
     snapshot_progress: state_machine::SnapshotProgress,
     /// How far the state machine has written the log into the state.
     applied: tokio::sync::watch::Receiver<types::Applied>,
+    /// Where this peer's writes, while it leads, wait for their outcomes.
+    waiters: Arc<apply_waiters::ApplyWaiters>,
     /// Test hook: replies to forwarded commits to drop (the leader applied them,
     /// this peer hears nothing), as a lost reply on the network would.
     #[cfg(test)]
@@ -193,6 +205,7 @@ impl Consensus {
         state.build_filter_in_background();
         let snapshot_progress = sm.progress();
         let applied = sm.applied();
+        let waiters = sm.waiters();
 
         let heartbeat = cfg.heartbeat_timeout.0.as_millis().max(10) as u64;
         let election = cfg
@@ -255,6 +268,7 @@ impl Consensus {
                 batcher: Batcher::start(submit, BATCHES_IN_FLIGHT, MAX_BATCH),
                 snapshot_progress,
                 applied,
+                waiters,
                 #[cfg(test)]
                 drop_commit_replies: Default::default(),
             }
@@ -438,13 +452,15 @@ impl Consensus {
         if self.inner.applied.borrow().covers(index) {
             return Ok(());
         }
-        self.inner
-            .raft
-            .wait(Some(self.inner.wait_for_leader))
-            .applied_index_at_least(Some(index), "log applied")
-            .await
-            .map(|_| ())
-            .map_err(|e| ConsensusError::Raft(e.to_string()))
+        // The state machine's own view, published from the apply's thread:
+        // openraft's metrics learn it two hand-offs later.
+        let wait = self.inner.wait_for_leader;
+        let mut applied = self.inner.applied.clone();
+        match tokio::time::timeout(wait, applied.wait_for(|a| a.covers(index))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ConsensusError::ShuttingDown),
+            Err(_) => Err(ConsensusError::NotApplied { index, wait }),
+        }
     }
 
     /// Commits `op` (through the leader, together with other writes arriving at
@@ -581,19 +597,30 @@ impl Consensus {
     /// here. No separate quorum check first: the commit itself proves the quorum.
     async fn write(&self, batch: LogBatch) -> Result<ForwardReply, ForwardError> {
         let n = batch.0.len();
-        let resp = self
-            .inner
-            .raft
-            .client_write(batch)
-            .await
-            .map_err(write_error)?;
-        if resp.data.outcomes.len() != n {
+        let early = self.inner.waiters.register(&batch);
+        let write = self.inner.raft.client_write(batch);
+        let result = match early {
+            None => write.await.map_err(write_error)?.data,
+            Some(mut early) => {
+                tokio::pin!(write);
+                tokio::select! {
+                    biased;
+                    r = &mut early.rx => match r {
+                        Ok(result) => result,
+                        // The apply failed: openraft's answer says how.
+                        Err(_) => write.await.map_err(write_error)?.data,
+                    },
+                    r = &mut write => r.map_err(write_error)?.data,
+                }
+            }
+        };
+        if result.outcomes.len() != n {
             return Err(ForwardError::Failed(format!(
                 "applying a batch of {n} gave {} results",
-                resp.data.outcomes.len()
+                result.outcomes.len()
             )));
         }
-        Ok(ForwardReply::Outcomes(resp.data.outcomes))
+        Ok(ForwardReply::Outcomes(result.outcomes))
     }
 
     /// Runs `op` here, as the leader.

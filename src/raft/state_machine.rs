@@ -35,6 +35,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
+use super::apply_waiters::ApplyWaiters;
 use super::codec::{decode_meta, encode_meta};
 use super::types::{
     Applied, ApplyResult, ClusterNode, Committed, LogOp, NodeId, Outcome, Prior, RequestId,
@@ -365,6 +366,18 @@ pub struct StateMachine {
     durable_at: Arc<Mutex<std::time::Instant>>,
     /// How far the written state reaches, for the log's purges.
     applied: Arc<watch::Sender<Applied>>,
+    /// Writers answered from the apply (see [`ApplyWaiters`]).
+    waiters: Arc<ApplyWaiters>,
+}
+
+/// What one call of apply did.
+struct Applies {
+    /// One per entry.
+    results: Vec<ApplyResult>,
+    /// For the trackers.
+    events: Vec<StateEvent>,
+    /// The outcomes of entries a writer registered for.
+    answers: Vec<(tokio::sync::oneshot::Sender<ApplyResult>, ApplyResult)>,
 }
 
 /// How often an apply is written durably. The log (in its own files) holds
@@ -527,6 +540,7 @@ impl StateMachine {
             receives: Arc::new(AtomicU64::new(0)),
             durable_at: Arc::new(Mutex::new(std::time::Instant::now())),
             applied: Arc::new(watch::channel(Applied::Unknown).0),
+            waiters: Arc::default(),
         };
         sm.remove_leftovers();
         sm.find_newest_recorded();
@@ -542,6 +556,11 @@ impl StateMachine {
     /// [`LogStore::purge_only_applied`](super::log_store::LogStore::purge_only_applied)).
     pub fn applied(&self) -> watch::Receiver<Applied> {
         self.applied.subscribe()
+    }
+
+    /// Where a leader's writers wait for their entries' outcomes.
+    pub fn waiters(&self) -> Arc<ApplyWaiters> {
+        self.waiters.clone()
     }
 
     fn publish_applied(&self, last: Option<&LogId<NodeId>>) {
@@ -931,15 +950,16 @@ impl StateMachine {
         Ok(pins_written)
     }
 
-    /// Applies `entries` in one durable store write; returns one result per
-    /// entry and the events to announce.
+    /// Applies `entries` in one store write; returns one result per entry, the
+    /// events to announce and the registered writers' answers.
     fn apply_entries(
         &self,
         entries: Vec<Entry<TypeConfig>>,
-    ) -> Result<(Vec<ApplyResult>, Vec<StateEvent>), StorageError<NodeId>> {
+    ) -> Result<Applies, StorageError<NodeId>> {
         let tree = self.state.tree();
         let mut results = Vec::with_capacity(entries.len());
         let mut events = Vec::new();
+        let mut answers = Vec::new();
         let mut batch = Vec::new();
         // Requests of one call may touch the same CID or repeat an ID: what
         // earlier ones did is read from here, so that outcomes follow the log
@@ -1011,6 +1031,7 @@ impl StateMachine {
                     results.push(ApplyResult::default());
                 }
                 EntryPayload::Normal(ops) => {
+                    let waiter = self.waiters.take(&ops.0);
                     let mut outcomes = Vec::with_capacity(ops.0.len());
                     // The run each next ID would extend (runs are per entry).
                     let mut open: HashMap<RequestId, usize> = HashMap::new();
@@ -1113,7 +1134,11 @@ impl StateMachine {
                         }
                         outcomes.push(Committed { outcome, index });
                     }
-                    results.push(ApplyResult { outcomes });
+                    let result = ApplyResult { outcomes };
+                    if let Some(tx) = waiter {
+                        answers.push((tx, result.clone()));
+                    }
+                    results.push(result);
                 }
             }
         }
@@ -1208,7 +1233,11 @@ impl StateMachine {
         if last.is_some() {
             self.publish_applied(last.as_ref());
         }
-        Ok((results, events))
+        Ok(Applies {
+            results,
+            events,
+            answers,
+        })
     }
 
     /// Installs a snapshot received into `snapshot` (see [`RaftStateMachine::install_snapshot`]).
@@ -1251,12 +1280,11 @@ impl StateMachine {
         })
         .await?;
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-        self.notify(vec![StateEvent::Reset, StateEvent::Applied(index)])
-            .await;
+        self.notify(vec![StateEvent::Reset, StateEvent::Applied(index)]);
         Ok(())
     }
 
-    async fn notify(&self, events: Vec<StateEvent>) {
+    fn notify(&self, events: Vec<StateEvent>) {
         // Never waits: a tracker that lags behind is told so and catches up from the state.
         for e in events {
             let _ = self.events.send(e);
@@ -1382,9 +1410,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<_> = entries.into_iter().collect();
         let this = self.clone();
-        let (results, events) = blocking(move || this.apply_entries(entries)).await?;
-        self.notify(events).await;
-        Ok(results)
+        blocking(move || {
+            let a = this.apply_entries(entries)?;
+            // From here, not after the hop back: the answers go first to the
+            // trackers, then to the writers, as openraft's answer would.
+            this.notify(a.events);
+            for (tx, result) in a.answers {
+                let _ = tx.send(result);
+            }
+            Ok(a.results)
+        })
+        .await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
