@@ -9,12 +9,12 @@
 //! an append) at the last whole record. Purged entries are dropped a segment at
 //! a time; the purge floor itself is kept by the caller.
 //!
-//! The segment taking appends is created at its full size (a sparse file), so
-//! that an append writes inside the file: its `fdatasync` then need not log a
-//! new file size in the filesystem's journal, which on ext4 took an append's
-//! sync from ~73 to ~103 us alone and from ~150 to ~205 us with three peers
-//! syncing at once. The zeros past the last record are where appends go; a
-//! segment is cut to its records when it is closed.
+//! The segment taking appends keeps [`ROOM`] bytes of zeros (a sparse extension)
+//! past its last record, so that an append writes inside the file: its
+//! `fdatasync` then need not log a new file size in the filesystem's journal,
+//! which on ext4 took an append's sync from ~73 to ~103 us alone and from ~150
+//! to ~205 us with three peers syncing at once. The room is extended when an
+//! append reaches it, and cut off when the segment is closed.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -29,6 +29,9 @@ const HEADER: [u8; 8] = *b"ICRLOG\x00\x01";
 const RECORD_HEAD: usize = 16;
 /// A segment is closed and a new one started past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
+/// Zeros kept past the last segment's records, for the appends to come: one
+/// file-size change every few thousand appends, and little to read at open.
+const ROOM: u64 = 4 << 20;
 /// A record larger than this is corrupt (no Raft entry is that large).
 const MAX_RECORD: u32 = 1 << 30;
 
@@ -78,6 +81,8 @@ struct Segment {
     offsets: Vec<u64>,
     /// Bytes of whole records (and the header).
     len: u64,
+    /// The file's size: `len` and the room after it.
+    size: u64,
 }
 
 impl Segment {
@@ -181,12 +186,7 @@ impl LogFile {
             // A gap between segments can only be below the purge floor (a
             // purge past the end, then appends from further on): the caller
             // purges again at open, which drops what lies before it.
-            let seg = Self::load(
-                &dir.join(segment_name(first)),
-                first,
-                is_last,
-                segment_bytes,
-            )?;
+            let seg = Self::load(&dir.join(segment_name(first)), first, is_last)?;
             segments.insert(first, seg);
         }
         Ok(LogFile {
@@ -197,13 +197,8 @@ impl LogFile {
     }
 
     /// Reads a segment's records; in the last one, a torn tail is cut off and
-    /// the file made `segment_bytes` long again for the appends to come.
-    fn load(
-        path: &Path,
-        first: u64,
-        is_last: bool,
-        segment_bytes: u64,
-    ) -> Result<Segment, LogFileError> {
+    /// [`ROOM`] made again after the records.
+    fn load(path: &Path, first: u64, is_last: bool) -> Result<Segment, LogFileError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -246,7 +241,7 @@ impl LogFile {
             if !is_last {
                 return Err(corrupt(format!("a broken record at byte {cut}")));
             }
-            // Zeros are the room a segment is created with, not a torn record.
+            // Zeros are the room left for appends, not a torn record.
             if bytes[cut..].iter().any(|&b| b != 0) {
                 tracing::warn!(
                     "raft log {}: cutting a torn tail at byte {cut} (a crash during an append)",
@@ -261,12 +256,13 @@ impl LogFile {
                 len = cut as u64;
             }
         }
-        let size = len.max(segment_bytes);
-        if is_last && (torn.is_some() || bytes.len() as u64 != size) {
+        let mut size = bytes.len() as u64;
+        if is_last {
             // Whatever lay past the records goes; zeros take its place.
             file.set_len(len).map_err(io_err(path))?;
-            file.set_len(size).map_err(io_err(path))?;
+            file.set_len(len + ROOM).map_err(io_err(path))?;
             file.sync_all().map_err(io_err(path))?;
+            size = len + ROOM;
         }
         Ok(Segment {
             path: path.to_path_buf(),
@@ -274,6 +270,7 @@ impl LogFile {
             first,
             offsets,
             len,
+            size,
         })
     }
 
@@ -347,9 +344,10 @@ impl LogFile {
                 // made durable now, for the syncs of later writes to cover it,
                 // and ends at its last record (only the last segment may hold
                 // anything past its records).
-                if let Some(prev) = inner.segments.values().next_back() {
+                if let Some(prev) = inner.segments.values_mut().next_back() {
                     prev.file.set_len(prev.len).map_err(io_err(&prev.path))?;
                     prev.file.sync_data().map_err(io_err(&prev.path))?;
+                    prev.size = prev.len;
                 }
                 // Segments left empty by a purge are of no use any more; gone
                 // before the new one exists, so that no crash leaves both.
@@ -373,7 +371,7 @@ impl LogFile {
                     .open(&path)
                     .map_err(io_err(&path))?;
                 file.write_all_at(&HEADER, 0).map_err(io_err(&path))?;
-                file.set_len(self.segment_bytes.max(HEADER.len() as u64))
+                file.set_len(HEADER.len() as u64 + ROOM)
                     .map_err(io_err(&path))?;
                 file.sync_all().map_err(io_err(&path))?;
                 sync_dir(&self.dir)?;
@@ -385,6 +383,7 @@ impl LogFile {
                         first: start,
                         offsets: Vec::new(),
                         len: HEADER.len() as u64,
+                        size: HEADER.len() as u64 + ROOM,
                     },
                 );
                 start
@@ -394,6 +393,12 @@ impl LogFile {
             return Err(LogFileError::OutOfOrder { got: start, last });
         };
         let at = seg.len;
+        let end = at + buf.len() as u64;
+        if end > seg.size {
+            // The sync after this write journals the new size, once a ROOM.
+            seg.file.set_len(end + ROOM).map_err(io_err(&seg.path))?;
+            seg.size = end + ROOM;
+        }
         seg.file.write_all_at(&buf, at).map_err(io_err(&seg.path))?;
         seg.offsets.extend(rel.into_iter().map(|r| at + r));
         seg.len = at + buf.len() as u64;
@@ -469,13 +474,12 @@ impl LogFile {
         if let Some(seg) = inner.segments.values_mut().next_back()
             && let Some((cut, _)) = seg.span(since)
         {
-            // Zeros past the cut, as in a new segment: no record there may
-            // read back after a crash.
+            // Zeros past the cut, as after any last record: nothing of what
+            // was cut may read back after a crash.
             seg.file.set_len(cut).map_err(io_err(&seg.path))?;
-            seg.file
-                .set_len(cut.max(self.segment_bytes))
-                .map_err(io_err(&seg.path))?;
+            seg.file.set_len(cut + ROOM).map_err(io_err(&seg.path))?;
             seg.file.sync_all().map_err(io_err(&seg.path))?;
+            seg.size = cut + ROOM;
             let keep = usize::try_from(since - seg.first).unwrap_or(0);
             seg.offsets.truncate(keep);
             seg.len = cut;
@@ -618,13 +622,13 @@ mod tests {
                 .len()
         };
         log.append(&[(1, vec![7u8; 1500])]).unwrap();
-        assert_eq!(size(1), 4096, "created at full size");
+        assert_eq!(size(1), HEADER.len() as u64 + ROOM, "created with room");
         log.append(&[(2, vec![7u8; 1500]), (3, vec![7u8; 1500])])
             .unwrap();
         let closed = log.end_of_records();
         log.append(&[(4, vec![7u8; 10])]).unwrap();
         assert_eq!(size(1), closed, "closed: cut to its records");
-        assert_eq!(size(4), 4096);
+        assert_eq!(size(4), HEADER.len() as u64 + ROOM);
         // A crash leaves the zeros (and maybe half a record) after the last one:
         // neither is an entry, and the room is there again after the open.
         let end = log.end_of_records();
@@ -637,7 +641,7 @@ mod tests {
         drop(f);
         let log = LogFile::open_with(dir.path(), 4096).unwrap();
         assert_eq!(log.bounds(), Some((1, 4)));
-        assert_eq!(size(4), 4096);
+        assert_eq!(size(4), log.end_of_records() + ROOM, "room made again");
         log.append(&[(5, vec![1u8; 3])]).unwrap();
         assert_eq!(
             log.read(4, 6).unwrap(),
@@ -645,11 +649,23 @@ mod tests {
         );
         // A truncate zeroes what it cut: nothing of it reads back after a reopen.
         log.truncate(5).unwrap();
-        assert_eq!(size(4), 4096);
+        assert_eq!(size(4), log.end_of_records() + ROOM);
         drop(log);
         let log = LogFile::open_with(dir.path(), 4096).unwrap();
         assert_eq!(log.bounds(), Some((1, 4)));
         assert_eq!(log.read(1, 10).unwrap().len(), 4);
+        // An append past the room extends it.
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogFile::open(dir.path()).unwrap();
+        let big = vec![1u8; ROOM as usize + 10];
+        log.append(&[(1, big.clone())]).unwrap();
+        let len = std::fs::metadata(dir.path().join(segment_name(1)))
+            .unwrap()
+            .len();
+        assert_eq!(len, log.end_of_records() + ROOM);
+        drop(log);
+        let log = LogFile::open(dir.path()).unwrap();
+        assert_eq!(log.read(1, 2).unwrap(), vec![(1, big)]);
     }
 
     #[test]
