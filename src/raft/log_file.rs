@@ -153,6 +153,16 @@ fn parse_record(bytes: &[u8], at: usize) -> Option<(u64, &[u8])> {
     (record_crc(index, payload) == crc).then_some((index, payload))
 }
 
+/// Cuts `file` at `len` and puts [`ROOM`] of zeros after it, durably: nothing
+/// that lay past `len` (a torn record, truncated entries) can read back after
+/// a crash. Returns the file's new size.
+fn make_room(file: &File, path: &Path, len: u64) -> Result<u64, LogFileError> {
+    file.set_len(len).map_err(io_err(path))?;
+    file.set_len(len + ROOM).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))?;
+    Ok(len + ROOM)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), LogFileError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -248,22 +258,18 @@ impl LogFile {
                     path.display()
                 );
             }
-            if cut == 0 {
-                file.set_len(0).map_err(io_err(path))?;
+            len = if cut == 0 {
                 file.write_all_at(&HEADER, 0).map_err(io_err(path))?;
-                len = HEADER.len() as u64;
+                HEADER.len() as u64
             } else {
-                len = cut as u64;
-            }
+                cut as u64
+            };
         }
-        let mut size = bytes.len() as u64;
-        if is_last {
-            // Whatever lay past the records goes; zeros take its place.
-            file.set_len(len).map_err(io_err(path))?;
-            file.set_len(len + ROOM).map_err(io_err(path))?;
-            file.sync_all().map_err(io_err(path))?;
-            size = len + ROOM;
-        }
+        let size = if is_last {
+            make_room(&file, path, len)?
+        } else {
+            bytes.len() as u64
+        };
         Ok(Segment {
             path: path.to_path_buf(),
             file: Arc::new(file),
@@ -474,12 +480,7 @@ impl LogFile {
         if let Some(seg) = inner.segments.values_mut().next_back()
             && let Some((cut, _)) = seg.span(since)
         {
-            // Zeros past the cut, as after any last record: nothing of what
-            // was cut may read back after a crash.
-            seg.file.set_len(cut).map_err(io_err(&seg.path))?;
-            seg.file.set_len(cut + ROOM).map_err(io_err(&seg.path))?;
-            seg.file.sync_all().map_err(io_err(&seg.path))?;
-            seg.size = cut + ROOM;
+            seg.size = make_room(&seg.file, &seg.path, cut)?;
             let keep = usize::try_from(since - seg.first).unwrap_or(0);
             seg.offsets.truncate(keep);
             seg.len = cut;
