@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -149,6 +149,19 @@ struct DaemonCache {
 }
 
 type Ticket = (Cid, u64);
+
+/// Which worker queue a ticket goes to.
+#[derive(Debug, Clone, Copy)]
+enum Lane {
+    Pin,
+    Retry,
+    Unpin,
+}
+
+/// Tickets recorded but not yet queued for the workers.
+#[derive(Default)]
+struct Outbox(Vec<(Lane, Ticket)>);
+
 /// A queue of tickets shared by workers.
 type Queue = Arc<tokio::sync::Mutex<mpsc::Receiver<Ticket>>>;
 
@@ -333,25 +346,50 @@ impl PinTracker {
 
     async fn event_loop(&self, mut events: broadcast::Receiver<StateEvent>) {
         let shutdown = self.inner.shutdown.clone();
-        loop {
-            let ev = tokio::select! {
+        let mut out = Outbox::default();
+        'events: loop {
+            let first = tokio::select! {
                 ev = events.recv() => ev,
                 _ = shutdown.cancelled() => Err(RecvError::Closed),
             };
-            match ev {
-                Err(RecvError::Closed) => break,
-                Err(RecvError::Lagged(n)) => {
-                    // The changes missed are in the state: compare it with the daemon.
-                    tracing::info!("tracker missed {n} state changes; reconciling");
-                    self.inner.reconcile_wanted.notify_one();
-                }
-                Ok(StateEvent::Pinned { pin, before }) => self.track_change(*pin, before),
-                Ok(StateEvent::Unpinned(cid)) => self.untrack(cid),
-                Ok(StateEvent::Reset) => self.inner.reconcile_wanted.notify_one(),
-                Ok(StateEvent::Applied(index)) => {
-                    self.inner.processed.send_replace(index);
+            let mut next = Some(first);
+            // The events already waiting (a whole applied entry's, usually) are
+            // queued for the workers together: a worker woken by the first
+            // ticket would otherwise take only the few queued by then, and the
+            // daemon calls carry fewer CIDs each.
+            for _ in 0..OP_BATCH {
+                let ev = match next.take() {
+                    Some(ev) => ev,
+                    None => match events.try_recv() {
+                        Ok(ev) => Ok(ev),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                        Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                    },
+                };
+                match ev {
+                    Err(RecvError::Closed) => {
+                        self.flush(&mut out);
+                        break 'events;
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        // The changes missed are in the state: compare it with the daemon.
+                        tracing::info!("tracker missed {n} state changes; reconciling");
+                        self.inner.reconcile_wanted.notify_one();
+                    }
+                    Ok(StateEvent::Pinned { pin, before }) => {
+                        self.track_change(*pin, before, &mut out)
+                    }
+                    Ok(StateEvent::Unpinned(cid)) => self.untrack_into(cid, &mut out),
+                    Ok(StateEvent::Reset) => self.inner.reconcile_wanted.notify_one(),
+                    Ok(StateEvent::Applied(index)) => {
+                        // Its operations are queued before it counts as processed.
+                        self.flush(&mut out);
+                        self.inner.processed.send_replace(index);
+                    }
                 }
             }
+            self.flush(&mut out);
         }
         // Closing the queues lets the workers drain out.
         self.cancel_all();
@@ -359,7 +397,7 @@ impl PinTracker {
 
     /// Starts pinning `pin` if it is allocated here, else makes sure it is not pinned here.
     pub fn track(&self, pin: Pin) {
-        self.track_as(pin, false);
+        self.track_with(pin, false, None);
     }
 
     /// Follows a committed pin that replaced `before`: pins it if allocated here;
@@ -369,44 +407,58 @@ impl PinTracker {
     /// hold it for someone else (in a composite cluster the lower cluster's one
     /// pinset serves every peer above it), and it saves a `pin/rm` per pin on
     /// each peer it is not allocated to.
-    fn track_change(&self, pin: Pin, before: Option<Box<Pin>>) {
+    fn track_change(&self, pin: Pin, before: Option<Box<Pin>>, out: &mut Outbox) {
         let me = &self.inner.peer_id;
         let held_here = pin.is_allocated_to(me)
             || before.is_some_and(|b| b.is_allocated_to(me))
             || self.ops().contains_key(&pin.cid);
         if held_here {
-            self.track(pin);
+            self.track_into(pin, false, None, out);
         }
-    }
-
-    fn track_as(&self, pin: Pin, retry: bool) {
-        self.track_with(pin, retry, None);
     }
 
     fn track_with(&self, pin: Pin, retry: bool, window: Option<OwnedSemaphorePermit>) {
-        if pin.is_allocated_to(&self.inner.peer_id) {
-            self.enqueue(OpKind::Pin, pin, retry, window);
+        let mut out = Outbox::default();
+        self.track_into(pin, retry, window, &mut out);
+        self.flush(&mut out);
+    }
+
+    fn track_into(
+        &self,
+        pin: Pin,
+        retry: bool,
+        window: Option<OwnedSemaphorePermit>,
+        out: &mut Outbox,
+    ) {
+        let kind = if pin.is_allocated_to(&self.inner.peer_id) {
+            OpKind::Pin
         } else {
-            self.enqueue(OpKind::Unpin, pin, retry, window);
-        }
+            OpKind::Unpin
+        };
+        self.enqueue(kind, pin, retry, window, out);
     }
 
     /// Starts unpinning `cid`.
     pub fn untrack(&self, cid: Cid) {
-        self.enqueue(
-            OpKind::Unpin,
-            Pin::new(cid, crate::types::PinOptions::default()),
-            false,
-            None,
-        );
+        let mut out = Outbox::default();
+        self.untrack_into(cid, &mut out);
+        self.flush(&mut out);
     }
 
+    fn untrack_into(&self, cid: Cid, out: &mut Outbox) {
+        let pin = Pin::new(cid, crate::types::PinOptions::default());
+        self.enqueue(OpKind::Unpin, pin, false, None, out);
+    }
+
+    /// Records the operation on `pin` (cancelling a different one on its CID)
+    /// and adds its ticket to `out`, for [`Self::flush`] to queue.
     fn enqueue(
         &self,
         kind: OpKind,
         pin: Pin,
         retry: bool,
-        mut window: Option<OwnedSemaphorePermit>,
+        window: Option<OwnedSemaphorePermit>,
+        out: &mut Outbox,
     ) {
         let cid = pin.cid;
         let mut ops = self.ops();
@@ -436,18 +488,12 @@ impl PinTracker {
             timestamp: Utc::now(),
             progress: 0,
         });
-        let tx = match (kind, retry) {
-            (OpKind::Pin, false) => &self.inner.pin_tx,
-            (OpKind::Pin, true) => &self.inner.retry_tx,
-            (OpKind::Unpin, _) => &self.inner.unpin_tx,
+        let lane = match (kind, retry) {
+            (OpKind::Pin, false) => Lane::Pin,
+            (OpKind::Pin, true) => Lane::Retry,
+            (OpKind::Unpin, _) => Lane::Unpin,
         };
-        if tx.try_send((cid, id)).is_err() {
-            state.send_modify(|s| {
-                s.phase = Phase::Error;
-                s.error = QUEUE_FULL.into();
-            });
-            window = None;
-        }
+        out.0.push((lane, (cid, id)));
         ops.insert(
             cid,
             Operation {
@@ -459,6 +505,35 @@ impl PinTracker {
                 solo: false,
             },
         );
+    }
+
+    /// Queues the tickets in `out` for the workers; an operation whose queue
+    /// is full fails at once, as upstream's does.
+    fn flush(&self, out: &mut Outbox) {
+        let mut full = Vec::new();
+        for (lane, ticket) in out.0.drain(..) {
+            let tx = match lane {
+                Lane::Pin => &self.inner.pin_tx,
+                Lane::Retry => &self.inner.retry_tx,
+                Lane::Unpin => &self.inner.unpin_tx,
+            };
+            if tx.try_send(ticket).is_err() {
+                full.push(ticket);
+            }
+        }
+        if full.is_empty() {
+            return;
+        }
+        let mut ops = self.ops();
+        for (cid, id) in full {
+            if let Some(op) = ops.get_mut(&cid).filter(|op| op.id == id) {
+                op.state.send_modify(|s| {
+                    s.phase = Phase::Error;
+                    s.error = QUEUE_FULL.into();
+                });
+                op.window = None;
+            }
+        }
     }
 
     async fn worker(&self, rx: Queue, retries: Option<Queue>) {
@@ -1162,6 +1237,62 @@ mod tests {
         );
         p.allocations = allocations.iter().map(|a| a.to_string()).collect();
         p
+    }
+
+    /// Events that wait together are queued together, however many: a burst
+    /// several times a batch long reaches the daemon whole, none left behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_events_longer_than_a_batch_is_tracked_whole() {
+        const N: u16 = 1000;
+        let fake = crate::ipfs::fake::FakeDaemon::start().await;
+        let ipfs = IpfsConnector::new(&crate::config::IpfsHttpConfig {
+            node_multiaddress: format!("/ip4/127.0.0.1/tcp/{}", fake.addr.port()),
+            ..Default::default()
+        })
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open(dir.path(), crate::store::Backend::Fjall).unwrap();
+        let state = PinState::new(db.tree("state").unwrap());
+        let (events, rx) = broadcast::channel(EVENTS_CAPACITY);
+        let cids: Vec<Cid> = (0..N)
+            .map(|n| {
+                let [hi, lo] = n.to_be_bytes();
+                Cid::from_bytes(&[0x01, 0x55, 0x00, 0x02, hi, lo]).unwrap()
+            })
+            .collect();
+        // All waiting before the tracker reads the first.
+        for c in &cids {
+            let mut p = Pin::new(*c, PinOptions::default());
+            p.allocations = vec![ME.to_string()];
+            let ev = StateEvent::Pinned {
+                pin: Box::new(p),
+                before: None,
+            };
+            events.send(ev).unwrap();
+        }
+        events.send(StateEvent::Applied(1)).unwrap();
+        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        let cfg = crate::config::TrackerConfig::default();
+        let tracker = PinTracker::start(&cfg, ipfs, state, ME.into(), rx, &tasks, shutdown.clone());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let pinned = fake.state.lock().unwrap().pins.len();
+            if pinned == usize::from(N) && tracker.counts().pin_queued == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{pinned} of {N} pinned, {} queued",
+                tracker.queued()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let pins = fake.state.lock().unwrap().pins.clone();
+        assert!(cids.iter().all(|c| pins.contains_key(&c.to_string())));
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+        fake.stop().await;
     }
 
     fn op(kind: OpKind, phase: Phase, error: &str) -> OpState {
