@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -149,19 +149,6 @@ struct DaemonCache {
 }
 
 type Ticket = (Cid, u64);
-
-/// Which worker queue a ticket goes to.
-#[derive(Debug, Clone, Copy)]
-enum Lane {
-    Pin,
-    Retry,
-    Unpin,
-}
-
-/// Tickets recorded but not yet queued for the workers.
-#[derive(Default)]
-struct Outbox(Vec<(Lane, Ticket)>);
-
 /// A queue of tickets shared by workers.
 type Queue = Arc<tokio::sync::Mutex<mpsc::Receiver<Ticket>>>;
 
@@ -346,50 +333,25 @@ impl PinTracker {
 
     async fn event_loop(&self, mut events: broadcast::Receiver<StateEvent>) {
         let shutdown = self.inner.shutdown.clone();
-        let mut out = Outbox::default();
-        'events: loop {
-            let first = tokio::select! {
+        loop {
+            let ev = tokio::select! {
                 ev = events.recv() => ev,
                 _ = shutdown.cancelled() => Err(RecvError::Closed),
             };
-            let mut next = Some(first);
-            // The events already waiting (a whole applied entry's, usually) are
-            // queued for the workers together: a worker woken by the first
-            // ticket would otherwise take only the few queued by then, and the
-            // daemon calls carry fewer CIDs each.
-            for _ in 0..OP_BATCH {
-                let ev = match next.take() {
-                    Some(ev) => ev,
-                    None => match events.try_recv() {
-                        Ok(ev) => Ok(ev),
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                        Err(TryRecvError::Closed) => Err(RecvError::Closed),
-                    },
-                };
-                match ev {
-                    Err(RecvError::Closed) => {
-                        self.flush(&mut out);
-                        break 'events;
-                    }
-                    Err(RecvError::Lagged(n)) => {
-                        // The changes missed are in the state: compare it with the daemon.
-                        tracing::info!("tracker missed {n} state changes; reconciling");
-                        self.inner.reconcile_wanted.notify_one();
-                    }
-                    Ok(StateEvent::Pinned { pin, before }) => {
-                        self.track_change(*pin, before, &mut out)
-                    }
-                    Ok(StateEvent::Unpinned(cid)) => self.untrack_into(cid, &mut out),
-                    Ok(StateEvent::Reset) => self.inner.reconcile_wanted.notify_one(),
-                    Ok(StateEvent::Applied(index)) => {
-                        // Its operations are queued before it counts as processed.
-                        self.flush(&mut out);
-                        self.inner.processed.send_replace(index);
-                    }
+            match ev {
+                Err(RecvError::Closed) => break,
+                Err(RecvError::Lagged(n)) => {
+                    // The changes missed are in the state: compare it with the daemon.
+                    tracing::info!("tracker missed {n} state changes; reconciling");
+                    self.inner.reconcile_wanted.notify_one();
+                }
+                Ok(StateEvent::Pinned { pin, before }) => self.track_change(*pin, before),
+                Ok(StateEvent::Unpinned(cid)) => self.untrack(cid),
+                Ok(StateEvent::Reset) => self.inner.reconcile_wanted.notify_one(),
+                Ok(StateEvent::Applied(index)) => {
+                    self.inner.processed.send_replace(index);
                 }
             }
-            self.flush(&mut out);
         }
         // Closing the queues lets the workers drain out.
         self.cancel_all();
@@ -397,7 +359,7 @@ impl PinTracker {
 
     /// Starts pinning `pin` if it is allocated here, else makes sure it is not pinned here.
     pub fn track(&self, pin: Pin) {
-        self.track_with(pin, false, None);
+        self.track_as(pin, false);
     }
 
     /// Follows a committed pin that replaced `before`: pins it if allocated here;
@@ -407,58 +369,44 @@ impl PinTracker {
     /// hold it for someone else (in a composite cluster the lower cluster's one
     /// pinset serves every peer above it), and it saves a `pin/rm` per pin on
     /// each peer it is not allocated to.
-    fn track_change(&self, pin: Pin, before: Option<Box<Pin>>, out: &mut Outbox) {
+    fn track_change(&self, pin: Pin, before: Option<Box<Pin>>) {
         let me = &self.inner.peer_id;
         let held_here = pin.is_allocated_to(me)
             || before.is_some_and(|b| b.is_allocated_to(me))
             || self.ops().contains_key(&pin.cid);
         if held_here {
-            self.track_into(pin, false, None, out);
+            self.track(pin);
         }
     }
 
-    fn track_with(&self, pin: Pin, retry: bool, window: Option<OwnedSemaphorePermit>) {
-        let mut out = Outbox::default();
-        self.track_into(pin, retry, window, &mut out);
-        self.flush(&mut out);
+    fn track_as(&self, pin: Pin, retry: bool) {
+        self.track_with(pin, retry, None);
     }
 
-    fn track_into(
-        &self,
-        pin: Pin,
-        retry: bool,
-        window: Option<OwnedSemaphorePermit>,
-        out: &mut Outbox,
-    ) {
-        let kind = if pin.is_allocated_to(&self.inner.peer_id) {
-            OpKind::Pin
+    fn track_with(&self, pin: Pin, retry: bool, window: Option<OwnedSemaphorePermit>) {
+        if pin.is_allocated_to(&self.inner.peer_id) {
+            self.enqueue(OpKind::Pin, pin, retry, window);
         } else {
-            OpKind::Unpin
-        };
-        self.enqueue(kind, pin, retry, window, out);
+            self.enqueue(OpKind::Unpin, pin, retry, window);
+        }
     }
 
     /// Starts unpinning `cid`.
     pub fn untrack(&self, cid: Cid) {
-        let mut out = Outbox::default();
-        self.untrack_into(cid, &mut out);
-        self.flush(&mut out);
+        self.enqueue(
+            OpKind::Unpin,
+            Pin::new(cid, crate::types::PinOptions::default()),
+            false,
+            None,
+        );
     }
 
-    fn untrack_into(&self, cid: Cid, out: &mut Outbox) {
-        let pin = Pin::new(cid, crate::types::PinOptions::default());
-        self.enqueue(OpKind::Unpin, pin, false, None, out);
-    }
-
-    /// Records the operation on `pin` (cancelling a different one on its CID)
-    /// and adds its ticket to `out`, for [`Self::flush`] to queue.
     fn enqueue(
         &self,
         kind: OpKind,
         pin: Pin,
         retry: bool,
-        window: Option<OwnedSemaphorePermit>,
-        out: &mut Outbox,
+        mut window: Option<OwnedSemaphorePermit>,
     ) {
         let cid = pin.cid;
         let mut ops = self.ops();
@@ -488,12 +436,18 @@ impl PinTracker {
             timestamp: Utc::now(),
             progress: 0,
         });
-        let lane = match (kind, retry) {
-            (OpKind::Pin, false) => Lane::Pin,
-            (OpKind::Pin, true) => Lane::Retry,
-            (OpKind::Unpin, _) => Lane::Unpin,
+        let tx = match (kind, retry) {
+            (OpKind::Pin, false) => &self.inner.pin_tx,
+            (OpKind::Pin, true) => &self.inner.retry_tx,
+            (OpKind::Unpin, _) => &self.inner.unpin_tx,
         };
-        out.0.push((lane, (cid, id)));
+        if tx.try_send((cid, id)).is_err() {
+            state.send_modify(|s| {
+                s.phase = Phase::Error;
+                s.error = QUEUE_FULL.into();
+            });
+            window = None;
+        }
         ops.insert(
             cid,
             Operation {
@@ -505,35 +459,6 @@ impl PinTracker {
                 solo: false,
             },
         );
-    }
-
-    /// Queues the tickets in `out` for the workers; an operation whose queue
-    /// is full fails at once, as upstream's does.
-    fn flush(&self, out: &mut Outbox) {
-        let mut full = Vec::new();
-        for (lane, ticket) in out.0.drain(..) {
-            let tx = match lane {
-                Lane::Pin => &self.inner.pin_tx,
-                Lane::Retry => &self.inner.retry_tx,
-                Lane::Unpin => &self.inner.unpin_tx,
-            };
-            if tx.try_send(ticket).is_err() {
-                full.push(ticket);
-            }
-        }
-        if full.is_empty() {
-            return;
-        }
-        let mut ops = self.ops();
-        for (cid, id) in full {
-            if let Some(op) = ops.get_mut(&cid).filter(|op| op.id == id) {
-                op.state.send_modify(|s| {
-                    s.phase = Phase::Error;
-                    s.error = QUEUE_FULL.into();
-                });
-                op.window = None;
-            }
-        }
     }
 
     async fn worker(&self, rx: Queue, retries: Option<Queue>) {
@@ -1239,8 +1164,8 @@ mod tests {
         p
     }
 
-    /// Events that wait together are queued together, however many: a burst
-    /// several times a batch long reaches the daemon whole, none left behind.
+    /// A burst of events far longer than a daemon call's batch, all waiting
+    /// before the tracker reads the first, reaches the daemon whole.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_of_events_longer_than_a_batch_is_tracked_whole() {
         const N: u16 = 1000;
