@@ -252,10 +252,15 @@ impl Peer {
             Err(e) => return Err(e.into()),
         };
         let ipfs = IpfsConnector::new(&cfg.ipfs_connector.ipfshttp)?;
+        let applied = {
+            let c = consensus.clone();
+            std::sync::Arc::new(move || c.applied_index())
+        };
         let tracker = PinTracker::start(
             &cfg.pin_tracker.stateless,
             ipfs.clone(),
             consensus.state().clone(),
+            applied,
             identity.peer_id.to_string(),
             events_rx,
             tasks,

@@ -149,6 +149,9 @@ struct DaemonCache {
 }
 
 type Ticket = (Cid, u64);
+
+/// The index of the newest entry the pinset holds, if any.
+pub type AppliedIndexFn = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 /// A queue of tickets shared by workers.
 type Queue = Arc<tokio::sync::Mutex<mpsc::Receiver<Ticket>>>;
 
@@ -164,6 +167,8 @@ struct Inner {
     state: PinState,
     peer_id: String,
     processed: watch::Sender<u64>,
+    /// What the pinset holds, to tell whether `processed` is behind it.
+    applied: AppliedIndexFn,
     shutdown: CancellationToken,
     daemon_cache: tokio::sync::Mutex<Option<DaemonCache>>,
     /// Where the running reconciliation is: pins from there on are not compared
@@ -235,6 +240,9 @@ const OP_BATCH: usize = 128;
 /// How long a call for many operations may take before each goes again alone
 /// (a pin the daemon cannot find would otherwise hold back the others).
 const BATCH_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a status that would say "unexpectedly unpinned" waits for the
+/// tracker to take in the entries applied before it, at most.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
 /// How many state changes may wait for the tracker before it falls behind and
 /// reconciles instead.
 pub const EVENTS_CAPACITY: usize = 16 * 1024;
@@ -248,11 +256,14 @@ pub struct PinTracker {
 const QUEUE_FULL: &str = "pin/unpin operation queue is full. Try increasing max_pin_queue_size";
 
 impl PinTracker {
-    /// Starts the workers and the loop consuming `events` on `tasks`; all stop with `shutdown`.
+    /// Starts the workers and the loop consuming `events` on `tasks`; all stop
+    /// with `shutdown`. `applied` tells the index the pinset holds.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         cfg: &TrackerConfig,
         ipfs: IpfsConnector,
         state: PinState,
+        applied: AppliedIndexFn,
         peer_id: String,
         events: broadcast::Receiver<StateEvent>,
         tasks: &TaskTracker,
@@ -272,6 +283,7 @@ impl PinTracker {
                 state,
                 peer_id,
                 processed: watch::channel(0).0,
+                applied,
                 shutdown,
                 daemon_cache: tokio::sync::Mutex::new(None),
                 reconcile_at: Mutex::new(None),
@@ -773,6 +785,31 @@ impl PinTracker {
 
     /// This peer's status for `cid`, asking the daemon when no operation explains it.
     pub async fn status(&self, cid: &Cid) -> LocalStatus {
+        let st = self.status_now(cid).await;
+        if st.status == TrackerStatus::UnexpectedlyUnpinned && self.catch_up().await {
+            return self.status_now(cid).await;
+        }
+        st
+    }
+
+    /// Waits, [`CATCH_UP`] at most, until the tracker has taken in every entry
+    /// the pinset held when called; false when it had already. A pin committed
+    /// a moment ago and missing from the daemon is then queued, not
+    /// "unexpectedly unpinned" (its client may ask for its status as soon as
+    /// it is answered, before this tracker has read the change).
+    async fn catch_up(&self) -> bool {
+        let Some(target) = (self.inner.applied)() else {
+            return false;
+        };
+        let mut processed = self.inner.processed.subscribe();
+        if *processed.borrow() >= target {
+            return false;
+        }
+        let _ = tokio::time::timeout(CATCH_UP, processed.wait_for(|p| *p >= target)).await;
+        true
+    }
+
+    async fn status_now(&self, cid: &Cid) -> LocalStatus {
         let pin = match self.inner.state.get(cid) {
             Ok(p) => p,
             Err(e) => return LocalStatus::now(TrackerStatus::ClusterError, e.to_string()),
@@ -900,15 +937,20 @@ impl PinTracker {
                 })
                 .collect()
         };
-        // A pin completed since the daemon was listed may look missing: ask the
-        // daemon again about those before calling them so.
+        // A pin completed since the daemon was listed, or one this tracker has
+        // not read yet, may look missing: ask again about those before calling
+        // them so.
         let completed_since = daemon
             .as_ref()
             .is_ok_and(|(_, before)| self.inner.pins_added.load(Ordering::Relaxed) > *before);
-        if completed_since {
+        let missing = || {
+            out.iter()
+                .any(|st| st.status == TrackerStatus::UnexpectedlyUnpinned)
+        };
+        if missing() && (completed_since || self.catch_up().await) {
             for (cid, st) in cids.iter().zip(out.iter_mut()) {
                 if st.status == TrackerStatus::UnexpectedlyUnpinned {
-                    *st = self.status(cid).await;
+                    *st = self.status_now(cid).await;
                 }
             }
         }
@@ -1164,60 +1206,153 @@ mod tests {
         p
     }
 
+    /// A tracker before a fake daemon, on a pinset of its own; `applied`
+    /// says which index the pinset holds.
+    struct OnFake {
+        fake: crate::ipfs::fake::FakeDaemon,
+        tracker: PinTracker,
+        events: broadcast::Sender<StateEvent>,
+        state: PinState,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+        _dir: tempfile::TempDir,
+    }
+
+    impl OnFake {
+        /// The tracker starts reading `events` once the caller sent what it wants
+        /// waiting there first: `before(&events)` runs first.
+        async fn start(
+            applied: AppliedIndexFn,
+            before: impl FnOnce(&broadcast::Sender<StateEvent>),
+        ) -> Self {
+            let fake = crate::ipfs::fake::FakeDaemon::start().await;
+            let ipfs = IpfsConnector::new(&crate::config::IpfsHttpConfig {
+                node_multiaddress: format!("/ip4/127.0.0.1/tcp/{}", fake.addr.port()),
+                ..Default::default()
+            })
+            .unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let db = crate::store::open(dir.path(), crate::store::Backend::Fjall).unwrap();
+            let state = PinState::new(db.tree("state").unwrap());
+            let (events, rx) = broadcast::channel(EVENTS_CAPACITY);
+            before(&events);
+            let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+            let tracker = PinTracker::start(
+                &crate::config::TrackerConfig::default(),
+                ipfs,
+                state.clone(),
+                applied,
+                ME.into(),
+                rx,
+                &tasks,
+                shutdown.clone(),
+            );
+            OnFake {
+                fake,
+                tracker,
+                events,
+                state,
+                tasks,
+                shutdown,
+                _dir: dir,
+            }
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            self.tasks.close();
+            self.tasks.wait().await;
+            self.fake.stop().await;
+        }
+    }
+
+    fn cid_n(n: u16) -> Cid {
+        let [hi, lo] = n.to_be_bytes();
+        Cid::from_bytes(&[0x01, 0x55, 0x00, 0x02, hi, lo]).unwrap()
+    }
+
+    fn pin_here(cid: Cid) -> Pin {
+        let mut p = Pin::new(cid, PinOptions::default());
+        p.allocations = vec![ME.to_string()];
+        p
+    }
+
     /// A burst of events far longer than a daemon call's batch, all waiting
     /// before the tracker reads the first, reaches the daemon whole.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_of_events_longer_than_a_batch_is_tracked_whole() {
         const N: u16 = 1000;
-        let fake = crate::ipfs::fake::FakeDaemon::start().await;
-        let ipfs = IpfsConnector::new(&crate::config::IpfsHttpConfig {
-            node_multiaddress: format!("/ip4/127.0.0.1/tcp/{}", fake.addr.port()),
-            ..Default::default()
+        let cids: Vec<Cid> = (0..N).map(cid_n).collect();
+        let t = OnFake::start(Arc::new(|| Some(1)), |events| {
+            for c in &cids {
+                let pin = Box::new(pin_here(*c));
+                events
+                    .send(StateEvent::Pinned { pin, before: None })
+                    .unwrap();
+            }
+            events.send(StateEvent::Applied(1)).unwrap();
         })
-        .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::store::open(dir.path(), crate::store::Backend::Fjall).unwrap();
-        let state = PinState::new(db.tree("state").unwrap());
-        let (events, rx) = broadcast::channel(EVENTS_CAPACITY);
-        let cids: Vec<Cid> = (0..N)
-            .map(|n| {
-                let [hi, lo] = n.to_be_bytes();
-                Cid::from_bytes(&[0x01, 0x55, 0x00, 0x02, hi, lo]).unwrap()
-            })
-            .collect();
-        // All waiting before the tracker reads the first.
-        for c in &cids {
-            let mut p = Pin::new(*c, PinOptions::default());
-            p.allocations = vec![ME.to_string()];
-            let ev = StateEvent::Pinned {
-                pin: Box::new(p),
-                before: None,
-            };
-            events.send(ev).unwrap();
-        }
-        events.send(StateEvent::Applied(1)).unwrap();
-        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
-        let cfg = crate::config::TrackerConfig::default();
-        let tracker = PinTracker::start(&cfg, ipfs, state, ME.into(), rx, &tasks, shutdown.clone());
+        .await;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            let pinned = fake.state.lock().unwrap().pins.len();
-            if pinned == usize::from(N) && tracker.counts().pin_queued == 0 {
+            let pinned = t.fake.state.lock().unwrap().pins.len();
+            if pinned == usize::from(N) && t.tracker.counts().pin_queued == 0 {
                 break;
             }
             assert!(
                 std::time::Instant::now() < deadline,
                 "{pinned} of {N} pinned, {} queued",
-                tracker.queued()
+                t.tracker.queued()
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let pins = fake.state.lock().unwrap().pins.clone();
+        let pins = t.fake.state.lock().unwrap().pins.clone();
         assert!(cids.iter().all(|c| pins.contains_key(&c.to_string())));
-        shutdown.cancel();
-        tasks.close();
-        tasks.wait().await;
-        fake.stop().await;
+        t.stop().await;
+    }
+
+    /// A pin in the pinset that the tracker has not read yet (its client asks
+    /// for its status as soon as it is answered) is not called unexpectedly
+    /// unpinned: the status waits for the tracker to catch up. One the tracker
+    /// has read and the daemon lost is reported at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_status_waits_for_the_tracker_to_read_what_was_applied() {
+        let applied = Arc::new(AtomicU64::new(0));
+        let a = applied.clone();
+        let t = OnFake::start(Arc::new(move || Some(a.load(Ordering::SeqCst))), |_| {}).await;
+        let (new, lost) = (pin_here(cid_n(1)), pin_here(cid_n(2)));
+        for p in [&new, &lost] {
+            t.state
+                .tree()
+                .apply(vec![PinState::add_entry(p).unwrap()])
+                .unwrap();
+        }
+        applied.store(5, Ordering::SeqCst);
+        // The change reaches the tracker a while after the status is asked.
+        let events = t.events.clone();
+        let late = new.clone();
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let pin = Box::new(late);
+            events
+                .send(StateEvent::Pinned { pin, before: None })
+                .unwrap();
+            events.send(StateEvent::Applied(5)).unwrap();
+        });
+        let asked = std::time::Instant::now();
+        let st = t.tracker.status(&new.cid).await;
+        assert_ne!(st.status, TrackerStatus::UnexpectedlyUnpinned, "{st:?}");
+        assert!(asked.elapsed() >= std::time::Duration::from_millis(250));
+        sender.await.unwrap();
+        // Caught up: a pin the daemon does not hold and no operation explains.
+        let asked = std::time::Instant::now();
+        let st = t.tracker.status(&lost.cid).await;
+        assert_eq!(st.status, TrackerStatus::UnexpectedlyUnpinned);
+        assert!(asked.elapsed() < CATCH_UP);
+        let page = t.tracker.status_many(&[new.cid, lost.cid]).await;
+        assert_ne!(page[0].status, TrackerStatus::UnexpectedlyUnpinned);
+        assert_eq!(page[1].status, TrackerStatus::UnexpectedlyUnpinned);
+        t.stop().await;
     }
 
     fn op(kind: OpKind, phase: Phase, error: &str) -> OpState {

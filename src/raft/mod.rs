@@ -463,6 +463,14 @@ impl Consensus {
         }
     }
 
+    /// The index of the newest entry this peer's state holds, if any.
+    pub fn applied_index(&self) -> Option<u64> {
+        match *self.inner.applied.borrow() {
+            types::Applied::Upto(i) => i,
+            _ => None,
+        }
+    }
+
     /// Commits `op` (through the leader, together with other writes arriving at
     /// the same time) and returns once it is committed and applied here, so that
     /// this peer reads its own writes.

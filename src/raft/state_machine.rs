@@ -1398,6 +1398,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             this.recover_install()?;
             let (applied, membership) = this.read_meta()?;
             this.publish_applied(applied.as_ref());
+            // Where the trackers' count of what they have taken in starts:
+            // the entries applied before come to them from the state.
+            if let Some(l) = &applied {
+                this.notify(vec![StateEvent::Applied(l.index)]);
+            }
             Ok((applied, membership))
         })
         .await
