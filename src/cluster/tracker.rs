@@ -152,6 +152,7 @@ type Ticket = (Cid, u64);
 
 /// The index of the newest entry the pinset holds, if any.
 pub type AppliedIndexFn = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
+
 /// A queue of tickets shared by workers.
 type Queue = Arc<tokio::sync::Mutex<mpsc::Receiver<Ticket>>>;
 
