@@ -377,9 +377,7 @@ impl LogFile {
                     .open(&path)
                     .map_err(io_err(&path))?;
                 file.write_all_at(&HEADER, 0).map_err(io_err(&path))?;
-                file.set_len(HEADER.len() as u64 + ROOM)
-                    .map_err(io_err(&path))?;
-                file.sync_all().map_err(io_err(&path))?;
+                let size = make_room(&file, &path, HEADER.len() as u64)?;
                 sync_dir(&self.dir)?;
                 inner.segments.insert(
                     start,
@@ -389,7 +387,7 @@ impl LogFile {
                         first: start,
                         offsets: Vec::new(),
                         len: HEADER.len() as u64,
-                        size: HEADER.len() as u64 + ROOM,
+                        size,
                     },
                 );
                 start
