@@ -252,10 +252,7 @@ impl Peer {
             Err(e) => return Err(e.into()),
         };
         let ipfs = IpfsConnector::new(&cfg.ipfs_connector.ipfshttp)?;
-        let applied = {
-            let c = consensus.clone();
-            std::sync::Arc::new(move || c.applied_index())
-        };
+        let applied = std::sync::Arc::new(consensus.applied_index_reader());
         let tracker = PinTracker::start(
             &cfg.pin_tracker.stateless,
             ipfs.clone(),

@@ -463,9 +463,11 @@ impl Consensus {
         }
     }
 
-    /// The index of the newest entry this peer's state holds, if any.
-    pub fn applied_index(&self) -> Option<u64> {
-        match *self.inner.applied.borrow() {
+    /// Reads the index of the newest entry this peer's state holds, if any;
+    /// it holds the state machine's view only, not the component.
+    pub fn applied_index_reader(&self) -> impl Fn() -> Option<u64> + Send + Sync + 'static {
+        let applied = self.inner.applied.clone();
+        move || match *applied.borrow() {
             types::Applied::Upto(i) => i,
             _ => None,
         }
