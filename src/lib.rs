@@ -22,6 +22,7 @@ pub mod procfs;
 pub mod proxy;
 pub mod raft;
 pub mod restapi;
+pub mod runtime;
 pub mod state;
 pub mod store;
 pub mod sync;

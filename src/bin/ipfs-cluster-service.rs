@@ -227,9 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(n) => ::tracing::debug!("open-files limit: {n}"),
                 Err(e) => ::tracing::warn!("{e}; keeping the current one"),
             }
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = ipfs_cluster::runtime::build()?;
             let removed = rt.block_on(async {
                 // Handlers first: the APIs accept connections before start returns, and
                 // a SIGTERM in that window must shut down cleanly, not kill the process.
