@@ -5,10 +5,10 @@
 //! runs on tokio's blocking pool, which this count does not limit. Each extra
 //! worker is woken to steal tasks it mostly finds gone, so a write crosses
 //! threads (a futex wake and a context switch each) several times more: on 2
-//! cores one worker took 10–15% less CPU a pin than two and answered sooner,
-//! at one connection and at 64 (README, "Scale"). So a peer takes half the
-//! CPUs for its workers, at least one, and leaves the rest to the blocking
-//! pool and to the IPFS daemon beside it.
+//! cores one worker took ~10–20% less CPU a pin than two, at one connection
+//! and at 64 (README, session 18). So a peer takes half the CPUs for its
+//! workers, at least one, and leaves the rest to the blocking pool and to the
+//! IPFS daemon beside it.
 
 use std::num::NonZeroUsize;
 
