@@ -401,6 +401,11 @@ impl Consensus {
 
     /// Waits until a leader is known, up to `wait_for_leader_timeout`.
     pub async fn wait_for_leader(&self) -> Result<NodeId, ConsensusError> {
+        // Every write asks: a known leader is read in place, without openraft's
+        // wait (a copy of all its metrics and a timer).
+        if let Some(leader) = self.leader() {
+            return Ok(leader);
+        }
         let wait = self.inner.wait_for_leader;
         let m = self
             .inner
@@ -760,27 +765,29 @@ impl Consensus {
     /// Keeps the libp2p address book in step with the members' addresses, so that
     /// any peer (not only the leader, which dials them for Raft) can reach any other.
     pub fn watch_member_addresses(&self, tasks: &TaskTracker, cancel: CancellationToken) {
-        let mut metrics = self.inner.raft.metrics();
+        // The server metrics change with the membership, the leader and the
+        // vote; the whole metrics with every entry.
+        let mut server = self.inner.raft.server_metrics();
         let p2p = self.inner.p2p.clone();
         tasks.spawn(async move {
             let mut known: BTreeSet<String> = BTreeSet::new();
             loop {
-                let nodes: Vec<ClusterNode> = metrics
-                    .borrow()
+                let new: Vec<ClusterNode> = server
+                    .borrow_and_update()
                     .membership_config
                     .membership()
                     .nodes()
+                    .filter(|(_, n)| !known.contains(&n.addr))
                     .map(|(_, n)| n.clone())
                     .collect();
-                for n in nodes {
-                    if known.insert(n.addr.clone())
-                        && let Some((peer, Some(addr))) = node_peer(&n)
-                    {
+                for n in new {
+                    known.insert(n.addr.clone());
+                    if let Some((peer, Some(addr))) = node_peer(&n) {
                         p2p.add_address(peer, addr).await;
                     }
                 }
                 tokio::select! {
-                    r = metrics.changed() => if r.is_err() { return },
+                    r = server.changed() => if r.is_err() { return },
                     _ = cancel.cancelled() => return,
                 }
             }
