@@ -29,7 +29,8 @@ pub enum RuntimeError {
 /// The multi-thread runtime a peer runs on, with [`worker_threads`] workers.
 pub fn build() -> Result<tokio::runtime::Runtime, RuntimeError> {
     let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    let env = std::env::var(WORKER_THREADS_ENV).ok();
+    // A value that is not UTF-8 is refused like any other bad one, not ignored.
+    let env = std::env::var_os(WORKER_THREADS_ENV).map(|v| v.to_string_lossy().into_owned());
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads(env.as_deref(), cpus)?)
         .enable_all()
