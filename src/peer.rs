@@ -774,8 +774,11 @@ mod queue_tests {
         let committed = started.elapsed();
 
         // While draining, `queued` lists exactly the operations still waiting: the
-        // queue only shrinks now, so the listing falls between two counts taken
-        // before and after it.
+        // queue only shrinks once the tracker has read every committed change
+        // (a write is answered once applied, which may be before the tracker
+        // reads it), so the listing falls between two counts taken before and
+        // after it.
+        cluster.tracker().catch_up().await;
         let queued: TrackerStatusFilter = "queued".parse().unwrap();
         let before = cluster.tracker().queued();
         let listed = cluster.status_all(queued, true).await.unwrap().len();

@@ -798,7 +798,7 @@ impl PinTracker {
     /// a moment ago and missing from the daemon is then queued, not
     /// "unexpectedly unpinned" (its client may ask for its status as soon as
     /// it is answered, before this tracker has read the change).
-    async fn catch_up(&self) -> bool {
+    pub(crate) async fn catch_up(&self) -> bool {
         let Some(target) = (self.inner.applied)() else {
             return false;
         };
