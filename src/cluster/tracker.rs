@@ -944,11 +944,12 @@ impl PinTracker {
         let completed_since = daemon
             .as_ref()
             .is_ok_and(|(_, before)| self.inner.pins_added.load(Ordering::Relaxed) > *before);
-        let missing = || {
-            out.iter()
-                .any(|st| st.status == TrackerStatus::UnexpectedlyUnpinned)
-        };
-        if missing() && (completed_since || self.catch_up().await) {
+        let missing = out
+            .iter()
+            .any(|st| st.status == TrackerStatus::UnexpectedlyUnpinned);
+        // The catch-up runs whether or not pins completed: asking again before
+        // the tracker has read the newest entries would find the same gap.
+        if missing && (self.catch_up().await || completed_since) {
             for (cid, st) in cids.iter().zip(out.iter_mut()) {
                 if st.status == TrackerStatus::UnexpectedlyUnpinned {
                     *st = self.status_now(cid).await;
