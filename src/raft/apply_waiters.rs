@@ -1,12 +1,15 @@
-//! A leader's writes answered by the apply itself.
+//! Writes answered by the apply itself, on whichever peer they were asked.
 //!
 //! openraft answers `client_write` from its core once the state machine task
 //! reports back: the apply's blocking thread wakes the state machine task, which
 //! wakes the core, which wakes the writer — three hand-offs after the work is
-//! done, each a wake-up on a busy machine. A writer may also register its entry
-//! here; the state machine then hands that entry's outcomes over straight from
-//! the blocking thread, once the state is written, and the writer takes
-//! whichever answer comes first. Both say the same: an applied entry is committed.
+//! done, each a wake-up on a busy machine. A follower's forwarded batch waits
+//! for the leader's reply, which comes after the leader's own apply and a trip
+//! back, while this peer applies the same entry on its own. A writer may
+//! register its batch here; the state machine then hands that entry's outcomes
+//! over straight from the blocking thread, once the state is written, and the
+//! writer takes whichever answer comes first. All say the same: an applied
+//! entry is committed, and every peer's apply computes the same outcomes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

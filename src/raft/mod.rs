@@ -143,12 +143,16 @@ struct Inner {
     snapshot_progress: state_machine::SnapshotProgress,
     /// How far the state machine has written the log into the state.
     applied: tokio::sync::watch::Receiver<types::Applied>,
-    /// Where this peer's writes, while it leads, wait for their outcomes.
+    /// Where this peer's writes wait for their outcomes from the apply here.
     waiters: Arc<apply_waiters::ApplyWaiters>,
     /// Test hook: replies to forwarded commits to drop (the leader applied them,
     /// this peer hears nothing), as a lost reply on the network would.
     #[cfg(test)]
     drop_commit_replies: std::sync::atomic::AtomicUsize,
+    /// Test hook: this peer's writes wait for the leader's reply alone, not
+    /// for their own apply here too.
+    #[cfg(test)]
+    only_leader_replies: std::sync::atomic::AtomicBool,
 }
 
 /// The folder of snapshot files inside the raft folder.
@@ -271,6 +275,8 @@ impl Consensus {
                 waiters,
                 #[cfg(test)]
                 drop_commit_replies: Default::default(),
+                #[cfg(test)]
+                only_leader_replies: Default::default(),
             }
         });
         let c = Consensus { inner };
@@ -499,9 +505,33 @@ impl Consensus {
     }
 
     /// Commits one batch through the leader: one Raft entry.
+    ///
+    /// The entry's apply on this peer answers as well as the leader's reply
+    /// does (an applied entry is committed, and the apply computes the same
+    /// outcomes everywhere), whichever comes first: on a follower the own
+    /// apply mostly comes before the reply, and a reply lost on the way needs
+    /// no retry.
     async fn submit_batch(&self, ops: Vec<Request>) -> Result<Vec<Committed>, ConsensusError> {
         let n = ops.len();
-        match self.submit(ForwardOp::Commit(LogBatch(ops))).await? {
+        let batch = LogBatch(ops);
+        let early = self.apply_waiter(&batch);
+        let reply = self.submit(ForwardOp::Commit(batch));
+        let reply = match early {
+            None => reply.await?,
+            Some(mut early) => {
+                tokio::pin!(reply);
+                tokio::select! {
+                    biased;
+                    r = &mut early.rx => match r {
+                        Ok(result) => ForwardReply::Outcomes(result.outcomes),
+                        // The apply failed: the leader's (or openraft's) answer says how.
+                        Err(_) => reply.await?,
+                    },
+                    r = &mut reply => r?,
+                }
+            }
+        };
+        match reply {
             ForwardReply::Outcomes(c) if c.len() == n => Ok(c),
             ForwardReply::Committed(c) if c.len() == n => {
                 Ok(c.into_iter().map(Into::into).collect())
@@ -510,6 +540,19 @@ impl Consensus {
                 "unexpected reply to a batch of {n}: {other:?}"
             ))),
         }
+    }
+
+    /// A place to wait for `batch`'s outcomes from its apply here.
+    fn apply_waiter(&self, batch: &LogBatch) -> Option<apply_waiters::Registration> {
+        #[cfg(test)]
+        if self
+            .inner
+            .only_leader_replies
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return None;
+        }
+        self.inner.waiters.register(batch)
     }
 
     /// Adds a peer as a voter.
@@ -610,25 +653,17 @@ impl Consensus {
 
     /// Appends `batch` as one entry and waits until it is committed and applied
     /// here. No separate quorum check first: the commit itself proves the quorum.
+    /// (The batch's writer also waits for the apply's own answer: see
+    /// [`Self::submit_batch`].)
     async fn write(&self, batch: LogBatch) -> Result<ForwardReply, ForwardError> {
         let n = batch.0.len();
-        let early = self.inner.waiters.register(&batch);
-        let write = self.inner.raft.client_write(batch);
-        let result = match early {
-            None => write.await.map_err(write_error)?.data,
-            Some(mut early) => {
-                tokio::pin!(write);
-                tokio::select! {
-                    biased;
-                    r = &mut early.rx => match r {
-                        Ok(result) => result,
-                        // The apply failed: openraft's answer says how.
-                        Err(_) => write.await.map_err(write_error)?.data,
-                    },
-                    r = &mut write => r.map_err(write_error)?.data,
-                }
-            }
-        };
+        let result = self
+            .inner
+            .raft
+            .client_write(batch)
+            .await
+            .map_err(write_error)?
+            .data;
         if result.outcomes.len() != n {
             return Err(ForwardError::Failed(format!(
                 "applying a batch of {n} gave {} results",
@@ -1237,6 +1272,12 @@ mod tests {
             .unwrap();
         let follower = nodes[f].consensus.clone();
         let drops = &follower.inner.drop_commit_replies;
+        // The retry is the subject here: the follower's own apply must not
+        // answer first.
+        follower
+            .inner
+            .only_leader_replies
+            .store(true, Ordering::SeqCst);
 
         // A pin whose reply is lost: the retry answers "did not exist" (the
         // first application's result), not "existed" (its own).
@@ -1273,6 +1314,45 @@ mod tests {
             assert_eq!((pinned, unpinned), (1, 1), "changes seen on a peer");
         }
         assert!(first_pin < c.index);
+        stop(nodes).await;
+    }
+
+    /// A follower's write is answered by its own apply of the entry: with the
+    /// leader's reply lost, it is answered without a retry (a retry would make
+    /// a second entry) and with the outcome the leader computed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_is_answered_by_its_own_apply() {
+        let nodes = start_peers(3).await;
+        let leader = nodes[0].consensus.wait_for_leader().await.unwrap();
+        for n in &nodes {
+            n.consensus.wait_ready().await.unwrap();
+        }
+        let follower = nodes
+            .iter()
+            .find(|n| n.consensus.node_id() != leader)
+            .unwrap()
+            .consensus
+            .clone();
+        let before = follower.info().applied_index;
+        follower
+            .inner
+            .drop_commit_replies
+            .store(1, Ordering::SeqCst);
+        let pin = Pin::new(cid(2), PinOptions::default());
+        let c = follower.commit(LogOp::Pin(Box::new(pin))).await.unwrap();
+        assert_eq!(c.outcome, Outcome::Applied { existed: false }, "{c:?}");
+        assert!(follower.state().has(&cid(2)).unwrap());
+        // Its reply lost or not, the write made one entry: nothing was retried.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            follower.info().applied_index,
+            c.index,
+            "a retry made an entry"
+        );
+        assert!(c.index > before);
+
+        let c = follower.commit(LogOp::Unpin(cid(2))).await.unwrap();
+        assert_eq!(c.outcome, Outcome::Applied { existed: true }, "{c:?}");
         stop(nodes).await;
     }
 }
