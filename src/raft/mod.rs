@@ -1256,21 +1256,28 @@ mod tests {
         stop(nodes).await;
     }
 
+    /// Three peers, each ready, and one that does not lead.
+    async fn three_ready_with_a_follower() -> (Vec<Node>, Consensus) {
+        let nodes = start_peers(3).await;
+        let leader = nodes[0].consensus.wait_for_leader().await.unwrap();
+        for n in &nodes {
+            n.consensus.wait_ready().await.unwrap();
+        }
+        let follower = nodes
+            .iter()
+            .find(|n| n.consensus.node_id() != leader)
+            .unwrap()
+            .consensus
+            .clone();
+        (nodes, follower)
+    }
+
     /// The duplicate-reply test: a follower's forwarded write is committed by
     /// the leader, its reply is lost, and the follower sends it again with the
     /// same request ID. It is applied once and the retry gets the first result.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_forwarded_write_whose_reply_is_lost_is_applied_once() {
-        let mut nodes = start_peers(3).await;
-        let leader = nodes[0].consensus.wait_for_leader().await.unwrap();
-        for n in &nodes {
-            n.consensus.wait_ready().await.unwrap();
-        }
-        let f = nodes
-            .iter()
-            .position(|n| n.consensus.node_id() != leader)
-            .unwrap();
-        let follower = nodes[f].consensus.clone();
+        let (mut nodes, follower) = three_ready_with_a_follower().await;
         let drops = &follower.inner.drop_commit_replies;
         // The retry is the subject here: the follower's own apply must not
         // answer first.
@@ -1322,17 +1329,7 @@ mod tests {
     /// a second entry) and with the outcome the leader computed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_follower_is_answered_by_its_own_apply() {
-        let nodes = start_peers(3).await;
-        let leader = nodes[0].consensus.wait_for_leader().await.unwrap();
-        for n in &nodes {
-            n.consensus.wait_ready().await.unwrap();
-        }
-        let follower = nodes
-            .iter()
-            .find(|n| n.consensus.node_id() != leader)
-            .unwrap()
-            .consensus
-            .clone();
+        let (nodes, follower) = three_ready_with_a_follower().await;
         let before = follower.info().applied_index;
         follower
             .inner
