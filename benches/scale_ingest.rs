@@ -20,7 +20,12 @@
 //! builds run in the order after, before, before, after, and each build's
 //! figures are those of its two runs together: a second cluster on the same
 //! machine and fake daemons runs slower than the first (a build against itself
-//! came out 1.02–1.16x in that order), which the symmetric order cancels. Each ingest
+//! came out 1.02–1.16x in that order), which the symmetric order cancels.
+//! `--rounds <n>` runs that block n times and prints each round's after/before
+//! ratios (rate, CPU a pin) beside the pooled figures: on this shared machine a
+//! build against itself came out 0.83–1.05x in one block and 0.66–1.13x round
+//! by round in three, its CPU a pin 0.95–1.16x, so a difference smaller than
+//! the spread between rounds is not one. Each ingest
 //! case runs for `--pins` pins or `--secs` seconds, whichever comes first. Without
 //! `--bench` (`cargo test --all-targets --features fake-daemon`) a smoke pass
 //! with a few hundred pins checks that it still works.
@@ -50,6 +55,8 @@ struct Opts {
     /// Pins the cluster holds before ingest starts.
     preload: u64,
     before: Option<PathBuf>,
+    /// With a before: how many times the after, before, before, after block runs.
+    rounds: u64,
     after: PathBuf,
     conns: Vec<usize>,
     /// Stores of the 3-peer ingest, each measured in turn (`None`: the default).
@@ -79,6 +86,7 @@ fn opts() -> Opts {
         import: num("--import", if smoke { 2_000 } else { 1_000_000 }),
         preload: num("--preload", 0),
         before: val("--before").map(PathBuf::from),
+        rounds: num("--rounds", 1).max(1),
         after: PathBuf::from(env!("CARGO_BIN_EXE_ipfs-cluster-service")),
         conns: val("--conns")
             .map(|v| {
@@ -520,27 +528,38 @@ async fn run_ingest(
     out
 }
 
-/// The figures of two runs of the same cases as of one: pins and CPU summed,
-/// rates over the time both took, p50s and CIDs a call averaged.
-fn together(a: Vec<(String, Figures)>, b: Vec<(String, Figures)>) -> Vec<(String, Figures)> {
-    a.into_iter()
-        .zip(b)
-        .map(|((name, x), (_, y))| {
-            let done = x.done + y.done;
-            let secs = |f: &Figures| f.done as f64 / f.rate.max(f64::MIN_POSITIVE);
-            let per = |v: f64, f: &Figures| v * f.done as f64;
+/// The figures of several runs of the same cases, as one run: rates and CPU
+/// weighted by pins, p50 and the other averages taken evenly.
+fn pooled(runs: Vec<Vec<(String, Figures)>>) -> Vec<(String, Figures)> {
+    let n = runs.len().max(1) as f64;
+    let mut runs = runs.into_iter();
+    let Some(first) = runs.next() else {
+        return Vec::new();
+    };
+    let rest: Vec<Vec<(String, Figures)>> = runs.collect();
+    first
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, x))| {
+            let all: Vec<&Figures> = std::iter::once(&x)
+                .chain(rest.iter().filter_map(|r| r.get(i).map(|(_, f)| f)))
+                .collect();
+            let done: u64 = all.iter().map(|f| f.done).sum();
+            let secs: f64 = all
+                .iter()
+                .map(|f| f.done as f64 / f.rate.max(f64::MIN_POSITIVE))
+                .sum();
+            let cpu: f64 = all.iter().map(|f| f.cpu_us * f.done as f64).sum();
+            let mean = |v: &dyn Fn(&Figures) -> f64| all.iter().map(|f| v(f)).sum::<f64>() / n;
             let f = Figures {
-                rate: done as f64 / (secs(&x) + secs(&y)).max(f64::MIN_POSITIVE),
-                p50_ms: (x.p50_ms + y.p50_ms) / 2.0,
+                rate: done as f64 / secs.max(f64::MIN_POSITIVE),
+                p50_ms: mean(&|f| f.p50_ms),
                 done,
-                cpu_us: (per(x.cpu_us, &x) + per(y.cpu_us, &y)) / done.max(1) as f64,
-                per_peer: x
-                    .per_peer
-                    .iter()
-                    .zip(&y.per_peer)
-                    .map(|(p, q)| (p + q) / 2.0)
+                cpu_us: cpu / done.max(1) as f64,
+                per_peer: (0..x.per_peer.len())
+                    .map(|p| mean(&|f| f.per_peer.get(p).copied().unwrap_or(0.0)))
                     .collect(),
-                cids_a_call: (x.cids_a_call + y.cids_a_call) / 2.0,
+                cids_a_call: mean(&|f| f.cids_a_call),
             };
             (name, f)
         })
@@ -622,18 +641,35 @@ fn main() {
         // before, before, after (see the module's comment).
         let mut after = Vec::new();
         let mut before = o.before.as_ref().map(|_| Vec::new());
+        // With a before, each round's after/before ratios per case (rate, CPU
+        // a pin): the spread between rounds is the noise one comparison carries.
+        let mut ratios: Vec<Vec<(f64, f64)>> = Vec::new();
         for &store in &o.stores {
             let pre = preload.as_deref();
-            let first = run_ingest(&o.after, &o, &nodes, &states, store, pre).await;
             match (&o.before, before.as_mut()) {
                 (Some(b), Some(out)) => {
-                    let b1 = run_ingest(b, &o, &nodes, &states, store, pre).await;
-                    let b2 = run_ingest(b, &o, &nodes, &states, store, pre).await;
-                    let second = run_ingest(&o.after, &o, &nodes, &states, store, pre).await;
-                    out.extend(together(b1, b2));
-                    after.extend(together(first, second));
+                    let (mut runs_a, mut runs_b) = (Vec::new(), Vec::new());
+                    for _ in 0..o.rounds {
+                        let a1 = run_ingest(&o.after, &o, &nodes, &states, store, pre).await;
+                        let b1 = run_ingest(b, &o, &nodes, &states, store, pre).await;
+                        let b2 = run_ingest(b, &o, &nodes, &states, store, pre).await;
+                        let a2 = run_ingest(&o.after, &o, &nodes, &states, store, pre).await;
+                        let (a, b) = (pooled(vec![a1, a2]), pooled(vec![b1, b2]));
+                        let at = after.len();
+                        ratios.resize_with(at + a.len(), Vec::new);
+                        for (i, ((_, x), (_, y))) in a.iter().zip(&b).enumerate() {
+                            ratios[at + i].push((
+                                x.rate / y.rate.max(f64::MIN_POSITIVE),
+                                x.cpu_us / y.cpu_us.max(f64::MIN_POSITIVE),
+                            ));
+                        }
+                        runs_a.push(a);
+                        runs_b.push(b);
+                    }
+                    after.extend(pooled(runs_a));
+                    out.extend(pooled(runs_b));
                 }
-                _ => after.extend(first),
+                _ => after.extend(run_ingest(&o.after, &o, &nodes, &states, store, pre).await),
             }
         }
         println!(
@@ -661,6 +697,20 @@ fn main() {
                 ));
             }
             println!("{line}");
+            if let Some(r) = ratios.get(i).filter(|r| r.len() > 1) {
+                let show = |pick: fn(&(f64, f64)) -> f64| {
+                    let mut v: Vec<f64> = r.iter().map(pick).collect();
+                    let each = v.iter().map(|x| format!("{x:.2}x")).collect::<Vec<_>>();
+                    v.sort_by(f64::total_cmp);
+                    format!("{} (median {:.2}x)", each.join(", "), v[v.len() / 2])
+                };
+                println!(
+                    "{:<31} after/before by round: rate {}; CPU a pin {}",
+                    "",
+                    show(|x| x.0),
+                    show(|x| x.1)
+                );
+            }
             println!(
                 "{:<31} daemon calls carried {:.1} CIDs each{}",
                 "",

@@ -19,12 +19,13 @@
 #       SCALE_BASELINE_BIN=<another ipfs-cluster-service> for a before/after): import,
 #       start, listings, status, point reads at 10k and 1M, RSS per pin, each next to
 #       a floor measured in the same run.
-#   scripts/bench.sh scale-ingest [--pins N --secs S --import N --preload N --conns 1,64 --before BIN]
+#   scripts/bench.sh scale-ingest [--pins N --secs S --import N --preload N --conns 1,64 --before BIN --rounds N]
 #     - 3 release peers before fake daemons (benches/scale_ingest.rs): REST and proxy
 #       pins/s and p50 at 1 and 64 connections, `state import` of 1,000,000 pins and
 #       start to ready, each next to a raw-store floor measured in the same run.
 #       With --before, the builds run after, before, before, after (the second
-#       cluster of a pair runs slower), each build's figures over its two runs.
+#       cluster of a pair runs slower), each build's figures over its two runs;
+#       --rounds N repeats that block and prints each round's ratio.
 #   scripts/bench.sh scale-join
 #     - 3 release peers importing the same 1,000,000-pin export, started together
 #       SCALE_ROUNDS times (3), then a 4th joining with --bootstrap: time until it
