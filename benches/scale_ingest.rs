@@ -531,7 +531,6 @@ async fn run_ingest(
 /// The figures of several runs of the same cases, as one run: rates and CPU
 /// weighted by pins, p50 and the other averages taken evenly.
 fn pooled(runs: Vec<Vec<(String, Figures)>>) -> Vec<(String, Figures)> {
-    let n = runs.len().max(1) as f64;
     let mut runs = runs.into_iter();
     let Some(first) = runs.next() else {
         return Vec::new();
@@ -550,6 +549,7 @@ fn pooled(runs: Vec<Vec<(String, Figures)>>) -> Vec<(String, Figures)> {
                 .map(|f| f.done as f64 / f.rate.max(f64::MIN_POSITIVE))
                 .sum();
             let cpu: f64 = all.iter().map(|f| f.cpu_us * f.done as f64).sum();
+            let n = all.len() as f64;
             let mean = |v: &dyn Fn(&Figures) -> f64| all.iter().map(|f| v(f)).sum::<f64>() / n;
             let f = Figures {
                 rate: done as f64 / secs.max(f64::MIN_POSITIVE),
@@ -654,17 +654,17 @@ fn main() {
                         let b1 = run_ingest(b, &o, &nodes, &states, store, pre).await;
                         let b2 = run_ingest(b, &o, &nodes, &states, store, pre).await;
                         let a2 = run_ingest(&o.after, &o, &nodes, &states, store, pre).await;
-                        let (a, b) = (pooled(vec![a1, a2]), pooled(vec![b1, b2]));
+                        let (round_a, round_b) = (pooled(vec![a1, a2]), pooled(vec![b1, b2]));
                         let at = after.len();
-                        ratios.resize_with(at + a.len(), Vec::new);
-                        for (i, ((_, x), (_, y))) in a.iter().zip(&b).enumerate() {
+                        ratios.resize_with(at + round_a.len(), Vec::new);
+                        for (i, ((_, x), (_, y))) in round_a.iter().zip(&round_b).enumerate() {
                             ratios[at + i].push((
                                 x.rate / y.rate.max(f64::MIN_POSITIVE),
                                 x.cpu_us / y.cpu_us.max(f64::MIN_POSITIVE),
                             ));
                         }
-                        runs_a.push(a);
-                        runs_b.push(b);
+                        runs_a.push(round_a);
+                        runs_b.push(round_b);
                     }
                     after.extend(pooled(runs_a));
                     out.extend(pooled(runs_b));
