@@ -874,31 +874,45 @@ impl Consensus {
     /// here): an appended change may still be undone by a new leader.
     pub fn watch_removal(&self, tasks: &TaskTracker, cancel: CancellationToken) {
         let removed = self.inner.removed.clone();
-        let mut metrics = self.inner.raft.metrics();
+        // The server metrics change with the membership, the vote and the
+        // leader only; the data metrics (every apply) are watched only while
+        // a change that excludes this peer waits to be applied, so that the
+        // watch does not wake on every write.
+        let mut server = self.inner.raft.server_metrics();
+        let mut data = self.inner.raft.data_metrics();
         let id = self.inner.node_id;
         tasks.spawn(async move {
             let mut was_member = false;
             loop {
-                let (member, committed) = {
-                    let m = metrics.borrow();
-                    let committed = m.membership_config.log_id().is_none_or(|at| {
-                        m.last_applied
-                            .is_some_and(|applied| applied.index >= at.index)
-                    });
+                let (member, at) = {
+                    let m = server.borrow_and_update();
                     (
                         m.membership_config.membership().get_node(&id).is_some(),
-                        committed,
+                        m.membership_config.log_id().map(|l| l.index),
                     )
                 };
                 if member {
                     was_member = true;
-                } else if was_member && committed {
-                    tracing::warn!("this peer was removed from the cluster; shutting down");
-                    removed.cancel();
-                    return;
+                } else if was_member {
+                    let applied = at.is_none_or(|at| {
+                        data.borrow_and_update()
+                            .last_applied
+                            .is_some_and(|applied| applied.index >= at)
+                    });
+                    if applied {
+                        tracing::warn!("this peer was removed from the cluster; shutting down");
+                        removed.cancel();
+                        return;
+                    }
+                    tokio::select! {
+                        r = server.changed() => if r.is_err() { return },
+                        r = data.changed() => if r.is_err() { return },
+                        _ = cancel.cancelled() => return,
+                    }
+                    continue;
                 }
                 tokio::select! {
-                    r = metrics.changed() => if r.is_err() { return },
+                    r = server.changed() => if r.is_err() { return },
                     _ = cancel.cancelled() => return,
                 }
             }
@@ -1270,6 +1284,50 @@ mod tests {
             .consensus
             .clone();
         (nodes, follower)
+    }
+
+    /// A leader that applies a membership without itself (`peers rm` of its
+    /// own ID) stops: `removed` fires with no notice from anyone; its writes
+    /// before that, each a change of the metrics, do not fire it. (A removed
+    /// follower may never learn that the change is committed: the leader's
+    /// notice covers it, see `removal_notice`.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_that_applies_a_membership_without_itself_stops() {
+        let (nodes, follower) = three_ready_with_a_follower().await;
+        let leader_id = follower.wait_for_leader().await.unwrap();
+        let leader = nodes
+            .iter()
+            .find(|n| n.consensus.node_id() == leader_id)
+            .unwrap()
+            .consensus
+            .clone();
+        let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+        leader.watch_removal(&tasks, cancel.clone());
+        let removed = leader.removed();
+        for n in 0..5 {
+            let pin = Pin::new(cid(100 + n), PinOptions::default());
+            leader.commit(LogOp::Pin(Box::new(pin))).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!removed.is_cancelled(), "fired while a member");
+
+        // Straight through openraft: `remove_peer` would also send notices.
+        leader
+            .inner
+            .raft
+            .change_membership(
+                openraft::ChangeMembers::RemoveVoters(BTreeSet::from([leader_id])),
+                false,
+            )
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), removed.cancelled())
+            .await
+            .expect("the removed leader did not see its removal");
+        cancel.cancel();
+        tasks.close();
+        tasks.wait().await;
+        stop(nodes).await;
     }
 
     /// The duplicate-reply test: a follower's forwarded write is committed by
