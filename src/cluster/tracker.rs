@@ -811,7 +811,7 @@ impl PinTracker {
     }
 
     async fn status_now(&self, cid: &Cid) -> LocalStatus {
-        let pin = match self.inner.state.get(cid) {
+        let pin = match self.inner.state.get_blocking(cid).await {
             Ok(p) => p,
             Err(e) => return LocalStatus::now(TrackerStatus::ClusterError, e.to_string()),
         };
