@@ -18,14 +18,17 @@
 //! `--before <ipfs-cluster-service>` runs the same cases with another build (the
 //! one before a change) and prints its figures and the ratios beside. The two
 //! builds run in the order after, before, before, after, and each build's
-//! figures are those of its two runs together: a second cluster on the same
-//! machine and fake daemons runs slower than the first (a build against itself
-//! came out 1.02–1.16x in that order), which the symmetric order cancels.
-//! `--rounds <n>` runs that block n times and prints each round's after/before
-//! ratios (rate, CPU a pin) beside the pooled figures: on this shared machine a
-//! build against itself came out 0.83–1.05x in one block and 0.66–1.13x round
-//! by round in three, its CPU a pin 0.95–1.16x, so a difference smaller than
-//! the spread between rounds is not one. Each ingest
+//! figures are those of its two runs together, so that a drift of the
+//! machine's load over the block weighs on both. Each cluster meets fake
+//! daemons that hold only the preloaded pinset (until 2026-12-07 they kept
+//! every earlier cluster's pins, which each later cluster's trackers listed
+//! and compared at start: that is what made a second cluster slower than the
+//! first). `--rounds <n>` runs that block n times and prints each round's
+//! after/before ratios (rate, CPU a pin) beside the pooled figures: on this
+//! shared machine a build against itself came out 0.95–1.06x pooled and
+//! 0.88–1.08x round by round in two rounds (0.66–1.13x before the daemons
+//! were reset), so a difference smaller than the spread between rounds is not
+//! one. Each ingest
 //! case runs for `--pins` pins or `--secs` seconds, whichever comes first. Without
 //! `--bench` (`cargo test --all-targets --features fake-daemon`) a smoke pass
 //! with a few hundred pins checks that it still works.
@@ -468,6 +471,19 @@ async fn run_ingest(
     store: Option<Backend>,
     preload: Option<&Path>,
 ) -> Vec<(String, Figures)> {
+    // Every cluster meets daemons holding only the preloaded pinset: the pins
+    // of the clusters before would make this one's trackers list and compare
+    // them all at start, in its first case (a first entry peer at half its
+    // rate, heartbeats timing out).
+    for st in daemons {
+        let mut d = st.lock().expect("fake daemon state");
+        d.pins.clear();
+        if preload.is_some() {
+            for i in 0..o.preload {
+                d.pins.insert(cid_of(98, i).to_string(), "recursive".into());
+            }
+        }
+    }
     let root = tempfile::tempdir().expect("tempdir");
     let (bin2, nodes2, rootp) = (bin.to_path_buf(), nodes.to_vec(), root.path().to_path_buf());
     let pre = preload.map(Path::to_path_buf);
@@ -623,12 +639,6 @@ fn main() {
         let preload = (o.preload > 0).then(|| {
             let path = work.path().join("preload.jsonl");
             write_export(&path, o.preload, 98);
-            for st in &states {
-                let mut d = st.lock().expect("fake daemon state");
-                for i in 0..o.preload {
-                    d.pins.insert(cid_of(98, i).to_string(), "recursive".into());
-                }
-            }
             println!("preloaded pinset: {} pins", o.preload);
             path
         });
