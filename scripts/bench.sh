@@ -23,8 +23,8 @@
 #     - 3 release peers before fake daemons (benches/scale_ingest.rs): REST and proxy
 #       pins/s and p50 at 1 and 64 connections, `state import` of 1,000,000 pins and
 #       start to ready, each next to a raw-store floor measured in the same run.
-#       With --before, the builds run after, before, before, after (the second
-#       cluster of a pair runs slower), each build's figures over its two runs;
+#       With --before, the builds run after, before, before, after (each on fake
+#       daemons holding only the preloaded pins), each build's figures over its two runs;
 #       --rounds N repeats that block and prints each round's ratio.
 #   scripts/bench.sh scale-join
 #     - 3 release peers importing the same 1,000,000-pin export, started together
