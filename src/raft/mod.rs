@@ -891,28 +891,22 @@ impl Consensus {
                         m.membership_config.log_id().map(|l| l.index),
                     )
                 };
-                if member {
-                    was_member = true;
-                } else if was_member {
-                    let applied = at.is_none_or(|at| {
+                was_member |= member;
+                let left = was_member && !member;
+                if left
+                    && at.is_none_or(|at| {
                         data.borrow_and_update()
                             .last_applied
                             .is_some_and(|applied| applied.index >= at)
-                    });
-                    if applied {
-                        tracing::warn!("this peer was removed from the cluster; shutting down");
-                        removed.cancel();
-                        return;
-                    }
-                    tokio::select! {
-                        r = server.changed() => if r.is_err() { return },
-                        r = data.changed() => if r.is_err() { return },
-                        _ = cancel.cancelled() => return,
-                    }
-                    continue;
+                    })
+                {
+                    tracing::warn!("this peer was removed from the cluster; shutting down");
+                    removed.cancel();
+                    return;
                 }
                 tokio::select! {
                     r = server.changed() => if r.is_err() { return },
+                    r = data.changed(), if left => if r.is_err() { return },
                     _ = cancel.cancelled() => return,
                 }
             }
