@@ -33,6 +33,7 @@
 //! `--bench` (`cargo test --all-targets --features fake-daemon`) a smoke pass
 //! with a few hundred pins checks that it still works.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -463,13 +464,19 @@ fn default_backend(bin: &Path, root: &Path) -> Backend {
     }
 }
 
+/// The pinset the 3 peers start on: their export, and what each daemon holds.
+struct Preload {
+    export: PathBuf,
+    pins: HashMap<String, String>,
+}
+
 async fn run_ingest(
     bin: &Path,
     o: &Opts,
     nodes: &[String],
     daemons: &[Arc<Mutex<FakeState>>],
     store: Option<Backend>,
-    preload: Option<&Path>,
+    preload: Option<&Preload>,
 ) -> Vec<(String, Figures)> {
     // Every cluster meets daemons holding only the preloaded pinset: the pins
     // of the clusters before would make this one's trackers list and compare
@@ -477,16 +484,14 @@ async fn run_ingest(
     // rate, heartbeats timing out).
     for st in daemons {
         let mut d = st.lock().expect("fake daemon state");
-        d.pins.clear();
-        if preload.is_some() {
-            for i in 0..o.preload {
-                d.pins.insert(cid_of(98, i).to_string(), "recursive".into());
-            }
+        match preload {
+            Some(p) => d.pins.clone_from(&p.pins),
+            None => d.pins.clear(),
         }
     }
     let root = tempfile::tempdir().expect("tempdir");
     let (bin2, nodes2, rootp) = (bin.to_path_buf(), nodes.to_vec(), root.path().to_path_buf());
-    let pre = preload.map(Path::to_path_buf);
+    let pre = preload.map(|p| p.export.clone());
     let peers = tokio::task::spawn_blocking(move || {
         start_cluster(&bin2, &nodes2, &rootp, store, pre.as_deref())
     })
@@ -637,10 +642,13 @@ fn main() {
         let backend = default_backend(&o.after, work.path());
         let floor = store_floor(backend, o.pins, 64);
         let preload = (o.preload > 0).then(|| {
-            let path = work.path().join("preload.jsonl");
-            write_export(&path, o.preload, 98);
+            let export = work.path().join("preload.jsonl");
+            write_export(&export, o.preload, 98);
+            let pins = (0..o.preload)
+                .map(|i| (cid_of(98, i).to_string(), "recursive".to_string()))
+                .collect();
             println!("preloaded pinset: {} pins", o.preload);
-            path
+            Preload { export, pins }
         });
         println!(
             "floor: raw {backend} store, {} pins in durable batches of 64: {floor:.0} pins/s",
@@ -655,7 +663,7 @@ fn main() {
         // a pin): the spread between rounds is the noise one comparison carries.
         let mut ratios: Vec<Vec<(f64, f64)>> = Vec::new();
         for &store in &o.stores {
-            let pre = preload.as_deref();
+            let pre = preload.as_ref();
             match (&o.before, before.as_mut()) {
                 (Some(b), Some(out)) => {
                     let (mut runs_a, mut runs_b) = (Vec::new(), Vec::new());
