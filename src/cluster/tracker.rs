@@ -142,13 +142,59 @@ struct DaemonCache {
     fetched: std::time::Instant,
     /// When a page of a walk last used it.
     used: std::time::Instant,
-    /// Pins completed when the listing started: a pin missing from it but
-    /// completed since is asked about again.
+    /// Pins completed when the listing started: when [`Completed`] lost
+    /// count, a pin missing from it is asked about again if any completed since.
     added_before: u64,
+    /// Which listing this is, for [`Completed`].
+    listing: u64,
     pins: Arc<DaemonPins>,
 }
 
+/// Pins this tracker completed since the cached listing of the daemon's pins
+/// began: a status page reads them as pinned instead of asking the daemon
+/// about each pin its listing lacks (at millions of pins, a daemon that lost
+/// many while others were being pinned made a status walk one daemon call
+/// per lost pin).
+#[derive(Default)]
+struct Completed {
+    /// The listing they follow; 0 while no listing is cached.
+    listing: u64,
+    /// Their digests ([`DaemonPins::digest`]).
+    digests: HashSet<[u8; 16]>,
+    /// More completed than [`COMPLETED_MAX`]: the rest are asked about.
+    overflow: bool,
+    /// Listings begun so far, to number the next.
+    begun: u64,
+}
+
+impl Completed {
+    /// Starts over for a listing about to be asked for; its number.
+    fn begin(&mut self) -> u64 {
+        self.begun += 1;
+        self.listing = self.begun;
+        self.digests.clear();
+        self.overflow = false;
+        self.listing
+    }
+
+    /// Stops recording (no listing is cached) and frees the set.
+    fn end(&mut self) {
+        self.listing = 0;
+        self.digests = HashSet::new();
+        self.overflow = false;
+    }
+}
+
 type Ticket = (Cid, u64);
+
+/// A listing of the daemon's pins, as a status page uses it.
+struct Listing {
+    pins: Arc<DaemonPins>,
+    /// Pins completed when it began.
+    added_before: u64,
+    /// Its number, for [`Completed`].
+    number: u64,
+}
 
 /// The index of the newest entry the pinset holds, if any.
 pub type AppliedIndexFn = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
@@ -172,6 +218,7 @@ struct Inner {
     applied: AppliedIndexFn,
     shutdown: CancellationToken,
     daemon_cache: tokio::sync::Mutex<Option<DaemonCache>>,
+    completed: Mutex<Completed>,
     /// Where the running reconciliation is: pins from there on are not compared
     /// yet, and show as queued when missing from the daemon.
     reconcile_at: Mutex<Option<PageFrom>>,
@@ -231,6 +278,9 @@ const DAEMON_PINS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(
 /// A listing in use by a walk (pages asked for one after another) serves it
 /// this long at most.
 const DAEMON_PINS_MAX_USE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Pins completed since a listing that [`Completed`] keeps (16 bytes and
+/// the set's own share each); past it, the others are asked about one by one.
+const COMPLETED_MAX: usize = 1 << 16;
 /// How many pins a status page or a reconciliation reads at once.
 pub const STATUS_PAGE: usize = 1000;
 /// Operations a reconciliation keeps queued or running at most.
@@ -287,6 +337,7 @@ impl PinTracker {
                 applied,
                 shutdown,
                 daemon_cache: tokio::sync::Mutex::new(None),
+                completed: Mutex::default(),
                 reconcile_at: Mutex::new(None),
                 reconcile_lock: tokio::sync::Mutex::new(()),
                 reconcile_wanted: tokio::sync::Notify::new(),
@@ -331,6 +382,12 @@ impl PinTracker {
                     let mut cache = self.inner.daemon_cache.lock().await;
                     if cache.as_ref().is_some_and(|c| c.used.elapsed() > DAEMON_PINS_MAX_AGE) {
                         *cache = None;
+                    }
+                    if cache.is_none() {
+                        let mut c = crate::sync::lock(&self.inner.completed);
+                        if c.listing != 0 {
+                            c.end();
+                        }
                     }
                 }
                 _ = shutdown.cancelled() => break,
@@ -704,6 +761,16 @@ impl PinTracker {
         if let Some(c) = counter {
             c.fetch_add(1, Ordering::Relaxed);
         }
+        if res.is_ok() && kind == OpKind::Pin {
+            let mut c = crate::sync::lock(&self.inner.completed);
+            if c.listing != 0 {
+                if c.digests.len() < COMPLETED_MAX {
+                    c.digests.insert(DaemonPins::digest(&cid));
+                } else {
+                    c.overflow = true;
+                }
+            }
+        }
         match res {
             Ok(()) => {
                 op.state.send_modify(|s| {
@@ -864,7 +931,7 @@ impl PinTracker {
     /// were listed: one listing serves a whole walk of the pinset (pages asked
     /// for one after another, each within a few seconds of the last), so a
     /// status of every pin does not list the daemon's pins again for each page.
-    async fn daemon_listing(&self) -> Result<(Arc<DaemonPins>, u64), String> {
+    async fn daemon_listing(&self) -> Result<Listing, String> {
         let mut cache = self.inner.daemon_cache.lock().await;
         if let Some(c) = cache.as_mut() {
             let fresh = c.fetched.elapsed() < DAEMON_PINS_MAX_AGE;
@@ -872,10 +939,17 @@ impl PinTracker {
                 c.used.elapsed() < DAEMON_PINS_MAX_AGE && c.fetched.elapsed() < DAEMON_PINS_MAX_USE;
             if fresh || in_walk {
                 c.used = std::time::Instant::now();
-                return Ok((c.pins.clone(), c.added_before));
+                return Ok(Listing {
+                    pins: c.pins.clone(),
+                    added_before: c.added_before,
+                    number: c.listing,
+                });
             }
         }
         *cache = None;
+        // Recorded from before the listing is asked for: a pin completed
+        // after this is in the set, one completed before is in the listing.
+        let number = crate::sync::lock(&self.inner.completed).begin();
         let added_before = self.inner.pins_added.load(Ordering::Relaxed);
         let pins = Arc::new(self.inner.ipfs.pin_ls().await.map_err(|e| e.to_string())?);
         let now = std::time::Instant::now();
@@ -883,9 +957,14 @@ impl PinTracker {
             fetched: now,
             used: now,
             added_before,
+            listing: number,
             pins: pins.clone(),
         });
-        Ok((pins, added_before))
+        Ok(Listing {
+            pins,
+            added_before,
+            number,
+        })
     }
 
     /// The status of each of `cids` on this peer, in order: the pinset's page
@@ -921,38 +1000,72 @@ impl PinTracker {
         let daemon = if needs_daemon {
             self.daemon_listing().await
         } else {
-            Ok((Arc::new(DaemonPins::default()), 0))
+            Ok(Listing {
+                pins: Arc::new(DaemonPins::default()),
+                added_before: 0,
+                number: 0,
+            })
+        };
+        let d = match &daemon {
+            Ok(l) => Ok(&*l.pins),
+            Err(e) => Err(e.as_str()),
         };
         let at = self.reconcile_at();
-        let mut out: Vec<LocalStatus> = {
+        let compare_page = |only: &dyn Fn(usize) -> bool| -> Vec<Option<LocalStatus>> {
             let ops = self.ops();
-            let d = match &daemon {
-                Ok((d, _)) => Ok(&**d),
-                Err(e) => Err(e.as_str()),
-            };
             cids.iter()
                 .zip(pins)
-                .map(|(cid, pin)| {
-                    let op = ops.get(cid).map(|o| o.state.borrow().clone());
-                    compare(&self.inner.peer_id, cid, *pin, op.as_ref(), d, at.as_ref())
+                .enumerate()
+                .map(|(i, (cid, pin))| {
+                    only(i).then(|| {
+                        let op = ops.get(cid).map(|o| o.state.borrow().clone());
+                        compare(&self.inner.peer_id, cid, *pin, op.as_ref(), d, at.as_ref())
+                    })
                 })
                 .collect()
         };
-        // A pin completed since the daemon was listed, or one this tracker has
-        // not read yet, may look missing: ask again about those before calling
-        // them so.
-        let completed_since = daemon
-            .as_ref()
-            .is_ok_and(|(_, before)| self.inner.pins_added.load(Ordering::Relaxed) > *before);
-        let missing = out
-            .iter()
-            .any(|st| st.status == TrackerStatus::UnexpectedlyUnpinned);
-        // The catch-up runs whether or not pins completed: asking again before
-        // the tracker has read the newest entries would find the same gap.
-        if missing && (self.catch_up().await || completed_since) {
-            for (cid, st) in cids.iter().zip(out.iter_mut()) {
-                if st.status == TrackerStatus::UnexpectedlyUnpinned {
-                    *st = self.status_now(cid).await;
+        let mut out: Vec<LocalStatus> = compare_page(&|_| true).into_iter().flatten().collect();
+        let missing =
+            |out: &[LocalStatus], i: usize| out[i].status == TrackerStatus::UnexpectedlyUnpinned;
+        if !(0..out.len()).any(|i| missing(&out, i)) {
+            return out;
+        }
+        // A pin this tracker has not read yet may look missing: once it has,
+        // the pin has an operation, or completed one.
+        if self.catch_up().await {
+            let again = compare_page(&|i| missing(&out, i));
+            for (st, new) in out.iter_mut().zip(again) {
+                if let Some(new) = new {
+                    *st = new;
+                }
+            }
+        }
+        // A pin completed since the listing began is pinned: the set says
+        // which, without asking the daemon, unless it lost count.
+        let Ok(listing) = &daemon else { return out };
+        let exact = {
+            let completed = crate::sync::lock(&self.inner.completed);
+            let exact = completed.listing == listing.number && !completed.overflow;
+            for (i, (cid, pin)) in cids.iter().zip(pins).enumerate() {
+                if !missing(&out, i) || completed.listing != listing.number {
+                    continue;
+                }
+                if let Some(pin) =
+                    pin.filter(|_| completed.digests.contains(&DaemonPins::digest(cid)))
+                {
+                    let pinned: DaemonPins = [(*cid, pin.mode())].into_iter().collect();
+                    out[i] = compare(&self.inner.peer_id, cid, Some(pin), None, Ok(&pinned), None);
+                }
+            }
+            exact
+        };
+        // Otherwise, each pin still missing is asked about once more, when
+        // any completed since the listing.
+        let completed_since = self.inner.pins_added.load(Ordering::Relaxed) > listing.added_before;
+        if !exact && completed_since {
+            for (i, cid) in cids.iter().enumerate() {
+                if missing(&out, i) {
+                    out[i] = self.status_now(cid).await;
                 }
             }
         }
@@ -992,6 +1105,8 @@ impl PinTracker {
     }
 
     async fn reconcile_locked(&self, collect: bool) -> Result<(usize, Vec<Cid>), StatusError> {
+        // The listing serves status pages too (see `daemon_listing`).
+        let listing = crate::sync::lock(&self.inner.completed).begin();
         let added_before = self.inner.pins_added.load(Ordering::Relaxed);
         let daemon = Arc::new(
             self.inner
@@ -1006,6 +1121,7 @@ impl PinTracker {
                 fetched: now,
                 used: now,
                 added_before,
+                listing,
                 pins: daemon.clone(),
             });
         }
@@ -1354,6 +1470,72 @@ mod tests {
         let page = t.tracker.status_many(&[new.cid, lost.cid]).await;
         assert_ne!(page[0].status, TrackerStatus::UnexpectedlyUnpinned);
         assert_eq!(page[1].status, TrackerStatus::UnexpectedlyUnpinned);
+        t.stop().await;
+    }
+
+    /// A daemon that lost pins while others were being pinned: a status page
+    /// reads the pins completed since its listing from the tracker's record,
+    /// and does not ask the daemon about each lost pin.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lost_pins_cost_no_daemon_call_each_while_others_complete() {
+        let applied = Arc::new(AtomicU64::new(1));
+        let a = applied.clone();
+        let t = OnFake::start(Arc::new(move || Some(a.load(Ordering::SeqCst))), |_| {}).await;
+        async fn pinned_on_daemon(f: &crate::ipfs::fake::FakeDaemon, n: usize) {
+            let pins = || f.state.lock().unwrap().pins.len();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while pins() < n {
+                assert!(std::time::Instant::now() < deadline, "{} of {n}", pins());
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        let add = |n: u16, index: u64| {
+            let pin = pin_here(cid_n(n));
+            t.state
+                .tree()
+                .apply(vec![PinState::add_entry(&pin).unwrap()])
+                .unwrap();
+            applied.store(index, Ordering::SeqCst);
+            t.events
+                .send(StateEvent::Pinned {
+                    pin: Box::new(pin),
+                    before: None,
+                })
+                .unwrap();
+            t.events.send(StateEvent::Applied(index)).unwrap();
+        };
+        for n in 0..30 {
+            add(n, 1);
+        }
+        pinned_on_daemon(&t.fake, 30).await;
+        let lost: Vec<Cid> = (0..10).map(cid_n).collect();
+        {
+            let mut st = t.fake.state.lock().unwrap();
+            for c in &lost {
+                st.pins.remove(&c.to_string());
+            }
+        }
+        let all: Vec<Cid> = (0..31).map(cid_n).collect();
+        let page = t.tracker.status_many(&all[..30]).await;
+        assert!(
+            page[..10]
+                .iter()
+                .all(|s| s.status == TrackerStatus::UnexpectedlyUnpinned)
+        );
+        assert!(page[10..].iter().all(|s| s.status == TrackerStatus::Pinned));
+        // One more pin completes after the listing, which still serves.
+        add(30, 2);
+        pinned_on_daemon(&t.fake, 21).await;
+        let page = t.tracker.status_many(&all).await;
+        for (i, st) in page.iter().enumerate() {
+            let want = if i < 10 {
+                TrackerStatus::UnexpectedlyUnpinned
+            } else {
+                TrackerStatus::Pinned
+            };
+            assert_eq!(st.status, want, "pin {i}: {st:?}");
+        }
+        assert_eq!(t.fake.state.lock().unwrap().pin_ls_arg_calls, 0);
         t.stop().await;
     }
 

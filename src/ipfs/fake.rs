@@ -40,6 +40,8 @@ pub struct FakeState {
     pub hang_pins: bool,
     /// Calls that met `hang_pins`.
     pub hung_calls: u64,
+    /// `pin/ls` calls about one CID (`arg`).
+    pub pin_ls_arg_calls: u64,
 }
 
 /// A running fake daemon.
@@ -225,8 +227,9 @@ async fn handle(
             json(StatusCode::OK, &serde_json::json!({"Pins": args}))
         }
         "/api/v0/pin/ls" => {
-            let s = lock();
+            let mut s = lock();
             if !arg.is_empty() {
+                s.pin_ls_arg_calls += 1;
                 return match s.pins.get(&arg) {
                     Some(t) => json(
                         StatusCode::OK,

@@ -105,7 +105,8 @@ pub struct DaemonPins {
 }
 
 impl DaemonPins {
-    fn digest(cid: &Cid) -> [u8; 16] {
+    /// What the set keeps of `cid`: 16 bytes of the SHA-256 of its bytes.
+    pub(crate) fn digest(cid: &Cid) -> [u8; 16] {
         use sha2::Digest;
         let h = sha2::Sha256::digest(cid.to_bytes());
         let mut d = [0u8; 16];
