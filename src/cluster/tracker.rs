@@ -1011,20 +1011,21 @@ impl PinTracker {
             Err(e) => Err(e.as_str()),
         };
         let at = self.reconcile_at();
-        let compare_page = |only: &dyn Fn(usize) -> bool| -> Vec<Option<LocalStatus>> {
-            let ops = self.ops();
-            cids.iter()
-                .zip(pins)
-                .enumerate()
-                .map(|(i, (cid, pin))| {
-                    only(i).then(|| {
-                        let op = ops.get(cid).map(|o| o.state.borrow().clone());
-                        compare(&self.inner.peer_id, cid, *pin, op.as_ref(), d, at.as_ref())
-                    })
-                })
-                .collect()
+        let compare_at = |ops: &HashMap<Cid, Operation>, i: usize| {
+            let op = ops.get(&cids[i]).map(|o| o.state.borrow().clone());
+            compare(
+                &self.inner.peer_id,
+                &cids[i],
+                pins.get(i).copied().flatten(),
+                op.as_ref(),
+                d,
+                at.as_ref(),
+            )
         };
-        let mut out: Vec<LocalStatus> = compare_page(&|_| true).into_iter().flatten().collect();
+        let mut out: Vec<LocalStatus> = {
+            let ops = self.ops();
+            (0..cids.len()).map(|i| compare_at(&ops, i)).collect()
+        };
         let missing =
             |out: &[LocalStatus], i: usize| out[i].status == TrackerStatus::UnexpectedlyUnpinned;
         if !(0..out.len()).any(|i| missing(&out, i)) {
@@ -1033,10 +1034,10 @@ impl PinTracker {
         // A pin this tracker has not read yet may look missing: once it has,
         // the pin has an operation, or completed one.
         if self.catch_up().await {
-            let again = compare_page(&|i| missing(&out, i));
-            for (st, new) in out.iter_mut().zip(again) {
-                if let Some(new) = new {
-                    *st = new;
+            let ops = self.ops();
+            for i in 0..out.len() {
+                if missing(&out, i) {
+                    out[i] = compare_at(&ops, i);
                 }
             }
         }
