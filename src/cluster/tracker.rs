@@ -142,12 +142,18 @@ struct DaemonCache {
     fetched: std::time::Instant,
     /// When a page of a walk last used it.
     used: std::time::Instant,
-    /// Pins completed when the listing started: when [`Completed`] lost
-    /// count, a pin missing from it is asked about again if any completed since.
-    added_before: u64,
-    /// Which listing this is, for [`Completed`].
-    listing: u64,
-    pins: Arc<DaemonPins>,
+    listing: Listing,
+}
+
+impl DaemonCache {
+    fn new(listing: Listing) -> Self {
+        let now = std::time::Instant::now();
+        DaemonCache {
+            fetched: now,
+            used: now,
+            listing,
+        }
+    }
 }
 
 /// Pins this tracker completed since the cached listing of the daemon's pins
@@ -177,20 +183,25 @@ impl Completed {
         self.listing
     }
 
-    /// Stops recording (no listing is cached) and frees the set.
-    fn end(&mut self) {
-        self.listing = 0;
-        self.digests = HashSet::new();
-        self.overflow = false;
+    /// Stops recording for listing `number` (dropped, or never made) and
+    /// frees the set; a newer listing's record goes on.
+    fn end(&mut self, number: u64) {
+        if self.listing == number {
+            self.listing = 0;
+            self.digests = HashSet::new();
+            self.overflow = false;
+        }
     }
 }
 
 type Ticket = (Cid, u64);
 
 /// A listing of the daemon's pins, as a status page uses it.
+#[derive(Clone)]
 struct Listing {
     pins: Arc<DaemonPins>,
-    /// Pins completed when it began.
+    /// Pins completed when it began: when [`Completed`] lost count, a pin
+    /// missing from it is asked about again if any completed since.
     added_before: u64,
     /// Its number, for [`Completed`].
     number: u64,
@@ -380,14 +391,8 @@ impl PinTracker {
                 }
                 _ = tick.tick() => {
                     let mut cache = self.inner.daemon_cache.lock().await;
-                    if cache.as_ref().is_some_and(|c| c.used.elapsed() > DAEMON_PINS_MAX_AGE) {
-                        *cache = None;
-                    }
-                    if cache.is_none() {
-                        let mut c = crate::sync::lock(&self.inner.completed);
-                        if c.listing != 0 {
-                            c.end();
-                        }
+                    if let Some(c) = cache.take_if(|c| c.used.elapsed() > DAEMON_PINS_MAX_AGE) {
+                        crate::sync::lock(&self.inner.completed).end(c.listing.number);
                     }
                 }
                 _ = shutdown.cancelled() => break,
@@ -922,7 +927,7 @@ impl PinTracker {
         if let Some(c) = self.inner.daemon_cache.lock().await.as_ref()
             && c.fetched.elapsed() < DAEMON_PINS_MAX_AGE
         {
-            return Ok(c.pins.len() as u64);
+            return Ok(c.listing.pins.len() as u64);
         }
         self.inner.ipfs.pin_count().await.map_err(|e| e.to_string())
     }
@@ -939,32 +944,32 @@ impl PinTracker {
                 c.used.elapsed() < DAEMON_PINS_MAX_AGE && c.fetched.elapsed() < DAEMON_PINS_MAX_USE;
             if fresh || in_walk {
                 c.used = std::time::Instant::now();
-                return Ok(Listing {
-                    pins: c.pins.clone(),
-                    added_before: c.added_before,
-                    number: c.listing,
-                });
+                return Ok(c.listing.clone());
             }
         }
         *cache = None;
-        // Recorded from before the listing is asked for: a pin completed
-        // after this is in the set, one completed before is in the listing.
+        let listing = self.list_daemon().await.map_err(|e| e.to_string())?;
+        *cache = Some(DaemonCache::new(listing.clone()));
+        Ok(listing)
+    }
+
+    /// Lists the daemon's pins. The pins completed from before it is asked
+    /// for are recorded ([`Completed`]): one completed after is in the
+    /// record, one completed before is in the listing.
+    async fn list_daemon(&self) -> Result<Listing, IpfsError> {
         let number = crate::sync::lock(&self.inner.completed).begin();
         let added_before = self.inner.pins_added.load(Ordering::Relaxed);
-        let pins = Arc::new(self.inner.ipfs.pin_ls().await.map_err(|e| e.to_string())?);
-        let now = std::time::Instant::now();
-        *cache = Some(DaemonCache {
-            fetched: now,
-            used: now,
-            added_before,
-            listing: number,
-            pins: pins.clone(),
-        });
-        Ok(Listing {
-            pins,
-            added_before,
-            number,
-        })
+        match self.inner.ipfs.pin_ls().await {
+            Ok(pins) => Ok(Listing {
+                pins: Arc::new(pins),
+                added_before,
+                number,
+            }),
+            Err(e) => {
+                crate::sync::lock(&self.inner.completed).end(number);
+                Err(e)
+            }
+        }
     }
 
     /// The status of each of `cids` on this peer, in order: the pinset's page
@@ -1046,9 +1051,9 @@ impl PinTracker {
         let Ok(listing) = &daemon else { return out };
         let exact = {
             let completed = crate::sync::lock(&self.inner.completed);
-            let exact = completed.listing == listing.number && !completed.overflow;
+            let same = completed.listing == listing.number;
             for (i, (cid, pin)) in cids.iter().zip(pins).enumerate() {
-                if !missing(&out, i) || completed.listing != listing.number {
+                if !same || !missing(&out, i) {
                     continue;
                 }
                 if let Some(pin) =
@@ -1058,7 +1063,7 @@ impl PinTracker {
                     out[i] = compare(&self.inner.peer_id, cid, Some(pin), None, Ok(&pinned), None);
                 }
             }
-            exact
+            same && !completed.overflow
         };
         // Otherwise, each pin still missing is asked about once more, when
         // any completed since the listing.
@@ -1106,26 +1111,13 @@ impl PinTracker {
     }
 
     async fn reconcile_locked(&self, collect: bool) -> Result<(usize, Vec<Cid>), StatusError> {
+        let listing = self
+            .list_daemon()
+            .await
+            .map_err(|e| StatusError(e.to_string()))?;
+        let daemon = listing.pins.clone();
         // The listing serves status pages too (see `daemon_listing`).
-        let listing = crate::sync::lock(&self.inner.completed).begin();
-        let added_before = self.inner.pins_added.load(Ordering::Relaxed);
-        let daemon = Arc::new(
-            self.inner
-                .ipfs
-                .pin_ls()
-                .await
-                .map_err(|e| StatusError(e.to_string()))?,
-        );
-        {
-            let now = std::time::Instant::now();
-            *self.inner.daemon_cache.lock().await = Some(DaemonCache {
-                fetched: now,
-                used: now,
-                added_before,
-                listing,
-                pins: daemon.clone(),
-            });
-        }
+        *self.inner.daemon_cache.lock().await = Some(DaemonCache::new(listing));
         self.set_reconcile_at(Some(PageFrom::start()));
         let res = self.reconcile_pages(&daemon, collect).await;
         self.set_reconcile_at(None);
