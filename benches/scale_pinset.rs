@@ -46,6 +46,15 @@ struct Floors {
     scan: Duration,
     render_rest: Duration,
     render_kubo: Duration,
+    /// p50 of the store's own point read (`PinState::get`, decoding the pin as
+    /// `GET /allocations/{cid}` does) of the CIDs the HTTP point reads ask for.
+    get: Duration,
+}
+
+/// Which pin the `j`th point read asks for: spread over the whole pinset, in
+/// no order.
+fn read_index(j: u64, n: u64) -> u64 {
+    j.wrapping_mul(2_654_435_761) % n
 }
 
 /// CPU time (user + system) of a process so far.
@@ -62,7 +71,7 @@ fn cpu(pid: &str) -> Duration {
     Duration::from_millis(f.iter().sum::<u64>() * 10)
 }
 
-fn floors(dir: &Path) -> Floors {
+fn floors(dir: &Path, n: u64, reads: u64) -> Floors {
     let cfg: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.join("service.json")).expect("read service.json"),
     )
@@ -76,16 +85,17 @@ fn floors(dir: &Path) -> Floors {
         scan: Duration::ZERO,
         render_rest: Duration::ZERO,
         render_kubo: Duration::ZERO,
+        get: Duration::ZERO,
     };
     for _ in 0..2 {
         // A raw scan: every key and value visited under batched read views.
         let t = cpu("self");
-        let (mut n, mut bytes) = (0u64, 0usize);
+        let (mut seen, mut bytes) = (0u64, 0usize);
         let mut from = Some(PageFrom::start());
         while let Some(f) = from {
             from = state
                 .scan(&f, 4096, &mut |k, v| {
-                    n += 1;
+                    seen += 1;
                     bytes += k.len() + v.len();
                     true
                 })
@@ -127,7 +137,21 @@ fn floors(dir: &Path) -> Floors {
             out.clear();
         }
         floors.render_kubo = cpu("self") - t;
-        eprintln!("  store: {n} pins, {bytes} bytes; REST rendering {total} bytes");
+        eprintln!("  store: {seen} pins, {bytes} bytes; REST rendering {total} bytes");
+    }
+    for _ in 0..2 {
+        let mut times: Vec<Duration> = (0..reads)
+            .map(|j| {
+                let cid = cid_of(read_index(j, n));
+                let t = Instant::now();
+                let pin = state.get(&cid).expect("get");
+                let took = t.elapsed();
+                assert!(pin.is_some(), "{cid} is in the pinset");
+                took
+            })
+            .collect();
+        times.sort();
+        floors.get = times[times.len() / 2];
     }
     floors
 }
@@ -185,7 +209,14 @@ struct Running {
     cancel: CancellationToken,
 }
 
-async fn start(bin: &str, n: u64, root: &Path, ports: &Ports, export: &Path) -> Running {
+async fn start(
+    bin: &str,
+    n: u64,
+    reads: u64,
+    root: &Path,
+    ports: &Ports,
+    export: &Path,
+) -> Running {
     let dir = root.join(format!("peer-{n}"));
     let _ = std::fs::remove_dir_all(&dir);
     let d = dir.to_string_lossy().to_string();
@@ -197,7 +228,7 @@ async fn start(bin: &str, n: u64, root: &Path, ports: &Ports, export: &Path) -> 
     run(bin, &init);
     let export = export.to_string_lossy().to_string();
     let import = run(bin, &["--config", &d, "state", "import", "-f", &export]);
-    let floors = floors(&dir);
+    let floors = floors(&dir, n, reads);
 
     let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
     fake_daemon(n, ports.daemon, &tasks, cancel.clone()).await;
@@ -283,6 +314,8 @@ struct Figures {
     /// The same once the peer has settled, before any listing.
     p50_settled: [(Duration, Duration); 2],
     floors: Floors,
+    /// The store's own point read at 10k (`floors.get` is at N).
+    small_get: Duration,
 }
 
 fn secs(d: Duration) -> String {
@@ -302,8 +335,7 @@ async fn point_reads(small: &Running, big: &Running, reads: u64) -> [(Duration, 
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for j in 0..reads {
             for (peer, times) in [(small, &mut a), (big, &mut b)] {
-                // Spread over the whole pinset, in no order.
-                let i = (j.wrapping_mul(2_654_435_761)) % peer.n;
+                let i = read_index(j, peer.n);
                 let req = if k == 0 {
                     client.get(format!("{}/allocations/{}", peer.rest, cid_of(i)))
                 } else {
@@ -334,8 +366,8 @@ async fn measure(bin: &str, n: u64, reads: u64, root: &Path, exports: (&Path, &P
         rest: port(o + 3),
         proxy: port(o + 4),
     };
-    let small = start(bin, SMALL.min(n), root, &ports(0), exports.0).await;
-    let big = start(bin, n, root, &ports(10), exports.1).await;
+    let small = start(bin, SMALL.min(n), reads, root, &ports(0), exports.0).await;
+    let big = start(bin, n, reads, root, &ports(10), exports.1).await;
     tokio::time::sleep(Duration::from_secs(20).saturating_sub(big.started.elapsed())).await;
     let rss_20s_kb = rss_kb(big.pid);
     let p50_settled = point_reads(&small, &big, reads).await;
@@ -371,6 +403,7 @@ async fn measure(bin: &str, n: u64, reads: u64, root: &Path, exports: (&Path, &P
         p50,
         p50_settled,
         floors: big.floors,
+        small_get: small.floors.get,
     };
     small.stop().await;
     big.stop().await;
@@ -420,6 +453,12 @@ fn report(label: &str, n: u64, big: &Figures) {
             );
         }
     }
+    println!(
+        "floor: the store's own point read (in-process, same CIDs) p50 {:.1} us at {SMALL}, {:.1} us at {n}: {:.1} us of the difference",
+        big.small_get.as_secs_f64() * 1e6,
+        f.get.as_secs_f64() * 1e6,
+        (f.get.as_secs_f64() - big.small_get.as_secs_f64()) * 1e6
+    );
     println!(
         "RSS 20 s after start: {} MiB = {:.0} B/pin; after the listings {} MiB = {:.0} B/pin",
         big.rss_20s_kb / 1024,

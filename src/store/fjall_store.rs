@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
 use super::{KvIter, KvPair, Store, StoreError, Tree};
@@ -21,6 +22,16 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// snapshot install fills them fast, so a joining peer's peak memory is
 /// bounded by a few of these rather than a few of fjall's.
 const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+/// Which levels keep their tables' index and filter blocks in memory (fjall
+/// pins L0-L1 indexes and L0 filters, and reads the rest through the block
+/// cache): all of them. At a million pins the pinset sits in L2, and each
+/// point read looked both up in the cache among the data blocks; pinned, a
+/// read at 1M cost the peer 12.3 against 14.7 us (perf, 6,000 reads, 5.1 at
+/// 10k), for ~3 MB held at 1M (about 3 bytes a pin). Applies to keyspaces this
+/// build creates: fjall keeps each keyspace's options from its creation.
+fn pin_all() -> PinningPolicy {
+    PinningPolicy::all(true)
+}
 
 /// A fjall database folder.
 pub struct FjallStore {
@@ -47,7 +58,10 @@ impl Store for FjallStore {
         let ks = self
             .db
             .keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(MEMTABLE_BYTES)
+                    .index_block_pinning_policy(pin_all())
+                    .filter_block_pinning_policy(pin_all())
             })
             .map_err(err)?;
         Ok(Arc::new(FjallTree {
