@@ -935,6 +935,7 @@ impl StateMachine {
             Some(encode_meta(&stored).map_err(|e| e.to_string())?),
         ));
         tree.apply_durable(batch).map_err(|e| e.to_string())?;
+        tree.settle().map_err(|e| e.to_string())?;
         let file = out.into_inner().map_err(|e| e.into_error().to_string())?;
         file.sync_all().map_err(io)?;
         drop(file);

@@ -22,6 +22,8 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// snapshot install fills them fast, so a joining peer's peak memory is
 /// bounded by a few of these rather than a few of fjall's.
 const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+/// How long [`Tree::settle`] waits for the in-memory table to be written out.
+const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 /// Which levels keep their tables' index and filter blocks in memory (fjall
 /// pins L0-L1 indexes and L0 filters, and reads the rest through the block
 /// cache): all of them. At a million pins the pinset sits in L2, and each
@@ -141,6 +143,21 @@ impl Tree for FjallTree {
         self.db.persist(PersistMode::SyncAll).map_err(err)
     }
 
+    fn settle(&self) -> Result<(), StoreError> {
+        // `rotate_memtable` is public but hidden from fjall's docs (its own
+        // tests use it; Cargo.lock holds the version). It seals the table and
+        // fjall writes it out in the background: a flush that cannot finish (a
+        // full disk) must not hang the caller, and the data is in the journal
+        // either way, so the wait is bounded.
+        if self.ks.rotate_memtable().map_err(err)? {
+            let start = std::time::Instant::now();
+            while self.ks.sealed_memtable_count() > 0 && start.elapsed() < SETTLE_MAX {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        Ok(())
+    }
+
     // Ranges read a snapshot (a sequence number) taken when they start.
     fn consistent_ranges(&self) -> bool {
         true
@@ -158,5 +175,34 @@ impl Tree for FjallTree {
             limit,
             visit,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A settled tree holds its writes in table files, not in the in-memory
+    /// table the next open would replay from the journal.
+    #[test]
+    fn settle_writes_the_in_memory_table_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path()).unwrap();
+        let t = store.tree("t").unwrap();
+        t.apply(
+            (0u32..1000)
+                .map(|i| (i.to_be_bytes().to_vec(), Some(vec![1; 100])))
+                .collect(),
+        )
+        .unwrap();
+        let ks = store
+            .db
+            .keyspace("t", KeyspaceCreateOptions::default)
+            .unwrap();
+        assert_eq!(ks.table_count(), 0);
+        t.settle().unwrap();
+        assert_eq!(ks.sealed_memtable_count(), 0);
+        assert!(ks.table_count() > 0);
+        assert_eq!(t.range(b"", None).count(), 1000);
     }
 }
