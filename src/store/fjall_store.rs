@@ -28,9 +28,10 @@ const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 /// pins L0-L1 indexes and L0 filters, and reads the rest through the block
 /// cache): all of them. At a million pins the pinset sits in L2, and each
 /// point read looked both up in the cache among the data blocks; pinned, a
-/// read at 1M cost the peer 12.3 against 14.7 us (perf, 6,000 reads, 5.1 at
-/// 10k), for ~3 MB held at 1M (about 3 bytes a pin). Applies to keyspaces this
-/// build creates: fjall keeps each keyspace's options from its creation.
+/// read at 1M cost the peer 11.6-12.3 against 13.0-14.7 us (perf, 6,000 reads
+/// a run; three runs and four), for about 3 bytes a pin (339 against 317 MiB at
+/// 10M). Applies to keyspaces this build creates: fjall keeps each keyspace's
+/// options from its creation.
 fn pin_all() -> PinningPolicy {
     PinningPolicy::all(true)
 }
