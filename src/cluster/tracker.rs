@@ -1052,15 +1052,12 @@ impl PinTracker {
         let exact = {
             let completed = crate::sync::lock(&self.inner.completed);
             let same = completed.listing == listing.number;
-            for (i, (cid, pin)) in cids.iter().zip(pins).enumerate() {
-                if !same || !missing(&out, i) {
-                    continue;
-                }
-                if let Some(pin) =
-                    pin.filter(|_| completed.digests.contains(&DaemonPins::digest(cid)))
+            // A missing pin is in the pinset, allocated here and without an
+            // operation: completed since the listing, it is pinned.
+            for (i, cid) in cids.iter().enumerate() {
+                if same && missing(&out, i) && completed.digests.contains(&DaemonPins::digest(cid))
                 {
-                    let pinned: DaemonPins = [(*cid, pin.mode())].into_iter().collect();
-                    out[i] = compare(&self.inner.peer_id, cid, Some(pin), None, Ok(&pinned), None);
+                    out[i] = LocalStatus::now(TrackerStatus::Pinned, "");
                 }
             }
             same && !completed.overflow
